@@ -1,0 +1,55 @@
+"""Entry point of the ``veil`` command: discovers subcommand modules and dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import veil
+import veil.cli
+
+#: Order in ``--help``: the data's path first, then operations. Unlisted modules follow.
+_ORDER = ["weights", "detect", "evaluate", "noise", "sweep", "audit", "triton", "k8s"]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="veil",
+        description="Confidential face detection: run the detector's head locally, obfuscate its "
+                    "activation with learned noise, and send only that to the tail.",
+    )
+    parser.add_argument("--version", action="version", version=f"veil {veil.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    names = [m.name for m in pkgutil.iter_modules(veil.cli.__path__) if m.name not in ("main", "__init__")]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    for name in names:
+        module = importlib.import_module(f"veil.cli.{name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CLIError as exc:
+        print(f"veil {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError) as exc:
+        # Library errors (bad weights, corrupt files, missing data) are user errors here.
+        print(f"veil {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,136 @@
+"""FaceBoxes (Zhang et al., 2017) split into a trust-zone *head* and a remote *tail*.
+
+Module and parameter names match the public FaceBoxes.PyTorch checkpoint
+(``FaceBoxesProd.pth``) so its ``state_dict`` loads with ``strict=True``.
+
+The split point is the end of the Rapidly Digested Convolutional Layers (RDCL):
+``conv1 → maxpool → conv2 → maxpool``, a 128-channel map at stride 32. It is the
+cheapest point that already discards most spatial detail (32×32 for a 1024² input)
+while the expensive multi-scale layers stay on the server.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Name of the split point, recorded in noise artifacts so a mismatch is caught.
+SPLIT_POINT = "faceboxes.rdcl"
+#: Channels and stride of the head's activation.
+HEAD_CHANNELS = 128
+HEAD_STRIDE = 32
+
+
+class BasicConv2d(nn.Module):
+    """Conv → BatchNorm → ReLU, bias-free as in the reference implementation."""
+
+    def __init__(self, in_channels: int, out_channels: int, **kwargs: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class CRelu(nn.Module):
+    """Concatenated ReLU: doubles channels cheaply (``relu([x, -x])``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, **kwargs: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return F.relu(torch.cat([x, -x], 1))
+
+
+class Inception(nn.Module):
+    """The four-branch Inception block of FaceBoxes (128 → 128 channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch1x1 = BasicConv2d(128, 32, kernel_size=1, padding=0)
+        self.branch1x1_2 = BasicConv2d(128, 32, kernel_size=1, padding=0)
+        self.branch3x3_reduce = BasicConv2d(128, 24, kernel_size=1, padding=0)
+        self.branch3x3 = BasicConv2d(24, 32, kernel_size=3, padding=1)
+        self.branch3x3_reduce_2 = BasicConv2d(128, 24, kernel_size=1, padding=0)
+        self.branch3x3_2 = BasicConv2d(24, 32, kernel_size=3, padding=1)
+        self.branch3x3_3 = BasicConv2d(32, 32, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1x1(x)
+        b2 = self.branch1x1_2(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+        b3 = self.branch3x3(self.branch3x3_reduce(x))
+        b4 = self.branch3x3_3(self.branch3x3_2(self.branch3x3_reduce_2(x)))
+        return torch.cat([b1, b2, b3, b4], 1)
+
+
+class FaceBoxesHead(nn.Module):
+    """Runs in the trust zone: image tensor ``[N,3,H,W]`` → activation ``[N,128,⌈H/32⌉,⌈W/32⌉]``."""
+
+    def __init__(self, conv1: CRelu, conv2: CRelu) -> None:
+        super().__init__()
+        self.conv1 = conv1
+        self.conv2 = conv2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(self.conv2(x), kernel_size=3, stride=2, padding=1)
+
+
+class FaceBoxesTail(nn.Module):
+    """Runs on the server: activation → ``(loc [N,P,4], conf [N,P,2] softmax scores)``."""
+
+    def __init__(self, parent: "FaceBoxes") -> None:
+        super().__init__()
+        # Share the parent's submodules (no copies) so weights stay in one place.
+        for name in ("inception1", "inception2", "inception3", "conv3_1", "conv3_2",
+                     "conv4_1", "conv4_2", "loc", "conf"):
+            setattr(self, name, getattr(parent, name))
+
+    def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.inception3(self.inception2(self.inception1(a)))
+        sources = [x]
+        x = self.conv3_2(self.conv3_1(x))
+        sources.append(x)
+        x = self.conv4_2(self.conv4_1(x))
+        sources.append(x)
+        n = a.shape[0]
+        loc = torch.cat([l(s).permute(0, 2, 3, 1).reshape(n, -1) for s, l in zip(sources, self.loc)], 1)
+        conf = torch.cat([c(s).permute(0, 2, 3, 1).reshape(n, -1) for s, c in zip(sources, self.conf)], 1)
+        return loc.view(n, -1, 4), F.softmax(conf.view(n, -1, 2), dim=-1)
+
+
+class FaceBoxes(nn.Module):
+    """The full detector; ``self.head`` and ``self.tail`` are views onto the same weights.
+
+    ``forward(x) == tail(head(x))`` exactly, by construction.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = CRelu(3, 24, kernel_size=7, stride=4, padding=3)
+        self.conv2 = CRelu(48, 64, kernel_size=5, stride=2, padding=2)
+        self.inception1 = Inception()
+        self.inception2 = Inception()
+        self.inception3 = Inception()
+        self.conv3_1 = BasicConv2d(128, 128, kernel_size=1, stride=1, padding=0)
+        self.conv3_2 = BasicConv2d(128, 256, kernel_size=3, stride=2, padding=1)
+        self.conv4_1 = BasicConv2d(256, 128, kernel_size=1, stride=1, padding=0)
+        self.conv4_2 = BasicConv2d(128, 256, kernel_size=3, stride=2, padding=1)
+        # 21 anchors per cell on the first map (4x4 + 2x2 + 1 densified), 1 on the others.
+        self.loc = nn.ModuleList([nn.Conv2d(128, 21 * 4, 3, padding=1),
+                                  nn.Conv2d(256, 4, 3, padding=1),
+                                  nn.Conv2d(256, 4, 3, padding=1)])
+        self.conf = nn.ModuleList([nn.Conv2d(128, 21 * 2, 3, padding=1),
+                                   nn.Conv2d(256, 2, 3, padding=1),
+                                   nn.Conv2d(256, 2, 3, padding=1)])
+        # Not registered as children (would duplicate state_dict keys).
+        object.__setattr__(self, "head", FaceBoxesHead(self.conv1, self.conv2))
+        object.__setattr__(self, "tail", FaceBoxesTail(self))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tail(self.head(x))

@@ -1,0 +1,100 @@
+"""Tail outputs → face boxes: prior (anchor) boxes, box decoding and NMS.
+
+Written without torchvision. Settings default to the FaceBoxes FDDB test protocol:
+confidence ≥ 0.05, top 5000 before NMS, NMS IoU 0.3, at most 750 kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+#: Anchor sizes per detection layer, and the layers' strides (FaceBoxes paper, Table 1).
+MIN_SIZES = ((32, 64, 128), (256,), (512,))
+STEPS = (32, 64, 128)
+#: Box-encoding variances of the SSD family.
+VARIANCE = (0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Thresholds applied after the tail."""
+
+    confidence: float = 0.05
+    top_k: int = 5000
+    nms_iou: float = 0.3
+    keep_top_k: int = 750
+
+
+@lru_cache(maxsize=32)
+def _priors_np(height: int, width: int) -> np.ndarray:
+    out: list[list[float]] = []
+    for k, step in enumerate(STEPS):
+        fh, fw = math.ceil(height / step), math.ceil(width / step)
+        for i in range(fh):
+            for j in range(fw):
+                for size in MIN_SIZES[k]:
+                    sx, sy = size / width, size / height
+                    # Small anchors are densified so they tile the image as densely as large ones.
+                    n = {32: 4, 64: 2}.get(size, 1)
+                    offs = [o / n for o in range(n)] if n > 1 else [0.5]
+                    for oy in offs:
+                        for ox in offs:
+                            out.append([(j + ox) * step / width, (i + oy) * step / height, sx, sy])
+    return np.asarray(out, dtype=np.float32)
+
+
+def prior_boxes(height: int, width: int) -> torch.Tensor:
+    """Anchors ``[P,4]`` as ``(cx, cy, w, h)`` relative to the input size, in the tail's output order."""
+    return torch.from_numpy(_priors_np(height, width))
+
+
+def decode(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Regression offsets ``[P,4]`` → corner boxes ``(x1, y1, x2, y2)`` relative to the input size."""
+    centers = priors[:, :2] + loc[:, :2] * VARIANCE[0] * priors[:, 2:]
+    sizes = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCE[1])
+    return torch.cat([centers - sizes / 2, centers + sizes / 2], 1)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices in descending score order."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)  # +1: pixel-inclusive, as the reference implementation
+    order = scores.argsort()[::-1]
+    keep: list[int] = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(int(i))
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        inter = np.maximum(0.0, xx2 - xx1 + 1) * np.maximum(0.0, yy2 - yy1 + 1)
+        ovr = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[1:][ovr <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def postprocess(loc: torch.Tensor, conf: torch.Tensor, input_hw: tuple[int, int], scale: float,
+                config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
+    """One image's tail outputs (``loc [P,4]``, ``conf [P,2]``) → ``[K,5]`` ``x1,y1,x2,y2,score``.
+
+    Boxes are in the *original* image's pixels: the network input of size ``input_hw``
+    was the original resized by ``scale``.
+    """
+    h, w = input_hw
+    priors = prior_boxes(h, w)
+    if priors.shape[0] != loc.shape[0]:
+        raise ValueError(f"tail produced {loc.shape[0]} boxes but a {h}x{w} input has {priors.shape[0]} priors")
+    boxes = decode(loc.detach().float().cpu(), priors).numpy()
+    boxes *= np.asarray([w, h, w, h], dtype=np.float32) / scale
+    scores = conf.detach().float().cpu()[:, 1].numpy()
+    idx = np.where(scores > config.confidence)[0]
+    idx = idx[np.argsort(-scores[idx], kind="stable")][: config.top_k]
+    boxes, scores = boxes[idx], scores[idx]
+    keep = nms(boxes, scores, config.nms_iou)[: config.keep_top_k]
+    return np.hstack([boxes[keep], scores[keep, None]]).astype(np.float32)

@@ -1,0 +1,117 @@
+"""The split FaceBoxes network, its weights and its post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from veil.models.faceboxes import FaceBoxes
+from veil.postprocess import decode, nms, postprocess, prior_boxes
+from veil.preprocess import ImageReadError, load_image, prepare, to_image
+from veil import weights as W
+
+
+def test_checkpoint_loads_strict_and_matches_sha(weights_path):
+    sd = W.load_state_dict(weights_path)
+    assert len(sd) == 174
+    model = FaceBoxes()
+    model.load_state_dict(sd, strict=True)
+    assert sum(p.numel() for p in model.parameters()) == 1_007_330
+    assert W.verify(weights_path) == W.REFERENCE_SHA256
+
+
+@pytest.mark.parametrize("hw", [(1024, 1024), (300, 437), (33, 65)])
+def test_split_equals_full_forward(detector, hw):
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        a = detector.head(x)
+        loc_full, conf_full = detector.model(x)
+        loc_split, conf_split = detector.tail(a)
+    assert a.shape == (2, 128, -(-hw[0] // 32), -(-hw[1] // 32))
+    assert torch.equal(loc_full, loc_split) and torch.equal(conf_full, conf_split)
+    assert loc_full.shape[1] == prior_boxes(*hw).shape[0]
+
+
+def test_head_is_exactly_rdcl_128x32x32(detector):
+    with torch.no_grad():
+        assert detector.head(torch.zeros(1, 3, 1024, 1024)).shape == (1, 128, 32, 32)
+
+
+def test_priors_layout_and_decode_identity():
+    p = prior_boxes(64, 64)
+    # 2x2 cells x 21 anchors, then 1x1 at stride 64 and 1x1 at stride 128
+    assert p.shape == (2 * 2 * 21 + 1 + 1, 4)
+    assert torch.allclose(p[0], torch.tensor([0.0, 0.0, 0.5, 0.5]))
+    boxes = decode(torch.zeros_like(p), p)
+    assert torch.allclose(boxes[:, 2:] - boxes[:, :2], p[:, 2:])
+
+
+def test_nms_suppresses_overlaps_and_keeps_order():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=np.float32)
+    scores = np.array([0.5, 0.9, 0.7], dtype=np.float32)
+    assert nms(boxes, scores, 0.3).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.99).tolist() == [1, 2, 0]
+
+
+def test_postprocess_rejects_mismatched_outputs():
+    with pytest.raises(ValueError, match="priors"):
+        postprocess(torch.zeros(10, 4), torch.zeros(10, 2), (64, 64), 1.0)
+
+
+def test_detects_faces_on_a_real_fddb_image(detector, fddb_image_paths):
+    image = load_image(fddb_image_paths[1])  # 2002/07/19/big/img_135: two faces
+    boxes = detector.detect(image)
+    assert (boxes[:, 4] > 0.9).sum() == 2
+    assert boxes[:, :4].min() > -50 and boxes[:, 2].max() < image.shape[1] + 50
+
+
+def test_preprocess_roundtrip_and_bad_images(tmp_path):
+    img = (np.arange(6 * 8 * 3) % 255).astype(np.uint8).reshape(6, 8, 3)
+    assert np.array_equal(to_image(prepare(img, 1.0).tensor), img)
+    assert prepare(img, 3.0).tensor.shape == (1, 3, 18, 24)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ImageReadError, match="corrupt"):
+        load_image(bad)
+    with pytest.raises(ImageReadError, match="not found"):
+        load_image(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError):
+        prepare(img[:, :, 0], 1.0)
+
+
+def test_weights_resolution_and_refusal(tmp_path, monkeypatch, weights_path):
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
+    with pytest.raises(W.WeightsError, match="veil weights fetch"):
+        W.resolve_weights()
+    corrupt = tmp_path / "FaceBoxesProd.pth"
+    corrupt.write_bytes(weights_path.read_bytes()[:100_000])
+    with pytest.raises(W.WeightsError, match="SHA-256"):
+        W.install(corrupt)
+    with pytest.raises(W.WeightsError, match="SHA-256"):
+        W.load_faceboxes(corrupt)
+    with pytest.raises(W.WeightsError, match="cannot read"):
+        W.load_faceboxes(corrupt, verify_sha=False)
+    installed = W.install(weights_path)
+    assert W.resolve_weights() == installed
+    monkeypatch.setenv("VEIL_WEIGHTS", str(weights_path))
+    assert W.resolve_weights() == weights_path
+    assert W.resolve_weights(installed) == installed
+    with pytest.raises(W.WeightsError, match="does not exist"):
+        W.resolve_weights(tmp_path / "nope.pth")
+
+
+def test_fetch_offline_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path))
+    # A local closed port: the real download code, an unreachable source.
+    with pytest.raises(W.WeightsError, match="could not download"):
+        W.fetch("http://127.0.0.1:9/FaceBoxesProd.pth", timeout=2)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_wrong_architecture_refused(tmp_path):
+    bad = tmp_path / "other.pth"
+    torch.save({"conv1.conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(W.WeightsError, match="does not fit"):
+        W.load_faceboxes(bad, verify_sha=False)

@@ -115,3 +115,25 @@ def test_wrong_architecture_refused(tmp_path):
     torch.save({"conv1.conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(W.WeightsError, match="does not fit"):
         W.load_faceboxes(bad, verify_sha=False)
+
+
+def _reference_priors(h: int, w: int) -> np.ndarray:
+    """The anchor layout written out cell by cell, as the FaceBoxes paper describes it."""
+    import math
+    from veil.postprocess import MIN_SIZES, STEPS
+
+    out = []
+    for k, step in enumerate(STEPS):
+        for i in range(math.ceil(h / step)):
+            for j in range(math.ceil(w / step)):
+                for size in MIN_SIZES[k]:
+                    offsets = {32: [0, 0.25, 0.5, 0.75], 64: [0, 0.5]}.get(size, [0.5])
+                    for oy in offsets:
+                        for ox in offsets:
+                            out.append([(j + ox) * step / w, (i + oy) * step / h, size / w, size / h])
+    return np.asarray(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (450, 333), (1350, 1089)])
+def test_vectorised_priors_match_cell_by_cell_layout(hw):
+    assert np.array_equal(prior_boxes(*hw).numpy(), _reference_priors(*hw))

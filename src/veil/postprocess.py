@@ -30,22 +30,24 @@ class PostprocessConfig:
     keep_top_k: int = 750
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=64)
 def _priors_np(height: int, width: int) -> np.ndarray:
-    out: list[list[float]] = []
+    layers = []
     for k, step in enumerate(STEPS):
         fh, fw = math.ceil(height / step), math.ceil(width / step)
-        for i in range(fh):
-            for j in range(fw):
-                for size in MIN_SIZES[k]:
-                    sx, sy = size / width, size / height
-                    # Small anchors are densified so they tile the image as densely as large ones.
-                    n = {32: 4, 64: 2}.get(size, 1)
-                    offs = [o / n for o in range(n)] if n > 1 else [0.5]
-                    for oy in offs:
-                        for ox in offs:
-                            out.append([(j + ox) * step / width, (i + oy) * step / height, sx, sy])
-    return np.asarray(out, dtype=np.float32)
+        ii, jj = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")  # [fh,fw], row-major cells
+        per_cell = []
+        for size in MIN_SIZES[k]:
+            # Small anchors are densified (4x4, 2x2) so they tile the image as densely as large ones.
+            n = {32: 4, 64: 2}.get(size, 1)
+            offs = np.arange(n) / n if n > 1 else np.array([0.5])
+            oy, ox = np.meshgrid(offs, offs, indexing="ij")  # cy outer, cx inner
+            cx = (jj[..., None] + ox.ravel()) * step / width
+            cy = (ii[..., None] + oy.ravel()) * step / height
+            wh = np.broadcast_to([size / width, size / height], cx.shape + (2,))
+            per_cell.append(np.concatenate([cx[..., None], cy[..., None], wh], -1))  # [fh,fw,n*n,4]
+        layers.append(np.concatenate(per_cell, 2).reshape(-1, 4))
+    return np.concatenate(layers, 0).astype(np.float32)
 
 
 def prior_boxes(height: int, width: int) -> torch.Tensor:

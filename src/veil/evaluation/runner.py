@@ -1,0 +1,197 @@
+"""Run a detector over FDDB: one process or several, all images or one shard.
+
+``detector`` is anything with ``detect(image_bgr_uint8) -> [K,5]`` (a
+:class:`veil.detector.Detector`, or a remote trust-zone client). With ``workers > 1`` the
+detector is pickled once into each worker process — each holds its own copy of the same
+weights (and noise), with ``cores // workers`` torch threads so processes don't oversubscribe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from veil.data.fddb import FDDBDataset, FDDBImage, read_fddb
+from veil.evaluation.metrics import IOU_THRESHOLD, match_image
+from veil.evaluation.result import EvalResult, ImageRecord, summarise
+from veil.preprocess import ImageReadError, load_image
+
+#: Kubernetes Indexed Jobs give each pod its index in this variable.
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: images ``index, index+count, …`` of the present ones."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard index must be in 0..{self.count - 1} for {self.count} shards, got {self.index}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Shard":
+        """``"i/N"``, or ``"auto/N"`` taking ``i`` from ``$JOB_COMPLETION_INDEX`` (Kubernetes Indexed Job)."""
+        try:
+            index_s, count_s = spec.split("/")
+            count = int(count_s)
+        except ValueError:
+            raise ValueError(f"--shard must look like i/N or auto/N (e.g. 0/4), got {spec!r}") from None
+        if index_s == "auto":
+            env = os.environ.get(SHARD_INDEX_ENV)
+            if env is None:
+                raise ValueError(f"--shard auto/{count} needs ${SHARD_INDEX_ENV} (set by a Kubernetes Indexed Job)")
+            index_s = env
+        try:
+            index = int(index_s)
+        except ValueError:
+            raise ValueError(f"shard index must be an integer, got {index_s!r}") from None
+        return cls(index, count)
+
+    def select(self, images: list[FDDBImage]) -> list[FDDBImage]:
+        """This shard's deterministic share: every ``count``-th image, so each shard spans all folds."""
+        return images[self.index::self.count]
+
+
+def detector_settings(detector: Any) -> dict[str, Any]:
+    """What determines the detections: weights, input scale and post-processing thresholds."""
+    post = getattr(detector, "post", None)
+    return {
+        "weights_sha256": getattr(detector, "weights_sha256", None) or None,
+        "scale": getattr(detector, "scale", None),
+        "confidence": getattr(post, "confidence", None),
+        "nms_iou": getattr(post, "nms_iou", None),
+        "top_k": getattr(post, "top_k", None),
+        "keep_top_k": getattr(post, "keep_top_k", None),
+        "match_iou": IOU_THRESHOLD,
+    }
+
+
+def _image_seed(seed: int, name: str) -> int:
+    """A per-image noise seed, so seeded noisy runs give the same result however they are split."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") >> 1
+
+
+def evaluate_image(detector: Any, image: FDDBImage, index: int, nsr: bool = False,
+                   seed: int | None = None) -> tuple[ImageRecord | None, dict | None, np.ndarray | None]:
+    """Detect and match one image → (record, None, nsr sums) or (None, skip note, None) if unreadable."""
+    try:
+        img = load_image(image.path)
+    except ImageReadError as exc:
+        return None, {"index": index, "fold": image.fold, "image": image.name, "reason": str(exc)}, None
+    sums = None
+    obf = getattr(detector, "obfuscator", None)
+    if seed is not None and obf is not None and hasattr(obf, "reseed"):
+        obf.reseed(_image_seed(seed, image.name))
+    if nsr and obf is not None:
+        from veil.obfuscate.nsr import nsr_sums  # noisy runs only: the obfuscation package
+
+        # One head pass serves both: the clean activation for the NSR, then the noise on top of it.
+        a, prep = detector.client_side(img, obfuscate=False)
+        sums = nsr_sums(a, obf)
+        with torch.inference_mode():
+            boxes = detector.boxes_from_activation(obf(a), prep)
+    else:
+        boxes = detector.detect(img)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 5)
+    tp = match_image(boxes, image.ellipses)
+    rec = ImageRecord(index=index, fold=image.fold, name=image.name, faces=image.n_faces, detections=boxes, tp=tp)
+    return rec, None, sums
+
+
+# -- worker processes ------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(detector: Any, threads: int, nsr: bool, seed: int | None) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(detector=detector, nsr=nsr, seed=seed)
+
+
+def _worker_run(job: tuple[int, FDDBImage]):
+    index, image = job
+    return evaluate_image(_WORKER["detector"], image, index, _WORKER["nsr"], _WORKER["seed"])
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def evaluate_fddb(detector: Any, dataset: FDDBDataset | str | Path, workers: int = 1, shard: Shard | str | None = None,
+                  progress: bool = True, nsr: bool = False, seed: int | None = None,
+                  settings: dict[str, Any] | None = None) -> EvalResult:
+    """Evaluate ``detector`` on the FDDB images present under ``dataset`` (or this ``shard`` of them).
+
+    ``nsr=True`` (noisy mode, a :class:`~veil.detector.Detector` with an ``obfuscator``) also sums
+    the noise-to-signal ratio over the clean activations. ``seed`` makes noisy runs reproducible
+    (per-image seeds, independent of workers and shards): experiments only. ``settings`` adds
+    entries (mode, alpha, noise file…) to the result's settings, which shards must agree on.
+    """
+    ds = dataset if isinstance(dataset, FDDBDataset) else read_fddb(dataset)
+    shard = Shard.parse(shard) if isinstance(shard, str) else shard
+    if workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    if nsr and getattr(detector, "obfuscator", None) is None:
+        raise ValueError("nsr=True needs a detector with an obfuscator set (noisy mode)")
+    index_of = {id(im): i for i, im in enumerate(ds.images)}
+    todo = ds.available()
+    if shard is not None:
+        todo = shard.select(todo)
+    jobs = [(index_of[id(im)], im) for im in todo]
+    if not ds.available():
+        raise FileNotFoundError(f"none of the {len(ds.images)} annotated FDDB images is under {ds.root / 'originalPics'}")
+    all_settings = {"mode": "clean", **detector_settings(detector), **(settings or {}),
+                    "dataset_fingerprint": ds.fingerprint()}
+    records: list[ImageRecord] = []
+    skipped: list[dict] = []
+    sums_total: np.ndarray | None = None
+    desc = "FDDB" if shard is None else f"FDDB shard {shard}"
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress)
+
+    def collect(out) -> None:
+        nonlocal sums_total
+        rec, skip, sums = out
+        if rec is not None:
+            records.append(rec)
+        if skip is not None:
+            skipped.append(skip)
+            tqdm.write(f"skipped {skip['image']}: {skip['reason']}")
+        if sums is not None:
+            sums_total = sums if sums_total is None else sums_total + sums
+        bar.update(1)
+
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            for index, image in jobs:
+                collect(evaluate_image(detector, image, index, nsr, seed))
+        else:
+            threads = max(1, _cores() // workers)
+            ctx = mp.get_context("spawn")  # a fresh interpreter: no forked OpenMP state
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(detector, threads, nsr, seed)) as pool:
+                for out in pool.imap_unordered(_worker_run, jobs, chunksize=1):
+                    collect(out)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    if nsr and sums_total is None:
+        raise RuntimeError("no image could be evaluated, so the noise-to-signal ratio is undefined")
+    return summarise(records, ds.fold_counts(), all_settings, skipped, sums_total, wall_s=wall,
+                     shard=None if shard is None else (shard.index, shard.count))

@@ -1,0 +1,201 @@
+"""``veil export-triton``, ``veil serve`` and ``veil infer``: the tail on Triton, the head here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from veil.cli.detect import add_model_args
+from veil.cli.main import CLIError
+
+DEFAULT_REPO = "triton-repo"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-triton", help="write a Triton model repository serving the detector's tail",
+        description="Export the FaceBoxes tail as Triton models face_detection_base and face_detection_noisy "
+                    "(same weights; *_fp16 twins take an FP16 INPUT_0) in three forms, one repository each: "
+                    "OUT/python (python backend; what `veil serve` runs here), OUT/onnx (onnxruntime backend) "
+                    "and OUT/torchscript (pytorch backend) for stock Triton containers. Every exported file is "
+                    "checked against the in-process tail (max abs error <= 1e-4).")
+    p.add_argument("--out", default=DEFAULT_REPO, help="output directory (default: %(default)s)")
+    p.add_argument("--format", choices=["all", "python", "onnx", "torchscript"], default="all",
+                   help="which form(s) to write (default: %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default: %(default)s)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser(
+        "serve", help="run the Triton Inference Server bundled with nvidia-pytriton on a model repository",
+        description="Start the real tritonserver from the nvidia-pytriton wheel on REPO (REPO/python if REPO "
+                    "holds the forms written by `veil export-triton`). Listens on 127.0.0.1 unless --host says "
+                    "otherwise. Stops cleanly on Ctrl-C or SIGTERM.")
+    p.add_argument("--model-repository", default=DEFAULT_REPO, metavar="REPO",
+                   help="model repository (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s; 0.0.0.0 exposes the server to the network)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: %(default)s)")
+    p.add_argument("--model", action="append", dest="models", metavar="NAME",
+                   help="load only this model (repeatable; default: all in the repository)")
+    p.add_argument("--log-file", help="server log file (default: a temporary file, tail shown on failure)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default: %(default)s)")
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser(
+        "infer", help="detect faces with the tail on a Triton server; only the activation is sent",
+        description="Run preprocessing, the head and (with --noisy) the obfuscation here; send only the "
+                    "activation, as binary tensor data, to the Triton server at --url; post-process the returned "
+                    "tail outputs here. Writes IMAGE_NAME.jpg (boxes), IMAGE_NAME.json and, when a decoder is "
+                    "available, IMAGE_NAME.sent.jpg: a reconstruction of what was sent.")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--url", help="server address host:port (default: 127.0.0.1:8000 for http, :8001 for grpc)")
+    p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="(default: %(default)s)")
+    p.add_argument("--noisy", action="store_true", help="obfuscate the activation (needs --alpha or --noise)")
+    p.add_argument("--alpha", type=float, help="ALPHA of the fitted noise to use with --noisy")
+    p.add_argument("--noise", help="explicit noise file (default: NOISE_DIR/alpha-<A>.safetensors)")
+    p.add_argument("--noise-dir", help="directory of fitted noise files (default: the cache's noise/)")
+    p.add_argument("--fp16", action="store_true", help="send the activation as FP16 (half the bytes)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)")
+    p.add_argument("--decoder", help="decoder for the reconstruction of what was sent (default: the trained one, if any)")
+    p.add_argument("--retries", type=int, default=3, help="retries when the server is unreachable (default: %(default)s)")
+    add_model_args(p)
+    p.set_defaults(func=run_infer)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from veil.serving.repository import FORMATS, write_repository
+    from veil.weights import load_faceboxes
+
+    model, digest = load_faceboxes(args.weights)
+    formats = FORMATS if args.format == "all" else (args.format,)
+    t0 = time.monotonic()
+    report = write_repository(model, args.out, digest, formats, args.max_batch_size)
+    for fmt, repo in report.repositories.items():
+        print(f"{fmt:12s} {repo}")
+    for k, v in report.max_error.items():
+        print(f"check {k}: max |exported - in-process| = {v:.2e}")
+    print(f"wrote {args.out} in {time.monotonic() - t0:.1f} s; serve it with `veil serve --model-repository {args.out}`")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from veil.serving.repository import resolve_repository
+    from veil.serving.server import ServerError, TritonServer, unsupported_reason
+
+    why = unsupported_reason()
+    if why:
+        raise CLIError(f"cannot run the bundled tritonserver here: {why}. Use the stock container (docs/serving.md)")
+    repo = resolve_repository(args.model_repository, "python")
+    server = TritonServer(repo, args.host, args.http_port, args.grpc_port, args.metrics_port,
+                          log_file=args.log_file, models=args.models)
+    stopping = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stopping["signal"] = signum
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"starting tritonserver on {repo} ...", file=sys.stderr)
+        try:
+            server.start(args.timeout)
+        except ServerError as exc:
+            raise CLIError(str(exc)) from exc
+        print(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+        print("press Ctrl-C to stop", file=sys.stderr)
+        sys.stdout.flush()
+        code = server.process.wait()
+        print(f"tritonserver exited with status {code}:\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ignore further signals while stopping, so a second Ctrl-C cannot orphan the server.
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        print("stopping tritonserver ...", file=sys.stderr)
+        code = server.stop()
+        print(f"stopped (status {code})", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from veil.detector import Detector
+    from veil.serving.client import TritonDetector
+    from veil.viz import draw_boxes
+
+    det = Detector.from_weights(args.weights, scale=args.scale)
+    meta = None
+    if args.noisy:
+        if args.alpha is None and args.noise is None:
+            raise CLIError("--noisy needs --alpha A (or an explicit --noise FILE)")
+        from veil.obfuscate import load_obfuscator
+
+        det.obfuscator, meta = load_obfuscator(args.alpha, args.noise, args.noise_dir, weights_sha256=det.weights_sha256)
+    elif args.alpha is not None or args.noise is not None:
+        raise CLIError("--alpha/--noise only apply with --noisy")
+    decoder = _decoder(args.decoder)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    client = TritonDetector(det, args.url, args.protocol, fp16=args.fp16, retries=args.retries)
+    bar = tqdm(total=len(args.images), desc=f"infer ({client.model} @ {client.url})", unit="img",
+               disable=len(args.images) < 2)
+
+    def on_result(_i, r):
+        bar.update(1)
+        if not r.ok:
+            tqdm.write(f"not processed: {r.name}: {r.error}", file=sys.stderr)
+            return
+        stem = Path(r.name).stem
+        cv2.imwrite(str(out / f"{stem}.jpg"), draw_boxes(r.image, r.boxes, args.min_score))
+        rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in r.boxes]
+        sent = {"tensor": "INPUT_0", "shape": list(r.activation.shape), "dtype": str(r.activation.dtype).split(".")[-1],
+                "bytes": r.activation.numel() * r.activation.element_size()}
+        record = {"image": r.name, "server": client.url, "protocol": client.protocol, "model": client.model,
+                  "sent": sent, "noise": meta, "detections": rows}
+        if decoder is not None:
+            from veil.privacy.decoders import reconstruct
+
+            cv2.imwrite(str(out / f"{stem}.sent.jpg"), reconstruct(decoder, r.activation.float()))
+            record["reconstruction"] = f"{stem}.sent.jpg"
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        tqdm.write(f"{r.name}: {int((r.boxes[:, 4] >= args.min_score).sum())} faces (score >= {args.min_score})")
+
+    with client:
+        results = client.run_many(args.images, on_result=on_result, keep=True)
+    bar.close()
+    failed = [r for r in results if not r.ok]
+    if failed:
+        down = [r.name for r in failed if r.unavailable]
+        print(f"{len(results) - len(failed)} of {len(results)} images processed; not processed: "
+              f"{', '.join(r.name for r in failed)}", file=sys.stderr)
+        if down:
+            print(f"the server was unreachable for {len(down)} image(s); rerun them when it is back: "
+                  f"veil infer {' '.join(down)} --url {client.url} --protocol {client.protocol} --out {out}",
+                  file=sys.stderr)
+        return 1
+    return 0
+
+
+def _decoder(path: str | None):
+    """The decoder for reconstructions, or None when none is available (the picture is optional)."""
+    try:
+        from veil.privacy.decoders import load_decoder
+    except ImportError:
+        if path:
+            raise CLIError("--decoder given, but veil.privacy.decoders is not available in this installation")
+        return None
+    return load_decoder(path)

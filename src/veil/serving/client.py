@@ -1,0 +1,245 @@
+"""The trust-zone client: preprocess, head and obfuscation run here; only the activation is sent.
+
+:class:`TritonDetector` has the same ``detect(image) -> [K,5]`` as :class:`veil.detector.Detector`,
+so evaluation, the CLI and notebooks use a remote tail exactly as they use a local one. The image,
+its pixels and the preprocessed input never leave this process: the request carries one tensor,
+``INPUT_0`` = the (obfuscated) head activation, as binary data (FP32, or FP16 with ``fp16=True``).
+The tail's outputs come back and are post-processed here.
+
+Failures are explicit: :class:`ServerUnavailableError` (after bounded retries) names the URL and
+the command that starts a server; :class:`InferenceError` carries the server's reason for
+refusing a request (wrong shape, dtype or model), and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from veil.detector import Detector
+from veil.preprocess import ImageReadError, Prepared, load_image
+from veil.serving.repository import model_name
+from veil.serving.wire import encode_input, requested_outputs
+
+PROTOCOLS = ("http", "grpc")
+DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+_UNAVAILABLE_HINTS = ("unavailable", "failed to connect", "connection refused", "not ready", "stopping",
+                      "socket closed", "connection reset", "broken pipe", "timed out", "deadline exceeded",
+                      "no available versions")
+
+
+class ServerUnavailableError(ConnectionError):
+    """No Triton server answered at the URL (not running, unreachable, or stopped mid-request)."""
+
+
+class InferenceError(RuntimeError):
+    """The server refused a request (e.g. wrong model name, shape or dtype); it keeps serving."""
+
+
+@dataclass
+class ImageResult:
+    """One image's outcome in :meth:`TritonDetector.run_many`."""
+
+    name: str
+    boxes: np.ndarray | None = None
+    error: str | None = None
+    unavailable: bool = False  # True when it failed because the server was unreachable
+    image: np.ndarray | None = None
+    activation: torch.Tensor | None = None  # exactly what was sent (for the reconstruction)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def start_hint(protocol: str) -> str:
+    return ("start one with `veil serve --model-repository REPO` (create REPO with "
+            "`veil export-triton --out REPO`), or point --url at a running server")
+
+
+class TritonDetector:
+    """A detector whose tail runs on a Triton server; ``detect(image)`` like :class:`Detector`.
+
+    ``detector`` supplies the head, the optional obfuscator (set → the ``face_detection_noisy``
+    model) and post-processing. ``retries`` bounds how often an unreachable server is retried
+    (with doubling delays from ``retry_delay``); other errors are not retried.
+    """
+
+    def __init__(self, detector: Detector, url: str | None = None, protocol: str = "http", fp16: bool = False,
+                 model: str | None = None, retries: int = 3, retry_delay: float = 0.5, timeout: float = 60.0,
+                 binary: bool = True) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        if not binary and (protocol != "http" or fp16):
+            raise ValueError("JSON text (binary=False) exists only over HTTP with FP32, as in the reference design")
+        self.detector = detector
+        self.protocol = protocol
+        self.url = (url or DEFAULT_URLS[protocol]).removeprefix("http://").removeprefix("grpc://")
+        self.fp16 = fp16
+        self.binary = binary
+        self.noisy = detector.obfuscator is not None
+        self.model = model or model_name(self.noisy, fp16)
+        self.retries = max(0, int(retries))
+        self.retry_delay = retry_delay
+        self.timeout = timeout
+        self._client = None
+
+    # -- connection ----------------------------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None:
+            if self.protocol == "http":
+                import tritonclient.http as httpclient
+
+                self._client = httpclient.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout, network_timeout=self.timeout)
+            else:
+                import tritonclient.grpc as grpcclient
+
+                self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection may fail; nothing to do
+                pass
+            self._client = None
+
+    def __enter__(self) -> "TritonDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _unavailable(self, exc: BaseException) -> ServerUnavailableError:
+        return ServerUnavailableError(
+            f"no Triton server answered at {self.url} ({self.protocol}) after {self.retries + 1} tries "
+            f"({_describe(exc)}); {start_hint(self.protocol)}")
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server and this client's model are ready, or raise ServerUnavailableError."""
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            try:
+                if self.client.is_server_ready() and self.client.is_model_ready(self.model):
+                    return
+            except Exception as exc:  # noqa: BLE001 - any failure here means "not ready yet"
+                last = exc
+                self.close()
+            time.sleep(0.25)
+        raise ServerUnavailableError(
+            f"Triton server at {self.url} ({self.protocol}) with model {self.model!r} not ready after "
+            f"{timeout:.0f} s ({_describe(last) if last else 'not ready'}); {start_hint(self.protocol)}")
+
+    # -- one request ---------------------------------------------------------------------------
+    def infer_activation(self, activation: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Send one activation ``[N,128,h,w]``; return the tail's ``(loc, conf)`` as FP32 arrays."""
+        a = activation.detach().cpu().numpy() if isinstance(activation, torch.Tensor) else np.asarray(activation)
+        last: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.retry_delay * 2 ** (attempt - 1))
+            try:
+                inp = encode_input(self.protocol, a, self.fp16, self.binary)
+                res = self.client.infer(self.model, [inp], outputs=requested_outputs(self.protocol, self.binary))
+                # Copies: tritonclient returns read-only views of its receive buffer.
+                return np.array(res.as_numpy("OUTPUT_0")), np.array(res.as_numpy("OUTPUT_1"))
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not _is_unavailable(exc):
+                    raise self._refused(exc) from exc
+                last = exc
+                self.close()  # reconnect on the next try
+        raise self._unavailable(last) from last
+
+    def _refused(self, exc: BaseException) -> InferenceError:
+        msg = _describe(exc)
+        if "unknown model" in msg.lower() or "not found" in msg.lower():
+            try:
+                names = sorted(m["name"] if isinstance(m, dict) else m.name
+                               for m in _index(self.client, self.protocol))
+                msg += f"; the server at {self.url} serves: {', '.join(names) or 'no models'}"
+            except Exception:  # noqa: BLE001 - the listing is a courtesy
+                pass
+        return InferenceError(f"the Triton server at {self.url} refused the request for model {self.model!r}: {msg}")
+
+    # -- whole images --------------------------------------------------------------------------
+    def client_side(self, image: np.ndarray) -> tuple[torch.Tensor, Prepared]:
+        """Preprocess, head and (if configured) obfuscation: the activation that will be sent."""
+        return self.detector.client_side(image)
+
+    def detect_with_activation(self, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Boxes for a uint8 BGR image, and the exact activation that was sent for them."""
+        a, prep = self.client_side(image)
+        if self.fp16:
+            a = a.half()
+        loc, conf = self.infer_activation(a)
+        return self.detector.boxes_from_outputs(torch.from_numpy(loc), torch.from_numpy(conf), prep), a
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """``[K,5]`` boxes ``x1,y1,x2,y2,score`` in the image's pixels, with the tail on the server."""
+        return self.detect_with_activation(image)[0]
+
+    def run_many(self, items: Iterable[str | Path | tuple[str, np.ndarray]],
+                 on_result: Callable[[int, ImageResult], None] | None = None,
+                 keep: bool = False) -> list[ImageResult]:
+        """Detect on many images; never stops at a bad image or an unreachable server.
+
+        Each item is a path or ``(name, image)``. An image that cannot be read, or that fails
+        because the server is down (after the bounded retries), is reported in its
+        :class:`ImageResult` and the run goes on, so images after the server comes back are
+        processed. ``keep=True`` keeps each image and the activation sent (for drawing).
+        """
+        results = []
+        for i, item in enumerate(items):
+            name, image = (str(item), None) if isinstance(item, (str, Path)) else (str(item[0]), item[1])
+            r = ImageResult(name)
+            try:
+                if image is None:
+                    image = load_image(name)
+                r.boxes, a = self.detect_with_activation(image)
+                if keep:
+                    r.image, r.activation = image, a
+            except ImageReadError as exc:
+                r.error = str(exc)
+            except ServerUnavailableError as exc:
+                r.error, r.unavailable = str(exc), True
+            except InferenceError as exc:
+                r.error = str(exc)
+            results.append(r)
+            if on_result is not None:
+                on_result(i, r)
+        return results
+
+
+def _index(client, protocol: str):
+    idx = client.get_model_repository_index()
+    return idx if protocol == "http" else idx.models
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no error"
+    msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    return f"{exc.__class__.__name__}: {msg}".strip()
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Connection-level failures (retry, then report the server missing) vs. refused requests."""
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    status = getattr(exc, "status", None)
+    status = status() if callable(status) else status
+    if status is not None and ("UNAVAILABLE" in str(status) or str(status) in ("503", "502", "504")):
+        return True
+    text = _describe(exc).lower()
+    if "unknown model" in text and "not found" in text:
+        return False  # a wrong model name is the caller's error, not a missing server
+    return any(h in text for h in _UNAVAILABLE_HINTS)

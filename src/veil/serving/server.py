@@ -1,0 +1,251 @@
+"""Start and stop the real Triton Inference Server bundled with PyPI's ``nvidia-pytriton``.
+
+The wheel ships ``tritonserver`` (python backend only) plus its shared libraries and one python
+backend stub per Python version. :class:`TritonServer` assembles a private backend directory
+(symlinks: the backend library and the stub matching *this* interpreter), sets the environment the
+stub needs (this interpreter's ``libpython`` first on ``LD_LIBRARY_PATH``, its ``bin`` first on
+``PATH`` so the embedded Python finds this virtualenv's numpy and torch), binds every endpoint to
+loopback unless told otherwise, waits until the models are ready, and stops the whole process
+group on exit, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """The server could not be found, started, or did not become ready."""
+
+
+def pytriton_dist() -> Path:
+    """The ``tritonserver`` distribution inside the installed nvidia-pytriton package."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("nvidia-pytriton is not installed; `pip install nvidia-pytriton` bundles tritonserver")
+    dist = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    if not (dist / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no tritonserver binary in {dist}/bin (unexpected nvidia-pytriton layout)")
+    return dist
+
+
+def _libs_dir(dist: Path) -> Path:
+    """The wheel's bundled shared libraries (``nvidia_pytriton.libs``, beside the package)."""
+    for cand in (dist.parent.parent / "nvidia_pytriton.libs", dist / "external_libs"):
+        if cand.is_dir():
+            return cand
+    raise ServerError(f"cannot find nvidia_pytriton.libs next to {dist.parent}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def unsupported_reason() -> str | None:
+    """Why the bundled server cannot run on this platform, or None if it should."""
+    if not sys.platform.startswith("linux"):
+        return f"the tritonserver bundled with nvidia-pytriton runs on Linux only (this is {sys.platform})"
+    try:
+        dist = pytriton_dist()
+    except ServerError as exc:
+        return str(exc)
+    ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if not (dist / "python_backend_stubs" / ver / "triton_python_backend_stub").is_file():
+        return f"nvidia-pytriton ships no python backend stub for Python {ver}"
+    libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    try:
+        major, minor = (int(x) for x in libc.split()[1].split(".")[:2])
+        if (major, minor) < (2, 35):
+            return f"tritonserver needs glibc >= 2.35 (this is {libc})"
+    except (IndexError, ValueError):
+        pass
+    return None
+
+
+class TritonServer:
+    """A ``tritonserver`` process serving a model repository; use as a context manager.
+
+    Ports default to free ones; ``host`` defaults to loopback; ``models`` limits which models
+    are loaded (each python-backend model is a process that imports torch, so fewer start faster). ``stop()`` (also run on exit of the
+    ``with`` block) sends SIGTERM, waits, then kills the process group if needed.
+    """
+
+    def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", http_port: int | None = None,
+                 grpc_port: int | None = None, metrics_port: int | None = None,
+                 log_file: str | Path | None = None, log_verbose: int = 0,
+                 models: list[str] | None = None) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        if not self.model_repository.is_dir():
+            raise ServerError(f"model repository {self.model_repository} does not exist; "
+                              f"create it with `veil export-triton --out {model_repository}`")
+        self.host = host
+        self.http_port = http_port or free_port(host)
+        self.grpc_port = grpc_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.log_file = Path(log_file) if log_file else None
+        self.log_verbose = log_verbose
+        self.models = list(models) if models else None  # None: every model in the repository
+        self.process: subprocess.Popen | None = None
+        self._workdir: Path | None = None
+        self._log = None
+
+    # -- addresses -----------------------------------------------------------------------------
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    def url(self, protocol: str = "http") -> str:
+        return self.http_url if protocol == "http" else self.grpc_url
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The ``tritonserver`` command line (after :meth:`_prepare`)."""
+        assert self._workdir is not None
+        shm = f"veil{os.getpid()}-{secrets.token_hex(4)}"
+        return [str(pytriton_dist() / "bin" / "tritonserver"),
+                f"--model-repository={self.model_repository}",
+                f"--backend-directory={self._workdir / 'backends'}",
+                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                f"--backend-config=python,shm-region-prefix-name={shm}",
+                "--backend-config=python,shm-default-byte-size=4194304",
+                "--backend-config=python,shm-growth-byte-size=4194304",
+                "--strict-readiness=true", "--exit-on-error=true", "--disable-auto-complete-config",
+                f"--log-verbose={self.log_verbose}"] + self._model_args()
+
+    def _model_args(self) -> list[str]:
+        if not self.models:
+            return []
+        missing = [m for m in self.models if not (self.model_repository / m / "config.pbtxt").is_file()]
+        if missing:
+            raise ServerError(f"model(s) {missing} not in {self.model_repository}")
+        return ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in self.models]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: this interpreter's libpython and virtualenv come first."""
+        env = os.environ.copy()
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        parts = [libdir, str(_libs_dir(pytriton_dist())), env.get("LD_LIBRARY_PATH", "")]
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in parts if p)
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        return env
+
+    def _prepare(self) -> None:
+        dist = pytriton_dist()
+        ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        stub = dist / "python_backend_stubs" / ver / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {ver}")
+        self._workdir = Path(tempfile.mkdtemp(prefix="veil-triton-"))
+        pyb = self._workdir / "backends" / "python"
+        pyb.mkdir(parents=True)
+        for f in (dist / "backends" / "python").iterdir():
+            if f.is_file():
+                (pyb / f.name).symlink_to(f)
+        (pyb / "triton_python_backend_stub").symlink_to(stub)
+
+    def start(self, timeout: float = 120.0) -> "TritonServer":
+        """Start the server and wait until it and all its models are ready."""
+        if self.process is not None and self.process.poll() is None:
+            return self
+        self._prepare()
+        log_path = self.log_file or (self._workdir / "tritonserver.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")
+        self._log_path = log_path
+        try:
+            self.process = subprocess.Popen(self.command(), env=self.environment(), stdin=subprocess.DEVNULL,
+                                            stdout=self._log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        """True when the HTTP endpoint answers ``/v2/health/ready`` with 200 (server and models ready)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ServerError(f"tritonserver exited (status {code}) before it was ready:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = Path(self._log_path).read_text(errors="replace")
+        except (AttributeError, OSError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Stop the server (SIGTERM, then SIGKILL to its process group); return its exit status."""
+        code = None
+        p = self.process
+        if p is not None:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            # The python backend stubs live in the server's process group: make sure none survive.
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            code = p.wait()
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

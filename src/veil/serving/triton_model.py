@@ -1,0 +1,60 @@
+"""Triton python-backend model: the FaceBoxes tail (copied into the repository as ``model.py``).
+
+Self-contained on purpose: it needs only numpy and torch in the server's Python (not veil), and
+loads the TorchScript tail written beside it. Requests of equal spatial size that the dynamic
+batcher groups are run as one batch; a failing request gets an error response of its own, so a
+bad request never takes the model down.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("tail_file", "tail.pt"))
+        self.tail = torch.jit.load(path, map_location="cpu").eval()
+        self.in_dtype = torch.float16 if config["input"][0]["data_type"] == "TYPE_FP16" else torch.float32
+        self.channels = int(config["input"][0]["dims"][0])
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        groups = {}
+        for i, request in enumerate(requests):
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT_0").as_numpy()
+            if a.ndim != 4 or a.shape[1] != self.channels or min(a.shape[2:]) < 1:
+                responses[i] = self._error(f"INPUT_0 must be [N,{self.channels},H,W], got {list(a.shape)}")
+                continue
+            if not np.isfinite(a).all():
+                responses[i] = self._error("INPUT_0 holds NaN or infinite values")
+                continue
+            groups.setdefault(a.shape[1:], []).append((i, a))
+        for items in groups.values():
+            try:
+                batch = torch.from_numpy(np.concatenate([a for _, a in items]))
+                # No TorchScript re-optimisation per new input size: sizes vary with every image.
+                with torch.inference_mode(), torch.jit.optimized_execution(False):
+                    loc, conf = self.tail(batch)
+                loc, conf = loc.numpy(), conf.numpy()
+            except Exception as exc:  # noqa: BLE001 - report any tail failure to the client
+                for i, _ in items:
+                    responses[i] = self._error(f"tail failed: {exc.__class__.__name__}: {exc}")
+                continue
+            start = 0
+            for i, a in items:
+                stop = start + a.shape[0]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("OUTPUT_0", np.ascontiguousarray(loc[start:stop])),
+                    pb_utils.Tensor("OUTPUT_1", np.ascontiguousarray(conf[start:stop]))])
+                start = stop
+        return responses
+
+    @staticmethod
+    def _error(message):
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

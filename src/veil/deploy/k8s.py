@@ -1,0 +1,449 @@
+"""Kubernetes manifests for veil's scenarios, built as plain dicts and rendered to YAML.
+
+The reference design (NetApp with Protopia) runs in a namespace ``inference`` with a persistent
+volume ``inference-data`` holding FDDB, batch Jobs ``netapp-inference-raw`` and
+``netapp-inference-protopia-<ALPHA>`` (``backoffLimit: 5``, ``/dev/shm`` in memory, optional GPUs,
+``restartPolicy: Never``), a Triton server whose model repository lives on a volume, and a
+JupyterLab workspace with the data volume mounted. These builders produce the same objects for
+veil, so that ``kubectl apply -f`` of the rendered YAML is the whole deployment.
+
+Dicts rather than templates: every field is checked by the tests against the official schemas
+(``kubernetes-validate``), and the container commands are real ``veil`` subcommands.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+import yaml
+
+import veil
+
+Manifest = dict[str, Any]
+
+#: The image built from the project's Dockerfile. Tagged with the version: never ``latest``.
+DEFAULT_IMAGE = f"veil:{veil.__version__}"
+#: A stock Triton container (it has the onnxruntime and pytorch backends that `veil export-triton` targets).
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+DATA_MOUNT = "/data"
+MODEL_MOUNT = "/models"
+WORKSPACE_MOUNT = "/workspace"
+#: UID of the ``veil`` user in the image (see Dockerfile); fsGroup makes volumes writable for it.
+VEIL_UID = 1000
+SCENARIOS = ("batch", "triton", "jupyter")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+@dataclass
+class Options:
+    """Everything the manifests depend on; defaults follow the reference design."""
+
+    namespace: str = "inference"
+    pvc: str = "inference-data"
+    pvc_size: str = "50Gi"
+    storage_class: str | None = None
+    access_mode: str = "ReadWriteMany"
+    create_namespace: bool = True
+    create_pvc: bool = True
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    gpus: int = 0
+    cpu: str | None = None
+    memory: str | None = None
+    shm_size: str = "2Gi"
+    # Paths inside the data volume (mounted at /data).
+    dataset: str = f"{DATA_MOUNT}/fddb"
+    weights: str = f"{DATA_MOUNT}/models/FaceBoxesProd.pth"
+    noise_dir: str = f"{DATA_MOUNT}/noise"
+    results_dir: str = f"{DATA_MOUNT}/results"
+    # Batch scenario.
+    alpha: float | None = None
+    noisy: bool = False
+    shards: int = 1
+    parallelism: int | None = None
+    run_id: str | None = None
+    # Triton scenario.
+    triton_server: str = "tritonserver"  # or "veil": `veil serve` (pytriton) in the veil image
+    triton_image: str = TRITON_IMAGE
+    model_pvc: str = "veil-model-repo"
+    model_pvc_size: str = "1Gi"
+    service_type: str = "ClusterIP"
+    # JupyterLab scenario.
+    workspace_pvc: str = "veil-workspace"
+    workspace_size: str = "10Gi"
+    jupyter_secret: str = "veil-jupyter"
+    triton_url: str | None = None
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    def check(self) -> "Options":
+        """Refuse values Kubernetes would reject, with the reason, before anything is rendered."""
+        for what, name in (("namespace", self.namespace), ("--pvc", self.pvc), ("--model-pvc", self.model_pvc),
+                           ("--workspace-pvc", self.workspace_pvc), ("--jupyter-secret", self.jupyter_secret)):
+            if not _DNS_LABEL.match(name) or len(name) > 63:
+                raise ValueError(f"{what} {name!r} is not a valid Kubernetes name "
+                                 "(lower-case letters, digits and '-', at most 63 characters)")
+        for what, q in (("--pvc-size", self.pvc_size), ("--model-pvc-size", self.model_pvc_size),
+                        ("--workspace-size", self.workspace_size), ("--shm-size", self.shm_size),
+                        ("--memory", self.memory)):
+            if q is not None and not _QUANTITY.match(q):
+                raise ValueError(f"{what} {q!r} is not a Kubernetes quantity (e.g. 512Mi, 50Gi)")
+        if self.cpu is not None and not re.match(r"^[0-9]+(\.[0-9]+)?m?$", self.cpu):
+            raise ValueError(f"--cpu {self.cpu!r} is not a CPU quantity (e.g. 2, 0.5, 500m)")
+        if self.gpus < 0:
+            raise ValueError(f"--gpus must be ≥ 0, got {self.gpus}")
+        if self.shards < 1:
+            raise ValueError(f"--shards must be ≥ 1, got {self.shards}")
+        if self.parallelism is not None and self.parallelism < 1:
+            raise ValueError(f"--parallelism must be ≥ 1, got {self.parallelism}")
+        if self.noisy and self.alpha is None:
+            raise ValueError("--noisy needs --alpha A (the obfuscation level whose fitted noise to use)")
+        if self.alpha is not None and not (0.0 < self.alpha < 1.0):
+            raise ValueError(f"--alpha must be in (0, 1), got {self.alpha}")
+        if self.alpha is not None and not self.noisy:
+            raise ValueError("--alpha without --noisy would run the clean model; add --noisy")
+        if self.access_mode not in ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"):
+            raise ValueError(f"--access-mode {self.access_mode!r} is not a Kubernetes access mode")
+        if self.service_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
+            raise ValueError(f"--service-type must be ClusterIP, NodePort or LoadBalancer, got {self.service_type!r}")
+        if self.triton_server not in ("tritonserver", "veil"):
+            raise ValueError(f"--triton-server must be 'tritonserver' or 'veil', got {self.triton_server!r}")
+        if self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image:
+            raise ValueError(f"--image {self.image!r} needs an explicit tag other than 'latest' (e.g. veil:0.1.0), "
+                             "so that every pod of a run uses the same build")
+        return self
+
+
+def alpha_text(alpha: float) -> str:
+    """ALPHA as the reference design writes it in names and env (0.8, 0.05)."""
+    return f"{alpha:g}"
+
+
+def batch_job_name(opts: Options) -> str:
+    """``netapp-inference-raw`` or ``netapp-inference-protopia-<ALPHA>``, as in the reference design.
+
+    An Indexed Job's pods are named ``<job>-<index>`` and get that as hostname, which must be a DNS
+    label (no dots): there the dot in ALPHA becomes ``-`` (``…-protopia-0-8``).
+    """
+    name = "netapp-inference-raw" if not opts.noisy else f"netapp-inference-protopia-{alpha_text(opts.alpha)}"
+    if opts.shards > 1:
+        name = name.replace(".", "-")
+    return name
+
+
+def _labels(component: str, opts: Options) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": component,
+            "app.kubernetes.io/version": veil.__version__, **opts.extra_labels}
+
+
+def _meta(name: str, component: str, opts: Options) -> dict[str, Any]:
+    return {"name": name, "namespace": opts.namespace, "labels": _labels(component, opts)}
+
+
+def namespace(opts: Options) -> Manifest:
+    """``kubectl create namespace inference``, as a manifest."""
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": opts.namespace, "labels": {"app.kubernetes.io/part-of": "veil"}}}
+
+
+def pvc(name: str, size: str, opts: Options, access_mode: str | None = None, component: str = "data") -> Manifest:
+    """A PersistentVolumeClaim (the reference design makes these with the DataOps Toolkit)."""
+    spec: dict[str, Any] = {"accessModes": [access_mode or opts.access_mode],
+                            "resources": {"requests": {"storage": size}}}
+    if opts.storage_class:
+        spec["storageClassName"] = opts.storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(name, component, opts),
+            "spec": spec}
+
+
+def _resources(opts: Options, gpus: int | None = None) -> dict[str, Any]:
+    gpus = opts.gpus if gpus is None else gpus
+    requests: dict[str, str] = {}
+    limits: dict[str, Any] = {}
+    if opts.cpu:
+        requests["cpu"] = opts.cpu
+    if opts.memory:
+        requests["memory"] = limits["memory"] = opts.memory
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus  # extended resources: request = limit
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _veil_env(opts: Options) -> list[dict[str, Any]]:
+    return [{"name": "VEIL_WEIGHTS", "value": opts.weights},
+            {"name": "VEIL_CACHE_DIR", "value": "/tmp/veil-cache"},
+            {"name": "PYTHONUNBUFFERED", "value": "1"}]
+
+
+def _container_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": VEIL_UID, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def _data_volume(opts: Options, read_only: bool = False) -> dict[str, Any]:
+    claim: dict[str, Any] = {"claimName": opts.pvc}
+    if read_only:
+        claim["readOnly"] = True
+    return {"name": "data", "persistentVolumeClaim": claim}
+
+
+def _shm_volume(opts: Options) -> dict[str, Any]:
+    """``/dev/shm`` as an in-memory emptyDir: PyTorch data loading needs more than the 64 MiB default."""
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": opts.shm_size}}
+
+
+def evaluate_args(opts: Options, shard: bool = False, out_partial: str | None = None) -> list[str]:
+    """The ``veil evaluate`` arguments a batch pod runs (the image's entrypoint is ``veil``).
+
+    With noise, ALPHA comes from the pod's env (``$(ALPHA)`` is expanded by Kubernetes), as in the
+    reference design's Job ``netapp-inference-protopia-0.8``.
+    """
+    args = ["evaluate", "--dataset", opts.dataset]
+    if opts.noisy:
+        args += ["--noisy", "--alpha", "$(ALPHA)", "--noise-dir", opts.noise_dir]
+    if shard:
+        args += ["--shard", f"auto/{opts.shards}", "--out-partial", out_partial or ""]
+    else:
+        args += ["--out", f"{opts.results_dir}/{run_id(opts)}.json"]
+    return args
+
+
+def run_id(opts: Options) -> str:
+    """Where a run's results go under ``results_dir``: ``--run-id``, else the Job's name."""
+    return opts.run_id or batch_job_name(opts)
+
+
+def _pod_spec(containers: list[dict], volumes: list[dict], restart: str,
+              init: list[dict] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"securityContext": {"fsGroup": VEIL_UID}, "containers": containers,
+                            "volumes": volumes, "restartPolicy": restart}
+    if init:
+        spec["initContainers"] = init
+    return spec
+
+
+def _veil_container(name: str, args: list[str], opts: Options, env: list[dict] | None = None,
+                    mounts: list[dict] | None = None, gpus: int | None = None,
+                    command: list[str] | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": name, "image": opts.image, "imagePullPolicy": opts.image_pull_policy}
+    if command:
+        c["command"] = command
+    c["args"] = args
+    c["env"] = (env or []) + _veil_env(opts)
+    res = _resources(opts, gpus)
+    if res:
+        c["resources"] = res
+    c["volumeMounts"] = mounts if mounts is not None else [{"name": "data", "mountPath": DATA_MOUNT},
+                                                          {"name": "dshm", "mountPath": "/dev/shm"}]
+    c["securityContext"] = _container_security()
+    return c
+
+
+def batch_job(opts: Options) -> Manifest:
+    """The evaluation Job: one pod (reference design), or an Indexed Job of ``opts.shards`` pods.
+
+    Each pod of an Indexed Job evaluates shard ``$JOB_COMPLETION_INDEX`` of ``shards`` and writes a
+    partial result under ``results_dir/<run-id>``; :func:`merge_job` combines them afterwards.
+    Logs hold the per-fold table (``kubectl logs job/<name>``).
+    """
+    name = batch_job_name(opts)
+    sharded = opts.shards > 1
+    env = [{"name": "ALPHA", "value": alpha_text(opts.alpha)}] if opts.noisy else []
+    args = evaluate_args(opts, shard=sharded, out_partial=f"{opts.results_dir}/{run_id(opts)}")
+    container = _veil_container("inference", args, opts, env=env)
+    spec: dict[str, Any] = {"backoffLimit": 5}
+    if sharded:
+        spec["completionMode"] = "Indexed"
+        spec["completions"] = opts.shards
+        spec["parallelism"] = min(opts.parallelism or opts.shards, opts.shards)
+    spec["template"] = {"metadata": {"labels": _labels("batch", opts)},
+                        "spec": _pod_spec([container], [_data_volume(opts), _shm_volume(opts)], "Never")}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, "batch", opts), "spec": spec}
+
+
+def merge_job(opts: Options) -> Manifest:
+    """The Job that merges an Indexed Job's partial results into the single-run table and JSON.
+
+    Apply it after ``kubectl wait --for=condition=complete job/<name>``: Kubernetes has no
+    dependencies between Jobs, and merging early would find shards missing.
+    """
+    rid = run_id(opts)
+    args = ["merge-results", f"{opts.results_dir}/{rid}", "--out", f"{opts.results_dir}/{rid}.json"]
+    container = _veil_container("merge", args, opts, gpus=0,
+                                mounts=[{"name": "data", "mountPath": DATA_MOUNT}])
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(f"{batch_job_name(opts)}-merge", "batch", opts),
+            "spec": {"backoffLimit": 5,
+                     "template": {"metadata": {"labels": _labels("batch", opts)},
+                                  "spec": _pod_spec([container], [_data_volume(opts)], "Never")}}}
+
+
+TRITON_PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
+
+
+def export_args(opts: Options) -> list[str]:
+    """``veil export-triton`` into the model repository volume (both ONNX and TorchScript tails)."""
+    return ["export-triton", "--out", MODEL_MOUNT]
+
+
+def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
+    """Triton serving the tail; an init container exports the model repository onto its volume first.
+
+    ``triton_server="tritonserver"`` runs the stock Triton image on that repository;
+    ``"veil"`` runs ``veil serve`` (pytriton) from the veil image instead.
+    """
+    init = _veil_container("export-model", export_args(opts), opts, gpus=0,
+                           mounts=[{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
+                                   {"name": "models", "mountPath": MODEL_MOUNT}])
+    ports = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in TRITON_PORTS]
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
+    live = {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6}
+    startup = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 60}
+    mounts = [{"name": "models", "mountPath": MODEL_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    if opts.triton_server == "tritonserver":
+        server: dict[str, Any] = {
+            "name": "tritonserver", "image": opts.triton_image, "imagePullPolicy": opts.image_pull_policy,
+            "command": ["tritonserver"],
+            "args": [f"--model-repository={MODEL_MOUNT}", "--strict-readiness=true", "--log-verbose=0"]}
+        res = _resources(opts)
+        if res:
+            server["resources"] = res
+        server["volumeMounts"] = mounts
+    else:
+        server = _veil_container("tritonserver", ["serve", "--host", "0.0.0.0", "--model-repository", MODEL_MOUNT],
+                                 opts, mounts=mounts)
+    server.update({"ports": ports, "readinessProbe": probe, "livenessProbe": live, "startupProbe": startup})
+    volumes = [_data_volume(opts, read_only=True),
+               {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}}, _shm_volume(opts)]
+    labels = _labels("triton", opts)
+    selector = {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": "triton"}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, "triton", opts),
+            "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                     "selector": {"matchLabels": selector},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": _pod_spec([server], volumes, "Always", init=[init])}}}
+
+
+def service(name: str, component: str, ports: Iterable[tuple[str, int]], opts: Options) -> Manifest:
+    """A Service in front of a Deployment's pods (ClusterIP by default: reach it with port-forward)."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, component, opts),
+            "spec": {"type": opts.service_type,
+                     "selector": {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": component},
+                     "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]}}
+
+
+JUPYTER_PORT = 8888
+
+
+def jupyter_deployment(opts: Options, name: str = "veil-jupyterlab") -> Manifest:
+    """A JupyterLab workspace in the veil image, with the data volume at /data and the notebooks copied in.
+
+    The token comes from a Secret (never rendered into the YAML): JupyterLab reads ``$JUPYTER_TOKEN``.
+    """
+    mounts = [{"name": "workspace", "mountPath": WORKSPACE_MOUNT}, {"name": "data", "mountPath": DATA_MOUNT},
+              {"name": "dshm", "mountPath": "/dev/shm"}]
+    # Copy the image's /workspace (the notebooks) onto the volume, as the DataOps Toolkit does, without
+    # overwriting a user's edits.
+    init = _veil_container("copy-notebooks", ["-c", f"cp -an {WORKSPACE_MOUNT}/. /vol/ || true"],
+                           opts, gpus=0, command=["sh"], mounts=[{"name": "workspace", "mountPath": "/vol"}])
+    env = [{"name": "JUPYTER_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": opts.jupyter_secret, "key": "token"}}},
+           {"name": "VEIL_DATASET", "value": opts.dataset},
+           {"name": "VEIL_NOISE_DIR", "value": opts.noise_dir}]
+    if opts.triton_url:
+        env.append({"name": "VEIL_TRITON_URL", "value": opts.triton_url})
+    lab = _veil_container(
+        "jupyterlab", ["lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser",
+                       f"--ServerApp.root_dir={WORKSPACE_MOUNT}"],
+        opts, env=env, mounts=mounts, command=["jupyter"])
+    lab["ports"] = [{"name": "http", "containerPort": JUPYTER_PORT, "protocol": "TCP"}]
+    lab["readinessProbe"] = {"httpGet": {"path": "/api", "port": "http"}, "periodSeconds": 10}
+    volumes = [{"name": "workspace", "persistentVolumeClaim": {"claimName": opts.workspace_pvc}},
+               _data_volume(opts), _shm_volume(opts)]
+    selector = {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": "jupyterlab"}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, "jupyterlab", opts),
+            "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector},
+                     "template": {"metadata": {"labels": _labels("jupyterlab", opts)},
+                                  "spec": _pod_spec([lab], volumes, "Always", init=[init])}}}
+
+
+def _common(opts: Options) -> list[Manifest]:
+    docs: list[Manifest] = []
+    if opts.create_namespace:
+        docs.append(namespace(opts))
+    if opts.create_pvc:
+        docs.append(pvc(opts.pvc, opts.pvc_size, opts))
+    return docs
+
+
+def render_scenario(scenario: str, opts: Options, part: str = "all") -> list[Manifest]:
+    """All manifests of a scenario, in ``kubectl apply`` order.
+
+    ``part``: ``"all"``; for batch ``"merge"`` (only the merge Job of a sharded run); for triton
+    ``"export"`` (only a Job that fills the model repository, for a Triton made by the DataOps Toolkit).
+    """
+    opts.check()
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
+    if scenario == "batch":
+        if part == "merge":
+            if opts.shards < 2:
+                raise ValueError("--merge is for a sharded run: give the same --shards N (N ≥ 2) as the Job")
+            return [merge_job(opts)]
+        return _common(opts) + [batch_job(opts)]
+    if scenario == "triton":
+        if part == "export":
+            return [export_job(opts)]
+        return _common(opts) + [pvc(opts.model_pvc, opts.model_pvc_size, opts, "ReadWriteOnce", "triton"),
+                                triton_deployment(opts), service("veil-triton", "triton", TRITON_PORTS, opts)]
+    return _common(opts) + [pvc(opts.workspace_pvc, opts.workspace_size, opts, "ReadWriteOnce", "jupyterlab"),
+                            jupyter_deployment(opts),
+                            service("veil-jupyterlab", "jupyterlab", [("http", JUPYTER_PORT)], opts)]
+
+
+def export_job(opts: Options) -> Manifest:
+    """A Job that writes the Triton model repository into ``model_pvc`` (for a Triton server made elsewhere)."""
+    c = _veil_container("export-model", export_args(opts), opts, gpus=0,
+                        mounts=[{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
+                                {"name": "models", "mountPath": MODEL_MOUNT}])
+    vols = [_data_volume(opts, read_only=True), {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}}]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta("veil-export-triton", "triton", opts),
+            "spec": {"backoffLimit": 5, "template": {"metadata": {"labels": _labels("triton", opts)},
+                                                     "spec": _pod_spec([c], vols, "Never")}}}
+
+
+def to_yaml(docs: list[Manifest], header: str | None = None) -> str:
+    """Multi-document YAML in the order given, with an optional comment header."""
+    body = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)
+    if header:
+        body = "".join(f"# {line}\n" for line in header.splitlines()) + body
+    return body
+
+
+def validate(docs: list[Manifest], version: str, strict: bool = True) -> None:
+    """Validate manifests against the official schemas of a Kubernetes release (PyPI ``kubernetes-validate``).
+
+    Raises ``RuntimeError`` naming the document and field that fail; ``ImportError`` if the
+    validator is not installed (``pip install veil[k8s]``).
+    """
+    import kubernetes_validate  # optional: the k8s extra
+
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=strict)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            raise RuntimeError(f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes {version} "
+                               f"at {where or '<root>'}: {exc.message}") from exc
+
+
+def with_options(opts: Options, **changes: Any) -> Options:
+    """A copy of ``opts`` with some fields changed (keeps callers from mutating shared defaults)."""
+    return replace(opts, **changes)

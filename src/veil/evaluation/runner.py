@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ def evaluate_fddb(detector: Any, dataset: FDDBDataset | str | Path, workers: int
             records.append(rec)
         if skip is not None:
             skipped.append(skip)
-            tqdm.write(f"skipped {skip['image']}: {skip['reason']}")
+            tqdm.write(f"skipped {skip['image']}: {skip['reason']}", file=sys.stderr)
         if sums is not None:
             sums_total = sums if sums_total is None else sums_total + sums
         bar.update(1)

@@ -1,0 +1,118 @@
+"""``veil evaluate`` (FDDB accuracy, clean or obfuscated; whole or one shard) and ``veil merge-results``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from veil.cli.detect import add_model_args
+from veil.cli.main import CLIError
+from veil.evaluation import EvalResult, Shard, evaluate_fddb, merge_results, write_partial
+from veil.evaluation.runner import SHARD_INDEX_ENV
+
+_EPILOG = """\
+examples:
+  veil evaluate --dataset /data/fddb --json runs/clean.json
+  veil evaluate --dataset /data/fddb --noisy --alpha 0.8 --json runs/alpha-0.8.json
+  veil evaluate --dataset /data/fddb --shard auto/4 --out-partial /data/partials   # one pod of an Indexed Job
+  veil merge-results /data/partials --json runs/clean.json
+
+Protocol (docs/evaluation.md): image upscaled x3, confidence 0.05, NMS 0.3; a detection
+matches a face when IoU(rectangle, annotated ellipse region) >= 0.5, one detection per face
+by descending score; per-fold AP (all-point, VOC), mAP = mean over the folds present;
+TPR at 1000 false positives scaled to the images evaluated (1000 x n/2845).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="FDDB accuracy: per-fold AP, mAP and TPR@1000FP",
+                       description="Evaluate the face detector on the FDDB images present under --dataset "
+                                   "(official layout: FDDB-folds/ and originalPics/), clean or with the "
+                                   "learned obfuscation (--noisy --alpha A).",
+                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, metavar="DIR",
+                   help="FDDB root holding FDDB-folds/ and originalPics/")
+    add_model_args(p)
+    p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes to run (each with cores/N torch threads; default: %(default)s)")
+    p.add_argument("--shard", metavar="i/N",
+                   help=f"evaluate only shard i of N (0-based; 'auto/N' takes i from ${SHARD_INDEX_ENV}, "
+                        "as a Kubernetes Indexed Job sets it); combine with `veil merge-results`")
+    p.add_argument("--out-partial", metavar="DIR",
+                   help="write this run's partial result (per-image detections, counts, NSR sums) into DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("obfuscated mode")
+    g.add_argument("--noisy", action="store_true", help="obfuscate the head's activation before the tail")
+    g.add_argument("--alpha", type=float, metavar="A", help="obfuscation strength ALPHA of the fitted noise")
+    g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
+    g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: the veil cache)")
+    g.add_argument("--seed", type=int, help="reproducible noise (experiments only; default: fresh OS randomness)")
+    p.set_defaults(func=run)
+
+    m = sub.add_parser("merge-results", help="combine shard partial results into one FDDB report",
+                       description="Merge the partial results written by `veil evaluate --shard i/N "
+                                   "--out-partial DIR` into exactly the table and JSON of a single run. "
+                                   "Refuses incomplete sets and shards run with different settings.")
+    m.add_argument("dir", metavar="DIR", help="directory holding fddb-partial-*-of-*.json")
+    m.add_argument("--json", metavar="OUT", help="write the merged result as JSON here")
+    m.set_defaults(func=run_merge)
+
+
+def _noisy_setup(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
+    """Load the fitted noise for ALPHA into the detector; return the settings that identify it."""
+    from veil.obfuscate import load_obfuscator, noise_dir, noise_filename  # only noisy runs need it
+    from veil.weights import sha256_file
+
+    obf, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
+                                weights_sha256=detector.weights_sha256, seed=args.seed)
+    detector.obfuscator = obf
+    path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
+    return {"mode": "noisy", "alpha": args.alpha, "noise_family": meta.get("family"),
+            "noise_sha256": sha256_file(path), "seed": args.seed}
+
+
+def _emit(result: EvalResult, json_path: str | None) -> None:
+    print(result.table())
+    if json_path:
+        out = Path(json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_json(), indent=1))
+        print(f"wrote {out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.noisy and args.alpha is None:
+        raise CLIError("--noisy needs --alpha A (the obfuscation strength whose fitted noise to use)")
+    if not args.noisy and (args.alpha is not None or args.noise or args.noise_dir or args.seed is not None):
+        raise CLIError("--alpha/--noise/--noise-dir/--seed only apply with --noisy")
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    shard = Shard.parse(args.shard) if args.shard else None
+    from veil.data import read_fddb
+    from veil.detector import Detector
+
+    dataset = read_fddb(args.dataset)  # fail on a bad dataset before loading anything else
+    detector = Detector.from_weights(args.weights, scale=args.scale)
+    settings = _noisy_setup(args, detector) if args.noisy else {"mode": "clean"}
+    result = evaluate_fddb(detector, dataset, workers=args.workers, shard=shard, progress=not args.no_progress,
+                           nsr=args.noisy, seed=args.seed, settings=settings)
+    if shard is not None:
+        print(f"shard {shard}: {result.images} of the images present (a partial result; "
+              "combine all shards with `veil merge-results`)")
+    _emit(result, args.json)
+    print(f"{result.images} images in {result.wall_s:.1f} s ({result.images / max(result.wall_s, 1e-9):.2f} images/s, "
+          f"{args.workers} worker{'s' if args.workers > 1 else ''})", file=sys.stderr)
+    if args.out_partial:
+        print(f"wrote partial result {write_partial(result, args.out_partial)}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    result = merge_results(args.dir)
+    print(f"merged {result.shards} shards")
+    _emit(result, args.json)
+    return 0

@@ -212,7 +212,7 @@ def evaluate_args(opts: Options, shard: bool = False, out_partial: str | None = 
     if shard:
         args += ["--shard", f"auto/{opts.shards}", "--out-partial", out_partial or ""]
     else:
-        args += ["--out", f"{opts.results_dir}/{run_id(opts)}.json"]
+        args += ["--json", f"{opts.results_dir}/{run_id(opts)}.json"]
     return args
 
 
@@ -276,7 +276,7 @@ def merge_job(opts: Options) -> Manifest:
     dependencies between Jobs, and merging early would find shards missing.
     """
     rid = run_id(opts)
-    args = ["merge-results", f"{opts.results_dir}/{rid}", "--out", f"{opts.results_dir}/{rid}.json"]
+    args = ["merge-results", f"{opts.results_dir}/{rid}", "--json", f"{opts.results_dir}/{rid}.json"]
     container = _veil_container("merge", args, opts, gpus=0,
                                 mounts=[{"name": "data", "mountPath": DATA_MOUNT}])
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(f"{batch_job_name(opts)}-merge", "batch", opts),
@@ -289,8 +289,18 @@ TRITON_PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
 
 
 def export_args(opts: Options) -> list[str]:
-    """``veil export-triton`` into the model repository volume (both ONNX and TorchScript tails)."""
-    return ["export-triton", "--out", MODEL_MOUNT]
+    """``veil export-triton`` into the model repository volume.
+
+    It writes one repository per form under ``/models``: ``onnx`` for the stock Triton image's
+    onnxruntime backend, ``python`` for ``veil serve`` (pytriton), ``torchscript`` for the pytorch backend.
+    """
+    return ["export-triton", "--out", MODEL_MOUNT, "--format", "all"]
+
+
+def triton_repository(opts: Options) -> str:
+    """The repository the server loads: ONNX for stock tritonserver (its libtorch may be older than
+    the TorchScript exporter's); ``veil serve`` picks ``/models/python`` itself."""
+    return f"{MODEL_MOUNT}/onnx" if opts.triton_server == "tritonserver" else MODEL_MOUNT
 
 
 def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
@@ -311,14 +321,14 @@ def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
         server: dict[str, Any] = {
             "name": "tritonserver", "image": opts.triton_image, "imagePullPolicy": opts.image_pull_policy,
             "command": ["tritonserver"],
-            "args": [f"--model-repository={MODEL_MOUNT}", "--strict-readiness=true", "--log-verbose=0"]}
+            "args": [f"--model-repository={triton_repository(opts)}", "--strict-readiness=true", "--log-verbose=0"]}
         res = _resources(opts)
         if res:
             server["resources"] = res
         server["volumeMounts"] = mounts
     else:
-        server = _veil_container("tritonserver", ["serve", "--host", "0.0.0.0", "--model-repository", MODEL_MOUNT],
-                                 opts, mounts=mounts)
+        server = _veil_container("tritonserver", ["serve", "--host", "0.0.0.0", "--model-repository",
+                                                  triton_repository(opts)], opts, mounts=mounts)
     server.update({"ports": ports, "readinessProbe": probe, "livenessProbe": live, "startupProbe": startup})
     volumes = [_data_volume(opts, read_only=True),
                {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}}, _shm_volume(opts)]
@@ -409,11 +419,20 @@ def render_scenario(scenario: str, opts: Options, part: str = "all") -> list[Man
 
 
 def export_job(opts: Options) -> Manifest:
-    """A Job that writes the Triton model repository into ``model_pvc`` (for a Triton server made elsewhere)."""
-    c = _veil_container("export-model", export_args(opts), opts, gpus=0,
+    """A Job that writes an ONNX model repository at the root of ``model_pvc``.
+
+    For a Triton server made elsewhere, e.g. by the DataOps Toolkit, which serves the volume's root
+    (``tritonserver --model-store=/models``): the export goes to scratch space and only its ``onnx``
+    form is copied onto the volume.
+    """
+    script = (f"veil export-triton --out /tmp/export --format onnx && cp -r /tmp/export/onnx/. {MODEL_MOUNT}/ "
+              f"&& ls {MODEL_MOUNT}")
+    c = _veil_container("export-model", ["-c", script], opts, gpus=0, command=["sh"],
                         mounts=[{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
-                                {"name": "models", "mountPath": MODEL_MOUNT}])
-    vols = [_data_volume(opts, read_only=True), {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}}]
+                                {"name": "models", "mountPath": MODEL_MOUNT},
+                                {"name": "scratch", "mountPath": "/tmp/export"}])
+    vols = [_data_volume(opts, read_only=True), {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}},
+            {"name": "scratch", "emptyDir": {}}]
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta("veil-export-triton", "triton", opts),
             "spec": {"backoffLimit": 5, "template": {"metadata": {"labels": _labels("triton", opts)},
                                                      "spec": _pod_spec([c], vols, "Never")}}}

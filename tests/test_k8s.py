@@ -1,0 +1,325 @@
+"""Kubernetes manifests: valid against the official schemas (1.21 and current), faithful to the
+reference design, and running real ``veil`` commands — the sharded batch Job is executed here pod by
+pod and its merged result compared with the single Job's."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from veil.cli.main import build_parser, main
+from veil.deploy import k8s
+
+ROOT = Path(__file__).resolve().parents[1]
+#: kubernetes-validate 1.28.0 (schemas 1.20–1.28) installed apart from the venv's current release:
+#: ``pip install --no-deps --target build/kubernetes-validate-1.28 kubernetes-validate==1.28.0 'setuptools<81'``
+LEGACY_VALIDATOR = Path(os.environ.get("VEIL_KV_LEGACY", ROOT / "build" / "kubernetes-validate-1.28"))
+CURRENT = ("1.30.0", "1.37.0")
+
+VARIANTS = {
+    "batch-raw": ("batch", {}),
+    "batch-protopia": ("batch", {"alpha": 0.8, "noisy": True, "gpus": 1}),
+    "batch-indexed": ("batch", {"alpha": 0.05, "noisy": True, "shards": 8, "parallelism": 4, "gpus": 2,
+                                "cpu": "4", "memory": "16Gi", "storage_class": "ontap-flexgroup"}),
+    "triton": ("triton", {}),
+    "triton-veil-gpu": ("triton", {"triton_server": "veil", "gpus": 1, "service_type": "NodePort",
+                                   "create_pvc": False, "create_namespace": False}),
+    "jupyter": ("jupyter", {"triton_url": "http://veil-triton:8000", "gpus": 1, "namespace": "team1"}),
+}
+
+
+def _render_all() -> dict[str, list[dict]]:
+    out = {name: k8s.render_scenario(sc, k8s.Options(**kw)) for name, (sc, kw) in VARIANTS.items()}
+    out["batch-merge"] = k8s.render_scenario("batch", k8s.Options(shards=8), part="merge")
+    out["triton-export"] = k8s.render_scenario("triton", k8s.Options(), part="export")
+    return out
+
+
+RENDERED = _render_all()
+
+
+def _kinds(docs: list[dict]) -> list[str]:
+    return [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
+
+
+def _only(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, _kinds(docs)
+    return found[0]
+
+
+@pytest.mark.parametrize("version", CURRENT)
+@pytest.mark.parametrize("variant", sorted(RENDERED))
+def test_manifests_validate_against_current_schemas(variant, version):
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed (pip install veil[k8s])")
+    k8s.validate(RENDERED[variant], version, strict=True)
+
+
+def test_manifests_validate_against_kubernetes_1_21(tmp_path):
+    """The reference design's release. Its schemas ship only with kubernetes-validate ≤ 1.28, kept apart."""
+    if not (LEGACY_VALIDATOR / "kubernetes_validate").is_dir():
+        pytest.skip(f"kubernetes-validate 1.28.0 (schemas for 1.21) is not installed at {LEGACY_VALIDATOR}: "
+                    "pip install --no-deps --target build/kubernetes-validate-1.28 kubernetes-validate==1.28.0 "
+                    "'setuptools<81'")
+    docs = [d for variant in sorted(RENDERED) for d in RENDERED[variant]]
+    broken = json.loads(json.dumps(RENDERED["batch-raw"][-1]))
+    broken["spec"]["template"]["spec"]["containers"][0]["volumeMountz"] = []  # must be caught (strict)
+    path = tmp_path / "all.yaml"
+    path.write_text(k8s.to_yaml(docs + [broken]))
+    script = (
+        "import json, sys, warnings, yaml\n"
+        "warnings.simplefilter('ignore')\n"
+        "import kubernetes_validate as kv\n"
+        "out = []\n"
+        "for d in yaml.safe_load_all(open(sys.argv[1])):\n"
+        "    try:\n"
+        "        out.append([kv.validate(d, '1.21.0', strict=True), None])\n"
+        "    except kv.ValidationError as e:\n"
+        "        out.append([None, e.message])\n"
+        "print(json.dumps({'file': kv.__file__, 'results': out}))\n")
+    env = {**os.environ, "PYTHONPATH": str(LEGACY_VALIDATOR)}
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["file"].startswith(str(LEGACY_VALIDATOR)), "the venv's validator was used, not 1.28.0"
+    results = report["results"]
+    assert len(results) == len(docs) + 1
+    for doc, (version, error) in zip(docs, results):
+        assert error is None and version == "1.21", f"{doc['kind']}/{doc['metadata']['name']}: {error}"
+    assert results[-1][1] and "volumeMountz" in results[-1][1]
+
+
+def test_validator_rejects_a_broken_manifest():
+    pytest.importorskip("kubernetes_validate")
+    job = json.loads(json.dumps(RENDERED["batch-raw"][-1]))
+    job["spec"]["backoffLimit"] = "five"
+    with pytest.raises(RuntimeError, match=r"Job/netapp-inference-raw .* spec\.backoffLimit"):
+        k8s.validate([job], "1.37.0")
+
+
+def test_batch_jobs_follow_the_reference_design():
+    raw = _only(RENDERED["batch-raw"], "Job")
+    noisy = _only(RENDERED["batch-protopia"], "Job")
+    assert _kinds(RENDERED["batch-raw"]) == ["Namespace/inference", "PersistentVolumeClaim/inference-data",
+                                             "Job/netapp-inference-raw"]
+    assert noisy["metadata"]["name"] == "netapp-inference-protopia-0.8"
+    for job in (raw, noisy):
+        assert job["metadata"]["namespace"] == "inference"
+        assert job["spec"]["backoffLimit"] == 5
+        pod = job["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        vols = {v["name"]: v for v in pod["volumes"]}
+        assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
+        assert vols["data"]["persistentVolumeClaim"]["claimName"] == "inference-data"
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts == {"data": "/data", "dshm": "/dev/shm"}
+        assert "completionMode" not in job["spec"]
+    c_raw = raw["spec"]["template"]["spec"]["containers"][0]
+    c_noisy = noisy["spec"]["template"]["spec"]["containers"][0]
+    assert "resources" not in c_raw, "no GPU unless asked"
+    assert c_noisy["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {e["name"]: e.get("value") for e in c_noisy["env"]}
+    assert env["ALPHA"] == "0.8" and "ALPHA" not in {e["name"] for e in c_raw["env"]}
+    assert "$(ALPHA)" in c_noisy["args"], "ALPHA reaches veil through the pod's env, as in the reference design"
+
+
+def test_indexed_job_for_shards():
+    job = _only(RENDERED["batch-indexed"], "Job")
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 8, 4)
+    assert job["metadata"]["name"] == "netapp-inference-protopia-0-05", "pod hostnames must be DNS labels"
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--shard") + 1] == "auto/8"
+    assert args[args.index("--out-partial") + 1] == "/data/results/netapp-inference-protopia-0-05"
+    res = spec["template"]["spec"]["containers"][0]["resources"]
+    assert res == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi", "nvidia.com/gpu": 2}}
+    assert _only(RENDERED["batch-indexed"], "PersistentVolumeClaim")["spec"]["storageClassName"] == "ontap-flexgroup"
+    merge = _only(RENDERED["batch-merge"], "Job")
+    assert merge["metadata"]["name"] == "netapp-inference-raw-merge"
+    assert merge["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [
+        "merge-results", "/data/results/netapp-inference-raw"]
+
+
+def test_triton_deployment_serves_a_repository_on_a_volume():
+    docs = RENDERED["triton"]
+    assert _kinds(docs) == ["Namespace/inference", "PersistentVolumeClaim/inference-data",
+                            "PersistentVolumeClaim/veil-model-repo", "Deployment/veil-triton", "Service/veil-triton"]
+    pod = _only(docs, "Deployment")["spec"]["template"]["spec"]
+    init, server = pod["initContainers"][0], pod["containers"][0]
+    assert init["args"][:3] == ["export-triton", "--out", "/models"]
+    assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
+    assert server["image"] == k8s.TRITON_IMAGE and server["command"] == ["tritonserver"]
+    assert "--model-repository=/models/onnx" in server["args"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "veil-model-repo"}} in pod["volumes"]
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    svc = _only(docs, "Service")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert {p["port"] for p in svc["spec"]["ports"]} == {8000, 8001, 8002}
+    assert svc["spec"]["selector"].items() <= pod_labels(docs).items()
+    veil_pod = _only(RENDERED["triton-veil-gpu"], "Deployment")["spec"]["template"]["spec"]
+    assert veil_pod["containers"][0]["args"][:3] == ["serve", "--host", "0.0.0.0"]
+    assert veil_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert _kinds(RENDERED["triton-veil-gpu"])[0] == "PersistentVolumeClaim/veil-model-repo"
+
+
+def pod_labels(docs: list[dict]) -> dict:
+    return _only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+
+
+def test_jupyter_workspace_mounts_the_data_volume_and_keeps_the_token_secret():
+    docs = RENDERED["jupyter"]
+    assert all(d["metadata"].get("namespace", "team1") == "team1" for d in docs)
+    pod = _only(docs, "Deployment")["spec"]["template"]["spec"]
+    lab = pod["containers"][0]
+    assert lab["command"] == ["jupyter"] and lab["args"][0] == "lab"
+    mounts = {m["mountPath"]: m["name"] for m in lab["volumeMounts"]}
+    assert mounts["/data"] == "data" and mounts["/workspace"] == "workspace"
+    env = {e["name"]: e for e in lab["env"]}
+    assert env["JUPYTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "veil-jupyter", "key": "token"}
+    assert env["VEIL_TRITON_URL"]["value"] == "http://veil-triton:8000"
+    assert "value" not in env["JUPYTER_TOKEN"], "the token is never written into the manifests"
+    svc = _only(docs, "Service")
+    assert svc["spec"]["selector"].items() <= pod_labels(docs).items()
+
+
+def _expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion in command/args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
+
+
+def _veil_commands(container: dict) -> list[list[str]]:
+    """The veil command lines a container runs (directly, or inside ``sh -c``)."""
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    args = [_expand(a, env) for a in container["args"]]
+    if "command" not in container:
+        return [args]
+    if container["command"] == ["sh"]:
+        return [shlex.split(part)[1:] for part in args[1].split("&&") if part.strip().startswith("veil ")]
+    return []
+
+
+def test_every_container_runs_a_real_veil_command():
+    """Each ``veil …`` in the manifests parses with veil's own CLI (the flags exist, the values fit)."""
+    parser = build_parser()
+    seen = set()
+    for variant, docs in RENDERED.items():
+        for doc in docs:
+            pod = doc.get("spec", {}).get("template", {}).get("spec")
+            if not pod:
+                continue
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                if c["image"] != k8s.DEFAULT_IMAGE:
+                    continue
+                for argv in _veil_commands(c):
+                    try:
+                        ns = parser.parse_args(argv)
+                    except SystemExit:
+                        pytest.fail(f"{variant}: `veil {shlex.join(argv)}` is not a valid veil command")
+                    seen.add(ns.command)
+                    if ns.command == "evaluate" and "--noisy" in argv:
+                        assert ns.noisy and ns.alpha in (0.8, 0.05)
+    assert seen == {"evaluate", "merge-results", "export-triton", "serve"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"noisy": True}, "--noisy needs --alpha"),
+    ({"alpha": 0.8}, "add --noisy"),
+    ({"alpha": 1.5, "noisy": True}, "--alpha must be in"),
+    ({"namespace": "Inference_1"}, "not a valid Kubernetes name"),
+    ({"pvc_size": "50 GB"}, "not a Kubernetes quantity"),
+    ({"image": "veil:latest"}, "explicit tag"),
+    ({"image": "registry.example/veil"}, "explicit tag"),
+    ({"shards": 0}, "--shards must be"),
+])
+def test_bad_options_are_refused_with_the_reason(bad, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        k8s.render_scenario("batch", k8s.Options(**bad))
+
+
+def test_cli_render_writes_yaml_and_validates(tmp_path, capsys):
+    out = tmp_path / "job.yaml"
+    rc = main(["k8s", "render", "--scenario", "batch", "--alpha", "0.4", "--noisy", "--gpus", "1",
+               "--shards", "3", "--out", str(out), "--validate", "1.37.0"])
+    assert rc == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert _kinds(docs)[-1] == "Job/netapp-inference-protopia-0-4"
+    assert docs[-1]["spec"]["completions"] == 3
+    assert "Job/netapp-inference-protopia-0-4" in capsys.readouterr().err
+    assert main(["k8s", "validate", str(out), "--k8s-version", "1.30.0"]) == 0
+    assert "3 documents valid for Kubernetes 1.30.0" in capsys.readouterr().out
+    docs[-1]["spec"]["parallelism"] = "three"
+    out.write_text(yaml.safe_dump_all(docs))
+    assert main(["k8s", "validate", str(out)]) == 2
+    assert "spec.parallelism" in capsys.readouterr().err
+
+
+def test_cli_render_refuses_bad_combinations(capsys):
+    assert main(["k8s", "render", "--scenario", "batch", "--noisy"]) == 2
+    assert "--noisy needs --alpha" in capsys.readouterr().err
+    assert main(["k8s", "render", "--scenario", "triton", "--merge"]) == 2
+    assert "--merge is for --scenario batch" in capsys.readouterr().err
+
+
+def _mini_fddb(fddb_dir: Path, root: Path, per_fold: int = 2) -> Path:
+    """A copy of FDDB's layout with only a few images of folds 1 and 2 (symlinks): a fast, real dataset."""
+    ds = root / "fddb"
+    (ds / "originalPics").mkdir(parents=True)
+    (ds / "FDDB-folds").symlink_to(fddb_dir / "FDDB-folds")
+    rows = [line.split("\t") for line in (fddb_dir / "available_images.tsv").read_text().splitlines()[1:]]
+    for fold in ("1", "2"):
+        for name, _fold, _faces in [r for r in rows if r[1] == fold][:per_fold]:
+            dst = ds / "originalPics" / f"{name}.jpg"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(fddb_dir / "originalPics" / f"{name}.jpg")
+    return ds
+
+
+def _run_pod(job: dict, monkeypatch, index: int | None = None) -> None:
+    """Run a Job's container the way the kubelet would: its env, ``$(VAR)`` expanded, the image's entrypoint."""
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    with monkeypatch.context() as m:
+        for e in c["env"]:
+            m.setenv(e["name"], e["value"])
+        if index is not None:
+            m.setenv("JOB_COMPLETION_INDEX", str(index))
+        (argv,) = _veil_commands(c)
+        assert main(argv + (["--no-progress"] if argv[0] == "evaluate" else [])) == 0
+
+
+@pytest.mark.slow
+def test_indexed_job_merged_equals_single_job(fddb_dir, weights_path, tmp_path, monkeypatch, capsys):
+    """Execute the rendered Jobs' commands here: 3 pods of the Indexed Job, the merge Job, the single Job."""
+    if (fddb_dir / "available_images.tsv").exists() is False:
+        pytest.skip("available_images.tsv is absent")
+    ds = _mini_fddb(fddb_dir, tmp_path)
+    base = dict(dataset=str(ds), weights=str(weights_path), results_dir=str(tmp_path / "results"))
+    single = _only(k8s.render_scenario("batch", k8s.Options(**base, run_id="single")), "Job")
+    sharded_opts = k8s.Options(**base, shards=3)
+    sharded = _only(k8s.render_scenario("batch", sharded_opts), "Job")
+    merge = _only(k8s.render_scenario("batch", sharded_opts, part="merge"), "Job")
+    for i in range(sharded["spec"]["completions"]):
+        _run_pod(sharded, monkeypatch, index=i)
+    capsys.readouterr()  # the shards' own (partial) tables
+    _run_pod(merge, monkeypatch)
+    merged_log = capsys.readouterr().out
+    _run_pod(single, monkeypatch)
+    single_log = capsys.readouterr().out
+    assert "FDDB-fold-1" in single_log and "mAP" in single_log, "the pod's log holds the per-fold table"
+    fold_lines = lambda log: [ln for ln in log.splitlines() if ln.startswith("FDDB-fold-") or "mAP" in ln]
+    assert fold_lines(merged_log) == fold_lines(single_log)
+    one = json.loads((tmp_path / "results" / "single.json").read_text())
+    many = json.loads((tmp_path / "results" / "netapp-inference-raw.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "results" / "netapp-inference-raw").iterdir()) == [
+        f"fddb-partial-{i:04d}-of-0003.json" for i in range(3)]
+    for key in ("wall_s", "images_per_s", "shards"):
+        one.pop(key, None), many.pop(key, None)
+    assert one == many and one["images"] == 4

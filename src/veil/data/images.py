@@ -98,6 +98,6 @@ class ImageCrops(Dataset):
 
     def describe(self) -> dict:
         """What the fit saw, for the artifact's metadata."""
-        return {"images": len(self.files), "folders": sorted({str(f.parent) for f in self.files})[:20],
+        return {"images": len(self.files),
                 "crop": self.crop, "scale_range": list(self.scale_range),
                 "crops_per_image": self.crops_per_image, "seed": self.seed}

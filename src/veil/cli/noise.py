@@ -1,0 +1,92 @@
+"""``veil fit-noise``: fit the obfuscation noise for one ALPHA on unlabeled images and save it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from veil.cli.main import CLIError
+from veil.data.images import DEFAULT_CROP, DEFAULT_SCALE_RANGE
+from veil.obfuscate.artifact import noise_dir, noise_filename
+from veil.obfuscate.fit import FitConfig
+from veil.obfuscate.noise import FAMILIES
+
+
+def alpha_value(text: str) -> float:
+    """argparse type: ALPHA in [0, 1)."""
+    try:
+        a = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ALPHA must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= a < 1.0:
+        raise argparse.ArgumentTypeError(f"ALPHA must be in [0, 1), got {a}")
+    return a
+
+
+def add_fit_args(p: argparse.ArgumentParser) -> None:
+    """Fitting flags shared by ``fit-noise`` and ``sweep``."""
+    d = FitConfig(alpha=0.0)
+    g = p.add_argument_group("fitting")
+    g.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="crops per step (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate for log σ (default: %(default)s)")
+    g.add_argument("--family", choices=FAMILIES, default=d.family, help="noise distribution (default: %(default)s)")
+    g.add_argument("--privacy-weight", type=float, default=d.privacy_weight,
+                   help="scale of the privacy term against the distortion term (default: %(default)s)")
+    g.add_argument("--channel-weight", type=float, default=d.channel_weight,
+                   help="privacy blend: 1 = mean per-channel log NSR, 0 = overall log NSR (default: %(default)s)")
+    g.add_argument("--crop", type=int, default=DEFAULT_CROP, help="crop side in network pixels (default: %(default)s)")
+    g.add_argument("--scale-range", type=float, nargs=2, default=list(DEFAULT_SCALE_RANGE), metavar=("LO", "HI"),
+                   help="images are resized by a factor drawn log-uniformly from [LO, HI] before cropping, so "
+                        "faces reach the sizes FDDB's ×3 protocol shows the tail (default: %(default)s)")
+    g.add_argument("--crops-per-image", type=int, default=1, help="random crops per image (default: %(default)s)")
+    g.add_argument("--fit-seed", type=int, default=d.seed,
+                   help="seed of the fitting data and of the noise drawn *during fitting* (default: %(default)s); "
+                        "the saved noise is always drawn fresh from the OS at use")
+
+
+def fit_config(args: argparse.Namespace, alpha: float) -> FitConfig:
+    return FitConfig(alpha=alpha, steps=args.steps, batch_size=args.batch_size, lr=args.lr, family=args.family,
+                     privacy_weight=args.privacy_weight, channel_weight=args.channel_weight, seed=args.fit_seed)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit-noise", help="fit the obfuscation noise for one ALPHA (no labels needed)",
+        description="Fit the per-channel noise (μ, σ) applied to the head's activation, for one ALPHA in [0, 1): "
+                    "higher ALPHA = more noise. Only μ and σ learn; the detector is frozen. Fits on unlabeled "
+                    "images (e.g. ../shared/data/wider_face_val_subset/images and ../shared/data/dlib_faces), "
+                    "never FDDB. Writes a safetensors file with metadata (ALPHA, weights SHA-256, split point, "
+                    "activation statistics, fitting data and settings, loss log).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--alpha", type=alpha_value, required=True, help="obfuscation strength in [0, 1)")
+    p.add_argument("--images", nargs="+", required=True, metavar="DIR", help="folders of unlabeled images (not FDDB)")
+    p.add_argument("--out", help="output file (default: NOISE_DIR/alpha-<A>.safetensors)")
+    p.add_argument("--noise-dir", help=f"noise directory when --out is not given (default: {noise_dir()})")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_fit_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from veil.obfuscate.recipe import fit_and_save  # heavy imports only when fitting
+    from veil.weights import load_faceboxes
+
+    out = Path(args.out) if args.out else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
+    if out.suffix != ".safetensors":
+        raise CLIError(f"--out must end in .safetensors, got {out}")
+    model, digest = load_faceboxes(args.weights)
+    result, meta = fit_and_save(model, digest, args.images, out, fit_config(args, args.alpha), crop=args.crop,
+                                scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
+                                progress=not args.quiet)
+    first, last = result.log[0], result.log[-1]
+    print(f"fitted ALPHA {args.alpha:g} in {result.seconds:.0f} s on {meta['data']['images']} images: "
+          f"loss {first['loss']:.4f} → {last['loss']:.4f}, distortion {first['distortion']:.4f} → "
+          f"{last['distortion']:.4f}, NSR on the fitting data {last['nsr_db']:+.2f} dB")
+    print(f"wrote {out}")
+    log_path = out.with_suffix(".log.json")
+    log_path.write_text(json.dumps(result.log, indent=1))
+    print(f"loss log: {log_path}")
+    return 0

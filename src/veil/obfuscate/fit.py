@@ -1,0 +1,165 @@
+"""The tuning pass: fit μ and σ of an :class:`Obfuscator` for a frozen head and tail.
+
+Needs no labels. The *distortion* term keeps the tail's outputs on obfuscated
+activations close to its outputs on clean ones; the *privacy* term rewards noise
+power relative to the activation's own signal power: a blend (``channel_weight``) of
+``-mean_c log(σ_c² / E[a_c²])`` — every channel gets noise — and ``-log(Σσ_c² / ΣE[a_c²])``
+— the overall ratio, which lets the noise pile onto channels the tail barely uses
+(both capped at ``max_nsr_db`` so the loss stays bounded below). ALPHA weighs the terms:
+
+    loss = (1 - ALPHA) · distortion + ALPHA · privacy_weight · privacy
+
+The model's weights are frozen; only μ and log σ receive gradients (through ε by the
+reparameterisation ``a + μ + σ ε``). Because the head is frozen, its activations and
+the tail's clean outputs are computed once (one pass over the loader) and each step
+only runs the tail on a minibatch of freshly obfuscated activations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from veil.obfuscate.noise import Obfuscator
+
+Outputs = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class FitConfig:
+    """Settings of one tuning pass (recorded in the artifact's metadata)."""
+
+    alpha: float
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 0.05
+    family: str = "gaussian"
+    privacy_weight: float = 1.0
+    channel_weight: float = 0.5
+    max_nsr_db: float = 30.0
+    init_nsr_db: float = -10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"ALPHA must be in [0, 1), got {self.alpha}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch size must be positive")
+
+
+@dataclass
+class FitResult:
+    obfuscator: Obfuscator
+    config: FitConfig
+    log: list[dict] = field(default_factory=list)  # one entry per logged step
+    activation_stats: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def detection_distortion(clean: Outputs, noisy: Outputs) -> torch.Tensor:
+    """How far a detector's outputs moved: ``(loc [N,P,4], conf [N,P,K] softmax)``; no labels needed.
+
+    Face scores: binary cross-entropy of the noisy score against the clean score, averaged
+    over all anchors (keeps background quiet) plus the same weighted by the clean score
+    (keeps the confident anchors — the detections — confident). Boxes: smooth-L1 between
+    noisy and clean regression, weighted by the clean score (only detections' boxes matter).
+    """
+    loc_c, conf_c = clean
+    loc_n, conf_n = noisy
+    p_c = conf_c[..., 1].detach()
+    p_n = conf_n[..., 1].clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(p_n, p_c, reduction="none")
+    w = p_c / p_c.sum().clamp_min(1e-6)
+    box = F.smooth_l1_loss(loc_n, loc_c.detach(), reduction="none").sum(-1)
+    return bce.mean() + (w * bce).sum() + (w * box).sum()
+
+
+@torch.no_grad()
+def activation_bank(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor],
+                    progress: bool = True) -> tuple[torch.Tensor, Outputs]:
+    """One pass over the loader: clean activations and the tail's clean outputs, on CPU."""
+    acts: list[torch.Tensor] = []
+    outs: list[Outputs] = []
+    for x in tqdm(loader, desc="activations", unit="batch", disable=not progress):
+        a = head(x)
+        acts.append(a)
+        o = tail(a)
+        outs.append(tuple(o) if isinstance(o, (tuple, list)) else (o,))
+    if not acts:
+        raise ValueError("the data loader yielded no images")
+    return torch.cat(acts), tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+def fit_noise(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor], config: FitConfig,
+              distortion: Callable[[Outputs, Outputs], torch.Tensor] = detection_distortion,
+              progress: bool = True, log_every: int = 10) -> FitResult:
+    """Fit μ and σ for ``config.alpha``; ``head``/``tail`` are frozen, ``loader`` yields image batches."""
+    t0 = time.perf_counter()
+    head.eval()
+    tail.eval()
+    frozen = [p for m in (head, tail) for p in m.parameters()]
+    was = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        acts, clean = activation_bank(head, tail, loader, progress)
+        return _fit(acts, clean, tail, config, distortion, progress, log_every, t0)
+    finally:
+        for p, r in zip(frozen, was):
+            p.requires_grad_(r)
+
+
+def _fit(acts: torch.Tensor, clean: Outputs, tail: nn.Module, cfg: FitConfig,
+         distortion: Callable[[Outputs, Outputs], torch.Tensor], progress: bool, log_every: int,
+         t0: float) -> FitResult:
+    c = acts.shape[1]
+    power = acts.transpose(0, 1).reshape(c, -1).pow(2).mean(1)
+    floor = power.mean() * 1e-6  # dead channels: a tiny reference power instead of zero
+    ref = power.clamp_min(floor)
+    obf = Obfuscator(c, cfg.family, seed=cfg.seed, init_sigma=(ref * 10 ** (cfg.init_nsr_db / 10)).sqrt())
+    obf.signal_power.copy_(power)
+    opt = torch.optim.Adam([{"params": [obf.log_sigma], "lr": cfg.lr},
+                            {"params": [obf.mu], "lr": cfg.lr * float(ref.mean().sqrt())}])
+    cap = cfg.max_nsr_db / 10 * math.log(10)
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = acts.shape[0]
+    log: list[dict] = []
+    bar = tqdm(range(cfg.steps), desc=f"fit α={cfg.alpha:g}", unit="step", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=g)
+        noisy = tail(obf(acts[idx]))
+        noisy = tuple(noisy) if isinstance(noisy, (tuple, list)) else (noisy,)
+        dist = distortion(tuple(o[idx] for o in clean), noisy)
+        var = (2 * obf.log_sigma).exp()
+        per_channel = (2 * obf.log_sigma - ref.log()).clamp(max=cap).mean()
+        overall = torch.log(var.sum() / ref.sum()).clamp(max=cap)
+        privacy = -(cfg.channel_weight * per_channel + (1 - cfg.channel_weight) * overall)
+        loss = (1 - cfg.alpha) * dist + cfg.alpha * cfg.privacy_weight * privacy
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == cfg.steps - 1:
+            with torch.no_grad():
+                nsr_db = 10 * math.log10(float(obf.noise_variance().sum() / power.sum()))
+            entry = {"step": step, "loss": round(loss.item(), 5), "distortion": round(dist.item(), 5),
+                     "privacy": round(privacy.item(), 4), "nsr_db": round(nsr_db, 3)}
+            log.append(entry)
+            bar.set_postfix(loss=entry["loss"], dist=entry["distortion"], nsr_db=entry["nsr_db"])
+    obf.requires_grad_(False)
+    stats = {"samples": n, "shape": list(acts.shape[1:]),
+             "channel_power": [round(float(v), 6) for v in power],
+             "channel_mean": [round(float(v), 6) for v in acts.transpose(0, 1).reshape(c, -1).mean(1)],
+             "dead_channels": int((power == 0).sum())}
+    obf.reseed(None)  # the fitted module draws unpredictable noise from here on
+    return FitResult(obf.eval(), cfg, log, stats, time.perf_counter() - t0)
+
+
+def config_dict(cfg: FitConfig) -> dict:
+    return asdict(cfg)

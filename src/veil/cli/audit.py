@@ -1,0 +1,128 @@
+"""``veil audit`` (what leaks from the activation, per attacker) and ``veil train-decoder``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from veil.preprocess import FDDB_SCALE
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit", help="attack the (obfuscated) activation and measure what leaks",
+        description="Privacy audit on FDDB faces at the deployed scale: naive and adaptive decoders, "
+                    "white-box inversion of the public head, and the averaging attack; SSIM/PSNR and "
+                    "identity (dlib ResNet rank-1 and TAR at 1%% FAR). Writes report.json, report.md "
+                    "and image grids into --out (one sub-folder per ALPHA when several are given). "
+                    "Decoders train on non-FDDB photos and are cached under the veil cache.")
+    p.add_argument("--alpha", type=float, nargs="+", required=True,
+                   help="ALPHA(s) to audit; 0 audits clean activations only")
+    p.add_argument("--noise", help="fitted noise file (single ALPHA); default: the noise directory, else fit it")
+    p.add_argument("--noise-dir", help="directory of alpha-<A>.safetensors (default: the veil cache)")
+    p.add_argument("--dataset", default="../shared/data/fddb", help="FDDB root (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--max-faces", type=int, default=40, help="FDDB faces to evaluate, in fold order (default: %(default)s)")
+    p.add_argument("--min-face", type=float, default=48.0, help="smallest face box side in px (default: %(default)s)")
+    p.add_argument("--decoder-minutes", type=float, default=15.0,
+                   help="wall time to train a decoder that is not cached yet (default: %(default)s)")
+    p.add_argument("--whitebox-steps", type=int, default=100, help="Adam steps per face (default: %(default)s)")
+    p.add_argument("--whitebox-faces", type=int, default=20,
+                   help="faces the white-box attacker inverts (the first ones; default: %(default)s)")
+    p.add_argument("--train-images", nargs="+", help="non-FDDB photo folders for decoders and noise fitting "
+                                                      "(default: ../shared WIDER subset and dlib photos)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale of the deployed path (default: %(default)s)")
+    p.set_defaults(func=run_audit)
+
+    t = sub.add_parser("train-decoder", help="train (and cache) a reconstruction decoder",
+                       description="Train the naive decoder (clean activations) or, with --alpha, the adaptive "
+                                   "one (activations obfuscated with that ALPHA's fitted noise) on non-FDDB photos "
+                                   "for a bounded wall time; cached under the veil cache's attackers/.")
+    t.add_argument("--alpha", type=float, help="train the adaptive decoder for this ALPHA's noise")
+    t.add_argument("--noise", help="fitted noise file (default: the noise directory)")
+    t.add_argument("--noise-dir", help="directory of alpha-<A>.safetensors")
+    t.add_argument("--minutes", type=float, default=15.0, help="wall time (default: %(default)s)")
+    t.add_argument("--train-images", nargs="+", help="photo folders (default: ../shared WIDER subset and dlib photos)")
+    t.add_argument("--weights", help="FaceBoxes weights")
+    t.set_defaults(func=run_train)
+
+
+def _noise(alpha: float, args: argparse.Namespace, sha: str, fit_dirs: list) -> tuple:
+    """Load the noise for ALPHA, fitting it with ``veil fit-noise`` when none exists yet."""
+    from veil.obfuscate import NoiseFileError, load_obfuscator, noise_dir, noise_filename
+    from veil.weights import sha256_file
+
+    path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(alpha)
+    if not path.is_file():
+        if args.noise:
+            raise NoiseFileError(f"noise file not found: {path}")
+        if not fit_dirs:
+            raise NoiseFileError(f"no noise for ALPHA {alpha:g} at {path} and no --train-images to fit it on")
+        print(f"fitting noise for ALPHA {alpha:g} → {path}", file=sys.stderr)
+        cmd = [sys.executable, "-m", "veil", "fit-noise", "--alpha", f"{alpha:g}", "--images", str(fit_dirs[0]),
+               "--out", str(path)] + (["--weights", args.weights] if args.weights else [])
+        subprocess.run(cmd, check=True)
+    obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=sha)
+    return obf, meta, sha256_file(path), path
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from veil.privacy.audit import Attacks, audit, reconstruct_all, select_fddb_faces
+    from veil.privacy.train import default_training_dirs, ensure_decoder
+    from veil.weights import load_faceboxes
+
+    if args.noise and len(args.alpha) > 1:
+        raise ValueError("--noise names one file: give a single --alpha with it")
+    model, sha = load_faceboxes(args.weights)
+    dirs = args.train_images or default_training_dirs()
+    faces = select_fddb_faces(args.dataset, args.max_faces, args.min_face)
+    print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images at scale ×{args.scale:g}", file=sys.stderr)
+    naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs)
+    base = Attacks(model.head, naive, whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces)
+    clean = reconstruct_all(faces, base, args.scale, noisy=False)
+    out = Path(args.out)
+    rows = []
+    for alpha in args.alpha:
+        dest = out if len(args.alpha) == 1 else out / f"alpha-{alpha:g}"
+        meta = {"naive_decoder": naive.meta}
+        att = base
+        if alpha > 0:
+            obf, nmeta, nsha, npath = _noise(alpha, args, sha, dirs)
+            adaptive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, obfuscator=obf, noise_sha256=nsha,
+                                      alpha=alpha)
+            att = Attacks(model.head, naive, adaptive, obf, whitebox_steps=args.whitebox_steps,
+                          whitebox_faces=args.whitebox_faces)
+            meta.update(noise_file=str(npath), noise_sha256=nsha, adaptive_decoder=adaptive.meta)
+        rep = audit(faces, att, alpha, args.scale, out_dir=dest, meta=meta, clean_recs=clean)
+        rows.append(rep)
+        a = rep["attackers"]
+        print(f"ALPHA {alpha:g}: chance rank-1 {rep['chance_rank1']:.4f}; " +
+              ", ".join(f"{k} {v['rank1']:.3f}" for k, v in a.items()) +
+              f"; worst {rep['worst_attacker']} ({rep['worst_rank1_x_chance']}× chance)" +
+              ("" if rep["competent"] else "; NAIVE ATTACKER FAILED: no privacy claim"))
+        print(f"  → {dest / 'report.md'}")
+    if len(rows) > 1:
+        from veil.privacy.audit import privacy_columns
+
+        (out / "summary.json").write_text(json.dumps([{"alpha": r["alpha"], **privacy_columns(r)} for r in rows], indent=1))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from veil.privacy.train import default_training_dirs, ensure_decoder
+    from veil.weights import load_faceboxes
+
+    model, sha = load_faceboxes(args.weights)
+    dirs = args.train_images or default_training_dirs()
+    if args.alpha is None:
+        dec = ensure_decoder(model.head, sha, args.minutes, dirs)
+    else:
+        args.weights = args.weights
+        obf, _meta, nsha, _p = _noise(args.alpha, args, sha, dirs)
+        dec = ensure_decoder(model.head, sha, args.minutes, dirs, obfuscator=obf, noise_sha256=nsha, alpha=args.alpha)
+    print(json.dumps(dec.meta, indent=1))
+    return 0

@@ -1,0 +1,114 @@
+"""White-box inversion: find an image whose head activation matches the observed one.
+
+The head's weights are public, so an adversary needs no training data: start from a grey
+image and run Adam on ``‖w ⊙ (head(x) + μ − y)‖² + λ·TV(x)``. With a known obfuscator
+``a + μ + σ⊙ε`` the residual is weighted per channel by ``1/(σ_c² + τ²)`` (the Gaussian
+log-likelihood, i.e. the attacker trusts the channels the noise spares); on clean
+activations ``w = 1``. To stay cheap, only the activation cells around a face (plus a
+margin) are inverted: the head's receptive field is ~79 px, so cells are local, and the
+outermost ring of cells (influenced by the patch's artificial border) is left out of the loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from veil.models.faceboxes import HEAD_STRIDE
+from veil.preprocess import to_image
+
+#: Optimisation pixels are in mean-subtracted BGR units / this.
+_UNIT = 64.0
+
+
+def channel_weights(obfuscator: nn.Module | None, averaged: int = 1) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-channel ``(μ, weight)`` an attacker derives from a public obfuscator (None, None if clean)."""
+    if obfuscator is None or not hasattr(obfuscator, "sigma"):
+        return None, None
+    with torch.no_grad():
+        mu = obfuscator.mu.detach().float()
+        var = obfuscator.sigma.detach().float() ** 2 / max(averaged, 1)
+        sig = getattr(obfuscator, "signal_power", None)
+        tau2 = 1e-2 * (float(sig.mean()) if sig is not None else 1.0)
+        w = 1.0 / (var + tau2)
+        return mu, w / w.mean()
+
+
+def tv(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation (mean absolute neighbour difference)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def cell_window(box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25, context: int = 1) -> tuple[int, int, int, int]:
+    """Activation cells ``(r0, r1, c0, c1)`` covering a box (input pixels) plus ``margin``·size and ``context`` cells."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    h, w = act_hw
+    r0 = max(0, math.floor((y1 - my) / HEAD_STRIDE) - context)
+    r1 = min(h, math.ceil((y2 + my) / HEAD_STRIDE) + context)
+    c0 = max(0, math.floor((x1 - mx) / HEAD_STRIDE) - context)
+    c1 = min(w, math.ceil((x2 + mx) / HEAD_STRIDE) + context)
+    return r0, r1, c0, c1
+
+
+def invert_window(head: nn.Module, target: torch.Tensor, window: tuple[int, int, int, int], act_hw: tuple[int, int],
+                  steps: int = 100, lr: float = 0.08, tv_weight: float = 0.05, upscale: float = 1.0,
+                  mu: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                  history: list[float] | None = None) -> torch.Tensor:
+    """Invert the activation cells ``window`` of ``target [1,C,h,w]``; return the patch ``[1,3,H,W]`` (input units).
+
+    Cells on the patch border that are not on the real image border are excluded from
+    the loss (their receptive field reaches past the patch). ``history`` collects the
+    data term per step, to show the optimisation works. ``upscale`` > 1 optimises a smaller
+    image that is bilinearly upscaled before the head — the attacker knows the deployed path
+    resizes ×3, so the true input is itself such an upscale (a strong, free prior).
+    """
+    r0, r1, c0, c1 = window
+    h, w = act_hw
+    y = target[:, :, r0:r1, c0:c1].detach().float()
+    if mu is not None:
+        y = y - mu.view(1, -1, 1, 1)
+    wt = torch.ones(1, y.shape[1], 1, 1) if weight is None else weight.view(1, -1, 1, 1)
+    mask = torch.ones(1, 1, r1 - r0, c1 - c0)
+    if r0 > 0:
+        mask[..., 0, :] = 0
+    if r1 < h:
+        mask[..., -1, :] = 0
+    if c0 > 0:
+        mask[..., :, 0] = 0
+    if c1 < w:
+        mask[..., :, -1] = 0
+    if mask.sum() == 0:
+        mask.fill_(1)
+    scale = float((y**2 * wt * mask).mean().clamp_min(1e-6))
+    size = ((r1 - r0) * HEAD_STRIDE, (c1 - c0) * HEAD_STRIDE)
+    small = (max(8, round(size[0] / upscale)), max(8, round(size[1] / upscale)))
+    z = torch.zeros(1, 3, *small, requires_grad=True)
+
+    def render(z: torch.Tensor) -> torch.Tensor:
+        return z if small == size else F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+
+    opt = torch.optim.Adam([z], lr=lr)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    for _ in range(steps):
+        a = head(render(z) * _UNIT)
+        data = ((a - y) ** 2 * wt * mask).mean() / scale
+        loss = data + tv_weight * tv(render(z))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # stay within valid pixel values
+            z.clamp_(-130 / _UNIT, 150 / _UNIT)
+        if history is not None:
+            history.append(float(data))
+    return render(z.detach()) * _UNIT
+
+
+def invert_patch_image(patch: torch.Tensor) -> np.ndarray:
+    """An inverted patch (input units) as a uint8 BGR image."""
+    return to_image(patch)

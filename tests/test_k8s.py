@@ -40,6 +40,7 @@ def _render_all() -> dict[str, list[dict]]:
     out = {name: k8s.render_scenario(sc, k8s.Options(**kw)) for name, (sc, kw) in VARIANTS.items()}
     out["batch-merge"] = k8s.render_scenario("batch", k8s.Options(shards=8), part="merge")
     out["triton-export"] = k8s.render_scenario("triton", k8s.Options(), part="export")
+    out["batch-loader"] = k8s.render_scenario("batch", k8s.Options(), part="loader")
     return out
 
 

@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--merge", action="store_true",
                    help="render only the Job that merges a sharded run; apply it after "
                         "`kubectl wait --for=condition=complete job/NAME`")
+    b.add_argument("--loader", action="store_true",
+                   help="render the Namespace, the data volume and a pod that mounts it, to copy FDDB, the "
+                        "weights and noise onto it (kubectl cp, or `veil k8s stage` inside it)")
     t = r.add_argument_group("triton")
     t.add_argument("--triton-server", default=_D.triton_server, choices=["tritonserver", "veil"],
                    help="tritonserver: the stock Triton image; veil: `veil serve` in the veil image "
@@ -100,6 +103,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--k8s-version", action="append", default=[],
                    help="release to validate against, repeatable (default: the validator's latest)")
     v.set_defaults(func=_validate)
+
+    st = ksub.add_parser(
+        "stage", help="copy a dataset from any fsspec URL (s3://, gs://, file://, a path) into a directory",
+        description="Copy every file under URL into DEST with the same layout, skipping files already there "
+                    "with the same size (an interrupted copy resumes). Run it in a pod that mounts the data "
+                    "volume (veil k8s render --scenario batch --loader). s3:// needs s3fs, gs:// needs gcsfs.")
+    st.add_argument("url", help="source, e.g. s3://bucket/fddb or /mnt/fddb")
+    st.add_argument("dest", help="destination directory, e.g. /data/fddb")
+    st.add_argument("--overwrite", action="store_true", help="copy files even if present with the same size")
+    st.set_defaults(func=_stage)
 
     pr = ksub.add_parser(
         "provision", help="make the data volume, a workspace or a Triton server with the NetApp DataOps Toolkit",
@@ -154,12 +167,14 @@ def options_from_args(args: argparse.Namespace) -> k8s.Options:
 
 
 def _render(args: argparse.Namespace) -> int:
-    if args.merge and args.scenario != "batch":
-        raise ValueError("--merge is for --scenario batch")
+    if (args.merge or args.loader) and args.scenario != "batch":
+        raise ValueError("--merge and --loader are for --scenario batch")
+    if args.merge and args.loader:
+        raise ValueError("give --merge or --loader, not both")
     if args.export and args.scenario != "triton":
         raise ValueError("--export is for --scenario triton")
     opts = options_from_args(args)
-    part = "merge" if args.merge else "export" if args.export else "all"
+    part = "merge" if args.merge else "loader" if args.loader else "export" if args.export else "all"
     docs = k8s.render_scenario(args.scenario, opts, part)
     for version in args.validate:
         k8s.validate(docs, version)
@@ -189,6 +204,14 @@ def _validate(args: argparse.Namespace) -> int:
             k8s.validate(docs, version)
         n += len(docs)
     print(f"{n} documents valid for Kubernetes {', '.join(versions)}")
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from veil.deploy.stage import stage
+
+    files, nbytes = stage(args.url, args.dest, overwrite=args.overwrite)
+    print(f"copied {files} files ({nbytes / 1e6:.1f} MB) from {args.url} to {args.dest}")
     return 0
 
 

@@ -396,13 +396,16 @@ def _common(opts: Options) -> list[Manifest]:
 def render_scenario(scenario: str, opts: Options, part: str = "all") -> list[Manifest]:
     """All manifests of a scenario, in ``kubectl apply`` order.
 
-    ``part``: ``"all"``; for batch ``"merge"`` (only the merge Job of a sharded run); for triton
+    ``part``: ``"all"``; for batch ``"merge"`` (only the merge Job of a sharded run) or ``"loader"``
+    (Namespace, data volume and a pod to copy data onto it); for triton
     ``"export"`` (only a Job that fills the model repository, for a Triton made by the DataOps Toolkit).
     """
     opts.check()
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
     if scenario == "batch":
+        if part == "loader":
+            return _common(opts) + [loader_pod(opts)]
         if part == "merge":
             if opts.shards < 2:
                 raise ValueError("--merge is for a sharded run: give the same --shards N (N ≥ 2) as the Job")
@@ -436,6 +439,16 @@ def export_job(opts: Options) -> Manifest:
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta("veil-export-triton", "triton", opts),
             "spec": {"backoffLimit": 5, "template": {"metadata": {"labels": _labels("triton", opts)},
                                                      "spec": _pod_spec([c], vols, "Never")}}}
+
+
+def loader_pod(opts: Options, name: str = "veil-data-loader") -> Manifest:
+    """A pod that mounts the data volume and waits, to copy data onto it (``kubectl cp`` or
+    ``kubectl exec … veil k8s stage URL /data/fddb``); it ends itself after an hour."""
+    c = _veil_container("loader", ["-c", "sleep 3600"], opts, gpus=0, command=["sh"],
+                        mounts=[{"name": "data", "mountPath": DATA_MOUNT}])
+    spec = _pod_spec([c], [_data_volume(opts)], "Never")
+    spec["activeDeadlineSeconds"] = 3900
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _meta(name, "data", opts), "spec": spec}
 
 
 def to_yaml(docs: list[Manifest], header: str | None = None) -> str:

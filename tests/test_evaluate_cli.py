@@ -61,11 +61,12 @@ def merged(fddb_dir, weights_path, tmp_path_factory):
     assert rc1 == 0, err1
     assert "shard 1/2" in out1
     out = parts.parent / "merged.json"
-    rc, stdout, stderr = run_cli("merge-results", parts, "--json", out)
+    rc, stdout, stderr = run_cli("merge-results", parts, "--json", out, "--roc", parts.parent / "roc.png")
     assert rc == 0, stderr
     return stdout, json.loads(out.read_text()), parts
 
 
+@pytest.mark.slow
 def test_evaluate_all_225_images_meets_the_accuracy_bar(oneshot, fddb_dir):
     stdout, js = oneshot
     with open(fddb_dir / "available_images.tsv") as f:
@@ -92,6 +93,7 @@ def test_evaluate_all_225_images_meets_the_accuracy_bar(oneshot, fddb_dir):
     assert f"TPR@1000FP: {js['tpr_at_1000fp']:.4f}" in stdout
 
 
+@pytest.mark.slow
 def test_two_merged_shards_equal_the_single_run(oneshot, merged):
     one_out, one = oneshot
     merged_out, m, parts = merged
@@ -102,8 +104,10 @@ def test_two_merged_shards_equal_the_single_run(oneshot, merged):
                 "fold_details", "skipped", "settings"):
         assert m[key] == one[key], key
     assert m["shards"] == 2 and one["shards"] == 1
+    assert (parts.parent / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_merge_refuses_incomplete_and_mismatched_sets(merged, tmp_path):
     parts = merged[2]
     only0 = tmp_path / "only0"

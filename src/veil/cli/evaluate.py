@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="i/N",
                    help=f"evaluate only shard i of N (0-based; 'auto/N' takes i from ${SHARD_INDEX_ENV}, "
                         "as a Kubernetes Indexed Job sets it); combine with `veil merge-results`")
+    p.add_argument("--roc", metavar="PNG", help="draw the discrete ROC with the 1000-FP operating point here")
     p.add_argument("--out-partial", metavar="DIR",
                    help="write this run's partial result (per-image detections, counts, NSR sums) into DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Refuses incomplete sets and shards run with different settings.")
     m.add_argument("dir", metavar="DIR", help="directory holding fddb-partial-*-of-*.json")
     m.add_argument("--json", metavar="OUT", help="write the merged result as JSON here")
+    m.add_argument("--roc", metavar="PNG", help="draw the discrete ROC with the 1000-FP operating point here")
     m.set_defaults(func=run_merge)
 
 
@@ -75,13 +77,18 @@ def _noisy_setup(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
             "noise_sha256": sha256_file(path), "seed": args.seed}
 
 
-def _emit(result: EvalResult, json_path: str | None) -> None:
+def _emit(result: EvalResult, json_path: str | None, roc_path: str | None) -> None:
     print(result.table())
     if json_path:
         out = Path(json_path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_json(), indent=1))
         print(f"wrote {out}")
+    if roc_path:
+        from veil.evaluation.plots import plot_roc
+
+        label = "clean" if result.mode == "clean" else f"ALPHA {result.settings.get('alpha')}"
+        print(f"wrote {plot_roc({label: result}, roc_path)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if shard is not None:
         print(f"shard {shard}: {result.images} of the images present (a partial result; "
               "combine all shards with `veil merge-results`)")
-    _emit(result, args.json)
+    _emit(result, args.json, args.roc)
     print(f"{result.images} images in {result.wall_s:.1f} s ({result.images / max(result.wall_s, 1e-9):.2f} images/s, "
           f"{args.workers} worker{'s' if args.workers > 1 else ''})", file=sys.stderr)
     if args.out_partial:
@@ -114,5 +121,5 @@ def run(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     result = merge_results(args.dir)
     print(f"merged {result.shards} shards")
-    _emit(result, args.json)
+    _emit(result, args.json, args.roc)
     return 0

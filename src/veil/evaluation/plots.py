@@ -1,0 +1,78 @@
+"""Pictures of an FDDB evaluation: the discrete ROC, and annotations with detections drawn on an image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from veil.evaluation.geometry import ellipse_polygon
+from veil.evaluation.metrics import discrete_roc
+from veil.evaluation.result import EvalResult
+
+
+def roc_points(result: EvalResult) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled discrete ROC of a result (false positives, true-positive rate)."""
+    recs = result.records
+    scores = np.concatenate([r.detections[:, 4] for r in recs]) if recs else np.zeros(0)
+    tp = np.concatenate([r.tp for r in recs]) if recs else np.zeros(0, dtype=bool)
+    fp, tpr, _ = discrete_roc(scores, tp, result.faces)
+    return fp, tpr
+
+
+def plot_roc(results: dict[str, EvalResult], path: str | Path) -> Path:
+    """Write the discrete ROC of one or more results (e.g. clean and noisy) with the 1000-FP operating point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.5), dpi=100)
+    for i, (label, res) in enumerate(results.items()):
+        fp, tpr = roc_points(res)
+        ax.step(fp, tpr, where="post", color=f"C{i}",
+                label=f"{label}: mAP {res.mAP:.4f}, TPR {res.tpr_at_1000fp:.4f}")
+        ax.plot([res.fp_budget], [res.tpr_at_1000fp], "o", color=f"C{i}", ms=4)
+    first = next(iter(results.values()))
+    ax.axvline(first.fp_budget, color="grey", ls="--", lw=1)
+    ax.text(first.fp_budget * 1.1, 0.45, f"1000 FP × {first.images}/2845\n= {first.fp_budget:.1f} FP", fontsize=8)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("false positives")
+    ax.set_ylabel("true-positive rate")
+    ax.set_ylim(0, 1.01)
+    ax.set_title(f"FDDB discrete ROC ({first.images} images, {first.faces} faces)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def draw_annotations(image: np.ndarray, ellipses: np.ndarray, detections: np.ndarray | None = None,
+                     tp: np.ndarray | None = None, min_score: float = 0.5, mirrored: bool = False) -> np.ndarray:
+    """A BGR copy with FDDB ellipses (green) and detections ≥ ``min_score`` (blue: matched, magenta: not).
+
+    ``mirrored=True`` also draws each ellipse with its angle negated (thin red): the wrong
+    convention, to show by eye that the major axis lies along ``angle``.
+    """
+    out = image.copy()
+    thick = max(1, round(max(out.shape[:2]) / 250))
+    if mirrored:
+        for e in ellipses:
+            m = np.asarray(e, dtype=np.float64).copy()
+            m[2] = -m[2]
+            cv2.polylines(out, [np.round(ellipse_polygon(m, 90)).astype(np.int32)], True, (0, 0, 255), 1, cv2.LINE_AA)
+    if detections is not None:
+        flags = np.zeros(len(detections), bool) if tp is None else np.asarray(tp, bool)
+        for d, t in zip(detections, flags):
+            if d[4] >= min_score:
+                cv2.rectangle(out, (int(d[0]), int(d[1])), (int(d[2]), int(d[3])),
+                              (255, 128, 0) if t else (255, 0, 255), thick)
+    for e in ellipses:
+        cv2.polylines(out, [np.round(ellipse_polygon(e, 90)).astype(np.int32)], True, (0, 255, 0), thick, cv2.LINE_AA)
+    return out

@@ -1,0 +1,349 @@
+"""Serving the tail on a real Triton server (the one bundled with nvidia-pytriton), started here.
+
+One `veil serve` process (the CLI, as users run it) serves the module; its clean stop on
+Ctrl-C is the last test. The restart test runs its own small server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from veil.preprocess import load_image
+from veil.serving.client import InferenceError, ServerUnavailableError, TritonDetector
+from veil.serving.export import check_onnx, reference_outputs
+from veil.serving.repository import BASE_MODEL, NOISY_MODEL, model_name, write_repository
+from veil.serving.server import TritonServer, free_port, unsupported_reason
+
+pytestmark = pytest.mark.timeout(300)
+SERVED = [BASE_MODEL, NOISY_MODEL, model_name(False, fp16=True)]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        out += [int(x) for x in task.read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[1].split()[0] == "Z")
+
+
+@pytest.fixture(scope="module")
+def small(detector):
+    """The same detector at scale 1 (not the FDDB ×3): equality holds at any size, and CI is 2 cores."""
+    from veil.detector import Detector
+
+    return Detector(detector.model, detector.weights_sha256, scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, detector) -> Path:
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    write_repository(detector.model, out, detector.weights_sha256, formats=("python", "onnx"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def serve(repo, weights_path):
+    """`veil serve` in a subprocess on free loopback ports; stopped (SIGINT) by the last test or here."""
+    why = unsupported_reason()
+    if why:
+        pytest.skip(f"the bundled tritonserver cannot run here: {why}")
+    ports = [free_port() for _ in range(3)]
+    cmd = [sys.executable, "-m", "veil", "serve", "--model-repository", str(repo), "--http-port", str(ports[0]),
+           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    for m in SERVED:
+        cmd += ["--model", m]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # "ready: HTTP ..." once every model is loaded
+    if not line.startswith("ready"):
+        proc.kill()
+        pytest.fail(f"veil serve did not become ready: {line}{proc.stderr.read()}")
+    info = {"proc": proc, "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}",
+            "tritonserver": _children(proc.pid)}
+    yield info
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for pid in info["tritonserver"]:
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def images(fddb_image_paths) -> list[np.ndarray]:
+    return [load_image(p) for p in fddb_image_paths[:3]]
+
+
+def test_repository_layout_and_onnx_matches_in_process(repo, detector, images):
+    manifest = json.loads((repo / "veil-export.json").read_text())
+    assert manifest["weights_sha256"] == detector.weights_sha256
+    assert all(v <= 1e-4 for v in manifest["max_abs_error_vs_in_process"].values())
+    for form, weights_file in (("python", "tail.pt"), ("onnx", "model.onnx")):
+        for name in (BASE_MODEL, NOISY_MODEL, model_name(False, True), model_name(True, True)):
+            cfg = (repo / form / name / "config.pbtxt").read_text()
+            assert f'name: "{name}"' in cfg and "dynamic_batching" in cfg and "max_batch_size: 8" in cfg
+            assert 'name: "INPUT_0"' in cfg and "dims: [ 128, -1, -1 ]" in cfg
+            assert ("TYPE_FP16" in cfg) == name.endswith("_fp16")
+            assert 'name: "OUTPUT_0"' in cfg and 'name: "OUTPUT_1"' in cfg
+            assert (repo / form / name / "1" / weights_file).is_file()
+    # Same tail weights under both names.
+    assert (repo / "onnx" / BASE_MODEL / "1" / "model.onnx").read_bytes() == \
+        (repo / "onnx" / NOISY_MODEL / "1" / "model.onnx").read_bytes()
+    # The ONNX model on a real image's activation, in onnxruntime, equals the in-process tail.
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(repo / "onnx" / BASE_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    a, _ = detector.client_side(images[0])
+    with torch.inference_mode():
+        loc, conf = detector.tail(a)
+    got = sess.run(["OUTPUT_0", "OUTPUT_1"], {"INPUT_0": a.numpy()})
+    assert np.abs(got[0] - loc.numpy()).max() <= 1e-4 and np.abs(got[1] - conf.numpy()).max() <= 1e-4
+    assert check_onnx(detector.model, repo / "onnx" / model_name(False, True) / "1" / "model.onnx", fp16=True) <= 1e-4
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_python_backend_through_server_equals_in_process(serve, small, images, protocol):
+    client = TritonDetector(small, serve[protocol], protocol)
+    for image in images[:2]:
+        a, prep = small.client_side(image)
+        loc, conf = client.infer_activation(a)
+        ref_loc, ref_conf = reference_outputs(small.model, a)
+        assert loc.shape == ref_loc.shape and np.abs(loc - ref_loc).max() <= 1e-4
+        assert np.abs(conf - ref_conf).max() <= 1e-4
+        boxes = small.boxes_from_outputs(torch.from_numpy(loc), torch.from_numpy(conf), prep)
+        ref = small.boxes_from_activation(a, prep)
+        assert boxes.shape == ref.shape and len(ref) > 0
+        np.testing.assert_allclose(boxes[:, :4], ref[:, :4], atol=1e-3)  # pixels
+        assert np.abs(boxes[:, 4] - ref[:, 4]).max() <= 1e-4
+    # The whole path (detect) and a batch of two activations of the same size.
+    boxes = client.detect(images[0])
+    ref = small.detect(images[0])
+    assert boxes.shape == ref.shape and np.abs(boxes[:, 4] - ref[:, 4]).max() <= 1e-4
+    a = torch.cat([small.client_side(images[2])[0]] * 2)
+    loc, _ = client.infer_activation(a)
+    assert loc.shape[0] == 2 and np.abs(loc - reference_outputs(small.model, a)[0]).max() <= 1e-4
+
+
+def test_noisy_and_fp16_through_server_equal_in_process_for_the_same_sample(serve, small, images):
+    from veil.detector import Detector
+    from veil.obfuscate import Obfuscator
+
+    obf = Obfuscator(128, init_sigma=0.5).eval()  # fresh OS-seeded noise on every call
+    noisy = Detector(small.model, small.weights_sha256, scale=small.scale, obfuscator=obf)
+    client = TritonDetector(noisy, serve["http"], "http")
+    assert client.model == NOISY_MODEL
+    image = images[1]
+    boxes, sent = client.detect_with_activation(image)
+    prep = small.client_side(image)[1]
+    ref = small.boxes_from_activation(sent, prep)  # the same noise sample, tail in-process
+    assert boxes.shape == ref.shape
+    assert np.abs(boxes[:, 4] - ref[:, 4]).max() <= 1e-4
+    np.testing.assert_allclose(boxes[:, :4], ref[:, :4], atol=1e-3)
+    fp16 = TritonDetector(small, serve["grpc"], "grpc", fp16=True)
+    assert fp16.model == model_name(False, True)
+    boxes, sent = fp16.detect_with_activation(image)
+    assert sent.dtype == torch.float16
+    ref = small.boxes_from_activation(sent.float(), prep)
+    assert boxes.shape == ref.shape and np.abs(boxes[:, 4] - ref[:, 4]).max() <= 1e-4
+
+
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(serve, small, images):
+    a = small.client_side(images[0])[0]
+    with pytest.raises(InferenceError, match="face_detection_nope.*serves: .*face_detection_base"):
+        TritonDetector(small, serve["http"], "http", model="face_detection_nope").infer_activation(a)
+    for protocol in ("http", "grpc"):
+        client = TritonDetector(small, serve[protocol], protocol)
+        with pytest.raises(InferenceError, match="unexpected shape"):
+            client.infer_activation(a[:, :64])
+        wrong_dtype = TritonDetector(small, serve[protocol], protocol, model=BASE_MODEL, fp16=True)
+        with pytest.raises(InferenceError, match="(?i)data-?type"):
+            wrong_dtype.infer_activation(a)
+        loc, _ = client.infer_activation(a)  # still serving
+        assert np.abs(loc - reference_outputs(small.model, a)[0]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_no_server_gives_a_clear_error_after_bounded_retries(detector, protocol):
+    url = f"127.0.0.1:{free_port()}"
+    client = TritonDetector(detector, url, protocol, retries=2, retry_delay=0.05, timeout=5)
+    t0 = time.monotonic()
+    with pytest.raises(ServerUnavailableError) as err:
+        client.infer_activation(torch.zeros(1, 128, 4, 4))
+    assert time.monotonic() - t0 < 10
+    msg = str(err.value)
+    assert url in msg and "3 tries" in msg and "veil serve --model-repository" in msg
+
+
+def test_cli_infer_writes_results_and_reports_failures(serve, repo, weights_path, fddb_image_paths, tmp_path, detector):
+    from veil.obfuscate import Obfuscator, save_obfuscator
+
+    noise_dir = tmp_path / "noise"
+    save_obfuscator(Obfuscator(128, init_sigma=0.3), noise_dir / "alpha-0.8.safetensors",
+                    {"alpha": 0.8, "weights_sha256": detector.weights_sha256})
+    img = str(fddb_image_paths[0])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "veil", "infer", img, str(tmp_path / "missing.jpg"), "--url", serve["grpc"],
+           "--protocol", "grpc", "--noisy", "--alpha", "0.8", "--noise-dir", str(noise_dir),
+           "--out", str(out), "--weights", str(weights_path), "--scale", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr  # one image missing
+    assert (out / f"{Path(img).stem}.json").is_file(), r.stderr
+    assert "not processed" in r.stderr and "missing.jpg" in r.stderr
+    rec = json.loads((out / f"{Path(img).stem}.json").read_text())
+    assert rec["model"] == NOISY_MODEL and rec["sent"]["dtype"] == "float32", r.stderr
+    assert rec["noise"]["alpha"] == 0.8 and (out / f"{Path(img).stem}.jpg").is_file()
+    r = subprocess.run([sys.executable, "-m", "veil", "infer", img, "--url", f"127.0.0.1:{free_port()}",
+                        "--retries", "1", "--out", str(out), "--weights", str(weights_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "no Triton server answered" in r.stderr and "veil serve" in r.stderr
+
+
+def test_server_stopped_mid_batch_then_back(repo, small, fddb_image_paths):
+    """Images sent while the server is down are reported; the rest are processed once it is back."""
+    if unsupported_reason():
+        pytest.skip(unsupported_reason())
+    server = TritonServer(repo / "python", models=[BASE_MODEL])
+    paths = [str(p) for p in fddb_image_paths[:5]]
+    try:
+        server.start()
+        client = TritonDetector(small, server.http_url, "http", retries=1, retry_delay=0.1, timeout=10)
+
+        def chaos(i, result):
+            if i == 0:
+                server.stop()  # server goes away after the first image
+            elif i == 2:
+                server.start()  # and comes back (same ports) after the third
+
+        results = client.run_many(paths, on_result=chaos)
+    finally:
+        server.stop()
+    assert [r.ok for r in results] == [True, False, False, True, True]
+    assert all(r.unavailable and server.http_url in r.error for r in results[1:3])
+    for r, p in zip(results[3:], paths[3:]):
+        ref = small.detect(load_image(p))
+        assert r.boxes.shape == ref.shape and np.abs(r.boxes[:, 4] - ref[:, 4]).max() <= 1e-4
+
+# -- proof that raw pixels never leave the trust zone ---------------------------------------------
+
+def _forbidden_chunks(path: Path, image: np.ndarray, prep_tensor: torch.Tensor, clean: torch.Tensor) -> dict:
+    """Byte strings that must not appear in the traffic: the file, pixel rows, the network input."""
+    jpeg = path.read_bytes()
+    chunks = {f"jpeg@{i}": jpeg[i:i + 32] for i in range(0, len(jpeg) - 32, 256)}
+    h = image.shape[0]
+    for r in range(0, h, max(1, h // 16)):
+        chunks[f"pixel row {r}"] = image[r].tobytes()
+        chunks[f"pixel row {r} (RGB)"] = image[r, :, ::-1].copy().tobytes()
+    x = prep_tensor[0].numpy()
+    for c in range(3):
+        for r in range(0, x.shape[1], max(1, x.shape[1] // 8)):
+            chunks[f"input c{c} row {r} fp32"] = x[c, r, :64].tobytes()
+            chunks[f"input c{c} row {r} fp16"] = x[c, r, :64].astype(np.float16).tobytes()
+    cl = clean[0].numpy()
+    for c in range(0, 128, 16):  # the clean activation must not leave either: only the noisy one does
+        chunks[f"clean activation c{c}"] = cl[c].tobytes()[:256]
+    return chunks
+
+
+def _assert_absent(traffic: bytes, chunks: dict) -> None:
+    found = [k for k, v in chunks.items() if v and v in traffic]
+    assert not found, f"trust-zone data found in the traffic: {found[:5]}"
+
+
+def _noisy_client(small, url, protocol):
+    from veil.detector import Detector
+    from veil.obfuscate import Obfuscator
+
+    obf = Obfuscator(128, init_sigma=0.5).eval()
+    return TritonDetector(Detector(small.model, small.weights_sha256, scale=small.scale, obfuscator=obf), url, protocol)
+
+
+def test_trust_zone_http_only_the_obfuscated_activation_leaves(serve, small, fddb_image_paths):
+    from veil.serving.wire import RecordingProxy, http_requests
+
+    path = fddb_image_paths[0]
+    image = load_image(path)
+    clean, prep = small.client_side(image)
+    host, port = serve["http"].split(":")
+    payloads = []
+    with RecordingProxy(host, int(port)) as proxy:
+        client = _noisy_client(small, proxy.url, "http")
+        for _ in range(2):
+            proxy.clear()
+            boxes, sent = client.detect_with_activation(image)
+            traffic = proxy.sent
+            reqs = http_requests(traffic)
+            assert [r[0].split()[:2] for r in reqs] == [[b"POST", f"/v2/models/{NOISY_MODEL}/infer".encode()]]
+            _, headers, body = reqs[0]
+            json_len = int(headers["inference-header-content-length"])
+            header = json.loads(body[:json_len])
+            assert [i["name"] for i in header["inputs"]] == ["INPUT_0"]  # one tensor, nothing else
+            inp = header["inputs"][0]
+            assert inp["shape"] == list(sent.shape) and inp["datatype"] == "FP32" and "data" not in inp
+            payload = body[json_len:]
+            assert inp["parameters"]["binary_data_size"] == len(payload) == sent.numel() * 4
+            np.testing.assert_array_equal(np.frombuffer(payload, np.float32).reshape(sent.shape), sent.numpy())
+            _assert_absent(traffic, _forbidden_chunks(path, image, prep.tensor, clean))
+            payloads.append(payload)
+            assert len(boxes) > 0
+    assert payloads[0] != payloads[1]  # fresh noise on every call, for the same image
+
+
+def test_trust_zone_grpc_only_the_obfuscated_activation_leaves(serve, small, fddb_image_paths):
+    from tritonclient.grpc import service_pb2
+
+    from veil.serving.wire import RecordingProxy, http2_messages
+
+    path = fddb_image_paths[1]
+    image = load_image(path)
+    clean, prep = small.client_side(image)
+    host, port = serve["grpc"].split(":")
+    sent_payloads = []
+    with RecordingProxy(host, int(port)) as proxy:
+        client = _noisy_client(small, proxy.url, "grpc")
+        for _ in range(2):
+            _, sent = client.detect_with_activation(image)
+            sent_payloads.append(sent.numpy().tobytes())
+        traffic = proxy.sent
+    requests = [service_pb2.ModelInferRequest.FromString(m) for m in http2_messages(traffic)]
+    assert len(requests) == 2
+    for req, expected in zip(requests, sent_payloads):
+        assert req.model_name == NOISY_MODEL
+        assert [i.name for i in req.inputs] == ["INPUT_0"] and len(req.raw_input_contents) == 1
+        assert req.raw_input_contents[0] == expected  # the activation, byte for byte, and nothing else
+        assert list(req.inputs[0].shape) == list(clean.shape) and req.inputs[0].datatype == "FP32"
+    assert requests[0].raw_input_contents[0] != requests[1].raw_input_contents[0]
+    _assert_absent(traffic, _forbidden_chunks(path, image, prep.tensor, clean))
+    # Everything the client sent is accounted for: the activations plus a few KiB of framing.
+    assert len(traffic) - sum(map(len, sent_payloads)) < 8192
+
+
+def test_serve_stops_cleanly_on_ctrl_c(serve):
+    """Last: SIGINT to `veil serve` stops tritonserver and its python-backend stubs; nothing is left."""
+    proc, servers = serve["proc"], serve["tritonserver"]
+    assert servers and all(_alive(p) for p in servers)
+    stubs = [c for p in servers for c in _children(p)]
+    assert stubs  # one python backend stub per loaded model
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    time.sleep(0.5)
+    assert not [p for p in servers + stubs if _alive(p)]

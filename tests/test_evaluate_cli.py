@@ -200,3 +200,5 @@ def test_cli_errors_are_clear(fddb_dir, tmp_path, monkeypatch):
     assert rc == 2 and "JOB_COMPLETION_INDEX" in err
     rc, _, err = run_cli("evaluate", "--dataset", fddb_dir, "--shard", "3/3")
     assert rc == 2 and "0..2" in err
+    rc, _, err = run_cli("evaluate", "--dataset", fddb_dir, "--workers", "-1")
+    assert rc == 2 and "--workers" in err

@@ -11,7 +11,7 @@ from typing import Any
 from veil.cli.detect import add_model_args
 from veil.cli.main import CLIError
 from veil.evaluation import EvalResult, Shard, evaluate_fddb, merge_results, write_partial
-from veil.evaluation.runner import SHARD_INDEX_ENV
+from veil.evaluation.runner import SHARD_INDEX_ENV, cores
 
 _EPILOG = """\
 examples:
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="processes to run (each with cores/N torch threads; default: %(default)s)")
+                   help="processes to run, each with cores/N torch threads (0: one per core; default: %(default)s)")
     p.add_argument("--shard", metavar="i/N",
                    help=f"evaluate only shard i of N (0-based; 'auto/N' takes i from ${SHARD_INDEX_ENV}, "
                         "as a Kubernetes Indexed Job sets it); combine with `veil merge-results`")
@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--noisy needs --alpha A (the obfuscation strength whose fitted noise to use)")
     if not args.noisy and (args.alpha is not None or args.noise or args.noise_dir or args.seed is not None):
         raise CLIError("--alpha/--noise/--noise-dir/--seed only apply with --noisy")
-    if args.workers < 1:
-        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be 0 (one per core) or more, got {args.workers}")
+    workers = args.workers or cores()
     shard = Shard.parse(args.shard) if args.shard else None
     from veil.data import read_fddb
     from veil.detector import Detector
@@ -105,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_fddb(args.dataset)  # fail on a bad dataset before loading anything else
     detector = Detector.from_weights(args.weights, scale=args.scale)
     settings = _noisy_setup(args, detector) if args.noisy else {"mode": "clean"}
-    result = evaluate_fddb(detector, dataset, workers=args.workers, shard=shard, progress=not args.no_progress,
+    result = evaluate_fddb(detector, dataset, workers=workers, shard=shard, progress=not args.no_progress,
                            nsr=args.noisy, seed=args.seed, settings=settings)
     if shard is not None:
         print(f"shard {shard}: {result.images} of the images present (a partial result; "
               "combine all shards with `veil merge-results`)")
     _emit(result, args.json, args.roc)
     print(f"{result.images} images in {result.wall_s:.1f} s ({result.images / max(result.wall_s, 1e-9):.2f} images/s, "
-          f"{args.workers} worker{'s' if args.workers > 1 else ''})", file=sys.stderr)
+          f"{workers} worker{'s' if workers > 1 else ''})", file=sys.stderr)
     if args.out_partial:
         print(f"wrote partial result {write_partial(result, args.out_partial)}")
     return 0

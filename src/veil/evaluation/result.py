@@ -107,12 +107,12 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         """The report as JSON: headline numbers first, then per-fold detail, settings, skipped images."""
         out: dict[str, Any] = {
-            "mAP": self.mAP,
+            "mAP": _num(self.mAP),
             "folds": {str(k): self.folds[k].ap for k in self.folds_present},
             "images": self.images,
             "faces": self.faces,
             "missing": self.missing,
-            "tpr_at_1000fp": self.tpr_at_1000fp,
+            "tpr_at_1000fp": _num(self.tpr_at_1000fp),
             "fp_budget": self.fp_budget,
             "mode": self.mode,
         }
@@ -121,7 +121,7 @@ class EvalResult:
             if self.nsr is not None:
                 out["nsr_db"] = self.nsr["nsr_db"]
                 out["nsr"] = self.nsr
-        out["fold_details"] = {str(k): {"ap": None if math.isnan(f.ap) else f.ap, "images": f.images,
+        out["fold_details"] = {str(k): {"ap": _num(f.ap), "images": f.images,
                                         "faces": f.faces, "missing": f.missing, "skipped": f.skipped,
                                         "annotated_images": f.annotated_images,
                                         "annotated_faces": f.annotated_faces}
@@ -132,6 +132,11 @@ class EvalResult:
         out["wall_s"] = round(self.wall_s, 3)
         out["images_per_s"] = round(self.images / self.wall_s, 3) if self.wall_s > 0 else None
         return out
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: an undefined number (no faces evaluated) is null."""
+    return None if math.isnan(x) else x
 
 
 def summarise(records: list[ImageRecord], fold_counts: dict[int, dict[str, int]], settings: dict[str, Any],

@@ -128,7 +128,8 @@ def _worker_run(job: tuple[int, FDDBImage]):
     return evaluate_image(_WORKER["detector"], image, index, _WORKER["nsr"], _WORKER["seed"])
 
 
-def _cores() -> int:
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask, not the whole machine)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -184,7 +185,7 @@ def evaluate_fddb(detector: Any, dataset: FDDBDataset | str | Path, workers: int
             for index, image in jobs:
                 collect(evaluate_image(detector, image, index, nsr, seed))
         else:
-            threads = max(1, _cores() // workers)
+            threads = max(1, cores() // workers)
             ctx = mp.get_context("spawn")  # a fresh interpreter: no forked OpenMP state
             with ctx.Pool(workers, initializer=_worker_init, initargs=(detector, threads, nsr, seed)) as pool:
                 for out in pool.imap_unordered(_worker_run, jobs, chunksize=1):

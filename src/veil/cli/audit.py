@@ -63,7 +63,7 @@ def _noise(alpha: float, args: argparse.Namespace, sha: str, fit_dirs: list) -> 
         if not fit_dirs:
             raise NoiseFileError(f"no noise for ALPHA {alpha:g} at {path} and no --train-images to fit it on")
         print(f"fitting noise for ALPHA {alpha:g} → {path}", file=sys.stderr)
-        cmd = [sys.executable, "-m", "veil", "fit-noise", "--alpha", f"{alpha:g}", "--images", str(fit_dirs[0]),
+        cmd = [sys.executable, "-m", "veil", "fit-noise", "--alpha", f"{alpha:g}", "--images", *map(str, fit_dirs),
                "--out", str(path)] + (["--weights", args.weights] if args.weights else [])
         subprocess.run(cmd, check=True)
     obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=sha)
@@ -80,6 +80,8 @@ def run_audit(args: argparse.Namespace) -> int:
     model, sha = load_faceboxes(args.weights)
     dirs = args.train_images or default_training_dirs()
     faces = select_fddb_faces(args.dataset, args.max_faces, args.min_face)
+    # Noise first (cheap, may fail on a bad file) so a mistake surfaces before any training.
+    noises = {alpha: _noise(alpha, args, sha, dirs) for alpha in args.alpha if alpha > 0}
     print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images at scale ×{args.scale:g}", file=sys.stderr)
     naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs)
     base = Attacks(model.head, naive, whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces)
@@ -91,7 +93,7 @@ def run_audit(args: argparse.Namespace) -> int:
         meta = {"naive_decoder": naive.meta}
         att = base
         if alpha > 0:
-            obf, nmeta, nsha, npath = _noise(alpha, args, sha, dirs)
+            obf, _nmeta, nsha, npath = noises[alpha]
             adaptive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, obfuscator=obf, noise_sha256=nsha,
                                       alpha=alpha)
             att = Attacks(model.head, naive, adaptive, obf, whitebox_steps=args.whitebox_steps,
@@ -121,7 +123,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.alpha is None:
         dec = ensure_decoder(model.head, sha, args.minutes, dirs)
     else:
-        args.weights = args.weights
         obf, _meta, nsha, _p = _noise(args.alpha, args, sha, dirs)
         dec = ensure_decoder(model.head, sha, args.minutes, dirs, obfuscator=obf, noise_sha256=nsha, alpha=args.alpha)
     print(json.dumps(dec.meta, indent=1))

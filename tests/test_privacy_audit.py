@@ -1,0 +1,72 @@
+"""The audit end to end on tiny data, through the CLI: cached decoders, noise, report, grids, sweep columns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from veil.cli.main import main
+
+
+@pytest.fixture()
+def noise_dir(tmp_path, weights_path):
+    from veil.obfuscate import Obfuscator, save_obfuscator
+    from veil.weights import sha256_file
+
+    obf = Obfuscator(128, seed=0, init_sigma=2.0)
+    d = tmp_path / "noise"
+    save_obfuscator(obf, d / "alpha-0.5.safetensors", {"alpha": 0.5, "weights_sha256": sha256_file(weights_path)})
+    return d
+
+
+def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_dir, noise_dir):
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    out = tmp_path / "out"
+    rc = main(["audit", "--alpha", "0", "0.5", "--noise-dir", str(noise_dir), "--dataset", str(fddb_dir),
+               "--out", str(out), "--max-faces", "2", "--decoder-minutes", "0.02", "--whitebox-steps", "3",
+               "--whitebox-faces", "1", "--train-images", str(dlib_dir), "--weights", str(weights_path)])
+    assert rc == 0
+    assert (tmp_path / "cache" / "attackers" / "naive.safetensors").is_file()
+    assert list((tmp_path / "cache" / "attackers").glob("adaptive-*.safetensors"))
+    rep = json.loads((out / "alpha-0.5" / "report.json").read_text())
+    assert rep["alpha"] == 0.5 and rep["scale"] == 3.0 and rep["n_faces"] == 2
+    assert rep["chance_rank1"] == pytest.approx(1 / 2, abs=1e-4)
+    for group in ("attackers", "clean_baseline"):
+        for name in ("naive", "adaptive", "whitebox", "adaptive_avg16"):
+            assert set(rep[group][name]) >= {"ssim", "psnr", "face_ssim", "rank1", "tar_at_far1"}
+    assert rep["attackers"]["whitebox"]["n_probes"] == 1
+    assert rep["references"]["original"]["rank1"] == 1.0 and rep["references"]["original"]["ssim"] == 1.0
+    assert rep["references"]["constant"]["ssim"] < 0.9
+    assert rep["worst_attacker"] in rep["attackers"]
+    for name in ("report.md", "grid_faces.png", "grid_image.png"):
+        assert (out / "alpha-0.5" / name).stat().st_size > 0
+    clean = json.loads((out / "alpha-0" / "report.json").read_text())
+    assert clean["attackers"]["naive"] == clean["clean_baseline"]["naive"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["alpha"] for r in summary] == [0.0, 0.5]
+
+
+def test_privacy_columns_and_frontier(tmp_path):
+    from veil.privacy.audit import privacy_columns
+    from veil.privacy.report import frontier_plot
+
+    m = lambda r: {"ssim": 0.1, "psnr": 10.0, "face_ssim": 0.1, "rank1": r, "tar_at_far1": r}  # noqa: E731
+    rep = {"chance_rank1": 0.02, "attackers": {"naive": m(0.1), "adaptive": m(0.3), "whitebox": m(0.2)},
+           "clean_baseline": {"naive": m(0.5)}}
+    cols = privacy_columns(rep)
+    assert cols["worst_attacker"] == "adaptive" and cols["worst_rank1_x_chance"] == 15.0
+    assert cols["attacker_competent"]
+    p = frontier_plot([{"alpha": 0.0, "map": 0.93, "worst_rank1": 0.6}, {"alpha": 0.8, "map": 0.9, "worst_rank1": 0.1}],
+                      tmp_path / "f.png", chance=0.02)
+    assert p.stat().st_size > 1000
+
+
+def test_missing_noise_is_a_clear_error(tmp_path, weights_path, fddb_dir, capsys):
+    rc = main(["audit", "--alpha", "0.3", "--noise", str(tmp_path / "nope.safetensors"), "--dataset", str(fddb_dir),
+               "--out", str(tmp_path / "o"), "--max-faces", "2", "--weights", str(weights_path),
+               "--decoder-minutes", "0.01", "--train-images", str(tmp_path)])
+    assert rc == 2
+    assert "noise file not found" in capsys.readouterr().err

@@ -98,7 +98,7 @@ def test_repository_layout_and_onnx_matches_in_process(repo, detector, images):
     manifest = json.loads((repo / "veil-export.json").read_text())
     assert manifest["weights_sha256"] == detector.weights_sha256
     assert all(v <= 1e-4 for v in manifest["max_abs_error_vs_in_process"].values())
-    for form, weights_file in (("python", "tail.pt"), ("onnx", "model.onnx")):
+    for form, weights_file in (("python", "model.py"), ("python", "model.onnx"), ("onnx", "model.onnx")):
         for name in (BASE_MODEL, NOISY_MODEL, model_name(False, True), model_name(True, True)):
             cfg = (repo / form / name / "config.pbtxt").read_text()
             assert f'name: "{name}"' in cfg and "dynamic_batching" in cfg and "max_batch_size: 8" in cfg

@@ -3,7 +3,8 @@
 A Triton repository holds one model per name, so each *form* gets its own repository under
 ``REPO``::
 
-    REPO/python/       python backend (model.py + TorchScript tail): the PyPI nvidia-pytriton server here
+    REPO/python/       python backend (model.py + the ONNX tail, run by onnxruntime): the PyPI
+                       nvidia-pytriton server here
     REPO/onnx/         onnxruntime backend (model.onnx): stock Triton containers
     REPO/torchscript/  pytorch backend (model.pt): stock Triton containers
     REPO/veil-export.json   weights SHA-256, forms, models and the export check's max error
@@ -54,7 +55,7 @@ def config_pbtxt(name: str, fmt: str, fp16: bool, max_batch_size: int = 8, insta
     dtype = "TYPE_FP16" if fp16 else "TYPE_FP32"
     # The pytorch backend maps outputs by the "<name>__<index>" convention, or by their order
     # here when names do not follow it; OUTPUT_0 then OUTPUT_1 keeps the order of the tail's outputs.
-    params = '\nparameters { key: "tail_file" value { string_value: "tail.pt" } }' if fmt == "python" else ""
+    params = '\nparameters { key: "tail_file" value { string_value: "model.onnx" } }' if fmt == "python" else ""
     return f"""name: "{name}"
 {backend}
 max_batch_size: {max_batch_size}
@@ -90,12 +91,13 @@ def write_repository(model: FaceBoxes, out: str | Path, weights_sha256: str = ""
     try:
         for fp16 in (False, True):
             prec = "fp16" if fp16 else "fp32"
-            ts = export.export_torchscript(model, stage / f"tail-{prec}.pt", fp16)
-            files = {"python": ts, "torchscript": ts}
-            if check and ({"python", "torchscript"} & set(formats)):
-                errors[f"torchscript-{prec}"] = export.check_torchscript(model, ts, fp16)
-            if "onnx" in formats:
-                files["onnx"] = export.export_onnx(model, stage / f"tail-{prec}.onnx", fp16)
+            files = {}
+            if "torchscript" in formats:
+                files["torchscript"] = export.export_torchscript(model, stage / f"tail-{prec}.pt", fp16)
+                if check:
+                    errors[f"torchscript-{prec}"] = export.check_torchscript(model, files["torchscript"], fp16)
+            if {"onnx", "python"} & set(formats):
+                files["onnx"] = files["python"] = export.export_onnx(model, stage / f"tail-{prec}.onnx", fp16)
                 if check:
                     errors[f"onnx-{prec}"] = export.check_onnx(model, files["onnx"], fp16)
             for fmt in formats:
@@ -108,7 +110,7 @@ def write_repository(model: FaceBoxes, out: str | Path, weights_sha256: str = ""
                     (mdir / "config.pbtxt").write_text(config_pbtxt(name, fmt, fp16, max_batch_size))
                     if fmt == "python":
                         shutil.copyfile(_TEMPLATE, mdir / "1" / "model.py")
-                        shutil.copyfile(files[fmt], mdir / "1" / "tail.pt")
+                        shutil.copyfile(files[fmt], mdir / "1" / "model.onnx")
                     elif fmt == "onnx":
                         shutil.copyfile(files[fmt], mdir / "1" / "model.onnx")
                     else:

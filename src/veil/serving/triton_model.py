@@ -1,7 +1,8 @@
 """Triton python-backend model: the FaceBoxes tail (copied into the repository as ``model.py``).
 
-Self-contained on purpose: it needs only numpy and torch in the server's Python (not veil), and
-loads the TorchScript tail written beside it. Requests of equal spatial size that the dynamic
+Self-contained on purpose: it needs only numpy and onnxruntime in the server's Python (not veil,
+not torch: importing torch would make every model instance start seconds slower), and runs the
+ONNX tail written beside it, the same file the stock containers' onnxruntime backend serves. Requests of equal spatial size that the dynamic
 batcher groups are run as one batch; a failing request gets an error response of its own, so a
 bad request never takes the model down.
 """
@@ -10,7 +11,7 @@ import json
 import os
 
 import numpy as np
-import torch
+import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
@@ -18,9 +19,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("tail_file", "tail.pt"))
-        self.tail = torch.jit.load(path, map_location="cpu").eval()
-        self.in_dtype = torch.float16 if config["input"][0]["data_type"] == "TYPE_FP16" else torch.float32
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("tail_file", "model.onnx"))
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.channels = int(config["input"][0]["dims"][0])
 
     def execute(self, requests):
@@ -37,11 +37,8 @@ class TritonPythonModel:
             groups.setdefault(a.shape[1:], []).append((i, a))
         for items in groups.values():
             try:
-                batch = torch.from_numpy(np.concatenate([a for _, a in items]))
-                # No TorchScript re-optimisation per new input size: sizes vary with every image.
-                with torch.inference_mode(), torch.jit.optimized_execution(False):
-                    loc, conf = self.tail(batch)
-                loc, conf = loc.numpy(), conf.numpy()
+                batch = np.concatenate([a for _, a in items])
+                loc, conf = self.session.run(["OUTPUT_0", "OUTPUT_1"], {"INPUT_0": batch})
             except Exception as exc:  # noqa: BLE001 - report any tail failure to the client
                 for i, _ in items:
                     responses[i] = self._error(f"tail failed: {exc.__class__.__name__}: {exc}")

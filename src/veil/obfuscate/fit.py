@@ -37,11 +37,11 @@ class FitConfig:
     """Settings of one tuning pass (recorded in the artifact's metadata)."""
 
     alpha: float
-    steps: int = 300
+    steps: int = 100
     batch_size: int = 8
     lr: float = 0.05
     family: str = "gaussian"
-    privacy_weight: float = 1.0
+    privacy_weight: float = 0.0625
     channel_weight: float = 0.5
     max_nsr_db: float = 30.0
     init_nsr_db: float = -10.0
@@ -97,10 +97,15 @@ def activation_bank(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Ten
     return torch.cat(acts), tuple(torch.cat(parts) for parts in zip(*outs))
 
 
-def fit_noise(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor], config: FitConfig,
+def fit_noise(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor] | None, config: FitConfig,
               distortion: Callable[[Outputs, Outputs], torch.Tensor] = detection_distortion,
-              progress: bool = True, log_every: int = 10) -> FitResult:
-    """Fit μ and σ for ``config.alpha``; ``head``/``tail`` are frozen, ``loader`` yields image batches."""
+              progress: bool = True, log_every: int = 10,
+              bank: tuple[torch.Tensor, Outputs] | None = None) -> FitResult:
+    """Fit μ and σ for ``config.alpha``; ``head``/``tail`` are frozen, ``loader`` yields image batches.
+
+    ``bank`` (from :func:`activation_bank`) skips the pass over ``loader``: a sweep computes
+    it once and fits every ALPHA on it.
+    """
     t0 = time.perf_counter()
     head.eval()
     tail.eval()
@@ -109,7 +114,11 @@ def fit_noise(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor], 
     for p in frozen:
         p.requires_grad_(False)
     try:
-        acts, clean = activation_bank(head, tail, loader, progress)
+        if bank is None:
+            if loader is None:
+                raise ValueError("give a data loader or a precomputed activation bank")
+            bank = activation_bank(head, tail, loader, progress)
+        acts, clean = bank
         return _fit(acts, clean, tail, config, distortion, progress, log_every, t0)
     finally:
         for p, r in zip(frozen, was):

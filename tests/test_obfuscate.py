@@ -1,0 +1,179 @@
+"""The obfuscation transform, its artifact and the noise-to-signal ratio (no model needed)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from veil.data.images import ImageCrops, list_images
+from veil.models.faceboxes import SPLIT_POINT
+from veil.obfuscate import (NoiseFileError, Obfuscator, isotropic_like, load_obfuscator, noise_filename,
+                            nsr_report, nsr_sums, read_metadata, save_obfuscator)
+from veil.weights import REFERENCE_SHA256
+
+
+def _obf(seed=None, family="gaussian") -> Obfuscator:
+    o = Obfuscator(8, family, seed=seed)
+    with torch.no_grad():
+        o.mu.copy_(torch.linspace(-1, 1, 8))
+        o.log_sigma.copy_(torch.linspace(-2, 1, 8))
+    return o.requires_grad_(False)
+
+
+def test_fresh_noise_each_call_with_the_fitted_statistics():
+    o = _obf()
+    a = torch.rand(4, 8, 30, 40)
+    d1, d2 = o(a) - a, o(a) - a
+    assert not torch.equal(d1, d2)
+    for d in (d1, d2):
+        per_c = d.transpose(0, 1).reshape(8, -1)
+        assert torch.allclose(per_c.mean(1), o.mu, atol=0.05 * float(o.sigma.max()))
+        assert torch.allclose(per_c.std(1), o.sigma, rtol=0.05)
+
+
+def test_default_noise_is_unpredictable_per_module_and_copy():
+    a = torch.zeros(1, 8, 16, 16)
+    o1, o2 = _obf(), _obf()
+    assert not o1.seeded
+    assert not torch.equal(o1(a), o2(a))
+    assert not torch.equal(o1(a), copy.deepcopy(o1)(a))  # a copy draws its own stream
+
+
+def test_seeded_noise_is_reproducible():
+    a = torch.rand(2, 8, 5, 7)
+    assert torch.equal(_obf(seed=3)(a), _obf(seed=3)(a))
+    assert not torch.equal(_obf(seed=3)(a), _obf(seed=4)(a))
+    o = _obf(seed=5)
+    first = o(a)
+    o.reseed(5)
+    assert torch.equal(o(a), first)
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(Obfuscator(8, generator=g1)(a), Obfuscator(8, generator=g2)(a))
+
+
+def test_laplace_has_unit_variance_and_heavier_tails():
+    e = Obfuscator(1, "laplace", seed=0).sample_eps((200_000,), torch.device("cpu"), torch.float32)
+    g = Obfuscator(1, "gaussian", seed=0).sample_eps((200_000,), torch.device("cpu"), torch.float32)
+    assert abs(float(e.mean())) < 0.02 and abs(float(e.var()) - 1) < 0.03
+    kurt = lambda x: float((x ** 4).mean() / x.var() ** 2)  # noqa: E731
+    assert kurt(e) > 5 and abs(kurt(g) - 3) < 0.2  # Laplace kurtosis 6, Gaussian 3
+
+
+def test_any_input_size_and_channel_check():
+    o = _obf()
+    for shape in ((1, 8, 1, 1), (3, 8, 17, 33), (2, 8, 40)):
+        assert o(torch.zeros(shape)).shape == shape
+    with pytest.raises(ValueError, match="8 channels"):
+        o(torch.zeros(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="family"):
+        Obfuscator(8, "uniform")
+
+
+def test_isotropic_baseline_has_the_same_total_noise_power():
+    o = _obf()
+    iso = isotropic_like(o)
+    assert torch.allclose(iso.noise_variance().sum(), o.noise_variance().sum())
+    assert torch.allclose(iso.sigma, iso.sigma[0].expand(8)) and torch.count_nonzero(iso.mu) == 0
+
+
+def test_nsr_definition_excludes_mu_and_adds_up_over_batches():
+    o = _obf()
+    a = torch.rand(6, 8, 9, 11) + 0.5
+    whole = nsr_sums(a, o)
+    parts = nsr_sums(a[:2], o) + nsr_sums(a[2:], o)
+    assert np.allclose(whole, parts)
+    rep = nsr_report(whole)
+    expected = 10 * math.log10(float((o.sigma ** 2).sum() * 6 * 9 * 11 / (a ** 2).sum()))
+    assert rep["nsr_db"] == pytest.approx(expected, abs=1e-3)
+    per = 10 * np.log10(whole[0] / whole[1])
+    assert rep["channels"]["min"] == pytest.approx(per.min(), abs=1e-3)
+    assert rep["channels"]["max"] == pytest.approx(per.max(), abs=1e-3)
+    # μ is a deterministic shift: changing it changes nothing in the ratio.
+    with torch.no_grad():
+        o.mu.add_(100.0)
+    assert nsr_report(nsr_sums(a, o)) == rep
+
+
+def test_nsr_of_a_generic_module_is_estimated_from_its_output():
+    class Plain(torch.nn.Module):
+        def forward(self, a):
+            return a + 3.0 + 0.5 * torch.randn_like(a)
+
+    a = torch.ones(1, 4, 100, 100)
+    assert nsr_report(nsr_sums(a, Plain()))["nsr_db"] == pytest.approx(10 * math.log10(0.25), abs=0.1)
+
+
+def test_nsr_reports_dead_channels_and_rejects_silence():
+    o = _obf()
+    a = torch.rand(1, 8, 4, 4)
+    a[:, 3] = 0
+    assert nsr_report(nsr_sums(a, o))["dead_channels"] == 1
+    with pytest.raises(ValueError, match="no signal"):
+        nsr_report(nsr_sums(torch.zeros(1, 8, 2, 2), o))
+
+
+def _save(tmp_path, alpha=0.4, sha=REFERENCE_SHA256, name=None):
+    path = tmp_path / (name or noise_filename(alpha))
+    save_obfuscator(_obf(), path, {"alpha": alpha, "weights_sha256": sha})
+    return path
+
+
+def test_artifact_round_trip_and_noise_dir_lookup(tmp_path):
+    path = _save(tmp_path, 0.4)
+    assert path.name == "alpha-0.4.safetensors"
+    obf, meta = load_obfuscator(0.4, noise_dir=tmp_path)
+    assert meta["alpha"] == 0.4 and meta["split_point"] == SPLIT_POINT and meta["family"] == "gaussian"
+    assert torch.equal(obf.log_sigma, _obf().log_sigma) and torch.equal(obf.mu, _obf().mu)
+    assert not obf.seeded
+    seeded, _ = load_obfuscator(None, noise=path, seed=1)
+    assert seeded.seeded
+
+
+def test_artifact_refuses_other_weights_split_alpha_and_missing(tmp_path):
+    path = _save(tmp_path, 0.4, sha="0" * 64)
+    with pytest.raises(NoiseFileError, match="fitted for model weights with SHA-256 0000"):
+        load_obfuscator(0.4, noise=path)
+    good = _save(tmp_path, 0.6)
+    with pytest.raises(NoiseFileError, match="split point"):
+        load_obfuscator(0.6, noise=good, split_point="other.layer")
+    with pytest.raises(NoiseFileError, match="ALPHA 0.6, not the requested 0.8"):
+        load_obfuscator(0.8, noise=good)
+    with pytest.raises(NoiseFileError, match="veil fit-noise --alpha 0.9"):
+        load_obfuscator(0.9, noise_dir=tmp_path)
+
+
+def test_corrupt_or_foreign_files_get_a_clear_error(tmp_path):
+    path = _save(tmp_path, 0.4)
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    for name in ("trunc.safetensors", "junk.safetensors"):
+        with pytest.raises(NoiseFileError, match="corrupt|not a readable"):
+            load_obfuscator(None, noise=tmp_path / name)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(NoiseFileError, match="without veil noise metadata"):
+        read_metadata(tmp_path / "plain.safetensors")
+
+
+def test_fitting_images_refuse_fddb_and_skip_corrupt(tmp_path, capsys):
+    fddb = tmp_path / "fddb" / "originalPics" / "2002"
+    fddb.mkdir(parents=True)
+    with pytest.raises(ValueError, match="FDDB"):
+        list_images([tmp_path / "fddb"])
+    with pytest.raises(ValueError, match="FDDB"):
+        list_images([fddb])
+    import cv2
+
+    good = tmp_path / "imgs"
+    good.mkdir()
+    cv2.imwrite(str(good / "a.png"), np.full((50, 70, 3), 128, np.uint8))
+    (good / "b.jpg").write_bytes(b"broken")
+    ds = ImageCrops([good], crop=64, scale_range=(1.0, 2.0), crops_per_image=2)
+    assert len(ds) == 2 and "skipped" in capsys.readouterr().err
+    assert ds[0].shape == (3, 64, 64) and torch.equal(ds[1], ds[1])

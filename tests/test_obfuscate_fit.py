@@ -1,0 +1,51 @@
+"""The tuning pass on the real FaceBoxes weights and a few real (non-FDDB) images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from veil.data.images import ImageCrops
+from veil.obfuscate import nsr_report, nsr_sums
+from veil.obfuscate.fit import FitConfig, activation_bank, fit_noise
+from veil.weights import load_faceboxes
+
+
+@pytest.fixture(scope="module")
+def model(weights_path):
+    return load_faceboxes(weights_path)[0]
+
+
+@pytest.fixture(scope="module")
+def bank(model, dlib_dir):
+    data = ImageCrops([dlib_dir], crop=256, scale_range=(1.0, 2.0))
+    return activation_bank(model.head, model.tail, DataLoader(data, batch_size=4), progress=False)
+
+
+def test_weights_stay_frozen_and_a_short_fit_lowers_the_loss(model, bank):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = fit_noise(model.head, model.tail, None, FitConfig(alpha=0.5, steps=40, batch_size=4), bank=bank,
+                  progress=False, log_every=1)
+    first = sum(e["loss"] for e in r.log[:5]) / 5
+    last = sum(e["loss"] for e in r.log[-5:]) / 5
+    assert last < first - 0.1, (first, last)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())  # restored for the caller
+    assert not r.obfuscator.seeded  # fitted with a seed, used with OS randomness
+    assert r.activation_stats["shape"][0] == 128
+
+
+def test_noise_to_signal_rises_monotonically_with_alpha(model, bank):
+    acts = bank[0]
+    nsr = []
+    for alpha in (0.1, 0.5, 0.9):
+        r = fit_noise(model.head, model.tail, None, FitConfig(alpha=alpha, steps=40, batch_size=4), bank=bank,
+                      progress=False)
+        nsr.append(nsr_report(nsr_sums(acts, r.obfuscator))["nsr_db"])
+    assert nsr[0] < nsr[1] < nsr[2], nsr
+
+
+def test_bad_alpha_is_refused():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        FitConfig(alpha=1.0)

@@ -1,0 +1,140 @@
+"""End to end on tiny real data: fit-noise → detect/evaluate --noisy → sweep (fit, then reuse)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from veil.cli.main import main
+from veil.data import read_fddb
+from veil.obfuscate import load_obfuscator, read_metadata
+
+pytestmark = pytest.mark.timeout(600)
+FAST_FIT = ("--steps", "6", "--batch-size", "2", "--crop", "256", "--scale-range", "1", "2")
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_fddb(fddb_dir, tmp_path_factory) -> Path:
+    """Three real FDDB images (two folds) in the official layout, with their annotations."""
+    ds = read_fddb(fddb_dir)
+    avail = ds.available()
+    chosen = [im for im in avail if im.fold == 1][:2] + [im for im in avail if im.fold == 2][:1]
+    root = tmp_path_factory.mktemp("fddb")
+    (root / "FDDB-folds").mkdir()
+    for k in (1, 2):
+        text = "".join(f"{im.name}\n{im.n_faces}\n" + "".join(" ".join(f"{v:.6f}" for v in e) + "  1\n"
+                                                            for e in im.ellipses)
+                       for im in chosen if im.fold == k)
+        (root / "FDDB-folds" / f"FDDB-fold-{k:02d}-ellipseList.txt").write_text(text)
+    for im in chosen:
+        dst = root / "originalPics" / f"{im.name}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(im.path, dst)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fit_images(dlib_dir, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fit")
+    for p in sorted(dlib_dir.glob("*.jpg"))[:3]:
+        shutil.copy(p, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def noise_dir(fit_images, weights_path, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("noise")
+    rc, out, err = run_cli("fit-noise", "--alpha", "0.8", "--images", fit_images, "--noise-dir", d,
+                           "--weights", weights_path, "--quiet", *FAST_FIT)
+    assert rc == 0, err
+    assert "fitted ALPHA 0.8" in out and (d / "alpha-0.8.safetensors").is_file()
+    return d
+
+
+def test_fit_noise_writes_a_complete_artifact(noise_dir, fit_images):
+    meta = read_metadata(noise_dir / "alpha-0.8.safetensors")
+    assert meta["alpha"] == 0.8 and meta["split_point"] == "faceboxes.rdcl"
+    assert meta["data"]["images"] == 3 and meta["data"]["dirs"] == [str(fit_images)]
+    assert meta["fit"]["steps"] == 6 and len(meta["activation_stats"]["channel_power"]) == 128
+    assert meta["loss_log"][-1]["step"] == 5
+    assert json.loads((noise_dir / "alpha-0.8.log.json").read_text())[0]["step"] == 0
+
+
+def test_fit_noise_refuses_fddb_and_bad_alpha(fddb_dir, tmp_path, weights_path):
+    rc, _, err = run_cli("fit-noise", "--alpha", "0.5", "--images", fddb_dir, "--out", tmp_path / "n.safetensors",
+                         "--weights", weights_path)
+    assert rc == 2 and "FDDB" in err
+    with pytest.raises(SystemExit):
+        run_cli("fit-noise", "--alpha", "1.5", "--images", tmp_path)
+
+
+def test_detect_noisy(noise_dir, tiny_fddb, weights_path, tmp_path):
+    image = sorted((tiny_fddb / "originalPics").rglob("*.jpg"))[0]
+    rc, out, err = run_cli("detect", image, "--out", tmp_path, "--noisy", "--alpha", "0.8", "--noise-dir", noise_dir,
+                           "--weights", weights_path)
+    assert rc == 0, err
+    doc = json.loads((tmp_path / f"{image.stem}.json").read_text())
+    assert doc["mode"] == "noisy" and doc["alpha"] == 0.8 and "nsr_db" in doc and "NSR" in out
+    rc, _, err = run_cli("detect", image, "--out", tmp_path, "--noisy", "--alpha", "0.3", "--noise-dir", noise_dir,
+                         "--weights", weights_path)
+    assert rc == 2 and "no noise fitted for ALPHA 0.3" in err
+    rc, _, err = run_cli("detect", image, "--out", tmp_path, "--alpha", "0.8")
+    assert rc == 2 and "only apply with --noisy" in err
+
+
+def test_evaluate_noisy_end_to_end(noise_dir, tiny_fddb, weights_path, tmp_path):
+    """Engineer A's ``veil evaluate`` with this package's noise: JSON mode/alpha/NSR, seeded runs repeat."""
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"noisy{k}.json"
+        rc, stdout, err = run_cli("evaluate", "--dataset", tiny_fddb, "--noisy", "--alpha", "0.8",
+                                  "--noise", noise_dir / "alpha-0.8.safetensors", "--weights", weights_path,
+                                  "--seed", "7", "--json", out, "--no-progress")
+        assert rc == 0, err
+        assert "mAP" in stdout
+        outs.append(json.loads(out.read_text()))
+    doc = outs[0]
+    text = json.dumps(doc)
+    assert '"mode": "noisy"' in text and '"alpha": 0.8' in text and '"nsr_db"' in text
+    assert outs[0]["mAP"] == outs[1]["mAP"]  # same seed, same noise
+    # The NSR the evaluation reports is the package's one definition over these images' activations.
+    obf, _ = load_obfuscator(0.8, noise_dir=noise_dir)
+    assert obf is not None
+
+
+def test_sweep_fits_then_reuses(noise_dir, fit_images, tiny_fddb, weights_path, tmp_path):
+    out = tmp_path / "sweep"
+    rc, stdout, err = run_cli("sweep", "--alphas", "0.1,0.8", "--dataset", tiny_fddb, "--images", fit_images,
+                              "--noise-dir", noise_dir, "--out", out, "--weights", weights_path, "--quiet",
+                              *FAST_FIT)
+    assert rc == 0, err
+    assert "reusing" in stdout and "fitted" in stdout  # 0.8 existed, 0.1 was fitted
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [r["alpha"] for r in doc["rows"]] == [0.1, 0.8]
+    for r in doc["rows"]:
+        assert 0.0 <= r["mAP"] <= 1.0 and 0.0 <= r["iso_mAP"] <= 1.0
+        assert r["nsr_min_db"] <= r["nsr_db"] and r["reference_mAP"] in (0.9024, 0.8841)
+        assert r["drop_points"] == pytest.approx(100 * (doc["clean_mAP"] - r["mAP"]), abs=0.01)
+    assert doc["rows"][0]["nsr_db"] < doc["rows"][1]["nsr_db"]
+    md = (out / "sweep.md").read_text()
+    assert md.count("\n| yes |") == 2 and "| no |" in md
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    # Everything fitted now: a rerun needs no images.
+    rc, stdout, err = run_cli("sweep", "--alphas", "0.1", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
+                              "--out", out, "--weights", weights_path, "--quiet")
+    assert rc == 0 and "fitted" not in stdout, err
+    rc, _, err = run_cli("sweep", "--alphas", "0.4", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
+                         "--out", out, "--weights", weights_path, "--quiet")
+    assert rc == 2 and "--images" in err

@@ -267,7 +267,13 @@ def test_cli_render_refuses_bad_combinations(capsys):
     assert main(["k8s", "render", "--scenario", "batch", "--noisy"]) == 2
     assert "--noisy needs --alpha" in capsys.readouterr().err
     assert main(["k8s", "render", "--scenario", "triton", "--merge"]) == 2
-    assert "--merge is for --scenario batch" in capsys.readouterr().err
+    assert "--merge and --loader are for --scenario batch" in capsys.readouterr().err
+    assert main(["k8s", "render", "--scenario", "batch", "--merge", "--loader", "--shards", "2"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["k8s", "render", "--scenario", "batch", "--merge"]) == 2
+    assert "give the same --shards N" in capsys.readouterr().err
+    assert main(["k8s", "render", "--scenario", "jupyter", "--export"]) == 2
+    assert "--export is for --scenario triton" in capsys.readouterr().err
 
 
 def _mini_fddb(fddb_dir: Path, root: Path, per_fold: int = 2) -> Path:

@@ -14,7 +14,7 @@ Dicts rather than templates: every field is checked by the tests against the off
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import yaml
@@ -34,7 +34,6 @@ WORKSPACE_MOUNT = "/workspace"
 VEIL_UID = 1000
 SCENARIOS = ("batch", "triton", "jupyter")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 
 
@@ -474,8 +473,3 @@ def validate(docs: list[Manifest], version: str, strict: bool = True) -> None:
             where = ".".join(str(p) for p in exc.path)
             raise RuntimeError(f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes {version} "
                                f"at {where or '<root>'}: {exc.message}") from exc
-
-
-def with_options(opts: Options, **changes: Any) -> Options:
-    """A copy of ``opts`` with some fields changed (keeps callers from mutating shared defaults)."""
-    return replace(opts, **changes)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 
-
 from veil.cli.main import main
 from veil.deploy.stage import stage
 

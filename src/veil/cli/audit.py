@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whitebox-steps", type=int, default=100, help="Adam steps per face (default: %(default)s)")
     p.add_argument("--whitebox-faces", type=int, default=20,
                    help="faces the white-box attacker inverts (the first ones; default: %(default)s)")
+    p.add_argument("--ks", type=int, nargs="+", default=[4, 16],
+                   help="averaging attack: obfuscations averaged per image (default: %(default)s; K=1 is 'adaptive')")
     p.add_argument("--train-images", nargs="+", help="non-FDDB photo folders for decoders and noise fitting "
                                                       "(default: ../shared WIDER subset and dlib photos)")
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
@@ -84,7 +86,10 @@ def run_audit(args: argparse.Namespace) -> int:
     noises = {alpha: _noise(alpha, args, sha, dirs) for alpha in args.alpha if alpha > 0}
     print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images at scale ×{args.scale:g}", file=sys.stderr)
     naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs)
-    base = Attacks(model.head, naive, whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces)
+    if any(k < 2 for k in args.ks):
+        raise ValueError("--ks values must be ≥ 2 (K = 1 is the adaptive attacker itself)")
+    base = Attacks(model.head, naive, whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces,
+                   ks=tuple(args.ks))
     clean = reconstruct_all(faces, base, args.scale, noisy=False)
     out = Path(args.out)
     rows = []
@@ -97,7 +102,7 @@ def run_audit(args: argparse.Namespace) -> int:
             adaptive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, obfuscator=obf, noise_sha256=nsha,
                                       alpha=alpha)
             att = Attacks(model.head, naive, adaptive, obf, whitebox_steps=args.whitebox_steps,
-                          whitebox_faces=args.whitebox_faces)
+                          whitebox_faces=args.whitebox_faces, ks=tuple(args.ks))
             meta.update(noise_file=str(npath), noise_sha256=nsha, adaptive_decoder=adaptive.meta)
         rep = audit(faces, att, alpha, args.scale, out_dir=dest, meta=meta, clean_recs=clean)
         rows.append(rep)

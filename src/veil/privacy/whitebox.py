@@ -105,7 +105,7 @@ def invert_window(head: nn.Module, target: torch.Tensor, window: tuple[int, int,
         with torch.no_grad():  # stay within valid pixel values
             z.clamp_(-130 / _UNIT, 150 / _UNIT)
         if history is not None:
-            history.append(float(data))
+            history.append(float(data.detach()))
     return render(z.detach()) * _UNIT
 
 

@@ -89,6 +89,20 @@ class TritonDetector:
         self.timeout = timeout
         self._client = None
 
+    # What determines the detections (read by veil.evaluation for its settings). The obfuscator is
+    # deliberately not exposed: code that finds one may run the tail locally instead of here.
+    @property
+    def weights_sha256(self) -> str:
+        return self.detector.weights_sha256
+
+    @property
+    def scale(self) -> float:
+        return self.detector.scale
+
+    @property
+    def post(self):
+        return self.detector.post
+
     # -- connection ----------------------------------------------------------------------------
     @property
     def client(self):

@@ -62,6 +62,12 @@ def test_privacy_columns_and_frontier(tmp_path):
     p = frontier_plot([{"alpha": 0.0, "map": 0.93, "worst_rank1": 0.6}, {"alpha": 0.8, "map": 0.9, "worst_rank1": 0.1}],
                       tmp_path / "f.png", chance=0.02)
     assert p.stat().st_size > 1000
+    from veil.privacy.report import frontier_markdown, frontier_rows
+
+    sweep = {"clean_mAP": 0.93, "rows": [{"alpha": 0.8, "mAP": 0.92, "drop_points": 1.0}]}
+    rows = frontier_rows(sweep, [{**rep, "alpha": 0.8}, {**rep, "alpha": 0.0}])
+    assert [(r["alpha"], r["map"]) for r in rows] == [(0.0, 0.93), (0.8, 0.92)]
+    assert "| 0.8 | 0.9200 | 1.0000 |" in frontier_markdown(rows)
 
 
 def test_missing_noise_is_a_clear_error(tmp_path, weights_path, fddb_dir, capsys):

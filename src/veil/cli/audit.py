@@ -40,6 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale of the deployed path (default: %(default)s)")
     p.set_defaults(func=run_audit)
 
+    f = sub.add_parser("frontier", help="privacy–utility frontier: join a sweep with audit reports",
+                       description="Join `veil sweep`'s sweep.json (mAP per ALPHA) with `veil audit` reports "
+                                   "(worst-attacker rank-1 per ALPHA); write frontier.md, frontier.json and "
+                                   "frontier.png (mAP against worst-attacker rank-1).")
+    f.add_argument("--sweep", required=True, help="sweep.json written by `veil sweep`")
+    f.add_argument("--audits", nargs="+", required=True, help="report.json files or folders holding them")
+    f.add_argument("--out", required=True, help="output directory")
+    f.set_defaults(func=run_frontier)
+
     t = sub.add_parser("train-decoder", help="train (and cache) a reconstruction decoder",
                        description="Train the naive decoder (clean activations) or, with --alpha, the adaptive "
                                    "one (activations obfuscated with that ALPHA's fitted noise) on non-FDDB photos "
@@ -131,4 +140,29 @@ def run_train(args: argparse.Namespace) -> int:
         obf, _meta, nsha, _p = _noise(args.alpha, args, sha, dirs)
         dec = ensure_decoder(model.head, sha, args.minutes, dirs, obfuscator=obf, noise_sha256=nsha, alpha=args.alpha)
     print(json.dumps(dec.meta, indent=1))
+    return 0
+
+
+def run_frontier(args: argparse.Namespace) -> int:
+    from veil.privacy.report import frontier_markdown, frontier_plot, frontier_rows
+
+    sweep = json.loads(Path(args.sweep).read_text())
+    files: list[Path] = []
+    for a in map(Path, args.audits):
+        files += sorted(a.rglob("report.json")) if a.is_dir() else [a]
+    if not files:
+        raise FileNotFoundError(f"no report.json under {args.audits}")
+    reports = {}
+    for f in files:  # one report per ALPHA (the last one given wins)
+        rep = json.loads(f.read_text())
+        reports[rep["alpha"]] = rep
+    rows = frontier_rows(sweep, list(reports.values()))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(rows, indent=1))
+    (out / "frontier.md").write_text(frontier_markdown(rows))
+    plotted = [r for r in rows if r["map"] is not None]
+    if plotted:
+        frontier_plot(plotted, out / "frontier.png", chance=rows[0]["chance_rank1"])
+    print(frontier_markdown(rows))
     return 0

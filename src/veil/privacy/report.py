@@ -120,3 +120,36 @@ def frontier_plot(rows: list[dict], out: str | Path, chance: float | None = None
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def frontier_rows(sweep: dict, reports: list[dict]) -> list[dict]:
+    """Join ``veil sweep``'s JSON (mAP per ALPHA) with audit reports (leakage per ALPHA) on ALPHA.
+
+    ALPHA 0 takes the sweep's clean mAP. Audits without a sweep row are kept with ``map`` None.
+    """
+    from veil.privacy.audit import privacy_columns
+
+    maps = {round(float(r["alpha"]), 6): (r["mAP"], r.get("drop_points")) for r in sweep.get("rows", [])}
+    maps[0.0] = (sweep.get("clean_mAP"), 0.0)
+    rows = []
+    for rep in sorted(reports, key=lambda r: r["alpha"]):
+        m, drop = maps.get(round(float(rep["alpha"]), 6), (None, None))
+        rows.append({"alpha": rep["alpha"], "map": m, "drop_points": drop, "chance_rank1": rep["chance_rank1"],
+                     **privacy_columns(rep),
+                     **{f"rank1_{k}": v["rank1"] for k, v in rep["attackers"].items()}})
+    return rows
+
+
+def frontier_markdown(rows: list[dict]) -> str:
+    """The privacy–utility table: mAP (drop) beside every attacker's rank-1 and the worst one."""
+    names = [k.removeprefix("rank1_") for k in rows[0] if k.startswith("rank1_")] if rows else []
+    head = "| ALPHA | mAP | drop (points) | " + " | ".join(f"rank-1 {n}" for n in names) + \
+           " | worst rank-1 (× chance) | done-when (≤ 2× chance, drop ≤ 2) |"
+    lines = [head, "|" + "---|" * (5 + len(names))]
+    for r in rows:
+        ok = (r["map"] is not None and r["drop_points"] is not None and r["drop_points"] <= 2.0
+              and r["worst_rank1_x_chance"] <= 2.0 and r["attacker_competent"])
+        lines.append(f"| {r['alpha']:g} | {_fmt(r['map'])} | {_fmt(r['drop_points'])} | "
+                     + " | ".join(f"{r['rank1_' + n]:.3f}" for n in names)
+                     + f" | {r['worst_rank1']:.3f} ({r['worst_rank1_x_chance']}×) | {'yes' if ok else 'no'} |")
+    return "\n".join(lines) + "\n"

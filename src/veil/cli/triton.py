@@ -147,6 +147,7 @@ def run_infer(args: argparse.Namespace) -> int:
         det.obfuscator, meta = load_obfuscator(args.alpha, args.noise, args.noise_dir, weights_sha256=det.weights_sha256)
     elif args.alpha is not None or args.noise is not None:
         raise CLIError("--alpha/--noise only apply with --noisy")
+    noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point")}
     decoder = _decoder(args.decoder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,7 @@ def run_infer(args: argparse.Namespace) -> int:
         sent = {"tensor": "INPUT_0", "shape": list(r.activation.shape), "dtype": str(r.activation.dtype).split(".")[-1],
                 "bytes": r.activation.numel() * r.activation.element_size()}
         record = {"image": r.name, "server": client.url, "protocol": client.protocol, "model": client.model,
-                  "sent": sent, "noise": meta, "detections": rows}
+                  "sent": sent, "noise": noise, "detections": rows}
         if decoder is not None:
             from veil.privacy.decoders import reconstruct
 

@@ -31,8 +31,10 @@ class ServedTail(nn.Module):
         self.model = copy.deepcopy(model).eval()
         self.tail = self.model.tail.eval()
 
-    def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tail(a.float())
+    # The argument is named like the Triton input: Triton's pytorch backend maps inputs by
+    # forward()'s argument names (outputs by their order in config.pbtxt).
+    def forward(self, INPUT_0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803
+        return self.tail(INPUT_0.float())
 
 
 def _example(fp16: bool) -> torch.Tensor:

@@ -234,11 +234,12 @@ def test_every_container_runs_a_real_veil_command():
 @pytest.mark.parametrize("bad, message", [
     ({"noisy": True}, "--noisy needs --alpha"),
     ({"alpha": 0.8}, "add --noisy"),
-    ({"alpha": 1.5, "noisy": True}, "--alpha must be in"),
+    ({"alpha": 1.0, "noisy": True}, "--alpha must be in"),
     ({"namespace": "Inference_1"}, "not a valid Kubernetes name"),
     ({"pvc_size": "50 GB"}, "not a Kubernetes quantity"),
     ({"image": "veil:latest"}, "explicit tag"),
     ({"image": "registry.example/veil"}, "explicit tag"),
+    ({"triton_image": "nvcr.io/nvidia/tritonserver:latest"}, "--triton-image"),
     ({"shards": 0}, "--shards must be"),
 ])
 def test_bad_options_are_refused_with_the_reason(bad, message):

@@ -100,8 +100,8 @@ class Options:
             raise ValueError(f"--parallelism must be ≥ 1, got {self.parallelism}")
         if self.noisy and self.alpha is None:
             raise ValueError("--noisy needs --alpha A (the obfuscation level whose fitted noise to use)")
-        if self.alpha is not None and not (0.0 < self.alpha < 1.0):
-            raise ValueError(f"--alpha must be in (0, 1), got {self.alpha}")
+        if self.alpha is not None and not (0.0 <= self.alpha < 1.0):
+            raise ValueError(f"--alpha must be in [0, 1) like the fitted noise's, got {self.alpha}")
         if self.alpha is not None and not self.noisy:
             raise ValueError("--alpha without --noisy would run the clean model; add --noisy")
         if self.access_mode not in ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"):
@@ -110,9 +110,10 @@ class Options:
             raise ValueError(f"--service-type must be ClusterIP, NodePort or LoadBalancer, got {self.service_type!r}")
         if self.triton_server not in ("tritonserver", "veil"):
             raise ValueError(f"--triton-server must be 'tritonserver' or 'veil', got {self.triton_server!r}")
-        if self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image:
-            raise ValueError(f"--image {self.image!r} needs an explicit tag other than 'latest' (e.g. veil:0.1.0), "
-                             "so that every pod of a run uses the same build")
+        for flag, image in (("--image", self.image), ("--triton-image", self.triton_image)):
+            if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
+                raise ValueError(f"{flag} {image!r} needs an explicit tag other than 'latest' (e.g. veil:0.1.0), "
+                                 "so that every pod of a run uses the same build")
         return self
 
 

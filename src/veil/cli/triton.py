@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="load only this model (repeatable; default: all in the repository)")
     p.add_argument("--log-file", help="server log file (default: a temporary file, tail shown on failure)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default: %(default)s)")
+    p.add_argument("--exit-timeout", type=int, default=5,
+                   help="on stop, seconds to let in-flight requests finish (default: %(default)s)")
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser(
@@ -97,8 +99,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if why:
         raise CLIError(f"cannot run the bundled tritonserver here: {why}. Use the stock container (docs/serving.md)")
     repo = resolve_repository(args.model_repository, "python")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: the server is reachable from the network, with no "
+              "authentication (Triton has none); put it behind TLS and access control", file=sys.stderr)
     server = TritonServer(repo, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                          log_file=args.log_file, models=args.models)
+                          log_file=args.log_file, models=args.models, exit_timeout=args.exit_timeout)
     stopping = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -124,7 +129,9 @@ def run_serve(args: argparse.Namespace) -> int:
             signal.signal(s, signal.SIG_IGN)
         print("stopping tritonserver ...", file=sys.stderr)
         code = server.stop()
-        print(f"stopped (status {code})", file=sys.stderr)
+        note = "" if code == 0 else (f" (tritonserver status {code}: it had to cut open client connections or "
+                                     "requests after --exit-timeout)")
+        print(f"stopped{note}", file=sys.stderr)
         return 0
     finally:
         server.stop()

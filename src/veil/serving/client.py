@@ -57,7 +57,8 @@ class ImageResult:
         return self.error is None
 
 
-def start_hint(protocol: str) -> str:
+def start_hint() -> str:
+    """What to do when no server answers."""
     return ("start one with `veil serve --model-repository REPO` (create REPO with "
             "`veil export-triton --out REPO`), or point --url at a running server")
 
@@ -135,7 +136,7 @@ class TritonDetector:
     def _unavailable(self, exc: BaseException) -> ServerUnavailableError:
         return ServerUnavailableError(
             f"no Triton server answered at {self.url} ({self.protocol}) after {self.retries + 1} tries "
-            f"({_describe(exc)}); {start_hint(self.protocol)}")
+            f"({_describe(exc)}); {start_hint()}")
 
     def wait_until_ready(self, timeout: float = 30.0) -> None:
         """Block until the server and this client's model are ready, or raise ServerUnavailableError."""
@@ -151,7 +152,7 @@ class TritonDetector:
             time.sleep(0.25)
         raise ServerUnavailableError(
             f"Triton server at {self.url} ({self.protocol}) with model {self.model!r} not ready after "
-            f"{timeout:.0f} s ({_describe(last) if last else 'not ready'}); {start_hint(self.protocol)}")
+            f"{timeout:.0f} s ({_describe(last) if last else 'not ready'}); {start_hint()}")
 
     # -- one request ---------------------------------------------------------------------------
     def infer_activation(self, activation: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,7 +226,7 @@ class TritonDetector:
                 r.error = str(exc)
             except ServerUnavailableError as exc:
                 r.error, r.unavailable = str(exc), True
-            except InferenceError as exc:
+            except (InferenceError, ValueError) as exc:  # refused request, or an image the head cannot take
                 r.error = str(exc)
             results.append(r)
             if on_result is not None:

@@ -89,7 +89,7 @@ class TritonServer:
     def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  log_file: str | Path | None = None, log_verbose: int = 0,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, exit_timeout: int = 5) -> None:
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise ServerError(f"model repository {self.model_repository} does not exist; "
@@ -101,6 +101,9 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file else None
         self.log_verbose = log_verbose
         self.models = list(models) if models else None  # None: every model in the repository
+        # On stop, Triton waits this long for in-flight requests and open client connections
+        # (idle keep-alive connections would otherwise hold it for its default 30 s).
+        self.exit_timeout = int(exit_timeout)
         self.process: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._log = None
@@ -139,7 +142,7 @@ class TritonServer:
                 f"--backend-config=python,shm-region-prefix-name={shm}",
                 "--backend-config=python,shm-default-byte-size=4194304",
                 "--backend-config=python,shm-growth-byte-size=4194304",
-                "--strict-readiness=true", "--exit-on-error=true", "--disable-auto-complete-config",
+                f"--exit-timeout-secs={self.exit_timeout}", "--strict-readiness=true", "--exit-on-error=true", "--disable-auto-complete-config",
                 f"--log-verbose={self.log_verbose}"] + self._model_args()
 
     def _model_args(self) -> list[str]:
@@ -218,8 +221,12 @@ class TritonServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """Stop the server (SIGTERM, then SIGKILL to its process group); return its exit status."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop the server (SIGTERM, then SIGKILL to its process group); return its exit status.
+
+        ``timeout`` defaults to the server's own exit timeout plus 15 s for unloading models.
+        """
+        timeout = self.exit_timeout + 15.0 if timeout is None else timeout
         code = None
         p = self.process
         if p is not None:

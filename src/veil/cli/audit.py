@@ -81,8 +81,31 @@ def _noise(alpha: float, args: argparse.Namespace, sha: str, fit_dirs: list) -> 
     return obf, meta, sha256_file(path), path
 
 
+def _clean_recs(faces, attacks, args: argparse.Namespace, naive) -> dict:
+    """Clean-activation reconstructions, cached on disk: every ALPHA's audit shares them."""
+    import hashlib
+    import pickle
+
+    from veil.privacy.audit import reconstruct_all
+    from veil.privacy.decoders import attackers_dir
+
+    key = hashlib.sha256(json.dumps([faces.digest(), args.scale, naive.meta, attacks.whitebox_steps,
+                                     attacks.whitebox_faces, attacks.tv_weight], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = attackers_dir() / f"clean-recs-{key}.pkl"
+    if path.is_file():
+        with open(path, "rb") as fh:  # written by this function; the cache is the user's own
+            return pickle.load(fh)  # noqa: S301
+    recs = reconstruct_all(faces, attacks, args.scale, noisy=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".part"), "wb") as fh:
+        pickle.dump(recs, fh)
+    path.with_suffix(".part").replace(path)
+    return recs
+
+
 def run_audit(args: argparse.Namespace) -> int:
-    from veil.privacy.audit import Attacks, audit, reconstruct_all, select_fddb_faces
+    from veil.privacy.audit import Attacks, audit, select_fddb_faces
     from veil.privacy.train import default_training_dirs, ensure_decoder
     from veil.weights import load_faceboxes
 
@@ -99,7 +122,7 @@ def run_audit(args: argparse.Namespace) -> int:
         raise ValueError("--ks values must be ≥ 2 (K = 1 is the adaptive attacker itself)")
     base = Attacks(model.head, naive, whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces,
                    ks=tuple(args.ks))
-    clean = reconstruct_all(faces, base, args.scale, noisy=False)
+    clean = _clean_recs(faces, base, args, naive)
     out = Path(args.out)
     rows = []
     for alpha in args.alpha:

@@ -202,3 +202,26 @@ def test_cli_errors_are_clear(fddb_dir, tmp_path, monkeypatch):
     assert rc == 2 and "0..2" in err
     rc, _, err = run_cli("evaluate", "--dataset", fddb_dir, "--workers", "-1")
     assert rc == 2 and "--workers" in err
+
+
+def test_noisy_shards_merge_to_the_single_run_with_summed_nsr(subset, detector, tmp_path):
+    """Seeded noise is drawn per image, so shards reproduce the one-shot run; NSR sums add up."""
+    from dataclasses import replace
+
+    from veil.evaluation import write_partial
+    from veil.obfuscate import Obfuscator
+
+    det = replace(detector, scale=1.0, obfuscator=Obfuscator(128, init_sigma=1.0))
+    settings = {"mode": "noisy", "alpha": 0.5}
+    one = evaluate_fddb(det, subset, progress=False, nsr=True, seed=11, settings=settings)
+    for i in range(2):
+        write_partial(evaluate_fddb(det, subset, shard=f"{i}/2", progress=False, nsr=True, seed=11,
+                                    settings=settings), tmp_path / "parts")
+    merged = merge_results(tmp_path / "parts")
+    assert merged.table() == one.table()
+    assert np.allclose(merged.nsr_sums, one.nsr_sums, rtol=1e-12)
+    js = merged.to_json()
+    assert js["mode"] == "noisy" and js["alpha"] == 0.5 and js["nsr_db"] == one.nsr["nsr_db"]
+    assert set(js["nsr"]["channels"]) == {"min", "median", "max"}
+    with pytest.raises(ValueError, match="obfuscator"):
+        evaluate_fddb(detector, subset, progress=False, nsr=True)

@@ -167,6 +167,23 @@ def test_noisy_and_fp16_through_server_equal_in_process_for_the_same_sample(serv
     assert boxes.shape == ref.shape and np.abs(boxes[:, 4] - ref[:, 4]).max() <= 1e-4
 
 
+def test_fddb_evaluation_through_the_server_equals_in_process(serve, small, fddb_dir):
+    """veil.evaluation with the trust-zone client as detector: same AP as in-process, clean and seeded-noisy."""
+    from veil.detector import Detector
+    from veil.evaluation import evaluate_fddb
+    from veil.evaluation.runner import Shard
+    from veil.obfuscate import Obfuscator
+
+    shard = Shard(0, 75)  # 3 of the FDDB images here
+    noisy = Detector(small.model, small.weights_sha256, scale=small.scale, obfuscator=Obfuscator(128, init_sigma=0.3))
+    for local, seed in ((small, None), (noisy, 0)):
+        ref = evaluate_fddb(local, fddb_dir, shard=shard, seed=seed, progress=False)
+        got = evaluate_fddb(TritonDetector(local, serve["grpc"], "grpc"), fddb_dir, shard=shard, seed=seed,
+                            progress=False)
+        assert got.images == ref.images == 3 and got.faces == ref.faces
+        assert abs(got.mAP - ref.mAP) <= 1e-3
+
+
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(serve, small, images):
     a = small.client_side(images[0])[0]
     with pytest.raises(InferenceError, match="face_detection_nope.*serves: .*face_detection_base"):

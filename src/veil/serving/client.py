@@ -90,8 +90,12 @@ class TritonDetector:
         self.timeout = timeout
         self._client = None
 
-    # What determines the detections (read by veil.evaluation for its settings). The obfuscator is
-    # deliberately not exposed: code that finds one may run the tail locally instead of here.
+    # The same interface as Detector (settings, obfuscator, client_side, boxes_from_activation,
+    # detect), so veil.evaluation runs through the server unchanged, seeded noise and NSR included.
+    @property
+    def obfuscator(self):
+        return self.detector.obfuscator
+
     @property
     def weights_sha256(self) -> str:
         return self.detector.weights_sha256
@@ -186,17 +190,23 @@ class TritonDetector:
         return InferenceError(f"the Triton server at {self.url} refused the request for model {self.model!r}: {msg}")
 
     # -- whole images --------------------------------------------------------------------------
-    def client_side(self, image: np.ndarray) -> tuple[torch.Tensor, Prepared]:
+    def client_side(self, image: np.ndarray, obfuscate: bool = True) -> tuple[torch.Tensor, Prepared]:
         """Preprocess, head and (if configured) obfuscation: the activation that will be sent."""
-        return self.detector.client_side(image)
+        return self.detector.client_side(image, obfuscate=obfuscate)
 
-    def detect_with_activation(self, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """Boxes for a uint8 BGR image, and the exact activation that was sent for them."""
-        a, prep = self.client_side(image)
+    def boxes_from_activation(self, a: torch.Tensor, prep: Prepared) -> np.ndarray:
+        """Send ``a`` (as FP16 if so configured), get the tail's outputs, post-process them here."""
+        return self._send(a, prep)[0]
+
+    def _send(self, a: torch.Tensor, prep: Prepared) -> tuple[np.ndarray, torch.Tensor]:
         if self.fp16:
             a = a.half()
         loc, conf = self.infer_activation(a)
         return self.detector.boxes_from_outputs(torch.from_numpy(loc), torch.from_numpy(conf), prep), a
+
+    def detect_with_activation(self, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Boxes for a uint8 BGR image, and the exact activation that was sent for them."""
+        return self._send(*self.client_side(image))
 
     def detect(self, image: np.ndarray) -> np.ndarray:
         """``[K,5]`` boxes ``x1,y1,x2,y2,score`` in the image's pixels, with the tail on the server."""

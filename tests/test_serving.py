@@ -195,6 +195,8 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(serve, small
         wrong_dtype = TritonDetector(small, serve[protocol], protocol, model=BASE_MODEL, fp16=True)
         with pytest.raises(InferenceError, match="(?i)data-?type"):
             wrong_dtype.infer_activation(a)
+        with pytest.raises(InferenceError, match="NaN"):
+            client.infer_activation(torch.full_like(a, float("nan")))
         loc, _ = client.infer_activation(a)  # still serving
         assert np.abs(loc - reference_outputs(small.model, a)[0]).max() <= 1e-4
 

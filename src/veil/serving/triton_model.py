@@ -2,9 +2,9 @@
 
 Self-contained on purpose: it needs only numpy and onnxruntime in the server's Python (not veil,
 not torch: importing torch would make every model instance start seconds slower), and runs the
-ONNX tail written beside it, the same file the stock containers' onnxruntime backend serves. Requests of equal spatial size that the dynamic
-batcher groups are run as one batch; a failing request gets an error response of its own, so a
-bad request never takes the model down.
+ONNX tail written beside it, the same file the stock containers' onnxruntime backend serves.
+Requests of equal spatial size that the dynamic batcher groups are run as one batch; a failing
+request gets an error response of its own, so a bad request never takes the model down.
 """
 
 import json

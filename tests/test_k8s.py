@@ -17,6 +17,7 @@ import yaml
 
 from veil.cli.main import build_parser, main
 from veil.deploy import k8s
+from veil.deploy.local import expand, pod_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 #: kubernetes-validate 1.28.0 (schemas 1.20–1.28) installed apart from the venv's current release:
@@ -192,15 +193,10 @@ def test_jupyter_workspace_mounts_the_data_volume_and_keeps_the_token_secret():
     assert svc["spec"]["selector"].items() <= pod_labels(docs).items()
 
 
-def _expand(arg: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion in command/args."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
-
-
 def _veil_commands(container: dict) -> list[list[str]]:
     """The veil command lines a container runs (directly, or inside ``sh -c``)."""
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    args = [_expand(a, env) for a in container["args"]]
+    args = [expand(a, env) for a in container["args"]]
     if "command" not in container:
         return [args]
     if container["command"] == ["sh"]:
@@ -291,16 +287,32 @@ def _mini_fddb(fddb_dir: Path, root: Path, per_fold: int = 2) -> Path:
     return ds
 
 
-def _run_pod(job: dict, monkeypatch, index: int | None = None) -> None:
-    """Run a Job's container the way the kubelet would: its env, ``$(VAR)`` expanded, the image's entrypoint."""
-    c = job["spec"]["template"]["spec"]["containers"][0]
-    with monkeypatch.context() as m:
-        for e in c["env"]:
-            m.setenv(e["name"], e["value"])
-        if index is not None:
-            m.setenv("JOB_COMPLETION_INDEX", str(index))
-        (argv,) = _veil_commands(c)
-        assert main(argv + (["--no-progress"] if argv[0] == "evaluate" else [])) == 0
+def _run_pods(job: dict, monkeypatch) -> None:
+    """Run a Job's pods in this process (faster than `veil k8s run-local`'s one process per pod)."""
+    for pod in pod_runs(job):
+        with monkeypatch.context() as m:
+            for name, value in pod.env.items():
+                m.setenv(name, value)
+            assert main(pod.argv + (["--no-progress"] if pod.argv[0] == "evaluate" else [])) == 0
+
+
+def test_kubernetes_variable_expansion():
+    env = {"ALPHA": "0.8", "JOB_COMPLETION_INDEX": "3"}
+    assert expand("--alpha=$(ALPHA)", env) == "--alpha=0.8"
+    assert expand("$$(ALPHA) $(UNSET) $(JOB_COMPLETION_INDEX)", env) == "$(ALPHA) $(UNSET) 3"
+
+
+def test_pod_runs_of_an_indexed_job():
+    job = _only(RENDERED["batch-indexed"], "Job")
+    pods = pod_runs(job)
+    assert [p.index for p in pods] == list(range(8))
+    assert all(p.env["JOB_COMPLETION_INDEX"] == str(p.index) and p.env["ALPHA"] == "0.05" for p in pods)
+    assert pods[5].argv[pods[5].argv.index("--alpha") + 1] == "0.05"
+    assert pods[5].shell().startswith("JOB_COMPLETION_INDEX=5 veil evaluate --dataset /data/fddb")
+    (single,) = pod_runs(_only(RENDERED["batch-raw"], "Job"))
+    assert single.index is None and "JOB_COMPLETION_INDEX" not in single.env
+    with pytest.raises(ValueError, match="not veil"):
+        pod_runs(_only(RENDERED["triton-export"], "Job"))
 
 
 @pytest.mark.slow
@@ -314,12 +326,17 @@ def test_indexed_job_merged_equals_single_job(fddb_dir, weights_path, tmp_path, 
     sharded_opts = k8s.Options(**base, shards=3)
     sharded = _only(k8s.render_scenario("batch", sharded_opts), "Job")
     merge = _only(k8s.render_scenario("batch", sharded_opts, part="merge"), "Job")
-    for i in range(sharded["spec"]["completions"]):
-        _run_pod(sharded, monkeypatch, index=i)
+    _run_pods(sharded, monkeypatch)
     capsys.readouterr()  # the shards' own (partial) tables
-    _run_pod(merge, monkeypatch)
-    merged_log = capsys.readouterr().out
-    _run_pod(single, monkeypatch)
+    merge_yaml = tmp_path / "merge.yaml"
+    merge_yaml.write_text(k8s.to_yaml([merge]))
+    # The merge pod through `veil k8s run-local`: a separate process, as in a container.
+    proc = subprocess.run([sys.executable, "-m", "veil", "k8s", "run-local", str(merge_yaml)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged_log = proc.stdout
+    assert merged_log.startswith("$ veil merge-results ")
+    _run_pods(single, monkeypatch)
     single_log = capsys.readouterr().out
     assert "FDDB-fold-1" in single_log and "mAP" in single_log, "the pod's log holds the per-fold table"
     fold_lines = lambda log: [ln for ln in log.splitlines() if ln.startswith("FDDB-fold-") or "mAP" in ln]
@@ -331,3 +348,22 @@ def test_indexed_job_merged_equals_single_job(fddb_dir, weights_path, tmp_path, 
     for key in ("wall_s", "images_per_s", "shards"):
         one.pop(key, None), many.pop(key, None)
     assert one == many and one["images"] == 4
+
+
+def test_cli_run_local_dry_run_and_failure(tmp_path, capsys):
+    sharded = k8s.Options(shards=2, results_dir=str(tmp_path / "results"))
+    path = tmp_path / "jobs.yaml"
+    path.write_text(k8s.to_yaml(k8s.render_scenario("batch", sharded)))
+    assert main(["k8s", "run-local", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [
+        f"$ JOB_COMPLETION_INDEX={i} veil evaluate --dataset /data/fddb --shard auto/2 --out-partial "
+        f"{tmp_path}/results/netapp-inference-raw" for i in range(2)]
+    assert "skipped Namespace/inference" in out.err
+    # A pod that fails (nothing to merge) stops the run with the Job's name.
+    path.write_text(k8s.to_yaml(k8s.render_scenario("batch", sharded, part="merge")))
+    assert main(["k8s", "run-local", str(path)]) == 2
+    assert "Job netapp-inference-raw-merge failed" in capsys.readouterr().err
+    path.write_text(k8s.to_yaml(RENDERED["triton"]))
+    assert main(["k8s", "run-local", str(path)]) == 2
+    assert "holds no Job" in capsys.readouterr().err

@@ -104,6 +104,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="release to validate against, repeatable (default: the validator's latest)")
     v.set_defaults(func=_validate)
 
+    rl = ksub.add_parser(
+        "run-local", help="run the Jobs of a rendered YAML here, pod by pod, as the kubelet would",
+        description="Run each Job in FILE on this machine: every pod (each index of an Indexed Job, with "
+                    "$JOB_COMPLETION_INDEX set) runs its veil command with the container's env and $(VAR) "
+                    "expanded, one after the other, in file order; stops at the first failure. Other kinds "
+                    "(Namespace, PVC, Pod, Deployment) are skipped. Render with local paths first, e.g. "
+                    "`veil k8s render --scenario batch --shards 4 --dataset ~/fddb --weights W --results-dir runs "
+                    "--existing-pvc --no-namespace --out job.yaml`.")
+    rl.add_argument("file", help="rendered YAML (- for stdin)")
+    rl.add_argument("--dry-run", action="store_true", help="print the commands; run nothing")
+    rl.set_defaults(func=_run_local)
+
     st = ksub.add_parser(
         "stage", help="copy a dataset from any fsspec URL (s3://, gs://, file://, a path) into a directory",
         description="Copy every file under URL into DEST with the same layout, skipping files already there "
@@ -204,6 +216,26 @@ def _validate(args: argparse.Namespace) -> int:
             k8s.validate(docs, version)
         n += len(docs)
     print(f"{n} documents valid for Kubernetes {', '.join(versions)}")
+    return 0
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    from veil.deploy.local import pod_runs, run_pod
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    jobs = [d for d in docs if d.get("kind") == "Job"]
+    if not jobs:
+        raise ValueError(f"{args.file} holds no Job (render --scenario batch)")
+    for d in docs:
+        if d.get("kind") != "Job":
+            print(f"skipped {d.get('kind')}/{d.get('metadata', {}).get('name')} (not a Job)", file=sys.stderr)
+    for job in jobs:
+        for pod in pod_runs(job):
+            print(f"$ {pod.shell()}", flush=True)
+            if not args.dry_run and run_pod(pod) != 0:
+                raise RuntimeError(f"Job {pod.job}" + (f" index {pod.index}" if pod.index is not None else "")
+                                   + " failed; with backoffLimit 5 Kubernetes would retry it")
     return 0
 
 

@@ -167,7 +167,7 @@ class CastFP16(nn.Module):
         return a.half().float()
 
 
-def fddb_maps(det: Detector, server: TritonServer, fddb: Path) -> dict:
+def fddb_maps(det: Detector, server: TritonServer, fddb: Path, workers: int = 1, save=None) -> dict:
     from veil.evaluation import evaluate_fddb
 
     runs = {
@@ -179,13 +179,29 @@ def fddb_maps(det: Detector, server: TritonServer, fddb: Path) -> dict:
     out = {}
     for name, d in runs.items():
         t0 = time.perf_counter()
-        res = evaluate_fddb(d, fddb, progress=True)
+        res = evaluate_fddb(d, fddb, workers=workers, progress=True)
         out[name] = {"mAP": res.mAP, "images": res.images, "faces": res.faces,
-                     "per_fold_AP": {str(f.fold): f.ap for f in res.folds}, "wall_s": time.perf_counter() - t0}
+                     "per_fold_AP": {str(k): f.ap for k, f in res.folds.items()}, "wall_s": time.perf_counter() - t0}
         print(f"{name}: mAP {res.mAP:.4f} on {res.images} images, {res.faces} faces", file=sys.stderr)
-    base = out["in-process FP32"]["mAP"]
-    for v in out.values():
-        v["mAP_points_vs_in_process_fp32"] = 100 * (v["mAP"] - base)
+        base = out["in-process FP32"]["mAP"]
+        for v in out.values():
+            v["mAP_points_vs_in_process_fp32"] = 100 * (v["mAP"] - base)
+        if save is not None:
+            save(out)  # a long run: keep what is measured so far
+    return out
+
+
+def write(path: str | Path, result: dict) -> Path:
+    """Write the results JSON, keeping the other part's figures when only one part was run."""
+    out = Path(path)
+    result = dict(result)
+    if out.exists():
+        old = json.loads(out.read_text())
+        for k in ("load", "activation", "fddb", "fddb_command"):
+            if k not in result and k in old:
+                result[k] = old[k]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     return out
 
 
@@ -200,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=300, help="time bound of the load part (default: %(default)s)")
     ap.add_argument("--fddb", action="store_true", help="also measure FDDB mAP in-process vs through the server")
     ap.add_argument("--no-load", action="store_true", help="skip the load part (with --fddb)")
+    ap.add_argument("--workers", type=int, default=1, help="FDDB evaluation processes per run (default: %(default)s)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/triton_load.json"))
     args = ap.parse_args(argv)
 
@@ -220,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_load:
                 a = activation_1024(det, image)
                 result["activation"] = {"shape": list(a.shape), "fp32_bytes": a.numel() * 4, "source": str(image.name)}
-                result["load"] = {"clients": args.clients, "rounds": args.rounds, "per_client": args.per_client,
+                result["load"] = {"command": result["command"], "date": result["date"], "clients": args.clients, "rounds": args.rounds, "per_client": args.per_client,
                                   "modes": load_test(det, server, a, args.clients, args.rounds, args.per_client,
                                                      args.max_seconds)}
                 for m, v in result["load"]["modes"].items():
@@ -229,17 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"({100 * v['bytes_sent_vs_reference']:5.1f}% of JSON)  received "
                           f"{v['bytes_received_per_request'] / 1024:8.1f} KiB")
             if args.fddb:
-                result["fddb"] = fddb_maps(det, server, fddb)
+                result["fddb_command"] = result["command"]
+                result["fddb"] = fddb_maps(det, server, fddb, args.workers,
+                                           save=lambda part: write(args.out, {**result, "fddb": part}))
                 for m, v in result["fddb"].items():
                     print(f"{m:28s} mAP {v['mAP']:.4f} ({v['mAP_points_vs_in_process_fp32']:+.3f} points)")
-    out = Path(args.out)
-    if out.exists():  # keep the other part's figures when only one part was run
-        old = json.loads(out.read_text())
-        for k in ("load", "activation", "fddb"):
-            if k not in result and k in old:
-                result[k] = old[k]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write(args.out, result)
     print(f"wrote {out}")
     return 0
 

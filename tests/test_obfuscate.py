@@ -177,3 +177,14 @@ def test_fitting_images_refuse_fddb_and_skip_corrupt(tmp_path, capsys):
     ds = ImageCrops([good], crop=64, scale_range=(1.0, 2.0), crops_per_image=2)
     assert len(ds) == 2 and "skipped" in capsys.readouterr().err
     assert ds[0].shape == (3, 64, 64) and torch.equal(ds[1], ds[1])
+
+
+def test_inference_fast_path_equals_the_differentiable_path():
+    a = torch.rand(2, 8, 6, 5).permute(0, 1, 3, 2)  # non-contiguous on purpose
+    o = _obf(seed=11).requires_grad_(True)
+    ref = o(a)  # autograd path (parameters require grad)
+    assert ref.requires_grad
+    o.requires_grad_(False).reseed(11)
+    with torch.inference_mode():
+        fast = o(a)
+    assert torch.allclose(fast, ref.detach(), atol=1e-6)

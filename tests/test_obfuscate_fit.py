@@ -19,30 +19,36 @@ def model(weights_path):
 
 @pytest.fixture(scope="module")
 def bank(model, dlib_dir):
-    data = ImageCrops([dlib_dir], crop=256, scale_range=(1.0, 2.0))
+    data = ImageCrops([dlib_dir], crop=192, scale_range=(1.0, 2.0))
     return activation_bank(model.head, model.tail, DataLoader(data, batch_size=4), progress=False)
 
 
-def test_weights_stay_frozen_and_a_short_fit_lowers_the_loss(model, bank):
+@pytest.fixture(scope="module")
+def fits(model, bank):
+    """Short fits at three ALPHAs on the same activations, with the weights' state before them."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    r = fit_noise(model.head, model.tail, None, FitConfig(alpha=0.5, steps=40, batch_size=4), bank=bank,
-                  progress=False, log_every=1)
-    first = sum(e["loss"] for e in r.log[:5]) / 5
-    last = sum(e["loss"] for e in r.log[-5:]) / 5
-    assert last < first - 0.1, (first, last)
+    out = {a: fit_noise(model.head, model.tail, None, FitConfig(alpha=a, steps=30, batch_size=2), bank=bank,
+                        progress=False, log_every=1) for a in (0.1, 0.5, 0.9)}
+    return out, before
+
+
+def test_weights_stay_frozen_and_a_short_fit_lowers_the_loss(model, fits):
+    results, before = fits
+    firsts, lasts = [], []
+    for r in results.values():
+        firsts.append(sum(e["loss"] for e in r.log[:5]) / 5)  # minibatch losses are noisy: average 5
+        lasts.append(sum(e["loss"] for e in r.log[-5:]) / 5)
+        assert lasts[-1] < firsts[-1], (r.config.alpha, firsts[-1], lasts[-1])
+        assert not r.obfuscator.seeded  # fitted with a seed, used with OS randomness
+        assert r.activation_stats["shape"][0] == 128
+    assert sum(lasts) < 0.9 * sum(firsts), (firsts, lasts)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters())  # restored for the caller
-    assert not r.obfuscator.seeded  # fitted with a seed, used with OS randomness
-    assert r.activation_stats["shape"][0] == 128
 
 
-def test_noise_to_signal_rises_monotonically_with_alpha(model, bank):
-    acts = bank[0]
-    nsr = []
-    for alpha in (0.1, 0.5, 0.9):
-        r = fit_noise(model.head, model.tail, None, FitConfig(alpha=alpha, steps=40, batch_size=4), bank=bank,
-                      progress=False)
-        nsr.append(nsr_report(nsr_sums(acts, r.obfuscator))["nsr_db"])
+def test_noise_to_signal_rises_monotonically_with_alpha(bank, fits):
+    results, _ = fits
+    nsr = [nsr_report(nsr_sums(bank[0], results[a].obfuscator))["nsr_db"] for a in (0.1, 0.5, 0.9)]
     assert nsr[0] < nsr[1] < nsr[2], nsr
 
 

@@ -18,7 +18,7 @@ def _alphas(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"--alphas: {exc}") from None
     if not values:
         raise argparse.ArgumentTypeError("--alphas needs at least one value")
-    return sorted(set(values))
+    return list(dict.fromkeys(values))  # run in the order given (table rows are sorted)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "and sweep.png (mAP vs ALPHA) into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS),
-                   help="comma-separated ALPHA values in [0, 1)")
+                   help="comma-separated ALPHA values in [0, 1), run in this order")
     p.add_argument("--dataset", required=True, metavar="DIR", help="FDDB directory (FDDB-folds/, originalPics/)")
     p.add_argument("--images", nargs="+", metavar="DIR",
                    help="unlabeled images (not FDDB) to fit missing noise on; needed unless every ALPHA is fitted")
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{exc} (or run the sweep with --refit)") from exc
         return obf, meta, path
 
-    doc = run_sweep(det, args.dataset, args.alphas, get_noise, seed=args.seed, progress=not args.quiet)
+    doc = run_sweep(det, args.dataset, args.alphas, get_noise, seed=args.seed, progress=not args.quiet,
+                    on_row=lambda partial: write_outputs(partial, args.out))
     paths = write_outputs(doc, args.out)
     print(paths["md"].read_text(), end="")
     print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")

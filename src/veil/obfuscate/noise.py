@@ -103,7 +103,19 @@ class Obfuscator(nn.Module):
             raise ValueError(f"obfuscator fitted for {self.channels} channels got an activation of shape "
                              f"{tuple(a.shape)} (channels are dimension 1)")
         eps = self.sample_eps(a.shape, a.device, a.dtype)
-        return a + self._view(self.mu, a) + self._view(self.sigma, a) * eps
+        if torch.is_grad_enabled() and (self.log_sigma.requires_grad or self.mu.requires_grad or a.requires_grad):
+            return a + self._view(self.mu, a) + self._view(self.sigma, a) * eps  # fitting: autograd path
+        sigma, mu = self._view(self.sigma, a), self._view(self.mu, a)
+        if a.device.type == "cpu":
+            # Inference on CPU: in place on the fresh noise buffer, through numpy's single-threaded
+            # loops. A few hundred thousand elements gain nothing from threads, and torch's parallel
+            # region stalls on a busy machine (measured: 0.4 ms here vs 7–45 ms on 2 shared cores).
+            n = eps.numpy()
+            n *= sigma.numpy()
+            n += mu.numpy()
+            n += a.detach().numpy()
+            return eps
+        return eps.mul_(sigma).add_(mu).add_(a)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, family={self.family}, seeded={self.seeded}"

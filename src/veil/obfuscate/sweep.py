@@ -65,8 +65,14 @@ class SweepRow:
 
 def run_sweep(detector: CachedHeadDetector, dataset: Any, alphas: Sequence[float],
               get_noise: Callable[[float], tuple[Any, dict, str]], seed: int | None = None,
-              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluate clean, then learned and isotropic noise per ALPHA; return the sweep's JSON document."""
+              progress: bool = True, log: Callable[[str], None] = print,
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Evaluate clean, then learned and isotropic noise per ALPHA; return the sweep's JSON document.
+
+    ALPHAs run in the order given; the document's rows are sorted by ALPHA. ``on_row`` gets the
+    document so far after each ALPHA (the CLI writes its files then, so a long sweep that is
+    stopped keeps its finished rows).
+    """
     from veil.evaluation import evaluate_fddb  # evaluation is only needed here
 
     detector.obfuscator = None
@@ -87,6 +93,13 @@ def run_sweep(detector: CachedHeadDetector, dataset: Any, alphas: Sequence[float
         rows.append(row)
         log(f"ALPHA {alpha:g}: mAP {row.mAP:.4f} (drop {100 * (clean.mAP - row.mAP):.2f} points), "
             f"NSR {row.nsr_db:+.2f} dB (min channel {row.nsr_min_db:+.2f}); isotropic same power: mAP {row.iso_mAP:.4f}")
+        if on_row is not None:
+            on_row(_document(clean, rows, seed))
+    return _document(clean, rows, seed)
+
+
+def _document(clean: Any, rows: list[SweepRow], seed: int | None) -> dict[str, Any]:
+    rows = sorted(rows, key=lambda r: r.alpha)
     return {
         "clean_mAP": clean.mAP, "images": clean.images, "faces": clean.faces,
         "reference_clean_mAP": REFERENCE_CLEAN_MAP,

@@ -41,9 +41,21 @@ def add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="images are resized by a factor drawn log-uniformly from [LO, HI] before cropping, so "
                         "faces reach the sizes FDDB's ×3 protocol shows the tail (default: %(default)s)")
     g.add_argument("--crops-per-image", type=int, default=1, help="random crops per image (default: %(default)s)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy shared machine)")
     g.add_argument("--fit-seed", type=int, default=d.seed,
                    help="seed of the fitting data and of the noise drawn *during fitting* (default: %(default)s); "
                         "the saved noise is always drawn fresh from the OS at use")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (a user's choice for this process only)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be ≥ 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def fit_config(args: argparse.Namespace, alpha: float) -> FitConfig:
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from veil.obfuscate.recipe import fit_and_save  # heavy imports only when fitting
     from veil.weights import load_faceboxes
 
+    set_threads(args)
     out = Path(args.out) if args.out else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
     if out.suffix != ".safetensors":
         raise CLIError(f"--out must end in .safetensors, got {out}")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from veil.cli.main import CLIError
-from veil.cli.noise import add_fit_args, alpha_value, fit_config
+from veil.cli.noise import add_fit_args, alpha_value, fit_config, set_threads
 from veil.obfuscate.artifact import NoiseFileError, noise_dir, noise_filename
 from veil.obfuscate.sweep import DEFAULT_ALPHAS
 
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from veil.obfuscate.sweep import CachedHeadDetector, run_sweep, write_outputs
     from veil.weights import load_faceboxes
 
+    set_threads(args)
     ndir = Path(args.noise_dir) if args.noise_dir else noise_dir()
     model, digest = load_faceboxes(args.weights)
     det = CachedHeadDetector(model=model, weights_sha256=digest)

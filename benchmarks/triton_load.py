@@ -197,11 +197,28 @@ def write(path: str | Path, result: dict) -> Path:
     result = dict(result)
     if out.exists():
         old = json.loads(out.read_text())
-        for k in ("load", "activation", "fddb", "fddb_command"):
+        for k in ("load", "activation", "fddb", "fddb_command", "fddb_noisy"):
             if k not in result and k in old:
                 result[k] = old[k]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+    return out
+
+
+def fddb_noisy_maps(det: Detector, server: TritonServer, fddb: Path, alpha: float, workers: int = 1) -> dict:
+    """Obfuscated FDDB in-process vs through the server with the same noise samples (seed 0, per image)."""
+    from veil.evaluation import evaluate_fddb
+    from veil.obfuscate import load_obfuscator
+
+    noisy = Detector(det.model, det.weights_sha256, scale=det.scale)
+    noisy.obfuscator, _ = load_obfuscator(alpha, weights_sha256=det.weights_sha256)
+    out: dict = {"alpha": alpha, "seed": 0}
+    for name, d in (("in-process", noisy), ("server gRPC FP32 binary", TritonDetector(noisy, server.grpc_url, "grpc"))):
+        t0 = time.perf_counter()
+        res = evaluate_fddb(d, fddb, workers=workers, seed=0, progress=True)
+        out[name] = {"mAP": res.mAP, "images": res.images, "faces": res.faces, "wall_s": time.perf_counter() - t0}
+        print(f"noisy ALPHA {alpha:g} {name}: mAP {res.mAP:.4f}", file=sys.stderr)
+    out["mAP_points_server_vs_in_process"] = 100 * (out["server gRPC FP32 binary"]["mAP"] - out["in-process"]["mAP"])
     return out
 
 
@@ -215,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-client", type=int, default=2, help="requests per client per round (default: %(default)s)")
     ap.add_argument("--max-seconds", type=float, default=300, help="time bound of the load part (default: %(default)s)")
     ap.add_argument("--fddb", action="store_true", help="also measure FDDB mAP in-process vs through the server")
+    ap.add_argument("--fddb-noisy-alpha", type=float, metavar="A",
+                    help="also compare obfuscated FDDB mAP (fitted noise for A, seeded) in-process vs through the server")
     ap.add_argument("--no-load", action="store_true", help="skip the load part (with --fddb)")
     ap.add_argument("--workers", type=int, default=1, help="FDDB evaluation processes per run (default: %(default)s)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/triton_load.json"))
@@ -251,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                                            save=lambda part: write(args.out, {**result, "fddb": part}))
                 for m, v in result["fddb"].items():
                     print(f"{m:28s} mAP {v['mAP']:.4f} ({v['mAP_points_vs_in_process_fp32']:+.3f} points)")
+            if args.fddb_noisy_alpha is not None:
+                result["fddb_noisy"] = fddb_noisy_maps(det, server, fddb, args.fddb_noisy_alpha, args.workers)
+                result["fddb_noisy"]["command"] = result["command"]
     out = write(args.out, result)
     print(f"wrote {out}")
     return 0

@@ -22,7 +22,12 @@ def head(weights_path):
 def trained(head, dlib_dir):
     torch.manual_seed(0)
     sampler = CropSampler(training_images([dlib_dir]), crop=128, rng=np.random.default_rng(0))
-    return train_decoder(head, sampler, max_steps=60, batch=4, lr=3e-3, progress=False)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: extra threads only add contention on a shared 2-core machine
+    try:
+        return train_decoder(head, sampler, max_steps=60, batch=4, lr=3e-3, progress=False)
+    finally:
+        torch.set_num_threads(prev)
 
 
 def test_trained_decoder_beats_constant_image(head, trained, wider_dir):

@@ -1,4 +1,4 @@
-"""White-box inversion lowers its objective and moves the image towards the truth."""
+"""White-box inversion lowers its objective and recovers the image's structure."""
 
 from __future__ import annotations
 
@@ -11,21 +11,25 @@ from veil.privacy.whitebox import cell_window, channel_weights, invert_window
 
 
 def test_inversion_lowers_objective(detector, dlib_dir):
-    img = load_image(sorted(dlib_dir.glob("*.jpg"))[0])
-    img = cv2.resize(img, (160, 128))
-    prep = prepare(img, 1.0)
+    # A face from the dlib photos (2008_002506.jpg, box left 224 top 95 size 91), at the deployed ×3 scale.
+    img = load_image(dlib_dir / "2008_002506.jpg")[80:208, 200:328]
+    prep = prepare(img, 3.0)
     with torch.no_grad():
         a = detector.head(prep.tensor)
     hw = (a.shape[2], a.shape[3])
-    win = cell_window(np.array([32, 32, 128, 96]), hw, margin=0.0, context=0)
+    win = cell_window(np.array([0, 0, 384, 384]), hw, margin=0.0, context=0)
     hist: list[float] = []
-    patch = invert_window(detector.head, a, win, hw, steps=40, history=hist)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared machine
+    try:
+        patch = invert_window(detector.head, a, win, hw, steps=40, upscale=3.0, history=hist)
+    finally:
+        torch.set_num_threads(prev)
     assert hist[-1] < 0.5 * hist[0]
-    r0, r1, c0, c1 = win
-    truth = prep.tensor[:, :, r0 * 32:r1 * 32, c0 * 32:c1 * 32]
     # the recovered image correlates with the truth (the grey start has no correlation)
-    p, t = patch.mean(1).flatten(), truth.mean(1).flatten()
-    assert torch.corrcoef(torch.stack([p, t]))[0, 1] > 0.2
+    p = cv2.resize(patch[0].mean(0).numpy(), (32, 32), interpolation=cv2.INTER_AREA).ravel()
+    t = cv2.resize(prep.tensor[0].mean(0).numpy(), (32, 32), interpolation=cv2.INTER_AREA).ravel()
+    assert np.corrcoef(p, t)[0, 1] > 0.3, np.corrcoef(p, t)[0, 1]
 
 
 def test_channel_weights_follow_noise():

@@ -359,6 +359,7 @@ def test_trust_zone_grpc_only_the_obfuscated_activation_leaves(serve, small, fdd
 def test_serve_stops_cleanly_on_ctrl_c(serve):
     """Last: SIGINT to `veil serve` stops tritonserver and its python-backend stubs; nothing is left."""
     proc, servers = serve["proc"], serve["tritonserver"]
+    assert list(Path("/dev/shm").glob(f"veil{proc.pid}-*"))  # the regions the check below looks for
     assert servers and all(_alive(p) for p in servers)
     stubs = [c for p in servers for c in _children(p)]
     assert stubs  # one python backend stub per loaded model
@@ -366,3 +367,5 @@ def test_serve_stops_cleanly_on_ctrl_c(serve):
     assert proc.wait(60) == 0
     time.sleep(0.5)
     assert not [p for p in servers + stubs if _alive(p)]
+    # ... nor any of its python-backend shared-memory regions (prefix veil<pid of veil serve>-).
+    assert not list(Path("/dev/shm").glob(f"veil{proc.pid}-*"))

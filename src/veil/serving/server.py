@@ -78,6 +78,23 @@ def unsupported_reason() -> str | None:
     return None
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _kill_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; True if the group had members to receive it."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 class TritonServer:
     """A ``tritonserver`` process serving a model repository; use as a context manager.
 
@@ -132,7 +149,7 @@ class TritonServer:
     def command(self) -> list[str]:
         """The ``tritonserver`` command line (after :meth:`_prepare`)."""
         assert self._workdir is not None
-        shm = f"veil{os.getpid()}-{secrets.token_hex(4)}"
+        shm = self._shm_prefix
         return [str(pytriton_dist() / "bin" / "tritonserver"),
                 f"--model-repository={self.model_repository}",
                 f"--backend-directory={self._workdir / 'backends'}",
@@ -169,6 +186,9 @@ class TritonServer:
         if not stub.is_file():
             raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {ver}")
         self._workdir = Path(tempfile.mkdtemp(prefix="veil-triton-"))
+        # The python backend's shared-memory regions are /dev/shm/<prefix>*: unique per start, so
+        # stop() can remove exactly this server's regions.
+        self._shm_prefix = f"veil{os.getpid()}-{secrets.token_hex(4)}"
         pyb = self._workdir / "backends" / "python"
         pyb.mkdir(parents=True)
         for f in (dist / "backends" / "python").iterdir():
@@ -236,13 +256,19 @@ class TritonServer:
                     p.wait(timeout)
                 except subprocess.TimeoutExpired:
                     pass
-            # The python backend stubs live in the server's process group: make sure none survive.
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            code = p.wait()
+            code = p.poll()  # None: it did not exit within the timeout
+            # The python backend stubs live in the server's process group: after a clean exit give
+            # them a moment to finish their own clean-up, then make sure none survive.
+            deadline = time.monotonic() + 5.0
+            while code is not None and _group_alive(p.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _kill_group(p.pid, signal.SIGKILL)
+            code = p.wait() if code is None else code
             self.process = None
+        prefix = getattr(self, "_shm_prefix", None)
+        if prefix:
+            for f in Path("/dev/shm").glob(f"{prefix}*"):
+                f.unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None

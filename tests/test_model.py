@@ -137,3 +137,13 @@ def _reference_priors(h: int, w: int) -> np.ndarray:
 @pytest.mark.parametrize("hw", [(64, 64), (450, 333), (1350, 1089)])
 def test_vectorised_priors_match_cell_by_cell_layout(hw):
     assert np.array_equal(prior_boxes(*hw).numpy(), _reference_priors(*hw))
+
+
+def test_eval_mode_reaches_head_and_tail_views():
+    model = FaceBoxes().eval()
+    assert not model.head.training and not model.tail.training
+    # Saving and restoring the tail's mode (as exporters do) must leave the shared BatchNorm in eval.
+    model.tail.train(model.tail.training)
+    assert not model.conv3_1.bn.training
+    model.train()
+    assert model.head.training and model.tail.training

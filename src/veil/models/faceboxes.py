@@ -132,5 +132,13 @@ class FaceBoxes(nn.Module):
         object.__setattr__(self, "head", FaceBoxesHead(self.conv1, self.conv2))
         object.__setattr__(self, "tail", FaceBoxesTail(self))
 
+    def train(self, mode: bool = True) -> "FaceBoxes":
+        """Also flip the unregistered ``head``/``tail`` views, so code that saves and restores
+        their mode (``torch.onnx.export(model.tail)``) never turns shared BatchNorm to training."""
+        super().train(mode)
+        self.head.training = mode
+        self.tail.training = mode
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tail(self.head(x))

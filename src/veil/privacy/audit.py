@@ -296,3 +296,16 @@ def privacy_columns(report: dict) -> dict:
             "worst_rank1_x_chance": round(atk[worst]["rank1"] / chance, 2),
             "worst_tar_at_far1": max(v["tar_at_far1"] for v in atk.values()),
             "attacker_competent": bool(report["clean_baseline"]["naive"]["rank1"] >= COMPETENCE_FACTOR * chance)}
+
+
+def blur_leak_by_scale(faces: FaceSet, scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)) -> dict[float, dict]:
+    """Identity left in the activation *grid* alone, per input scale: the original reduced to the
+    stride-32 grid's resolution at that scale and back, scored like an attacker (no attack needed).
+
+    Shows how the deployed input scale sets how much a perfect decoder could recover.
+    """
+    originals = [load_image(p) for p in faces.images]
+    emb = np.concatenate([identity.embed_faces(im, b) for im, b in zip(originals, faces.boxes)])
+    thr = metrics.far_threshold(emb, 0.01)
+    return {s: _score(originals, [(blur_reference(im, s), None) for im in originals], faces.boxes, emb, thr)
+            for s in scales}

@@ -124,7 +124,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
 
 
 def plot(doc: dict[str, Any], path: str | Path) -> Path:
-    """mAP against ALPHA: learned noise, isotropic noise of the same power, reference design."""
+    """mAP against ALPHA (learned, isotropic of the same power, reference design) and against NSR."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,22 +132,30 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
 
     rows = doc["rows"]
     a = [r["alpha"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
     ax.plot(a, [r["mAP"] for r in rows], "o-", label="veil: learned noise")
     ax.plot(a, [r["iso_mAP"] for r in rows], "s--", label="isotropic Gaussian, same noise power")
     ref = [(r["alpha"], r["reference_mAP"]) for r in rows if r["reference_mAP"] is not None]
     if ref:
         ax.plot(*zip(*ref), "^:", label="reference design (published)")
     ax.axhline(doc["clean_mAP"], color="gray", lw=0.8, label=f"clean ({doc['clean_mAP']:.3f})")
-    for r in rows:
-        ax.annotate(f"{r['nsr_db']:+.1f} dB", (r["alpha"], r["mAP"]), textcoords="offset points",
-                    xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xlabel("ALPHA (higher = more obfuscation)")
     ax.set_ylabel(f"FDDB mAP ({doc['images']} images)")
-    ax.set_ylim(0, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title("mAP vs ALPHA (labels: noise-to-signal ratio of the learned noise)", fontsize=9)
+    ax.set_title("mAP vs ALPHA", fontsize=10)
+    # Right: the trade-off itself — accuracy against noise power, learned vs isotropic.
+    nsr = [r["nsr_db"] for r in rows]
+    bx.plot(nsr, [r["mAP"] for r in rows], "o-", label="learned (per-channel μ, σ)")
+    bx.plot(nsr, [r["iso_mAP"] for r in rows], "s--", label="isotropic, same power")
+    for r in rows:
+        bx.annotate(f"α={r['alpha']:g}", (r["nsr_db"], r["mAP"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    bx.axvline(0.0, color="gray", lw=0.8, ls=":")
+    bx.set_xlabel("noise-to-signal ratio, dB (noise power / activation power)")
+    bx.set_title("mAP vs noise-to-signal ratio", fontsize=10)
+    for axis in (ax, bx):
+        axis.set_ylim(0, 1.0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -81,3 +81,12 @@ def test_missing_noise_is_a_clear_error(tmp_path, weights_path, fddb_dir, capsys
                "--decoder-minutes", "0.01", "--train-images", str(tmp_path)])
     assert rc == 2
     assert "noise file not found" in capsys.readouterr().err
+
+
+def test_leak_by_scale_grows_with_resolution(fddb_dir):
+    from veil.privacy.audit import blur_leak_by_scale, select_fddb_faces
+
+    faces = select_fddb_faces(fddb_dir, max_faces=3)
+    res = blur_leak_by_scale(faces, (1.0, 4.0))
+    assert res[4.0]["face_ssim"] > res[1.0]["face_ssim"]
+    assert res[4.0]["psnr"] > res[1.0]["psnr"]

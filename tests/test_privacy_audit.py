@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+pytest.importorskip("dlib", reason="the identity metric needs the privacy extra (dlib-bin)")
+
 from veil.cli.main import main
 
 

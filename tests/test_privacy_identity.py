@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+pytest.importorskip("dlib", reason="the identity metric needs the privacy extra (dlib-bin)")
+
 from veil.preprocess import load_image
 from veil.privacy import identity, metrics
 

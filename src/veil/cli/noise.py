@@ -70,8 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "higher ALPHA = more noise. Only μ and σ learn; the detector is frozen. Fits on unlabeled "
                     "images (e.g. ../shared/data/wider_face_val_subset/images and ../shared/data/dlib_faces), "
                     "never FDDB. Writes a safetensors file with metadata (ALPHA, weights SHA-256, split point, "
-                    "activation statistics, fitting data and settings, loss log).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "activation statistics, fitting data and settings, loss log).")
     p.add_argument("--alpha", type=alpha_value, required=True, help="obfuscation strength in [0, 1)")
     p.add_argument("--images", nargs="+", required=True, metavar="DIR", help="folders of unlabeled images (not FDDB)")
     p.add_argument("--out", help="output file (default: NOISE_DIR/alpha-<A>.safetensors)")

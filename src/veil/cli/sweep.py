@@ -28,16 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(else fit it on --images), evaluate FDDB with the learned noise and with isotropic Gaussian "
                     "noise of the same total power, and write sweep.md (the reference design's table plus mAP "
                     "drop, noise-to-signal ratio, isotropic baseline and published reference mAP), sweep.json "
-                    "and sweep.png (mAP vs ALPHA) into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "and sweep.png (mAP vs ALPHA and vs NSR) into --out. Example:\n  veil sweep --dataset ../shared/data/fddb --images ../shared/data/wider_face_val_subset/images "
+                    "../shared/data/dlib_faces --noise-dir runs/noise --out runs/sweep")
     p.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS),
-                   help="comma-separated ALPHA values in [0, 1), run in this order")
+                   help="comma-separated ALPHA values in [0, 1), run in this order (default: %(default)s)")
     p.add_argument("--dataset", required=True, metavar="DIR", help="FDDB directory (FDDB-folds/, originalPics/)")
     p.add_argument("--images", nargs="+", metavar="DIR",
                    help="unlabeled images (not FDDB) to fit missing noise on; needed unless every ALPHA is fitted")
     p.add_argument("--noise-dir", help=f"where noise is reused from and saved to (default: {noise_dir()})")
     p.add_argument("--refit", action="store_true", help="fit every ALPHA again even if a noise file exists")
-    p.add_argument("--out", default="runs/sweep", help="output directory for sweep.md/json/png")
+    p.add_argument("--out", default="runs/sweep", help="output directory for sweep.md/json/png (default: %(default)s)")
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
     p.add_argument("--seed", type=int,
                    help="seed the evaluation noise (a reproducible experiment; default: fresh OS randomness)")

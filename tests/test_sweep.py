@@ -138,3 +138,28 @@ def test_sweep_fits_then_reuses(noise_dir, fit_images, tiny_fddb, weights_path, 
     rc, _, err = run_cli("sweep", "--alphas", "0.4", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
                          "--out", out, "--weights", weights_path, "--quiet")
     assert rc == 2 and "--images" in err
+
+
+def test_sweep_with_audits_shows_utility_and_leakage_side_by_side(noise_dir, tiny_fddb, weights_path, tmp_path):
+    """`--audits` joins audit reports on ALPHA: the table gains worst-attacker rank-1, plus a frontier plot."""
+    m = lambda r: {"ssim": 0.2, "psnr": 12.0, "face_ssim": 0.2, "rank1": r, "tar_at_far1": r / 2}  # noqa: E731
+    audits = tmp_path / "audits"
+    for alpha, worst in ((0.0, 0.5), (0.8, 0.1)):
+        d = audits / f"alpha-{alpha:g}"
+        d.mkdir(parents=True)
+        rep = {"alpha": alpha, "chance_rank1": 0.025, "clean_baseline": {"naive": m(0.5)},
+               "attackers": {"naive": m(worst / 2), "adaptive": m(worst), "whitebox": m(worst / 4)}}
+        (d / "report.json").write_text(json.dumps(rep))
+    out = tmp_path / "sweep"
+    rc, stdout, err = run_cli("sweep", "--alphas", "0.8", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
+                              "--out", out, "--weights", weights_path, "--quiet", "--audits", audits)
+    assert rc == 0, err
+    rows = json.loads((out / "frontier.json").read_text())
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [r["alpha"] for r in rows] == [0.0, 0.8]
+    assert rows[0]["map"] == sweep["clean_mAP"] and rows[1]["map"] == sweep["rows"][0]["mAP"]
+    assert rows[1]["worst_attacker"] == "adaptive" and rows[1]["worst_rank1_x_chance"] == 4.0
+    assert "worst rank-1" in stdout and (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    rc, _, err = run_cli("sweep", "--alphas", "0.8", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
+                         "--out", out, "--weights", weights_path, "--quiet", "--audits", tmp_path / "none")
+    assert rc == 2 and "veil audit" in err

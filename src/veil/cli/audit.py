@@ -179,27 +179,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_frontier(args: argparse.Namespace) -> int:
-    from veil.privacy.report import frontier_markdown, frontier_plot, frontier_rows
+    from veil.privacy.report import load_reports, write_frontier
 
-    sweep = json.loads(Path(args.sweep).read_text())
-    files: list[Path] = []
-    for a in map(Path, args.audits):
-        files += sorted(a.rglob("report.json")) if a.is_dir() else [a]
-    if not files:
-        raise FileNotFoundError(f"no report.json under {args.audits}")
-    reports = {}
-    for f in files:  # one report per ALPHA (the last one given wins)
-        rep = json.loads(f.read_text())
-        reports[rep["alpha"]] = rep
-    rows = frontier_rows(sweep, list(reports.values()))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "frontier.json").write_text(json.dumps(rows, indent=1))
-    (out / "frontier.md").write_text(frontier_markdown(rows))
-    plotted = [r for r in rows if r["map"] is not None]
-    if plotted:
-        frontier_plot(plotted, out / "frontier.png", chance=rows[0]["chance_rank1"])
-    print(frontier_markdown(rows))
+    _, md = write_frontier(json.loads(Path(args.sweep).read_text()), load_reports(args.audits), args.out)
+    print(md)
     return 0
 
 

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
     p.add_argument("--seed", type=int,
                    help="seed the evaluation noise (a reproducible experiment; default: fresh OS randomness)")
+    p.add_argument("--audits", nargs="+", metavar="PATH",
+                   help="`veil audit` report.json files or folders: add privacy columns (worst-attacker rank-1 "
+                        "per ALPHA) as frontier.md/json and a frontier plot (mAP against worst-attacker rank-1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_fit_args(p)
     p.set_defaults(func=run)
@@ -53,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from veil.weights import load_faceboxes
 
     set_threads(args)
+    reports = None
+    if args.audits:  # read them first: a bad path should not cost a whole sweep
+        from veil.privacy.report import load_reports
+
+        reports = load_reports(args.audits)
     ndir = Path(args.noise_dir) if args.noise_dir else noise_dir()
     model, digest = load_faceboxes(args.weights)
     det = CachedHeadDetector(model=model, weights_sha256=digest)
@@ -82,4 +90,10 @@ def run(args: argparse.Namespace) -> int:
     paths = write_outputs(doc, args.out)
     print(paths["md"].read_text(), end="")
     print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
+    if reports:
+        from veil.privacy.report import write_frontier
+
+        _, md = write_frontier(doc, reports, args.out)
+        print(md, end="")
+        print(f"wrote {Path(args.out) / 'frontier.md'}, frontier.json, frontier.png")
     return 0

@@ -153,3 +153,40 @@ def frontier_markdown(rows: list[dict]) -> str:
                      + " | ".join(f"{r['rank1_' + n]:.3f}" for n in names)
                      + f" | {r['worst_rank1']:.3f} ({r['worst_rank1_x_chance']}×) | {'yes' if ok else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def load_reports(paths: list[str | Path]) -> list[dict]:
+    """Audit reports from ``report.json`` files or folders holding them; one per ALPHA (the last wins)."""
+    import json
+
+    files: list[Path] = []
+    for a in map(Path, paths):
+        if not a.exists():
+            raise FileNotFoundError(f"audit report {a} does not exist (run `veil audit --alpha A --out DIR` first)")
+        files += sorted(a.rglob("report.json")) if a.is_dir() else [a]
+    if not files:
+        raise FileNotFoundError(f"no audit report.json under {', '.join(map(str, paths))} (run `veil audit` first)")
+    reports: dict[float, dict] = {}
+    for f in files:
+        rep = json.loads(f.read_text())
+        reports[rep["alpha"]] = rep
+    return list(reports.values())
+
+
+def write_frontier(sweep: dict, reports: list[dict], out: str | Path) -> tuple[list[dict], str]:
+    """Join a sweep with audit reports (see :func:`load_reports`); write ``frontier.json``, ``frontier.md`` and ``frontier.png`` in ``out``.
+
+    Returns the rows and the Markdown table (utility and leakage side by side per ALPHA).
+    """
+    import json
+
+    rows = frontier_rows(sweep, reports)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = frontier_markdown(rows)
+    (out / "frontier.json").write_text(json.dumps(rows, indent=1))
+    (out / "frontier.md").write_text(md)
+    plotted = [r for r in rows if r["map"] is not None]
+    if plotted:
+        frontier_plot(plotted, out / "frontier.png", chance=rows[0]["chance_rank1"])
+    return rows, md

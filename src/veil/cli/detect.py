@@ -11,17 +11,10 @@ import cv2
 import torch
 from tqdm import tqdm
 
-from veil.cli.main import CLIError
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
 from veil.detector import Detector
-from veil.preprocess import FDDB_SCALE, ImageReadError, load_image
+from veil.preprocess import ImageReadError, load_image
 from veil.viz import draw_boxes
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that runs the detector."""
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
-    p.add_argument("--scale", type=float, default=FDDB_SCALE,
-                   help="resize factor before the network (default: %(default)s, the FDDB test protocol)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,27 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)")
     add_model_args(p)
-    g = p.add_argument_group("obfuscation (as in the reference design: --noisy --alpha A)")
-    g.add_argument("--noisy", action="store_true", help="obfuscate the head's activation with the fitted noise")
-    g.add_argument("--alpha", type=float, metavar="A", help="obfuscation strength ALPHA of the fitted noise")
-    g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
-    g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: the veil cache)")
-    g.add_argument("--seed", type=int, help="reproducible noise (experiments only; default: fresh OS randomness)")
+    add_noise_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.noisy and args.alpha is None and args.noise is None:
-        raise CLIError("--noisy needs --alpha A (or --noise FILE): which fitted noise to use")
-    if not args.noisy and (args.alpha is not None or args.noise or args.noise_dir or args.seed is not None):
-        raise CLIError("--alpha/--noise/--noise-dir/--seed only apply with --noisy")
+    check_noise_args(args)
     det = Detector.from_weights(args.weights, scale=args.scale)
     mode: dict = {"mode": "clean"}
     if args.noisy:
-        from veil.obfuscate import load_obfuscator, nsr_report, nsr_sums
+        from veil.obfuscate import nsr_report, nsr_sums
 
-        det.obfuscator, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
-                                               weights_sha256=det.weights_sha256, seed=args.seed)
+        meta, _ = attach_noise(args, det)
         mode = {"mode": "noisy", "alpha": meta["alpha"], "noise_family": meta["family"], "seed": args.seed}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from veil.cli.detect import add_model_args
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
 from veil.cli.main import CLIError
 from veil.evaluation import EvalResult, Shard, evaluate_fddb, merge_results, write_partial
 from veil.evaluation.runner import SHARD_INDEX_ENV, cores
@@ -46,12 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-partial", metavar="DIR",
                    help="write this run's partial result (per-image detections, counts, NSR sums) into DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("obfuscated mode")
-    g.add_argument("--noisy", action="store_true", help="obfuscate the head's activation before the tail")
-    g.add_argument("--alpha", type=float, metavar="A", help="obfuscation strength ALPHA of the fitted noise")
-    g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
-    g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: the veil cache)")
-    g.add_argument("--seed", type=int, help="reproducible noise (experiments only; default: fresh OS randomness)")
+    add_noise_args(p)
     p.set_defaults(func=run)
 
     m = sub.add_parser("merge-results", help="combine shard partial results into one FDDB report",
@@ -65,15 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _noisy_setup(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
-    """Load the fitted noise for ALPHA into the detector; return the settings that identify it."""
-    from veil.obfuscate import load_obfuscator, noise_dir, noise_filename  # only noisy runs need it
+    """Load the fitted noise into the detector; return the settings that identify it (shards compare them)."""
     from veil.weights import sha256_file
 
-    obf, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
-                                weights_sha256=detector.weights_sha256, seed=args.seed)
-    detector.obfuscator = obf
-    path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
-    return {"mode": "noisy", "alpha": args.alpha, "noise_family": meta.get("family"),
+    meta, path = attach_noise(args, detector)
+    return {"mode": "noisy", "alpha": float(meta["alpha"]), "noise_family": meta.get("family"),
             "noise_sha256": sha256_file(path), "seed": args.seed}
 
 
@@ -92,10 +83,7 @@ def _emit(result: EvalResult, json_path: str | None, roc_path: str | None) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.noisy and args.alpha is None:
-        raise CLIError("--noisy needs --alpha A (the obfuscation strength whose fitted noise to use)")
-    if not args.noisy and (args.alpha is not None or args.noise or args.noise_dir or args.seed is not None):
-        raise CLIError("--alpha/--noise/--noise-dir/--seed only apply with --noisy")
+    check_noise_args(args)
     if args.workers < 0:
         raise CLIError(f"--workers must be 0 (one per core) or more, got {args.workers}")
     workers = args.workers or cores()

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from veil.cli.detect import add_model_args
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
 from veil.cli.main import CLIError
 
 DEFAULT_REPO = "triton-repo"
@@ -62,16 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--url", help="server address host:port (default: 127.0.0.1:8000 for http, :8001 for grpc)")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="(default: %(default)s)")
-    p.add_argument("--noisy", action="store_true", help="obfuscate the activation (needs --alpha or --noise)")
-    p.add_argument("--alpha", type=float, help="ALPHA of the fitted noise to use with --noisy")
-    p.add_argument("--noise", help="explicit noise file (default: NOISE_DIR/alpha-<A>.safetensors)")
-    p.add_argument("--noise-dir", help="directory of fitted noise files (default: the cache's noise/)")
     p.add_argument("--fp16", action="store_true", help="send the activation as FP16 (half the bytes)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)")
     p.add_argument("--decoder", help="decoder for the reconstruction of what was sent (default: the trained one, if any)")
     p.add_argument("--retries", type=int, default=3, help="retries when the server is unreachable (default: %(default)s)")
     add_model_args(p)
+    add_noise_args(p, seed=False)
     p.set_defaults(func=run_infer)
 
 
@@ -144,16 +141,9 @@ def run_infer(args: argparse.Namespace) -> int:
     from veil.serving.client import TritonDetector
     from veil.viz import draw_boxes
 
+    check_noise_args(args)
     det = Detector.from_weights(args.weights, scale=args.scale)
-    meta = None
-    if args.noisy:
-        if args.alpha is None and args.noise is None:
-            raise CLIError("--noisy needs --alpha A (or an explicit --noise FILE)")
-        from veil.obfuscate import load_obfuscator
-
-        det.obfuscator, meta = load_obfuscator(args.alpha, args.noise, args.noise_dir, weights_sha256=det.weights_sha256)
-    elif args.alpha is not None or args.noise is not None:
-        raise CLIError("--alpha/--noise only apply with --noisy")
+    meta = attach_noise(args, det)[0] if args.noisy else None
     noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point")}
     decoder = _decoder(args.decoder)
     out = Path(args.out)

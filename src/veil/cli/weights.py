@@ -10,7 +10,7 @@ from veil import weights
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="download, import or locate the FaceBoxes weights",
                        description="Manage the reference FaceBoxes checkpoint (SHA-256 verified). "
-                                   f"Cache: $VEIL_CACHE_DIR or ~/.cache/veil.")
+                                   "Cache: $VEIL_CACHE_DIR or ~/.cache/veil.")
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     f = wsub.add_parser("fetch", help="download the reference checkpoint from its public source and verify it")
     f.add_argument("--url", default=weights.REFERENCE_URL, help="source URL (default: %(default)s)")

@@ -1,0 +1,53 @@
+"""Flags shared by every command that runs the detector: defined and checked in one place.
+
+Not a subcommand (no ``register``): ``detect``, ``evaluate`` and ``infer`` import it so the
+model and obfuscation flags mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from veil.preprocess import FDDB_SCALE
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--weights`` and ``--scale``."""
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--scale", type=float, default=FDDB_SCALE,
+                   help="resize factor before the network (default: %(default)s, the FDDB test protocol)")
+
+
+def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
+    """The reference design's ``--noisy --alpha A``, plus where the fitted noise lives."""
+    g = p.add_argument_group("obfuscation (as in the reference design: --noisy --alpha A)")
+    g.add_argument("--noisy", action="store_true", help="obfuscate the head's activation with the fitted noise")
+    g.add_argument("--alpha", type=float, metavar="A", help="obfuscation strength ALPHA of the fitted noise")
+    g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
+    g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: the veil cache's noise/)")
+    if seed:
+        g.add_argument("--seed", type=int, help="reproducible noise (experiments only; default: fresh OS randomness)")
+
+
+def check_noise_args(args: argparse.Namespace) -> None:
+    """Refuse flag combinations that would silently do something else than asked."""
+    from veil.cli.main import CLIError
+
+    seed = getattr(args, "seed", None)
+    if args.noisy and args.alpha is None and args.noise is None:
+        raise CLIError("--noisy needs --alpha A (or --noise FILE): which fitted noise to use")
+    if not args.noisy and (args.alpha is not None or args.noise or args.noise_dir or seed is not None):
+        raise CLIError("--alpha/--noise/--noise-dir/--seed only apply with --noisy")
+
+
+def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any], Path]:
+    """Load the fitted noise the flags name into ``detector.obfuscator``; return its metadata and file."""
+    from veil.obfuscate import load_obfuscator, noise_dir, noise_filename
+
+    detector.obfuscator, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
+                                                weights_sha256=detector.weights_sha256,
+                                                seed=getattr(args, "seed", None))
+    path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
+    return meta, path

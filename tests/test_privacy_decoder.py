@@ -75,3 +75,23 @@ def test_training_refuses_fddb(tmp_path):
 
 def test_pixel_units():
     assert PIXEL_SCALE > 0 and len(BGR_MEAN) == 3
+
+
+def test_decoder_cache_is_keyed_by_input_scale(tmp_path, monkeypatch, trained, head, weights_path, dlib_dir):
+    """A decoder trained at ×3 is not reused to attack a ×2 deployment: it only knows ×3 image statistics."""
+    from veil.privacy.train import ensure_decoder
+    from veil.weights import sha256_file
+
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path))
+    sha = sha256_file(weights_path)
+    save_decoder(trained, tmp_path / "attackers" / "naive.safetensors",
+                 {"kind": "naive", "weights_sha256": sha, "scale": 3.0})
+    reused = ensure_decoder(head, sha, 0.01, [dlib_dir], progress=False)
+    assert reused.meta["kind"] == "naive" and "steps" not in reused.meta  # from the cache, not retrained
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x2 = ensure_decoder(head, sha, 0.005, [dlib_dir], progress=False, scale=2.0, crop=128, batch=2)
+    finally:
+        torch.set_num_threads(prev)
+    assert x2.meta["scale"] == 2.0 and (tmp_path / "attackers" / "naive-x2.safetensors").is_file()

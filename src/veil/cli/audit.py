@@ -129,7 +129,7 @@ def run_audit(args: argparse.Namespace) -> int:
     # Noise first (cheap, may fail on a bad file) so a mistake surfaces before any training.
     noises = {alpha: _noise(alpha, args, sha, dirs) for alpha in args.alpha if alpha > 0}
     print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images at scale ×{args.scale:g}", file=sys.stderr)
-    naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs)
+    naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, scale=args.scale)
     if any(k < 2 for k in args.ks):
         raise ValueError("--ks values must be ≥ 2 (K = 1 is the adaptive attacker itself)")
     base = Attacks(model.head, naive, whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces,
@@ -144,7 +144,7 @@ def run_audit(args: argparse.Namespace) -> int:
         if alpha > 0:
             obf, _nmeta, nsha, npath = noises[alpha]
             adaptive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, obfuscator=obf, noise_sha256=nsha,
-                                      alpha=alpha)
+                                      alpha=alpha, scale=args.scale)
             att = Attacks(model.head, naive, adaptive, obf, whitebox_steps=args.whitebox_steps,
                           whitebox_faces=args.whitebox_faces, ks=tuple(args.ks))
             meta.update(noise_file=str(npath), noise_sha256=nsha, adaptive_decoder=adaptive.meta)

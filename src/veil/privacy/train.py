@@ -160,32 +160,38 @@ def default_training_dirs() -> list[Path]:
 
 def ensure_decoder(head: nn.Module, weights_sha256: str, minutes: float, train_dirs: list[str | Path] | None = None,
                    obfuscator: nn.Module | None = None, noise_sha256: str | None = None, alpha: float | None = None,
-                   crop: int = 384, batch: int = 8, progress: bool = True) -> Decoder:
-    """The cached naive (or, with ``obfuscator``, adaptive) decoder for these weights; train and cache it if absent.
+                   crop: int = 384, batch: int = 8, progress: bool = True, scale: float = FDDB_SCALE) -> Decoder:
+    """The cached naive (or, with ``obfuscator``, adaptive) decoder for these weights and input scale;
+    train and cache it if absent.
 
     The adaptive decoder is keyed by the noise file's SHA-256 and warm-starts from the naive one.
+    A decoder only knows the image statistics of the scale it was trained at, so the scale is part
+    of the cache key (the default ×3 keeps the plain names that ``load_decoder()`` finds).
     """
     from veil.privacy.decoders import DEFAULT_NAME, attackers_dir, read_decoder
 
+    suffix = "" if scale == FDDB_SCALE else f"-x{scale:g}"
     if obfuscator is None:
-        path = attackers_dir() / DEFAULT_NAME
+        path = attackers_dir() / DEFAULT_NAME.replace(".safetensors", f"{suffix}.safetensors")
     else:
         if not noise_sha256:
             raise ValueError("an adaptive decoder needs the noise file's SHA-256 to be cached")
-        path = attackers_dir() / f"adaptive-{noise_sha256[:16]}.safetensors"
+        path = attackers_dir() / f"adaptive-{noise_sha256[:16]}{suffix}.safetensors"
     if path.is_file():
         dec = read_decoder(path)
-        if dec.meta.get("weights_sha256") == weights_sha256:
+        same_scale = float(dec.meta.get("scale", FDDB_SCALE)) == float(scale)
+        if dec.meta.get("weights_sha256") == weights_sha256 and same_scale:
             return dec
-        print(f"{path} was trained for other weights; retraining")
+        print(f"{path} was trained for other weights or another scale; retraining")
     dirs = list(train_dirs) if train_dirs else default_training_dirs()
     if not dirs:
         raise FileNotFoundError("no training images for the decoder: pass --train-images DIR (WIDER, dlib or your "
                                 "own non-evaluation photos)")
-    sampler = CropSampler(training_images(dirs), crop=crop)
+    sampler = CropSampler(training_images(dirs), crop=crop, scale=scale)
     init = None
     if obfuscator is not None:
-        init = ensure_decoder(head, weights_sha256, minutes, dirs, crop=crop, batch=batch, progress=progress)
+        init = ensure_decoder(head, weights_sha256, minutes, dirs, crop=crop, batch=batch, progress=progress,
+                              scale=scale)
     meta = {"kind": "adaptive" if obfuscator is not None else "naive", "alpha": alpha, "weights_sha256": weights_sha256,
             "noise_sha256": noise_sha256, "sources": [str(d) for d in dirs] + ["skimage.data"]}
     return train_decoder(head, sampler, minutes=minutes, obfuscator=obfuscator, init=init, batch=batch, out=path,

@@ -14,6 +14,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from veil.cli.main import main
@@ -223,5 +224,9 @@ def test_noisy_shards_merge_to_the_single_run_with_summed_nsr(subset, detector, 
     js = merged.to_json()
     assert js["mode"] == "noisy" and js["alpha"] == 0.5 and js["nsr_db"] == one.nsr["nsr_db"]
     assert set(js["nsr"]["channels"]) == {"min", "median", "max"}
+    # The seeded run is an experiment: afterwards the obfuscator draws unpredictable noise again.
+    assert not det.obfuscator.seeded
+    a = torch.zeros(1, 128, 4, 4)
+    assert not torch.equal(det.obfuscator(a), det.obfuscator(a))
     with pytest.raises(ValueError, match="obfuscator"):
         evaluate_fddb(detector, subset, progress=False, nsr=True)

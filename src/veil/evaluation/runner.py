@@ -192,6 +192,9 @@ def evaluate_fddb(detector: Any, dataset: FDDBDataset | str | Path, workers: int
                     collect(out)
     finally:
         bar.close()
+        obf = getattr(detector, "obfuscator", None)
+        if seed is not None and hasattr(obf, "reseed"):
+            obf.reseed(None)  # a seeded run must not leave the caller's obfuscator predictable
     wall = time.perf_counter() - t0
     if nsr and sums_total is None:
         raise RuntimeError("no image could be evaluated, so the noise-to-signal ratio is undefined")

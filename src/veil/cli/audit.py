@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
 
-def _noise(alpha: float, args: argparse.Namespace, sha: str, fit_dirs: list) -> tuple:
-    """Load the noise for ALPHA, fitting it with ``veil fit-noise`` when none exists yet."""
+def _noise(alpha: float, args: argparse.Namespace, model, sha: str, fit_dirs: list) -> tuple:
+    """Load the noise for ALPHA, fitting it (``veil fit-noise``'s defaults) when none exists yet."""
     from veil.obfuscate import NoiseFileError, load_obfuscator, noise_dir, noise_filename
     from veil.weights import sha256_file
 
@@ -86,9 +85,10 @@ def _noise(alpha: float, args: argparse.Namespace, sha: str, fit_dirs: list) -> 
         if not fit_dirs:
             raise NoiseFileError(f"no noise for ALPHA {alpha:g} at {path} and no --train-images to fit it on")
         print(f"fitting noise for ALPHA {alpha:g} → {path}", file=sys.stderr)
-        cmd = [sys.executable, "-m", "veil", "fit-noise", "--alpha", f"{alpha:g}", "--images", *map(str, fit_dirs),
-               "--out", str(path)] + (["--weights", args.weights] if args.weights else [])
-        subprocess.run(cmd, check=True)
+        from veil.obfuscate.fit import FitConfig
+        from veil.obfuscate.recipe import fit_and_save
+
+        fit_and_save(model, sha, fit_dirs, path, FitConfig(alpha=alpha))
     obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=sha)
     return obf, meta, sha256_file(path), path
 
@@ -127,7 +127,7 @@ def run_audit(args: argparse.Namespace) -> int:
     dirs = args.train_images or default_training_dirs()
     faces = select_fddb_faces(args.dataset, args.max_faces, args.min_face)
     # Noise first (cheap, may fail on a bad file) so a mistake surfaces before any training.
-    noises = {alpha: _noise(alpha, args, sha, dirs) for alpha in args.alpha if alpha > 0}
+    noises = {alpha: _noise(alpha, args, model, sha, dirs) for alpha in args.alpha if alpha > 0}
     print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images at scale ×{args.scale:g}", file=sys.stderr)
     naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, scale=args.scale)
     if any(k < 2 for k in args.ks):
@@ -172,7 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.alpha is None:
         dec = ensure_decoder(model.head, sha, args.minutes, dirs)
     else:
-        obf, _meta, nsha, _p = _noise(args.alpha, args, sha, dirs)
+        obf, _meta, nsha, _p = _noise(args.alpha, args, model, sha, dirs)
         dec = ensure_decoder(model.head, sha, args.minutes, dirs, obfuscator=obf, noise_sha256=nsha, alpha=args.alpha)
     print(json.dumps(dec.meta, indent=1))
     return 0

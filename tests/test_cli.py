@@ -40,3 +40,12 @@ def test_wrong_weights_is_one_clear_line(tmp_path, fddb_image_paths, capsys):
     rc = main(["detect", str(fddb_image_paths[0]), "--out", str(tmp_path), "--weights", str(fake)])
     err = capsys.readouterr().err
     assert rc == 2 and "SHA-256" in err and "Traceback" not in err
+
+
+def test_inputs_whose_outputs_would_collide_are_refused(fddb_image_paths, tmp_path, capsys):
+    twin = tmp_path / "other" / fddb_image_paths[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(fddb_image_paths[0].read_bytes())
+    rc = main(["detect", str(fddb_image_paths[0]), str(twin), "--out", str(tmp_path / "out")])
+    assert rc == 2 and "would both write" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import cv2
 import torch
 from tqdm import tqdm
 
-from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
 from veil.detector import Detector
 from veil.preprocess import ImageReadError, load_image
 from veil.viz import draw_boxes
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_noise_args(args)
+    check_unique_stems(args.images)
     det = Detector.from_weights(args.weights, scale=args.scale)
     mode: dict = {"mode": "clean"}
     if args.noisy:

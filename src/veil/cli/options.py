@@ -51,3 +51,16 @@ def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any
                                                 seed=getattr(args, "seed", None))
     path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
     return meta, path
+
+
+def check_unique_stems(images: list[str]) -> None:
+    """Outputs are named after the input's file name: refuse inputs whose outputs would overwrite each other."""
+    from veil.cli.main import CLIError
+
+    seen: dict[str, str] = {}
+    for p in images:
+        stem = Path(p).stem
+        if stem in seen and seen[stem] != p:
+            raise CLIError(f"{seen[stem]} and {p} would both write {stem}.jpg/.json into --out: "
+                           "rename one or run them separately")
+        seen[stem] = p

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
 from veil.cli.main import CLIError
 
 DEFAULT_REPO = "triton-repo"
@@ -142,6 +142,7 @@ def run_infer(args: argparse.Namespace) -> int:
     from veil.viz import draw_boxes
 
     check_noise_args(args)
+    check_unique_stems(args.images)
     det = Detector.from_weights(args.weights, scale=args.scale)
     meta = attach_noise(args, det)[0] if args.noisy else None
     noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point")}

@@ -188,3 +188,13 @@ def test_inference_fast_path_equals_the_differentiable_path():
     with torch.inference_mode():
         fast = o(a)
     assert torch.allclose(fast, ref.detach(), atol=1e-6)
+
+
+def test_half_precision_activations_are_obfuscated_in_their_dtype():
+    from veil.obfuscate import Obfuscator
+
+    obf = Obfuscator(4, init_sigma=1.0)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.inference_mode():
+            out = obf(torch.zeros(1, 4, 8, 8, dtype=dtype))
+        assert out.dtype == dtype and out.float().std() > 0.5

@@ -106,7 +106,7 @@ class Obfuscator(nn.Module):
         if torch.is_grad_enabled() and (self.log_sigma.requires_grad or self.mu.requires_grad or a.requires_grad):
             return a + self._view(self.mu, a) + self._view(self.sigma, a) * eps  # fitting: autograd path
         sigma, mu = self._view(self.sigma, a), self._view(self.mu, a)
-        if a.device.type == "cpu":
+        if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):  # numpy has no bfloat16
             # Inference on CPU: in place on the fresh noise buffer, through numpy's single-threaded
             # loops. A few hundred thousand elements gain nothing from threads, and torch's parallel
             # region stalls on a busy machine (measured: 0.4 ms here vs 7–45 ms on 2 shared cores).

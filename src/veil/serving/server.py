@@ -57,6 +57,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _pick_ports(host: str, *wanted: int | None) -> list[int]:
+    """The given ports, with free ones for the rest: all sockets held open together, so the
+    picks are distinct (picking one at a time could return the same port twice)."""
+    socks = []
+    try:
+        ports = []
+        for w in wanted:
+            if w:
+                ports.append(w)
+                continue
+            s = socket.socket()
+            socks.append(s)
+            s.bind((host, 0))
+            ports.append(s.getsockname()[1])
+        return ports
+    finally:
+        for s in socks:
+            s.close()
+
+
 def unsupported_reason() -> str | None:
     """Why the bundled server cannot run on this platform, or None if it should."""
     if not sys.platform.startswith("linux"):
@@ -112,9 +132,7 @@ class TritonServer:
             raise ServerError(f"model repository {self.model_repository} does not exist; "
                               f"create it with `veil export-triton --out {model_repository}`")
         self.host = host
-        self.http_port = http_port or free_port(host)
-        self.grpc_port = grpc_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        self.http_port, self.grpc_port, self.metrics_port = _pick_ports(host, http_port, grpc_port, metrics_port)
         self.log_file = Path(log_file) if log_file else None
         self.log_verbose = log_verbose
         self.models = list(models) if models else None  # None: every model in the repository

@@ -14,6 +14,13 @@ FDDB = SHARED / "data" / "fddb"
 WIDER = SHARED / "data" / "wider_face_val_subset"
 DLIB = SHARED / "data" / "dlib_faces"
 
+# Tests (and the commands they start) find data through veil's settings, as users do: the non-FDDB
+# photos for fitting and attacker training, and the FDDB root (see veil.settings.VARIABLES).
+if (WIDER / "images").is_dir() and DLIB.is_dir():
+    os.environ.setdefault("VEIL_FIT_IMAGES", os.pathsep.join([str(WIDER / "images"), str(DLIB)]))
+if FDDB.is_dir():
+    os.environ.setdefault("VEIL_DATASET", str(FDDB))
+
 
 def _need(path: Path) -> Path:
     if not path.exists():

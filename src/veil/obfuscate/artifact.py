@@ -8,6 +8,7 @@ than silently producing a wrong privacy/accuracy trade-off.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import veil
 from veil.models.faceboxes import SPLIT_POINT
+from veil.obfuscate.keystream import NoiseKey, read_key_file
 from veil.obfuscate.noise import FAMILIES, Obfuscator
 from veil.weights import REFERENCE_SHA256, cache_dir
 
@@ -116,23 +118,34 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
 def load_obfuscator(alpha: float | None, noise: str | Path | None = None,
                     noise_dir: str | Path | None = None, weights_sha256: str = REFERENCE_SHA256, *,
                     split_point: str = SPLIT_POINT, seed: int | None = None,
-                    generator: torch.Generator | None = None) -> tuple[Obfuscator, dict[str, Any]]:
+                    generator: torch.Generator | None = None,
+                    key: bytes | NoiseKey | os.PathLike | None = None) -> tuple[Obfuscator, dict[str, Any]]:
     """Find and load the noise fitted for ALPHA: ``noise`` (a file) or ``noise_dir/alpha-<A>.safetensors``.
 
     Refuses a file fitted for other weights, another split point, or another ALPHA than
-    asked. Noise is unpredictable unless ``seed``/``generator`` is given (experiments only).
+    asked. Noise is fresh and unpredictable unless ``seed``/``generator`` is given (experiments
+    only); ``key`` (bytes ≥ 32, a :class:`NoiseKey`, or a key file's path) makes it *keyed*: the
+    same activation always gets the same noise (see :mod:`veil.obfuscate.keystream`).
     """
     if noise is None:
         if alpha is None:
             raise ValueError("give ALPHA or an explicit noise file")
         d = Path(noise_dir) if noise_dir is not None else globals()["noise_dir"]()
         noise = d / noise_filename(alpha)
+        if not noise.is_file() and noise_dir is None:
+            from veil import assets  # noise that ships for the reference weights (the user's own comes first)
+
+            shipped = assets.noise_file(alpha)
+            if shipped is not None and read_metadata(shipped).get("weights_sha256") == weights_sha256:
+                noise = shipped
         if not noise.is_file():
             raise NoiseFileError(
                 f"no noise fitted for ALPHA {alpha:g} in {d} (looked for {noise.name}); fit it with "
                 f"`veil fit-noise --alpha {alpha:g} --images DIR --out {noise}` or pass --noise FILE")
     obf, meta = load_noise_file(noise, weights_sha256=weights_sha256, split_point=split_point,
                                 seed=seed, generator=generator)
+    if key is not None:
+        obf.set_key(read_key_file(key) if isinstance(key, (str, os.PathLike)) else key)
     if alpha is not None and abs(float(meta["alpha"]) - float(alpha)) > 1e-9:
         raise NoiseFileError(f"{noise} was fitted for ALPHA {meta['alpha']:g}, not the requested {alpha:g}")
     return obf, meta

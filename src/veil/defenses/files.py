@@ -1,0 +1,107 @@
+"""Defense files: safetensors tensors + one JSON metadata entry, bound to what they were trained for.
+
+Same conventions as noise files (:mod:`veil.obfuscate.artifact`): a ``format`` tag, the base
+model weights' SHA-256, the split point, and here also a SHA-256 over the file's own tensors
+(``tensors_sha256``), so a file edited after training is refused rather than silently used, and
+the SHA-256 of the noise file the defense was trained against (a robust tail fitted for one noise
+is refused with another).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import veil
+from veil.models.faceboxes import SPLIT_POINT
+
+
+class DefenseFileError(ValueError):
+    """A defense file is missing, corrupt, tampered with, or made for other weights/noise/ALPHA."""
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` (sorted by name): the weights' identity."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (how a noise file is named in a defense's metadata)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write atomically; ``metadata`` must name ``weights_sha256``. Returns the path."""
+    if "weights_sha256" not in metadata:
+        raise ValueError("defense metadata needs 'weights_sha256' (the base model's weights)")
+    tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+               for k, v in tensors.items()}
+    meta = {"format": fmt, "veil_version": veil.__version__, "split_point": SPLIT_POINT, **metadata,
+            "tensors_sha256": tensors_sha256(tensors)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    save_file(tensors, str(tmp), metadata={"veil": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def load(path: str | Path, fmt: str, *, weights_sha256: str, noise_sha256: str | None = None,
+         alpha: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a defense file after every check; raise :class:`DefenseFileError` saying which failed.
+
+    ``noise_sha256``/``alpha`` (when given) must match what the file records.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DefenseFileError(f"defense file not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("veil")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DefenseFileError(f"{path} is not a readable defense file (corrupt or truncated?): {exc}") from exc
+    if raw is None:
+        raise DefenseFileError(f"{path} is a safetensors file without veil metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DefenseFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if meta.get("format") != fmt:
+        raise DefenseFileError(f"{path} holds {meta.get('format')!r}, not {fmt!r}")
+    if meta.get("split_point") != SPLIT_POINT:
+        raise DefenseFileError(f"{path} was trained at split point {meta.get('split_point')!r}, not {SPLIT_POINT!r}")
+    if meta.get("weights_sha256") != weights_sha256:
+        raise DefenseFileError(f"{path} was trained for model weights with SHA-256 {meta.get('weights_sha256')}, "
+                               f"but the detector uses {weights_sha256}; retrain it for these weights")
+    if noise_sha256 is not None and meta.get("noise_sha256") != noise_sha256:
+        raise DefenseFileError(f"{path} was trained against the noise file with SHA-256 {meta.get('noise_sha256')}, "
+                               f"not the given one ({noise_sha256}); retrain it against this noise")
+    if alpha is not None and (meta.get("alpha") is None or abs(float(meta["alpha"]) - float(alpha)) > 1e-9):
+        raise DefenseFileError(f"{path} was trained for ALPHA {meta.get('alpha')}, not the requested {alpha:g}")
+    digest = tensors_sha256(tensors)
+    if digest != meta.get("tensors_sha256"):
+        raise DefenseFileError(f"{path}: its tensors' SHA-256 {digest} differs from the recorded "
+                               f"{meta.get('tensors_sha256')} (the file was modified after training)")
+    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+        raise DefenseFileError(f"{path} holds non-finite weights")
+    return tensors, meta

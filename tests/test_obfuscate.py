@@ -104,6 +104,7 @@ def test_nsr_of_a_generic_module_is_estimated_from_its_output():
             return a + 3.0 + 0.5 * torch.randn_like(a)
 
     a = torch.ones(1, 4, 100, 100)
+    torch.manual_seed(0)  # the estimate's spread (≈ 0.03 dB) is then fixed, not a 1-in-1000 flake
     assert nsr_report(nsr_sums(a, Plain()))["nsr_db"] == pytest.approx(10 * math.log10(0.25), abs=0.1)
 
 

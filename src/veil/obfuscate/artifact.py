@@ -2,21 +2,30 @@
 
 The metadata binds the noise to what it was fitted for — the model weights' SHA-256 and
 the split point — so noise fitted for other weights or another split is refused rather
-than silently producing a wrong privacy/accuracy trade-off.
+than silently producing a wrong privacy/accuracy trade-off. A file whose noise would turn the
+obfuscation off, or is absurd (non-finite, σ or μ out of all proportion to the activation statistics
+it records, a noise-to-signal ratio far outside its ALPHA's documented range), is refused with the
+numbers (:func:`check_noise`); a pinned SHA-256 (``sha256=``, ``$VEIL_NOISE_SHA256`` on the CLI)
+catches any other change to the file. The client key of keyed noise is never written here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
 import veil
+from veil import jsonsafe
 from veil.models.faceboxes import SPLIT_POINT
 from veil.obfuscate.keystream import NoiseKey, read_key_file
 from veil.obfuscate.noise import FAMILIES, Obfuscator
@@ -24,6 +33,24 @@ from veil.weights import REFERENCE_SHA256, cache_dir
 
 FORMAT = "veil-noise/1"
 _TENSORS = ("mu", "log_sigma", "signal_power")
+_MAX_BYTES = 64 << 20  # a 128-channel noise file is a few KB
+
+#: NSR (dB) of the noise fitted at the defaults per ALPHA, measured on FDDB's activations
+#: (docs/obfuscation.md, "The sweep"). A file's NSR on its *own* recorded statistics (the fitting
+#: crops) reads ≈ 1.8 dB lower: their activations carry that much more power.
+MEASURED_NSR_DB = {0.05: -21.28, 0.1: -17.97, 0.2: -14.19, 0.4: -9.15, 0.6: -4.43, 0.8: 3.26, 0.9: 11.68,
+                   0.95: 27.30}
+#: Every fit starts at this NSR (``FitConfig.init_nsr_db``) and moves towards its ALPHA's value, so a
+#: short fit lies between the two.
+FIT_START_NSR_DB = -10.0
+#: How far below / above that span a file may lie: room for other fitting settings, data and
+#: families, while a file that turns the noise off (e.g. log σ = −80: −3048 dB) or is absurd is refused.
+NSR_BELOW_DB, NSR_ABOVE_DB = 6.0, 15.0
+#: Per-channel bounds against the recorded signal's RMS s = sqrt(mean_c E[a_c²]):
+#: e^-20 ≤ σ_c / s ≤ e^12 and |μ_c| ≤ 1000 s; and no live channel's own NSR below −60 dB.
+LOG_SIGMA_SPAN = (-20.0, 12.0)
+MU_MAX = 1e3
+CHANNEL_FLOOR_DB = -60.0
 
 
 class NoiseFileError(ValueError):
@@ -51,40 +78,129 @@ def save_obfuscator(obf: Obfuscator, path: str | Path, metadata: dict[str, Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: getattr(obf, k).detach().float().cpu().contiguous() for k in _TENSORS}
     tmp = path.with_suffix(path.suffix + ".part")
-    save_file(tensors, str(tmp), metadata={"veil": json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={"veil": jsonsafe.dumps(meta)})
     tmp.replace(path)  # never leave a half-written artifact under the final name
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a noise file, or :class:`NoiseFileError` if it is not one."""
-    path = Path(path)
+def _read(path: Path, sha256: str | None = None) -> bytes:
     if not path.is_file():
         raise NoiseFileError(f"noise file not found: {path}")
-    try:
-        from safetensors import safe_open
+    size = path.stat().st_size
+    if size > _MAX_BYTES:
+        raise NoiseFileError(f"{path} is {size} bytes, too large for a noise file")
+    data = path.read_bytes()
+    if sha256 is not None:
+        want = sha256.strip().lower()
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise NoiseFileError(f"{path} has SHA-256 {got}, but {want} is pinned ($VEIL_NOISE_SHA256 or "
+                                 "--noise-sha256): the noise file was changed or is another one; refusing it")
+    return data
 
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("veil")
-    except (SafetensorError, OSError, ValueError) as exc:
+
+def _metadata(path: Path, data: bytes) -> dict[str, Any]:
+    try:  # safetensors: u64 little-endian header length, then a JSON header with __metadata__
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n > len(data) - 8:
+            raise ValueError("header length beyond the end of the file")
+        header = json.loads(data[8:8 + n])
+        raw = (header.get("__metadata__") or {}).get("veil")
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
         raise NoiseFileError(f"{path} is not a readable noise file (corrupt or truncated?): {exc}") from exc
     if raw is None:
         raise NoiseFileError(f"{path} is a safetensors file without veil noise metadata")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, TypeError) as exc:
         raise NoiseFileError(f"{path}: noise metadata is not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise NoiseFileError(f"{path}: unknown noise format {meta.get('format')!r} (expected {FORMAT})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise NoiseFileError(f"{path}: unknown noise format {fmt!r} (expected {FORMAT})")
     return meta
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a noise file, or :class:`NoiseFileError` if it is not one."""
+    path = Path(path)
+    return _metadata(path, _read(path))
+
+
+def expected_nsr_db(alpha: float) -> float | None:
+    """NSR of the default fit at ALPHA, interpolated in :data:`MEASURED_NSR_DB`; None below 0.05 (not measured)."""
+    xs = sorted(MEASURED_NSR_DB)
+    if alpha < xs[0]:
+        return None
+    return float(np.interp(alpha, xs, [MEASURED_NSR_DB[x] for x in xs]))
+
+
+def nsr_range_db(alpha: float) -> tuple[float, float]:
+    """The NSR range (dB, on a file's own statistics) accepted for ALPHA: see :data:`NSR_BELOW_DB`."""
+    e = expected_nsr_db(alpha)
+    if e is None:  # ALPHA < 0.05: little or no privacy asked for; only the per-channel bounds apply
+        return -math.inf, FIT_START_NSR_DB + NSR_ABOVE_DB
+    return min(e, FIT_START_NSR_DB) - NSR_BELOW_DB, max(e, FIT_START_NSR_DB) + NSR_ABOVE_DB
+
+
+def check_noise(mu: torch.Tensor, log_sigma: torch.Tensor, signal_power: torch.Tensor, alpha: float,
+                where: str = "noise file") -> float:
+    """Refuse parameters that would disable the obfuscation or are absurd; return the overall NSR (dB).
+
+    Judged against the activation statistics the file records (``signal_power``, E[a_c²] on the
+    fitting data), so the same bounds hold for any model and split point.
+    """
+    mu, ls, p = (t.detach().double().cpu() for t in (mu, log_sigma, signal_power))
+    for name, t in (("μ", mu), ("log σ", ls), ("signal_power", p)):
+        if not torch.isfinite(t).all():
+            raise NoiseFileError(f"{where} holds non-finite {name} values (NaN or infinity)")
+    if (p < 0).any() or float(p.sum()) <= 0:
+        raise NoiseFileError(f"{where}: recorded activation power must be ≥ 0 and not all zero "
+                             f"(min {float(p.min()):.3g}, sum {float(p.sum()):.3g})")
+    s = math.sqrt(float(p.mean()))
+    rel = ls - math.log(s)
+    lo, hi = LOG_SIGMA_SPAN
+    if float(rel.min()) < lo or float(rel.max()) > hi:
+        c = int(rel.argmin()) if float(rel.min()) < lo else int(rel.argmax())
+        raise NoiseFileError(
+            f"{where}: channel {c} has log σ = {float(ls[c]):.4g}, i.e. σ = {math.exp(float(rel[c])):.3g} × the "
+            f"recorded activation RMS {s:.4g}; accepted: e^{lo:g} … e^{hi:g} × RMS "
+            f"({'the noise would vanish' if float(rel[c]) < lo else 'absurdly large noise'})")
+    if float(mu.abs().max()) > MU_MAX * s:
+        c = int(mu.abs().argmax())
+        raise NoiseFileError(f"{where}: channel {c} has μ = {float(mu[c]):.4g}, more than {MU_MAX:g} × the "
+                             f"recorded activation RMS {s:.4g}")
+    var = (2 * ls).exp()
+    live = p > 1e-6 * float(p.mean())
+    per = 10 * torch.log10(var[live] / p[live])
+    if per.numel() and float(per.min()) < CHANNEL_FLOOR_DB:
+        c = int(torch.nonzero(live)[int(per.argmin())])
+        raise NoiseFileError(f"{where}: channel {c} would be left almost clean: NSR {float(per.min()):.1f} dB on "
+                             f"its recorded power (floor {CHANNEL_FLOOR_DB:g} dB)")
+    nsr = 10 * math.log10(float(var.sum()) / float(p.sum()))
+    lo_db, hi_db = nsr_range_db(alpha)
+    if not lo_db <= nsr <= hi_db:
+        e = expected_nsr_db(alpha)
+        fit = f"fits at the defaults give {e:+.1f} dB on FDDB" if e is not None else "no fit measured below 0.05"
+        way = ("far below: this noise would leave the activation nearly clean" if nsr < lo_db else
+               "far above: this noise would leave nothing to detect")
+        raise NoiseFileError(
+            f"{where}: noise-to-signal ratio on its own recorded activation statistics is {nsr:+.1f} dB, {way} "
+            f"for ALPHA {alpha:g} (accepted {lo_db:+.1f} … {hi_db:+.1f} dB; {fit}); refit it with "
+            f"`veil fit-noise --alpha {alpha:g}`")
+    return nsr
 
 
 def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
                     split_point: str = SPLIT_POINT, seed: int | None = None,
-                    generator: torch.Generator | None = None) -> tuple[Obfuscator, dict[str, Any]]:
-    """Load one noise file after checking it was fitted for these weights and this split point."""
+                    generator: torch.Generator | None = None,
+                    sha256: str | None = None) -> tuple[Obfuscator, dict[str, Any]]:
+    """Load one noise file after checking its pinned hash, model, split point and noise (:func:`check_noise`).
+
+    The file is read once: the hash, metadata and tensors all come from the same bytes.
+    """
     path = Path(path)
-    meta = read_metadata(path)
+    data = _read(path, sha256)
+    meta = _metadata(path, data)
     if meta.get("weights_sha256") != weights_sha256:
         raise NoiseFileError(
             f"{path} was fitted for model weights with SHA-256 {meta.get('weights_sha256')}, but the "
@@ -94,8 +210,11 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
                              f"splits at {split_point!r}; refit it with `veil fit-noise`")
     if meta.get("family") not in FAMILIES:
         raise NoiseFileError(f"{path}: unknown noise family {meta.get('family')!r}")
+    alpha = meta.get("alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) < 1.0:
+        raise NoiseFileError(f"{path}: ALPHA {alpha!r} in its metadata is not a number in [0, 1)")
     try:
-        tensors = load_file(str(path))
+        tensors = load_tensors(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise NoiseFileError(f"{path} is corrupt (cannot read its tensors): {exc}") from exc
     missing = [k for k in _TENSORS if k not in tensors]
@@ -105,8 +224,14 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
     if any(tensors[k].shape != (c,) for k in _TENSORS):
         raise NoiseFileError(f"{path}: tensor shapes {[tuple(tensors[k].shape) for k in _TENSORS]} "
                              f"do not match {c} channels")
-    if not all(torch.isfinite(tensors[k]).all() for k in _TENSORS):
-        raise NoiseFileError(f"{path} holds non-finite parameters")
+    recorded = (meta.get("activation_stats") or {}).get("channel_power")
+    if recorded is not None:
+        rec = torch.as_tensor(recorded, dtype=torch.float64) if isinstance(recorded, list) else None
+        if rec is None or rec.shape != (c,) or not torch.allclose(rec, tensors["signal_power"].double(),
+                                                                    rtol=1e-4, atol=1e-5):
+            raise NoiseFileError(f"{path}: the signal_power tensor disagrees with the activation statistics in "
+                                 "its metadata (the file was edited)")
+    check_noise(tensors["mu"], tensors["log_sigma"], tensors["signal_power"], float(alpha), where=str(path))
     obf = Obfuscator(c, meta["family"], seed=seed, generator=generator)
     with torch.no_grad():
         for k in _TENSORS:
@@ -119,13 +244,15 @@ def load_obfuscator(alpha: float | None, noise: str | Path | None = None,
                     noise_dir: str | Path | None = None, weights_sha256: str = REFERENCE_SHA256, *,
                     split_point: str = SPLIT_POINT, seed: int | None = None,
                     generator: torch.Generator | None = None,
-                    key: bytes | NoiseKey | os.PathLike | None = None) -> tuple[Obfuscator, dict[str, Any]]:
+                    key: bytes | NoiseKey | os.PathLike | None = None,
+                    sha256: str | None = None) -> tuple[Obfuscator, dict[str, Any]]:
     """Find and load the noise fitted for ALPHA: ``noise`` (a file) or ``noise_dir/alpha-<A>.safetensors``.
 
     Refuses a file fitted for other weights, another split point, or another ALPHA than
     asked. Noise is fresh and unpredictable unless ``seed``/``generator`` is given (experiments
     only); ``key`` (bytes ≥ 32, a :class:`NoiseKey`, or a key file's path) makes it *keyed*: the
-    same activation always gets the same noise (see :mod:`veil.obfuscate.keystream`).
+    same activation always gets the same noise (see :mod:`veil.obfuscate.keystream`). ``sha256``
+    pins the file's hash: any other content is refused.
     """
     if noise is None:
         if alpha is None:
@@ -143,7 +270,7 @@ def load_obfuscator(alpha: float | None, noise: str | Path | None = None,
                 f"no noise fitted for ALPHA {alpha:g} in {d} (looked for {noise.name}); fit it with "
                 f"`veil fit-noise --alpha {alpha:g} --images DIR --out {noise}` or pass --noise FILE")
     obf, meta = load_noise_file(noise, weights_sha256=weights_sha256, split_point=split_point,
-                                seed=seed, generator=generator)
+                                seed=seed, generator=generator, sha256=sha256)
     if key is not None:
         obf.set_key(read_key_file(key) if isinstance(key, (str, os.PathLike)) else key)
     if alpha is not None and abs(float(meta["alpha"]) - float(alpha)) > 1e-9:

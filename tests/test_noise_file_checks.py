@@ -1,0 +1,122 @@
+"""Noise files that would disable or break the obfuscation are refused with the reason; pinned hashes; strict JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from veil import jsonsafe
+from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, read_metadata, save_obfuscator
+from veil.obfuscate.artifact import expected_nsr_db, nsr_range_db
+from veil.weights import REFERENCE_SHA256
+
+C = 16
+
+
+def _fitted_like(alpha: float) -> Obfuscator:
+    """A file as a fit at ALPHA leaves it: signal power recorded, NSR near the measured value."""
+    o = Obfuscator(C)
+    power = torch.linspace(0.2, 3.0, C)
+    nsr = expected_nsr_db(alpha) - 1.8  # own statistics read ≈ 1.8 dB below FDDB's (docs/obfuscation.md)
+    spread = torch.linspace(-1.5, 1.5, C)  # per-channel allocation, as fits do
+    with torch.no_grad():
+        o.signal_power.copy_(power)
+        var = power * torch.exp(spread)
+        var *= power.sum() * 10 ** (nsr / 10) / var.sum()
+        o.log_sigma.copy_(0.5 * var.log())
+        o.mu.copy_(torch.linspace(-0.3, 0.3, C))
+    return o.requires_grad_(False)
+
+
+def _save(tmp_path, alpha=0.8, name=None, stats=True):
+    o = _fitted_like(alpha)
+    meta = {"alpha": alpha, "weights_sha256": REFERENCE_SHA256}
+    if stats:
+        meta["activation_stats"] = {"channel_power": [round(float(v), 6) for v in o.signal_power]}
+    return save_obfuscator(o, tmp_path / (name or f"alpha-{alpha:g}.safetensors"), meta)
+
+
+def _tamper(path, **changes):
+    """Rewrite the tensors of a noise file, keeping its metadata: what an edit on a shared volume does."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    for k, fn in changes.items():
+        tensors[k] = fn(tensors[k].clone())
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2, 0.6, 0.8, 0.9, 0.95])
+def test_files_as_fitted_load_at_every_measured_alpha(tmp_path, alpha):
+    obf, meta = load_obfuscator(alpha, noise=_save(tmp_path, alpha))
+    assert meta["alpha"] == alpha and obf.mode == "fresh"
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"log_sigma": lambda t: t.fill_(-80.0)}, r"log σ = -80.*noise would vanish"),
+    ({"log_sigma": lambda t: t.fill_(100.0)}, r"log σ = 100.*absurdly large"),
+    ({"mu": lambda t: t.fill_(1e30)}, r"μ = 1e\+30, more than 1000 × the recorded activation RMS"),
+    ({"log_sigma": lambda t: t.index_fill_(0, torch.tensor([3]), float("nan"))}, r"non-finite log σ"),
+    ({"signal_power": lambda t: t.fill_(float("inf"))}, r"non-finite signal_power"),
+    ({"log_sigma": lambda t: t.index_fill_(0, torch.tensor([5]), -12.0)}, r"channel 5 would be left almost clean"),
+])
+def test_tampered_noise_is_refused_with_the_reason(tmp_path, change, reason):
+    path = _tamper(_save(tmp_path, stats=False), **change)
+    with pytest.raises(NoiseFileError, match=reason):
+        load_obfuscator(0.8, noise=path)
+
+
+def test_noise_far_below_or_above_its_alpha_is_refused_with_the_numbers(tmp_path):
+    lo, hi = nsr_range_db(0.8)
+    assert lo < expected_nsr_db(0.8) - 1.8 < hi
+    quiet = _tamper(_save(tmp_path, stats=False), log_sigma=lambda t: t - 0.5 * math.log(10) * (hi - lo) / 10 * 1.1)
+    with pytest.raises(NoiseFileError, match=r"ratio .* is -\d+\.\d dB, far below.*ALPHA 0.8 \(accepted -16.0 … "):
+        load_obfuscator(0.8, noise=quiet)
+    # ALPHA 0.8 noise lowered by 20 dB (about what an ALPHA 0.2 file relabelled 0.8 would be) is refused.
+    low = _tamper(_save(tmp_path, 0.8, name="low.safetensors", stats=False), log_sigma=lambda t: t - math.log(10))
+    with pytest.raises(NoiseFileError, match="far below"):
+        load_obfuscator(0.8, noise=low)
+    loud = _tamper(_save(tmp_path, 0.2, stats=False), log_sigma=lambda t: t + 2.5 * math.log(10))
+    with pytest.raises(NoiseFileError, match=r"far above.*ALPHA 0.2"):
+        load_obfuscator(0.2, noise=loud)
+
+
+def test_signal_statistics_edited_apart_from_the_metadata_are_refused(tmp_path):
+    path = _tamper(_save(tmp_path), signal_power=lambda t: t * 1e-4)  # σ would look large beside a tiny signal
+    with pytest.raises(NoiseFileError, match="disagrees with the activation statistics"):
+        load_obfuscator(0.8, noise=path)
+
+
+def test_pinned_sha256_mismatch_is_refused_with_both_hashes(tmp_path):
+    path = _save(tmp_path)
+    good = hashlib.sha256(path.read_bytes()).hexdigest()
+    obf, _ = load_obfuscator(0.8, noise=path, sha256=good.upper())
+    _tamper(path, mu=lambda t: t + 0.01)  # a small, otherwise plausible edit
+    bad = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(NoiseFileError, match=f"{path}.*SHA-256 {bad}, but {good} is pinned"):
+        load_obfuscator(0.8, noise=path, sha256=good)
+    load_obfuscator(0.8, noise=path)  # without a pin the edit is plausible and loads
+
+
+def test_written_noise_json_is_strict(tmp_path):
+    o = _fitted_like(0.8)
+    path = save_obfuscator(o, tmp_path / "n.safetensors",
+                           {"alpha": 0.8, "weights_sha256": REFERENCE_SHA256,
+                            "loss_log": [{"nsr_db": float("inf"), "loss": float("nan")}]})
+    meta = read_metadata(path)
+    assert meta["loss_log"] == [{"nsr_db": None, "loss": None}]
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata()["veil"]
+
+    def strict(x):
+        raise ValueError(f"non-standard JSON constant {x}")
+
+    json.loads(raw, parse_constant=strict)
+    assert jsonsafe.dumps({"a": [1.0, float("-inf"), torch.tensor(float("nan"))]}) == '{"a": [1.0, null, null]}'

@@ -123,11 +123,13 @@ def test_batch_jobs_follow_the_reference_design():
         assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
         assert vols["data"]["persistentVolumeClaim"]["claimName"] == "inference-data"
         mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
-        assert mounts == {"data": "/data", "dshm": "/dev/shm"}
+        assert mounts == {"data": "/data", "dshm": "/dev/shm", "tmp": "/tmp"}
         assert "completionMode" not in job["spec"]
     c_raw = raw["spec"]["template"]["spec"]["containers"][0]
     c_noisy = noisy["spec"]["template"]["spec"]["containers"][0]
-    assert "resources" not in c_raw, "no GPU unless asked"
+    assert "nvidia.com/gpu" not in c_raw["resources"]["limits"], "no GPU unless asked"
+    assert c_raw["resources"] == {"requests": {"cpu": k8s.DEFAULT_CPU, "memory": k8s.DEFAULT_MEMORY},
+                                  "limits": {"cpu": k8s.DEFAULT_CPU, "memory": k8s.DEFAULT_MEMORY}}
     assert c_noisy["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"]: e.get("value") for e in c_noisy["env"]}
     assert env["ALPHA"] == "0.8" and "ALPHA" not in {e["name"] for e in c_raw["env"]}
@@ -143,7 +145,8 @@ def test_indexed_job_for_shards():
     assert args[args.index("--shard") + 1] == "auto/8"
     assert args[args.index("--out-partial") + 1] == "/data/results/netapp-inference-protopia-0-05"
     res = spec["template"]["spec"]["containers"][0]["resources"]
-    assert res == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi", "nvidia.com/gpu": 2}}
+    assert res == {"requests": {"cpu": "4", "memory": "16Gi"},
+                   "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 2}}
     assert _only(RENDERED["batch-indexed"], "PersistentVolumeClaim")["spec"]["storageClassName"] == "ontap-flexgroup"
     merge = _only(RENDERED["batch-merge"], "Job")
     assert merge["metadata"]["name"] == "netapp-inference-raw-merge"
@@ -154,18 +157,19 @@ def test_indexed_job_for_shards():
 def test_triton_deployment_serves_a_repository_on_a_volume():
     docs = RENDERED["triton"]
     assert _kinds(docs) == ["Namespace/inference", "PersistentVolumeClaim/inference-data",
-                            "PersistentVolumeClaim/veil-model-repo", "Deployment/veil-triton", "Service/veil-triton"]
+                            "PersistentVolumeClaim/veil-model-repo", "Deployment/veil-triton", "Service/veil-triton",
+                            "NetworkPolicy/veil-triton"]
     pod = _only(docs, "Deployment")["spec"]["template"]["spec"]
     init, server = pod["initContainers"][0], pod["containers"][0]
     assert init["args"][:3] == ["export-triton", "--out", "/models"]
     assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
-    assert server["image"] == k8s.TRITON_IMAGE and server["command"] == ["tritonserver"]
-    assert "--model-repository=/models/onnx" in server["args"]
+    assert server["image"] == k8s.TRITON_IMAGE and server["command"] == ["/bin/sh", "-c"]
+    assert "exec tritonserver --model-repository=/models/onnx " in server["args"][0]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "veil-model-repo"}} in pod["volumes"]
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     svc = _only(docs, "Service")
     assert svc["spec"]["type"] == "ClusterIP"
-    assert {p["port"] for p in svc["spec"]["ports"]} == {8000, 8001, 8002}
+    assert {p["port"] for p in svc["spec"]["ports"]} == {8000, 8001}, "metrics only with --expose-metrics"
     assert svc["spec"]["selector"].items() <= pod_labels(docs).items()
     veil_pod = _only(RENDERED["triton-veil-gpu"], "Deployment")["spec"]["template"]["spec"]
     assert veil_pod["containers"][0]["args"][:3] == ["serve", "--host", "0.0.0.0"]
@@ -367,3 +371,151 @@ def test_cli_run_local_dry_run_and_failure(tmp_path, capsys):
     path.write_text(k8s.to_yaml(RENDERED["triton"]))
     assert main(["k8s", "run-local", str(path)]) == 2
     assert "holds no Job" in capsys.readouterr().err
+
+
+# -- hardening: Pod Security "restricted", resources, network, digests, noise integrity ----------
+
+from veil.deploy.podsecurity import hardening_violations, restricted_violations  # noqa: E402
+
+SHA = "ab" * 32
+HARDENED = {
+    "batch-keyed": k8s.render_scenario("batch", k8s.Options(alpha=0.8, noisy=True, noise_sha256=SHA,
+                                                            noise_key_secret="veil-noise-key")),
+    "triton-metrics": k8s.render_scenario("triton", k8s.Options(expose_metrics=True, client_namespace="clients",
+                                                                triton_image="nvcr.io/nvidia/tritonserver@sha256:"
+                                                                + "0" * 64)),
+    "jupyter-keyed": k8s.render_scenario("jupyter", k8s.Options(noise_sha256=SHA, noise_key_secret="veil-noise-key",
+                                                                image="registry.example/veil@sha256:" + "1" * 64)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(RENDERED) + sorted(HARDENED))
+def test_every_pod_meets_the_restricted_profile_and_veils_hardening(variant):
+    docs = {**RENDERED, **HARDENED}[variant]
+    pods = [d for d in docs if d["kind"] in ("Pod", "Job", "Deployment")]
+    assert pods
+    for doc in pods:
+        assert restricted_violations(doc) == []
+        assert hardening_violations(doc) == []
+
+
+@pytest.mark.parametrize("variant", sorted(HARDENED))
+@pytest.mark.parametrize("version", CURRENT)
+def test_hardened_variants_validate_against_current_schemas(variant, version):
+    pytest.importorskip("kubernetes_validate")
+    k8s.validate(HARDENED[variant], version, strict=True)
+
+
+@pytest.mark.parametrize("breach, rule", [
+    (lambda c, p: c["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation"),
+    (lambda c, p: c["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "drop must include ALL"),
+    (lambda c, p: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "capabilities.add"),
+    (lambda c, p: (c["securityContext"].pop("runAsNonRoot"), p["securityContext"].pop("runAsNonRoot")),
+     "runAsNonRoot"),
+    (lambda c, p: c["securityContext"].update(runAsUser=0), "runAsUser is 0"),
+    (lambda c, p: (c["securityContext"].pop("seccompProfile"), p["securityContext"].pop("seccompProfile")),
+     "seccompProfile"),
+    (lambda c, p: c["securityContext"].update(seccompProfile={"type": "Unconfined"}), "Unconfined"),
+    (lambda c, p: c["securityContext"].update(privileged=True), "privileged"),
+    (lambda c, p: p.update(hostNetwork=True), "hostNetwork"),
+    (lambda c, p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "hostPath"),
+    (lambda c, p: c.setdefault("ports", []).append({"containerPort": 80, "hostPort": 80}), "hostPort"),
+])
+def test_the_restricted_checker_catches_each_rule(breach, rule):
+    """The checker is not vacuous: each documented rule, broken once, is reported."""
+    job = json.loads(json.dumps(_only(RENDERED["batch-raw"], "Job")))
+    pod = job["spec"]["template"]["spec"]
+    breach(pod["containers"][0], pod)
+    assert any(rule in v for v in restricted_violations(job)), restricted_violations(job)
+
+
+def test_the_hardening_checker_catches_each_rule():
+    job = json.loads(json.dumps(_only(RENDERED["batch-raw"], "Job")))
+    pod = job["spec"]["template"]["spec"]
+    pod["automountServiceAccountToken"] = True
+    pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    del pod["containers"][0]["resources"]["limits"]["memory"]
+    found = " | ".join(hardening_violations(job))
+    assert "automountServiceAccountToken" in found and "readOnlyRootFilesystem" in found and "memory limit" in found
+
+
+def test_stock_tritonserver_runs_locked_down():
+    """The stock container: restricted profile, operator APIs behind a key nobody knows, no metrics."""
+    pod = _only(RENDERED["triton"], "Deployment")["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["securityContext"]["runAsUser"] == k8s.TRITON_UID
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    script = server["args"][0]
+    apis = "shared-memory,model-repository,logging,trace,statistics"
+    assert f"--http-restricted-api={apis}:veil-admin-key=" in script
+    assert f"--grpc-restricted-protocol={apis}:veil-admin-key=" in script
+    assert "--allow-metrics=false" in script and "/dev/urandom" in script
+    assert [p["name"] for p in server["ports"]] == ["http", "grpc"]
+    # Kubernetes turns $$ into $ (the shell draws the key); run-local's expansion does the same.
+    assert "KEY=$(od " in expand(script, {}) and '"$KEY"' in expand(script, {})
+    metrics = _only(HARDENED["triton-metrics"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--allow-metrics=true" in metrics["args"][0]
+    assert 8002 in {p["port"] for p in _only(HARDENED["triton-metrics"], "Service")["spec"]["ports"]}
+    veil_serve = _only(RENDERED["triton-veil-gpu"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics" not in veil_serve["args"]
+
+
+def test_network_policy_admits_only_the_client_namespace_to_triton():
+    for variant, ns, ports in (("triton", "inference", {8000, 8001}), ("triton-metrics", "clients",
+                                                                          {8000, 8001, 8002})):
+        docs = {**RENDERED, **HARDENED}[variant]
+        pol = _only(docs, "NetworkPolicy")["spec"]
+        assert pol["policyTypes"] == ["Ingress"]
+        assert pol["podSelector"]["matchLabels"].items() <= pod_labels(docs).items()
+        (rule,) = pol["ingress"]
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}]
+        assert {p["port"] for p in rule["ports"]} == ports
+
+
+def test_images_can_be_pinned_by_digest():
+    digest = "registry.example/veil@sha256:" + "1" * 64
+    pod = _only(HARDENED["jupyter-keyed"], "Deployment")["spec"]["template"]["spec"]
+    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {digest}
+    triton = _only(HARDENED["triton-metrics"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert triton["image"].endswith("@sha256:" + "0" * 64)
+    with pytest.raises(ValueError, match="NAME@sha256"):
+        k8s.render_scenario("batch", k8s.Options(image="veil@sha256:abc"))
+
+
+def test_noise_sha256_and_key_secret_reach_trust_zone_pods_only():
+    for variant in ("batch-keyed", "jupyter-keyed"):
+        docs = HARDENED[variant]
+        pod = [d for d in docs if d["kind"] in ("Job", "Deployment")][0]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["VEIL_NOISE_SHA256"] == SHA
+        assert env["VEIL_NOISE_KEY_FILE"] == k8s.NOISE_KEY_FILE
+        vol = {v["name"]: v for v in pod["volumes"]}["noise-key"]
+        assert vol["secret"] == {"secretName": "veil-noise-key", "defaultMode": 0o400,
+                                 "items": [{"key": "key", "path": "key"}]}
+        mount = [m for m in c["volumeMounts"] if m["name"] == "noise-key"][0]
+        assert mount["readOnly"] is True and k8s.NOISE_KEY_FILE.startswith(mount["mountPath"] + "/")
+        assert "veil-noise-key" not in json.dumps(c["env"]), "the key is mounted, never put into the env"
+    triton = k8s.render_scenario("triton", k8s.Options(noise_sha256=SHA, noise_key_secret="veil-noise-key"))
+    text = json.dumps(triton)
+    assert "VEIL_NOISE" not in text and "veil-noise-key" not in text, "nothing of the noise on the Triton pod"
+    with pytest.raises(ValueError, match="not a SHA-256"):
+        k8s.render_scenario("batch", k8s.Options(noise_sha256="abc"))
+
+
+def test_cli_render_pins_noise_and_warns_on_exposure(tmp_path, capsys):
+    out = tmp_path / "t.yaml"
+    assert main(["k8s", "render", "--scenario", "triton", "--service-type", "LoadBalancer", "--out", str(out)]) == 0
+    assert "warning: --service-type LoadBalancer exposes Triton" in capsys.readouterr().err
+    assert main(["k8s", "render", "--scenario", "batch", "--noisy", "--alpha", "0.8", "--noise-sha256", SHA,
+                 "--noise-key-secret", "k", "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    job = list(yaml.safe_load_all(out.read_text()))[-1]
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VEIL_NOISE_SHA256"] == SHA
+    assert main(["k8s", "validate", str(out), "--k8s-version", "1.37.0"]) == 0
+    assert "Pod Security restricted profile" in capsys.readouterr().out
+    job["spec"]["template"]["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    out.write_text(yaml.safe_dump(job))
+    assert main(["k8s", "validate", str(out), "--k8s-version", "1.37.0"]) == 2
+    assert "allowPrivilegeEscalation must be false" in capsys.readouterr().err

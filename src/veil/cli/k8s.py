@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from veil.deploy import dataops, k8s
+from veil.deploy.podsecurity import hardening_violations, restricted_violations
 
 _D = k8s.Options()
 
@@ -20,8 +21,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pvc", default=_D.pvc, help="data volume claim holding the dataset, weights and noise "
                                                  "(default: %(default)s)")
     g.add_argument("--gpus", type=int, default=_D.gpus, help="nvidia.com/gpu limit per pod (default: %(default)s)")
-    g.add_argument("--cpu", help="CPU request per pod, e.g. 2 or 500m (default: none)")
-    g.add_argument("--memory", help="memory request and limit per pod, e.g. 8Gi (default: none)")
+    g.add_argument("--cpu", default=_D.cpu, help="CPU request and limit per container, e.g. 2 or 500m "
+                                                  "(default: %(default)s)")
+    g.add_argument("--memory", default=_D.memory, help="memory request and limit per container, e.g. 8Gi "
+                                                       "(default: %(default)s)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="batch: evaluation Job(s); triton: Triton Deployment+Service with its model "
                         "repository volume; jupyter: JupyterLab workspace")
     r.add_argument("--out", default="-", help="output file, or - for stdout (default: %(default)s)")
-    r.add_argument("--image", default=_D.image, help="veil image built from the Dockerfile (default: %(default)s)")
+    r.add_argument("--image", default=_D.image,
+                   help="veil image built from the Dockerfile, NAME:TAG or pinned NAME@sha256:DIGEST "
+                        "(default: %(default)s)")
     _add_common(r)
     g = r.add_argument_group("volumes")
     g.add_argument("--pvc-size", default=_D.pvc_size, help="size of the data volume claim (default: %(default)s)")
@@ -62,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weights", default=_D.weights, help="FaceBoxes weights inside the pod (default: %(default)s)")
     g.add_argument("--noise-dir", default=_D.noise_dir, help="fitted noise files inside the pod (default: %(default)s)")
     g.add_argument("--results-dir", default=_D.results_dir, help="where results go (default: %(default)s)")
+    n = r.add_argument_group("noise integrity (batch and jupyter pods; never the Triton pod)")
+    n.add_argument("--noise-sha256", metavar="HEX",
+                   help="pin the noise file: set $VEIL_NOISE_SHA256, so a noise file with another SHA-256 is "
+                        "refused (the noise directory is on a shared volume)")
+    n.add_argument("--noise-key-secret", metavar="NAME",
+                   help="mount key 'key' of this Secret read-only (mode 0400) and point $VEIL_NOISE_KEY_FILE "
+                        "at it, for keyed noise; the key itself is never written into the YAML")
     b = r.add_argument_group("batch")
     b.add_argument("--alpha", type=float, help="obfuscation level ALPHA (with --noisy), e.g. 0.8")
     b.add_argument("--noisy", action="store_true", help="evaluate with obfuscation (needs --alpha)")
@@ -83,6 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--model-pvc", default=_D.model_pvc, help="model repository claim (default: %(default)s)")
     t.add_argument("--service-type", default=_D.service_type, choices=["ClusterIP", "NodePort", "LoadBalancer"],
                    help="Service type for Triton and JupyterLab (default: %(default)s; use kubectl port-forward)")
+    t.add_argument("--expose-metrics", action="store_true",
+                   help="turn Triton's metrics on and put port 8002 on the Service (default: off)")
+    t.add_argument("--client-namespace", metavar="NS",
+                   help="the only namespace whose pods may reach Triton (NetworkPolicy; default: --namespace)")
     t.add_argument("--export", action="store_true",
                    help="render only a Job that fills the model repository volume (for a Triton server "
                         "made by `veil k8s provision triton`)")
@@ -175,7 +191,8 @@ def options_from_args(args: argparse.Namespace) -> k8s.Options:
         noisy=args.noisy, shards=args.shards, parallelism=args.parallelism, run_id=args.run_id,
         triton_server=args.triton_server, triton_image=args.triton_image, model_pvc=args.model_pvc,
         service_type=args.service_type, workspace_size=args.workspace_size, jupyter_secret=args.jupyter_secret,
-        triton_url=args.triton_url)
+        triton_url=args.triton_url, noise_sha256=args.noise_sha256, noise_key_secret=args.noise_key_secret,
+        expose_metrics=args.expose_metrics, client_namespace=args.client_namespace)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -188,6 +205,8 @@ def _render(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     part = "merge" if args.merge else "loader" if args.loader else "export" if args.export else "all"
     docs = k8s.render_scenario(args.scenario, opts, part)
+    for warning in k8s.exposure_warnings(opts, args.scenario):
+        print(f"warning: {warning}", file=sys.stderr)
     for version in args.validate:
         k8s.validate(docs, version)
     argv = ["veil", "k8s", "render"] + (sys.argv[3:] if sys.argv[1:3] == ["k8s", "render"] else [])
@@ -214,8 +233,12 @@ def _validate(args: argparse.Namespace) -> int:
         docs = [d for d in yaml.safe_load_all(text) if d]
         for version in versions:
             k8s.validate(docs, version)
+        problems = [v for d in docs for v in restricted_violations(d) + hardening_violations(d)]
+        if problems:
+            raise RuntimeError(f"{name}: {len(problems)} Pod Security (restricted) or hardening problem(s): "
+                               + "; ".join(problems[:10]))
         n += len(docs)
-    print(f"{n} documents valid for Kubernetes {', '.join(versions)}")
+    print(f"{n} documents valid for Kubernetes {', '.join(versions)} and the Pod Security restricted profile")
     return 0
 
 

@@ -9,6 +9,14 @@ veil, so that ``kubectl apply -f`` of the rendered YAML is the whole deployment.
 
 Dicts rather than templates: every field is checked by the tests against the official schemas
 (``kubernetes-validate``), and the container commands are real ``veil`` subcommands.
+
+Locked down by default (docs/scenarios.md): every pod meets the Pod Security "restricted" profile
+(non-root, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp) with a
+read-only root filesystem (``/tmp`` is an emptyDir), has CPU and memory requests and limits and
+no service-account token; Triton's operator APIs are closed, its metrics are off the Service
+unless asked, and a NetworkPolicy admits only the client namespace to its ports. Images may be
+pinned by digest; the noise file may be pinned by SHA-256 and a noise key mounted from a Secret
+(in the trust zone only: batch and notebook pods, never the Triton pod).
 """
 
 from __future__ import annotations
@@ -32,6 +40,17 @@ MODEL_MOUNT = "/models"
 WORKSPACE_MOUNT = "/workspace"
 #: UID of the ``veil`` user in the image (see Dockerfile); fsGroup makes volumes writable for it.
 VEIL_UID = 1000
+#: UID of the ``triton-server`` user of NVIDIA's tritonserver images (runAsNonRoot needs a number).
+TRITON_UID = 1000
+#: Where a noise key Secret is mounted (read-only, mode 0400) in trust-zone pods.
+NOISE_KEY_MOUNT = "/var/run/secrets/veil"
+NOISE_KEY_FILE = f"{NOISE_KEY_MOUNT}/key"
+#: Default CPU and memory per container (requests = limits): enough for the ×3 FDDB protocol and
+#: the default pixel limit (veil.preprocess.MAX_INPUT_PIXELS).
+DEFAULT_CPU = "2"
+DEFAULT_MEMORY = "8Gi"
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SCENARIOS = ("batch", "triton", "jupyter")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -51,9 +70,12 @@ class Options:
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     gpus: int = 0
-    cpu: str | None = None
-    memory: str | None = None
+    cpu: str | None = DEFAULT_CPU
+    memory: str | None = DEFAULT_MEMORY
     shm_size: str = "2Gi"
+    # Noise integrity and keyed noise (trust-zone pods only).
+    noise_sha256: str | None = None
+    noise_key_secret: str | None = None
     # Paths inside the data volume (mounted at /data).
     dataset: str = f"{DATA_MOUNT}/fddb"
     weights: str = f"{DATA_MOUNT}/models/FaceBoxesProd.pth"
@@ -71,6 +93,8 @@ class Options:
     model_pvc: str = "veil-model-repo"
     model_pvc_size: str = "1Gi"
     service_type: str = "ClusterIP"
+    expose_metrics: bool = False
+    client_namespace: str | None = None  # who may reach Triton (NetworkPolicy); default: namespace
     # JupyterLab scenario.
     workspace_pvc: str = "veil-workspace"
     workspace_size: str = "10Gi"
@@ -81,7 +105,11 @@ class Options:
     def check(self) -> "Options":
         """Refuse values Kubernetes would reject, with the reason, before anything is rendered."""
         for what, name in (("namespace", self.namespace), ("--pvc", self.pvc), ("--model-pvc", self.model_pvc),
-                           ("--workspace-pvc", self.workspace_pvc), ("--jupyter-secret", self.jupyter_secret)):
+                           ("--workspace-pvc", self.workspace_pvc), ("--jupyter-secret", self.jupyter_secret),
+                           ("--noise-key-secret", self.noise_key_secret),
+                           ("--client-namespace", self.client_namespace)):
+            if name is None:
+                continue
             if not _DNS_LABEL.match(name) or len(name) > 63:
                 raise ValueError(f"{what} {name!r} is not a valid Kubernetes name "
                                  "(lower-case letters, digits and '-', at most 63 characters)")
@@ -111,10 +139,32 @@ class Options:
         if self.triton_server not in ("tritonserver", "veil"):
             raise ValueError(f"--triton-server must be 'tritonserver' or 'veil', got {self.triton_server!r}")
         for flag, image in (("--image", self.image), ("--triton-image", self.triton_image)):
-            if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
-                raise ValueError(f"{flag} {image!r} needs an explicit tag other than 'latest' (e.g. veil:0.1.0), "
-                                 "so that every pod of a run uses the same build")
+            if "@" in image:
+                if not _DIGEST.search(image):
+                    raise ValueError(f"{flag} {image!r}: a pinned image is NAME@sha256:<64 hex digits>")
+                continue
+            if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
+                raise ValueError(f"{flag} {image!r} needs an explicit tag other than 'latest' (e.g. veil:0.1.0) "
+                                 "or a digest (NAME@sha256:…), so that every pod of a run uses the same build")
+        if self.noise_sha256 is not None and not _SHA256.match(self.noise_sha256):
+            raise ValueError(f"--noise-sha256 {self.noise_sha256!r} is not a SHA-256 (64 lower-case hex digits; "
+                             "`sha256sum FILE`)")
         return self
+
+
+def exposure_warnings(opts: Options, scenario: str) -> list[str]:
+    """What in these options exposes a server beyond the cluster, said before it is deployed."""
+    out = []
+    if scenario in ("triton", "jupyter") and opts.service_type in ("LoadBalancer", "NodePort"):
+        what = "Triton (no authentication, no TLS)" if scenario == "triton" else "JupyterLab (token only)"
+        out.append(f"--service-type {opts.service_type} exposes {what} outside the cluster"
+                   + (" (the NetworkPolicy still admits only the client namespace, if the network plugin "
+                      "enforces it)" if scenario == "triton" else "")
+                   + "; prefer ClusterIP and kubectl port-forward, or put TLS and access control in front")
+    if scenario == "triton" and opts.expose_metrics:
+        out.append("--expose-metrics puts Triton's Prometheus metrics (load and timing of every request) on the "
+                   "Service")
+    return out
 
 
 def alpha_text(alpha: float) -> str:
@@ -160,11 +210,12 @@ def pvc(name: str, size: str, opts: Options, access_mode: str | None = None, com
 
 
 def _resources(opts: Options, gpus: int | None = None) -> dict[str, Any]:
+    """Requests = limits for CPU and memory (a runaway image cannot take the node), plus GPUs."""
     gpus = opts.gpus if gpus is None else gpus
     requests: dict[str, str] = {}
     limits: dict[str, Any] = {}
     if opts.cpu:
-        requests["cpu"] = opts.cpu
+        requests["cpu"] = limits["cpu"] = opts.cpu
     if opts.memory:
         requests["memory"] = limits["memory"] = opts.memory
     if gpus:
@@ -178,14 +229,43 @@ def _resources(opts: Options, gpus: int | None = None) -> dict[str, Any]:
 
 
 def _veil_env(opts: Options) -> list[dict[str, Any]]:
+    # The root filesystem is read-only: caches and HOME (Jupyter's runtime files, matplotlib's
+    # config) live in the /tmp emptyDir.
     return [{"name": "VEIL_WEIGHTS", "value": opts.weights},
             {"name": "VEIL_CACHE_DIR", "value": "/tmp/veil-cache"},
+            {"name": "HOME", "value": "/tmp/home"},
             {"name": "PYTHONUNBUFFERED", "value": "1"}]
 
 
-def _container_security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": VEIL_UID, "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]}}
+def _trust_zone_env(opts: Options) -> list[dict[str, Any]]:
+    """Noise integrity and key for pods that obfuscate (batch, notebook): never the Triton pod."""
+    env = []
+    if opts.noise_sha256:
+        env.append({"name": "VEIL_NOISE_SHA256", "value": opts.noise_sha256})
+    if opts.noise_key_secret:
+        env.append({"name": "VEIL_NOISE_KEY_FILE", "value": NOISE_KEY_FILE})
+    return env
+
+
+def _noise_key(opts: Options) -> tuple[list[dict], list[dict]]:
+    """(volumes, mounts) for the noise key Secret: its key ``key`` as a read-only file, mode 0400.
+    The key's value never appears in the manifests."""
+    if not opts.noise_key_secret:
+        return [], []
+    vol = {"name": "noise-key", "secret": {"secretName": opts.noise_key_secret, "defaultMode": 0o400,
+                                           "items": [{"key": "key", "path": "key"}]}}
+    return [vol], [{"name": "noise-key", "mountPath": NOISE_KEY_MOUNT, "readOnly": True}]
+
+
+def _container_security(uid: int = VEIL_UID) -> dict[str, Any]:
+    """The Pod Security "restricted" profile for one container, plus a read-only root filesystem."""
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+_TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}
+_TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 
 
 def _data_volume(opts: Options, read_only: bool = False) -> dict[str, Any]:
@@ -223,8 +303,17 @@ def run_id(opts: Options) -> str:
 
 def _pod_spec(containers: list[dict], volumes: list[dict], restart: str,
               init: list[dict] | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"securityContext": {"fsGroup": VEIL_UID}, "containers": containers,
-                            "volumes": volumes, "restartPolicy": restart}
+    """A pod meeting the "restricted" profile: non-root, RuntimeDefault seccomp, no API token,
+    and a writable ``/tmp`` (emptyDir) in every container, whose root filesystem is read-only."""
+    for c in containers + (init or []):
+        if not any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])):
+            c.setdefault("volumeMounts", []).append(dict(_TMP_MOUNT))
+    if not any(v["name"] == "tmp" for v in volumes):
+        volumes = volumes + [dict(_TMP_VOLUME)]
+    spec: dict[str, Any] = {"automountServiceAccountToken": False,
+                            "securityContext": {"runAsNonRoot": True, "fsGroup": VEIL_UID,
+                                                "seccompProfile": {"type": "RuntimeDefault"}},
+                            "containers": containers, "volumes": volumes, "restartPolicy": restart}
     if init:
         spec["initContainers"] = init
     return spec
@@ -257,15 +346,19 @@ def batch_job(opts: Options) -> Manifest:
     name = batch_job_name(opts)
     sharded = opts.shards > 1
     env = [{"name": "ALPHA", "value": alpha_text(opts.alpha)}] if opts.noisy else []
+    env += _trust_zone_env(opts)
     args = evaluate_args(opts, shard=sharded, out_partial=f"{opts.results_dir}/{run_id(opts)}")
-    container = _veil_container("inference", args, opts, env=env)
+    key_vols, key_mounts = _noise_key(opts)
+    container = _veil_container("inference", args, opts, env=env,
+                                mounts=[{"name": "data", "mountPath": DATA_MOUNT},
+                                        {"name": "dshm", "mountPath": "/dev/shm"}] + key_mounts)
     spec: dict[str, Any] = {"backoffLimit": 5}
     if sharded:
         spec["completionMode"] = "Indexed"
         spec["completions"] = opts.shards
         spec["parallelism"] = min(opts.parallelism or opts.shards, opts.shards)
     spec["template"] = {"metadata": {"labels": _labels("batch", opts)},
-                        "spec": _pod_spec([container], [_data_volume(opts), _shm_volume(opts)], "Never")}
+                        "spec": _pod_spec([container], [_data_volume(opts), _shm_volume(opts)] + key_vols, "Never")}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, "batch", opts), "spec": spec}
 
 
@@ -286,6 +379,28 @@ def merge_job(opts: Options) -> Manifest:
 
 
 TRITON_PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
+
+
+def triton_ports(opts: Options) -> tuple[tuple[str, int], ...]:
+    """Inference ports, and metrics only when asked (``--expose-metrics``)."""
+    return TRITON_PORTS if opts.expose_metrics else TRITON_PORTS[:2]
+
+
+#: Triton APIs closed in the pods (as ``veil serve`` closes them): see veil.serving.server.RESTRICTED_APIS.
+_RESTRICTED = "shared-memory,model-repository,logging,trace,statistics"
+
+
+def tritonserver_script(opts: Options) -> str:
+    """The stock server's command line: the operator APIs restricted behind a key drawn at start
+    and never shown (so closed to everyone), metrics off unless exposed.
+
+    ``$$`` is Kubernetes' escape for ``$``: the shell, not Kubernetes, expands the key.
+    """
+    flags = [f"--model-repository={triton_repository(opts)}", "--strict-readiness=true", "--log-verbose=0",
+             f"--allow-metrics={'true' if opts.expose_metrics else 'false'}",
+             f'--http-restricted-api={_RESTRICTED}:veil-admin-key="$$KEY"',
+             f'--grpc-restricted-protocol={_RESTRICTED}:veil-admin-key="$$KEY"']
+    return ("KEY=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \\n') && exec tritonserver " + " ".join(flags))
 
 
 def export_args(opts: Options) -> list[str]:
@@ -312,7 +427,7 @@ def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
     init = _veil_container("export-model", export_args(opts), opts, gpus=0,
                            mounts=[{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
                                    {"name": "models", "mountPath": MODEL_MOUNT}])
-    ports = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in TRITON_PORTS]
+    ports = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in triton_ports(opts)]
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
     live = {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6}
     startup = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 60}
@@ -320,25 +435,39 @@ def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
     if opts.triton_server == "tritonserver":
         server: dict[str, Any] = {
             "name": "tritonserver", "image": opts.triton_image, "imagePullPolicy": opts.image_pull_policy,
-            "command": ["tritonserver"],
-            "args": [f"--model-repository={triton_repository(opts)}", "--strict-readiness=true", "--log-verbose=0"]}
+            "command": ["/bin/sh", "-c"], "args": [tritonserver_script(opts)]}
         res = _resources(opts)
         if res:
             server["resources"] = res
         server["volumeMounts"] = mounts
+        server["securityContext"] = _container_security(TRITON_UID)
     else:
-        server = _veil_container("tritonserver", ["serve", "--host", "0.0.0.0", "--model-repository",
-                                                  triton_repository(opts)], opts, mounts=mounts)
+        args = ["serve", "--host", "0.0.0.0", "--model-repository", triton_repository(opts)]
+        server = _veil_container("tritonserver", args + (["--metrics"] if opts.expose_metrics else []), opts,
+                                 mounts=mounts)
     server.update({"ports": ports, "readinessProbe": probe, "livenessProbe": live, "startupProbe": startup})
     volumes = [_data_volume(opts, read_only=True),
                {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}}, _shm_volume(opts)]
     labels = _labels("triton", opts)
-    selector = {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": "triton"}
+    selector = TRITON_SELECTOR
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, "triton", opts),
             "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
                      "selector": {"matchLabels": selector},
                      "template": {"metadata": {"labels": labels},
                                   "spec": _pod_spec([server], volumes, "Always", init=[init])}}}
+
+
+TRITON_SELECTOR = {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": "triton"}
+
+
+def network_policy(opts: Options, name: str = "veil-triton") -> Manifest:
+    """Only pods in the client namespace (default: the same namespace) may reach Triton's ports."""
+    client_ns = opts.client_namespace or opts.namespace
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, "triton", opts),
+            "spec": {"podSelector": {"matchLabels": dict(TRITON_SELECTOR)}, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"namespaceSelector": {
+                         "matchLabels": {"kubernetes.io/metadata.name": client_ns}}}],
+                         "ports": [{"protocol": "TCP", "port": p} for _, p in triton_ports(opts)]}]}}
 
 
 def service(name: str, component: str, ports: Iterable[tuple[str, int]], opts: Options) -> Manifest:
@@ -357,8 +486,9 @@ def jupyter_deployment(opts: Options, name: str = "veil-jupyterlab") -> Manifest
 
     The token comes from a Secret (never rendered into the YAML): JupyterLab reads ``$JUPYTER_TOKEN``.
     """
+    key_vols, key_mounts = _noise_key(opts)
     mounts = [{"name": "workspace", "mountPath": WORKSPACE_MOUNT}, {"name": "data", "mountPath": DATA_MOUNT},
-              {"name": "dshm", "mountPath": "/dev/shm"}]
+              {"name": "dshm", "mountPath": "/dev/shm"}] + key_mounts
     # Copy the image's /workspace (the notebooks) onto the volume, as the DataOps Toolkit does, without
     # overwriting a user's edits.
     init = _veil_container("copy-notebooks", ["-c", f"cp -an {WORKSPACE_MOUNT}/. /vol/ || true"],
@@ -369,6 +499,7 @@ def jupyter_deployment(opts: Options, name: str = "veil-jupyterlab") -> Manifest
            {"name": "VEIL_NOISE_DIR", "value": opts.noise_dir}]
     if opts.triton_url:
         env.append({"name": "VEIL_TRITON_URL", "value": opts.triton_url})
+    env += _trust_zone_env(opts)
     lab = _veil_container(
         "jupyterlab", ["lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser",
                        f"--ServerApp.root_dir={WORKSPACE_MOUNT}"],
@@ -376,7 +507,7 @@ def jupyter_deployment(opts: Options, name: str = "veil-jupyterlab") -> Manifest
     lab["ports"] = [{"name": "http", "containerPort": JUPYTER_PORT, "protocol": "TCP"}]
     lab["readinessProbe"] = {"httpGet": {"path": "/api", "port": "http"}, "periodSeconds": 10}
     volumes = [{"name": "workspace", "persistentVolumeClaim": {"claimName": opts.workspace_pvc}},
-               _data_volume(opts), _shm_volume(opts)]
+               _data_volume(opts), _shm_volume(opts)] + key_vols
     selector = {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": "jupyterlab"}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, "jupyterlab", opts),
             "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector},
@@ -415,7 +546,8 @@ def render_scenario(scenario: str, opts: Options, part: str = "all") -> list[Man
         if part == "export":
             return [export_job(opts)]
         return _common(opts) + [pvc(opts.model_pvc, opts.model_pvc_size, opts, "ReadWriteOnce", "triton"),
-                                triton_deployment(opts), service("veil-triton", "triton", TRITON_PORTS, opts)]
+                                triton_deployment(opts), service("veil-triton", "triton", triton_ports(opts), opts),
+                                network_policy(opts)]
     return _common(opts) + [pvc(opts.workspace_pvc, opts.workspace_size, opts, "ReadWriteOnce", "jupyterlab"),
                             jupyter_deployment(opts),
                             service("veil-jupyterlab", "jupyterlab", [("http", JUPYTER_PORT)], opts)]

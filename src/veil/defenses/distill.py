@@ -129,10 +129,12 @@ def held_out_distortion(student: nn.Module, transform: Transform, bank: Bank, dr
 def distill(student: nn.Module, transform: Transform, bank: Bank, cfg: DistillConfig,
             params: Iterable[nn.Parameter] | None = None, held_out: Bank | None = None,
             extra_loss: Callable[[int, torch.Tensor, Bank], torch.Tensor] | None = None,
-            log_every: int = 50, progress: bool = True) -> list[dict]:
+            log_every: int = 50, progress: bool = True, modules: tuple[nn.Module, ...] = ()) -> list[dict]:
     """Train ``params`` (default: the student's) so ``student(transform(a))`` matches the teacher outputs.
 
     ``extra_loss(step, transformed, batch)`` adds a term (e.g. an adversary's) to every step.
+    ``modules`` (e.g. a trainable transform) are put in training mode while training and in
+    evaluation mode for the held-out measurements and at the end.
     Returns the log (step, loss, held-out distortion at the start and end).
     """
     params = list(student.parameters()) if params is None else list(params)
@@ -142,6 +144,8 @@ def distill(student: nn.Module, transform: Transform, bank: Bank, cfg: DistillCo
     if held_out is not None and len(held_out):
         log.append({"step": 0, "held_out_distortion": round(held_out_distortion(student, transform, held_out), 5)})
     student.train(cfg.bn_train)
+    for m in modules:
+        m.train()
     t0 = time.monotonic()
     budget = None if cfg.minutes is None else cfg.minutes * 60.0
     bar = tqdm(range(cfg.steps), desc="distill", unit="step", disable=not progress)
@@ -168,6 +172,8 @@ def distill(student: nn.Module, transform: Transform, bank: Bank, cfg: DistillCo
             bar.set_postfix(loss=f"{ema:.4f}")
     bar.close()
     student.eval()
+    for m in modules:
+        m.eval()
     end = {"step": step + 1, "loss": round(ema or 0.0, 5), "seconds": round(time.monotonic() - t0, 1)}
     if held_out is not None and len(held_out):
         end["held_out_distortion"] = round(held_out_distortion(student, transform, held_out), 5)

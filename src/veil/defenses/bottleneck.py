@@ -1,0 +1,250 @@
+"""Client side: a learned deterministic, many-to-one bottleneck of the head's activation, noise on top.
+
+Why (docs/defenses.md, and the feasibility note behind issue 9): fresh additive noise is averaged
+away by repeated queries, so privacy has to come from information that is *removed* before
+anything leaves the trust zone. The bottleneck maps the 128-channel activation to a few channels
+(1×1 conv), squashes them (tanh) and quantises each to a few levels: a finite alphabet per cell,
+identical for every input that rounds the same way. Fresh noise (:class:`~veil.obfuscate.noise.Obfuscator`,
+the project's one noise source) is added on top. On the server a small *lift* (3×3 conv → 128
+channels) and a distilled copy of the tail read it; both are trained together, label-free, against
+the clean detector (:mod:`veil.defenses.distill`).
+
+ALPHA stays the one knob (:meth:`BottleneckSpec.from_alpha`): higher ALPHA = fewer channels,
+fewer levels, more noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from veil.defenses import files
+from veil.defenses.distill import Bank, DistillConfig, build_bank, config_dict, distill
+from veil.defenses.robust_tail import student_model, tail_state, with_tail
+from veil.models.faceboxes import HEAD_CHANNELS, FaceBoxes
+from veil.obfuscate.noise import Obfuscator
+
+FORMAT = "veil-bottleneck/1"
+
+
+@dataclass(frozen=True)
+class BottleneckSpec:
+    """Width, quantisation and noise of a bottleneck; :meth:`from_alpha` is the ALPHA → settings map."""
+
+    alpha: float
+    channels: int
+    levels: int
+    noise_std: float  # noise standard deviation in quantisation steps (0 = deterministic)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"ALPHA must be in [0, 1), got {self.alpha}")
+        if not 1 <= self.channels <= HEAD_CHANNELS:
+            raise ValueError(f"channels must be in 1..{HEAD_CHANNELS}, got {self.channels}")
+        if self.levels < 2:
+            raise ValueError(f"levels must be ≥ 2, got {self.levels}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be ≥ 0, got {self.noise_std}")
+
+    @classmethod
+    def from_alpha(cls, alpha: float, *, channels: int | None = None, levels: int | None = None,
+                   noise_std: float | None = None) -> "BottleneckSpec":
+        """ALPHA 0 → 32 channels × 32 levels, no noise; 0.8 → 6 × 4, 0.4 steps; 0.9 → 3 × 3, 0.45 steps."""
+        keep = 1.0 - float(alpha)
+        return cls(alpha=float(alpha),
+                   channels=channels if channels is not None else max(1, round(32 * keep)),
+                   levels=levels if levels is not None else max(2, round(2 ** (1 + 5 * keep))),
+                   noise_std=noise_std if noise_std is not None else round(0.5 * float(alpha), 4))
+
+    @property
+    def step(self) -> float:
+        """Distance between quantisation levels in the code's [-1, 1] range."""
+        return 2.0 / (self.levels - 1)
+
+    @property
+    def bits_per_cell(self) -> float:
+        """Information ceiling of the deterministic code: channels × log2(levels) bits per activation cell."""
+        import math
+
+        return self.channels * math.log2(self.levels)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bits_per_cell": round(self.bits_per_cell, 3)}
+
+
+def quantise(z: torch.Tensor, levels: int) -> torch.Tensor:
+    """Round ``z`` ∈ [-1, 1] to ``levels`` evenly spaced values; gradients pass straight through."""
+    q = torch.round((z + 1) * (levels - 1) / 2) * (2 / (levels - 1)) - 1
+    return z + (q - z).detach()
+
+
+class Bottleneck(nn.Module):
+    """Trust zone: activation ``[N,128,h,w]`` → wire code ``[N,channels,h,w]`` (quantised, plus fresh noise)."""
+
+    def __init__(self, spec: BottleneckSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.down = nn.Conv2d(HEAD_CHANNELS, spec.channels, 1)
+        self.register_buffer("in_scale", torch.ones(HEAD_CHANNELS))  # 1/RMS per channel, from training data
+        self.noise = Obfuscator(spec.channels, init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
+
+    def code(self, a: torch.Tensor) -> torch.Tensor:
+        """The deterministic, many-to-one part: a finite alphabet of ``levels`` values per element."""
+        if a.ndim != 4 or a.shape[1] != HEAD_CHANNELS:
+            raise ValueError(f"expected a head activation [N,{HEAD_CHANNELS},h,w], got {tuple(a.shape)}")
+        z = torch.tanh(self.down(a * self.in_scale.view(1, -1, 1, 1)))
+        return quantise(z, self.spec.levels)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        q = self.code(a)
+        return self.noise(q) if self.spec.noise_std > 0 else q
+
+
+class Lift(nn.Module):
+    """Server side: wire code ``[N,channels,h,w]`` → a 128-channel map the (distilled) tail reads."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, HEAD_CHANNELS, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(HEAD_CHANNELS)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(z)))
+
+
+class BottleneckPath(nn.Module):
+    """``lift(bottleneck(a))``: plugs into :class:`~veil.detector.Detector` as its ``obfuscator`` (with the
+    distilled tail as its model's tail), so the evaluator and every front end run it unchanged. What
+    crosses the wire is :meth:`wire` — the few-channel code — never the lifted map."""
+
+    def __init__(self, bottleneck: Bottleneck, lift: Lift) -> None:
+        super().__init__()
+        self.bottleneck, self.lift = bottleneck, lift
+
+    def wire(self, a: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(a)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.lift(self.bottleneck(a))
+
+
+def as_decoder_input(z: torch.Tensor) -> torch.Tensor:
+    """The wire code zero-padded to 128 channels, so the project's :class:`~veil.privacy.decoders.Decoder`
+    (an attacker) reads exactly what crosses the wire (not the server's lossy lift of it)."""
+    return F.pad(z, (0, 0, 0, 0, 0, HEAD_CHANNELS - z.shape[1]))
+
+
+@dataclass
+class FittedBottleneck:
+    """The client's bottleneck, the server's lift and the model whose tail is the distilled one."""
+
+    spec: BottleneckSpec
+    path: BottleneckPath
+    model: FaceBoxes
+
+    @property
+    def bottleneck(self) -> Bottleneck:
+        return self.path.bottleneck
+
+
+def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path], cfg: DistillConfig, *,
+                   adversary_weight: float = 0.0, adversary_lr: float = 2e-3, crop: int = 320,
+                   crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
+                   progress: bool = True) -> tuple[FittedBottleneck, list[dict], dict]:
+    """Train bottleneck + lift + a copy of the tail so the detector's outputs survive (label-free).
+
+    With ``adversary_weight > 0`` an in-loop decoder learns to reconstruct the crop from the wire code
+    and the bottleneck is pushed to raise its L1 error (min-max). That adversary is part of the
+    *defense*: the scoring attacker (:mod:`veil.defenses.measure`) is a separate decoder with its own
+    seed and data order, trained longer.
+    """
+    torch.manual_seed(cfg.seed)
+    model.eval()
+    if bank is None:
+        bank = build_bank(model.head, model.tail, dirs, crop=crop, crops_per_image=crops_per_image, seed=cfg.seed,
+                          keep_images=adversary_weight > 0, progress=progress)
+    train, held = bank
+    student = student_model(model)
+    bott = Bottleneck(spec)
+    with torch.no_grad():
+        rms = train.acts.transpose(0, 1).reshape(HEAD_CHANNELS, -1).pow(2).mean(1).sqrt()
+        bott.in_scale.copy_(1.0 / rms.clamp_min(1e-3 * float(rms.mean())))
+    lift = Lift(spec.channels)
+    path = BottleneckPath(bott, lift)
+    params = [*bott.down.parameters(), *lift.parameters(), *student.tail.parameters()]
+    extra = None
+    if adversary_weight > 0:
+        if train.images is None:
+            raise ValueError("an in-loop adversary needs the crops: build the bank with keep_images=True")
+        from veil.privacy.decoders import PIXEL_SCALE, Decoder
+
+        adv = Decoder()
+        adv_opt = torch.optim.Adam(adv.parameters(), lr=adversary_lr)
+
+        def extra(step: int, transformed: torch.Tensor, part: Bank) -> torch.Tensor:
+            z = path.bottleneck(part.acts)  # the wire code of the same crops (fresh noise)
+            target = part.images / PIXEL_SCALE
+            adv.train()
+            adv_loss = F.l1_loss(adv(as_decoder_input(z.detach())), target)
+            adv_opt.zero_grad(set_to_none=True)
+            adv_loss.backward()
+            adv_opt.step()
+            adv.eval()  # the defense's gradient goes through a fixed adversary
+            return -adversary_weight * F.l1_loss(adv(as_decoder_input(z)), target)
+
+    # The student reads the lifted code: transform = path (bottleneck + lift), trained jointly.
+    log = distill(student.tail, path, train, cfg, params=params, held_out=held, extra_loss=extra, progress=progress,
+                  modules=(bott, lift))
+    path.eval()
+    return FittedBottleneck(spec, path, student.eval()), log, train.describe
+
+
+def save_bottleneck(fitted: FittedBottleneck, path: str | Path, *, weights_sha256: str, cfg: DistillConfig,
+                    log: list[dict], data: dict, adversary_weight: float = 0.0) -> Path:
+    """One file: client bottleneck (``client.*``), server lift (``lift.*``) and distilled tail (``tail.*``)."""
+    tensors = {f"client.{k}": v for k, v in fitted.bottleneck.state_dict().items() if not k.startswith("noise.")}
+    tensors.update({f"lift.{k}": v for k, v in fitted.path.lift.state_dict().items()})
+    tensors.update({f"tail.{k}": v for k, v in tail_state(fitted.model).items()})
+    meta = {"weights_sha256": weights_sha256, "alpha": fitted.spec.alpha, "spec": fitted.spec.as_dict(),
+            "noise_sha256": None, "distill": config_dict(cfg), "adversary_weight": adversary_weight,
+            "data": data, "log": log, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return files.save(path, FORMAT, tensors, meta)
+
+
+def load_bottleneck(path: str | Path, model: FaceBoxes, *, weights_sha256: str,
+                    alpha: float | None = None) -> tuple[FittedBottleneck, dict[str, Any]]:
+    """Read a bottleneck file (after the checks of :func:`veil.defenses.files.load`); noise is fresh from the OS."""
+    tensors, meta = files.load(path, FORMAT, weights_sha256=weights_sha256, alpha=alpha)
+    s = meta.get("spec") or {}
+    try:
+        spec = BottleneckSpec(alpha=float(s["alpha"]), channels=int(s["channels"]), levels=int(s["levels"]),
+                              noise_std=float(s["noise_std"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise files.DefenseFileError(f"{path}: bottleneck settings missing or invalid ({exc})") from exc
+    bott, lift = Bottleneck(spec), Lift(spec.channels)
+    try:
+        bott.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("client.")}, strict=False)
+        missing = set(k for k in bott.state_dict() if not k.startswith("noise.")) - \
+            set(k[7:] for k in tensors if k.startswith("client."))
+        if missing:
+            raise RuntimeError(f"missing {sorted(missing)}")
+        lift.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("lift.")}, strict=True)
+        tail = with_tail(model, {k[5:]: v for k, v in tensors.items() if k.startswith("tail.")})
+    except RuntimeError as exc:
+        raise files.DefenseFileError(f"{path}: tensors do not fit a {spec.channels}-channel bottleneck: {exc}") from exc
+    path_mod = BottleneckPath(bott, lift).eval().requires_grad_(False)
+    return FittedBottleneck(spec, path_mod, tail), meta
+
+
+def deterministic_copy(fitted: FittedBottleneck) -> Bottleneck:
+    """The bottleneck without its noise (for tests and for measuring what the code alone removes)."""
+    b = copy.deepcopy(fitted.bottleneck)
+    b.spec = BottleneckSpec(b.spec.alpha, b.spec.channels, b.spec.levels, 0.0)
+    return b

@@ -11,7 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from veil import jsonsafe
+import numpy as np
+
+from veil import jsonio
 from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, read_metadata, save_obfuscator
 from veil.obfuscate.artifact import expected_nsr_db, nsr_range_db
 from veil.weights import REFERENCE_SHA256
@@ -119,4 +121,4 @@ def test_written_noise_json_is_strict(tmp_path):
         raise ValueError(f"non-standard JSON constant {x}")
 
     json.loads(raw, parse_constant=strict)
-    assert jsonsafe.dumps({"a": [1.0, float("-inf"), torch.tensor(float("nan"))]}) == '{"a": [1.0, null, null]}'
+    assert jsonio.dumps({"a": [1.0, float("-inf"), np.float32("nan")]}, indent=None) == '{"a": [1.0, null, null]}'

@@ -25,7 +25,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
 import veil
-from veil import jsonsafe
+from veil import jsonio
 from veil.models.faceboxes import SPLIT_POINT
 from veil.obfuscate.keystream import NoiseKey, read_key_file
 from veil.obfuscate.noise import FAMILIES, Obfuscator
@@ -78,7 +78,7 @@ def save_obfuscator(obf: Obfuscator, path: str | Path, metadata: dict[str, Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: getattr(obf, k).detach().float().cpu().contiguous() for k in _TENSORS}
     tmp = path.with_suffix(path.suffix + ".part")
-    save_file(tensors, str(tmp), metadata={"veil": jsonsafe.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={"veil": jsonio.dumps(meta, indent=None)})
     tmp.replace(path)  # never leave a half-written artifact under the final name
     return path
 

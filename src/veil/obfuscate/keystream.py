@@ -32,6 +32,7 @@ import struct
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -164,8 +165,8 @@ class Keystream:
         """Reproducible stream for experiments: key = SHA-256(domain ‖ seed)."""
         return cls(hashlib.sha256(_SEED_DOMAIN + str(int(seed)).encode()).digest())
 
-    def words(self, n: int) -> torch.Tensor:
-        """``n`` keystream words as an int32 tensor (CPU)."""
+    def words(self, n: int) -> np.ndarray:
+        """``n`` keystream words as uint32."""
         global _zeros
         size = 4 * n
         if len(_zeros) < size:
@@ -173,30 +174,49 @@ class Keystream:
         buf = bytearray(size + 15)  # update_into wants room for one more block
         with self._lock:
             self._enc.update_into(memoryview(_zeros)[:size], buf)
-        return torch.frombuffer(buf, dtype=torch.int32, count=n)
+        return np.frombuffer(buf, dtype=np.uint32, count=n)
 
     def sample(self, n: int, family: str) -> torch.Tensor:
-        """``n`` float32 samples of zero mean and unit variance (``gaussian`` or ``laplace``)."""
+        """``n`` float32 samples of zero mean and unit variance (``gaussian`` or ``laplace``), CPU.
+
+        Computed with numpy's single-threaded loops: a few hundred thousand elements gain nothing
+        from threads, and torch's parallel regions stall for milliseconds on a busy machine.
+        """
         if family == "gaussian":
-            return _box_muller(self.words(n + (n & 1)))[:n]
+            return torch.from_numpy(_box_muller(self.words(n + (n & 1)))[:n])
         if family == "laplace":
-            u = _uniform(self.words(n)).sub_(0.5)  # in (-0.5, 0.5), never 0 or ±0.5
-            return u.sign().mul_(u.abs().mul_(-2).log1p_()).mul_(-1 / math.sqrt(2))
+            u = _uniform(self.words(n))
+            u -= np.float32(0.5)  # in (-0.5, 0.5), never 0 or ±0.5
+            out = np.abs(u)
+            out *= np.float32(-2)
+            np.log1p(out, out=out)
+            out *= np.sign(u)
+            out *= np.float32(-1 / math.sqrt(2))
+            return torch.from_numpy(out)
         raise ValueError(f"unknown noise family {family!r}")
 
 
-def _uniform(w: torch.Tensor) -> torch.Tensor:
+def _uniform(w: np.ndarray) -> np.ndarray:
     """Cell midpoints of 2^24 equal cells in (0, 1), float32."""
-    return (w & 0xFFFFFF).float().add_(0.5).mul_(_SCALE)
+    u = (w & np.uint32(0xFFFFFF)).astype(np.float32)
+    u += np.float32(0.5)
+    u *= np.float32(_SCALE)
+    return u
 
 
-def _box_muller(w: torch.Tensor) -> torch.Tensor:
-    h = w.numel() // 2
-    r = _uniform(w[:h]).log_().mul_(-2).sqrt_()
-    theta = (w[h:] & 0xFFFFFF).float().mul_(2 * math.pi * _SCALE)
-    out = torch.empty(2 * h)
-    torch.cos(theta, out=out[:h]).mul_(r)
-    torch.sin(theta, out=out[h:]).mul_(r)
+def _box_muller(w: np.ndarray) -> np.ndarray:
+    h = w.size // 2
+    r = _uniform(w[:h])
+    np.log(r, out=r)
+    r *= np.float32(-2)
+    np.sqrt(r, out=r)
+    theta = (w[h:] & np.uint32(0xFFFFFF)).astype(np.float32)
+    theta *= np.float32(2 * math.pi * _SCALE)
+    out = np.empty(2 * h, dtype=np.float32)
+    np.cos(theta, out=out[:h])
+    out[:h] *= r
+    np.sin(theta, out=out[h:])
+    out[h:] *= r
     return out
 
 

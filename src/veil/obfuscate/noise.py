@@ -32,6 +32,7 @@ import hashlib
 import math
 import secrets
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -141,9 +142,10 @@ class Obfuscator(nn.Module):
                 raise ValueError("keyed noise is derived from the activation: pass a= of the same shape")
             params = self._params_digest()
             per = math.prod(shape[1:])
-            eps = torch.cat([keyed_stream(self._key, a[i], params).sample(per, self.family)
-                             for i in range(shape[0])]) if shape[0] else torch.empty(0)
-            return eps.view(shape).to(device=device, dtype=dtype)
+            eps = np.empty(math.prod(shape), dtype=np.float32)  # numpy: no torch parallel region (see keystream)
+            for i in range(shape[0]):
+                eps[i * per:(i + 1) * per] = keyed_stream(self._key, a[i], params).sample(per, self.family).numpy()
+            return torch.from_numpy(eps).view(shape).to(device=device, dtype=dtype)
         if self._explicit is not None or fitting:
             return self._torch_eps(shape, device, dtype)
         eps = self._keystream().sample(math.prod(shape), self.family).view(shape)

@@ -11,7 +11,6 @@ by every row (:class:`CachedHeadDetector`); only the noise and the tail run per 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from veil.detector import Detector
+from veil.jsonio import write_json
 from veil.obfuscate.noise import isotropic_like
 from veil.preprocess import Prepared
 
@@ -171,7 +171,7 @@ def write_outputs(doc: dict[str, Any], out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "sweep.json", "md": out / "sweep.md", "png": out / "sweep.png"}
-    paths["json"].write_text(json.dumps(doc, indent=1))
+    write_json(paths["json"], doc)  # standard JSON: an undefined NSR is null, never NaN
     paths["md"].write_text(markdown_table(doc))
     plot(doc, paths["png"])
     return paths

@@ -157,7 +157,7 @@ class FittedBottleneck:
 def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path], cfg: DistillConfig, *,
                    adversary_weight: float = 0.0, adversary_lr: float = 2e-3, crop: int = 320,
                    crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
-                   progress: bool = True) -> tuple[FittedBottleneck, list[dict], dict]:
+                   progress: bool = True, device: str | torch.device = "cpu") -> tuple[FittedBottleneck, list[dict], dict]:
     """Train bottleneck + lift + a copy of the tail so the detector's outputs survive (label-free).
 
     With ``adversary_weight > 0`` an in-loop decoder learns to reconstruct the crop from the wire code
@@ -167,16 +167,22 @@ def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path
     """
     torch.manual_seed(cfg.seed)
     model.eval()
+    teacher = copy.deepcopy(model).to(device)
     if bank is None:
-        bank = build_bank(model.head, model.tail, dirs, crop=crop, crops_per_image=crops_per_image, seed=cfg.seed,
-                          keep_images=adversary_weight > 0, progress=progress)
+        bank = build_bank(teacher.head, teacher.tail, dirs, crop=crop, crops_per_image=crops_per_image,
+                          seed=cfg.seed, keep_images=adversary_weight > 0, progress=progress, device=device)
     train, held = bank
-    student = student_model(model)
+    student = student_model(teacher)
     bott = Bottleneck(spec)
+    g = torch.Generator(device=device)
+    g.manual_seed(cfg.seed)
+    bott.noise = Obfuscator(spec.channels, generator=g,  # training draws: seeded torch stream on the device
+                            init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
+    bott.to(device)
     with torch.no_grad():
         rms = train.acts.transpose(0, 1).reshape(HEAD_CHANNELS, -1).pow(2).mean(1).sqrt()
         bott.in_scale.copy_(1.0 / rms.clamp_min(1e-3 * float(rms.mean())))
-    lift = Lift(spec.channels)
+    lift = Lift(spec.channels).to(device)
     path = BottleneckPath(bott, lift)
     params = [*bott.down.parameters(), *lift.parameters(), *student.tail.parameters()]
     extra = None
@@ -185,7 +191,7 @@ def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path
             raise ValueError("an in-loop adversary needs the crops: build the bank with keep_images=True")
         from veil.privacy.decoders import PIXEL_SCALE, Decoder
 
-        adv = Decoder()
+        adv = Decoder().to(device)
         adv_opt = torch.optim.Adam(adv.parameters(), lr=adversary_lr)
 
         def extra(step: int, transformed: torch.Tensor, part: Bank) -> torch.Tensor:
@@ -202,8 +208,9 @@ def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path
     # The student reads the lifted code: transform = path (bottleneck + lift), trained jointly.
     log = distill(student.tail, path, train, cfg, params=params, held_out=held, extra_loss=extra, progress=progress,
                   modules=(bott, lift))
-    path.eval()
-    return FittedBottleneck(spec, path, student.eval()), log, train.describe
+    path.cpu().eval()
+    bott.noise = Obfuscator(spec.channels, init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
+    return FittedBottleneck(spec, path, student.cpu().eval()), log, train.describe
 
 
 def save_bottleneck(fitted: FittedBottleneck, path: str | Path, *, weights_sha256: str, cfg: DistillConfig,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from veil.data.images import ImageCrops
 from veil.obfuscate.fit import Outputs, detection_distortion
+from veil.obfuscate.noise import Obfuscator
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,7 +65,8 @@ class _Flipped(Dataset):
 def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, crop: int = 320,
                crops_per_image: int = 2, scale_range: tuple[float, float] = (2.0, 6.0), seed: int = 0,
                held_out: float = 0.1, keep_images: bool = False, max_images: int | None = None,
-               progress: bool = True, batch: int = 8) -> tuple[Bank, Bank]:
+               progress: bool = True, batch: int = 8,
+               device: str | torch.device = "cpu") -> tuple[Bank, Bank]:
     """(train, held-out) banks of zoomed crops (and their mirror images) of the photos under ``dirs``.
 
     FDDB is refused by :class:`~veil.data.images.ImageCrops`. The last ``held_out`` fraction of the
@@ -80,6 +82,7 @@ def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, 
     tail.eval()
     acts, outs, imgs = [], [], []
     for x in tqdm(loader, desc="teacher bank", unit="batch", disable=not progress):
+        x = x.to(device)
         a = head(x)
         acts.append(a)
         o = tail(a)
@@ -157,7 +160,7 @@ def distill(student: nn.Module, transform: Transform, bank: Bank, cfg: DistillCo
         frac = step / cfg.steps if budget is None else max(step / cfg.steps, (time.monotonic() - t0) / budget)
         for group in opt.param_groups:  # cosine decay to 5 %
             group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        idx = torch.randint(0, len(bank), (min(cfg.batch_size, len(bank)),), generator=g)
+        idx = torch.randint(0, len(bank), (min(cfg.batch_size, len(bank)),), generator=g).to(bank.acts.device)
         part = bank.subset(idx)
         z = transform(part.acts)
         loss = detection_distortion(part.outs, tuple(student(z)))
@@ -179,6 +182,19 @@ def distill(student: nn.Module, transform: Transform, bank: Bank, cfg: DistillCo
         end["held_out_distortion"] = round(held_out_distortion(student, transform, held_out), 5)
     log.append(end)
     return log
+
+
+def training_noise(obf: Obfuscator, device: str | torch.device, seed: int) -> Obfuscator:
+    """A copy of ``obf`` (same μ, σ) drawing from a seeded torch generator on ``device``: fresh ε every
+    step, reproducible training, and fast on an accelerator. Only for training; served noise stays ``obf``'s."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    out = Obfuscator(obf.channels, obf.family, generator=g)
+    with torch.no_grad():
+        out.mu.copy_(obf.mu)
+        out.log_sigma.copy_(obf.log_sigma)
+        out.signal_power.copy_(obf.signal_power)
+    return out.to(device).eval().requires_grad_(False)
 
 
 def config_dict(cfg: DistillConfig) -> dict:

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from veil.defenses import files
-from veil.defenses.distill import Bank, DistillConfig, Transform, build_bank, config_dict, distill
+from veil.defenses.distill import Bank, DistillConfig, Transform, build_bank, config_dict, distill, training_noise
 from veil.models.faceboxes import FaceBoxes
+from veil.obfuscate.noise import Obfuscator
 
 FORMAT = "veil-robust-tail/1"
 #: Parameters and buffers of the full model that belong to the tail (everything but the head's).
@@ -58,21 +59,26 @@ def with_tail(model: FaceBoxes, state: dict[str, torch.Tensor]) -> FaceBoxes:
 
 def distill_tail(model: FaceBoxes, transform: Transform, dirs: list[str | Path], cfg: DistillConfig, *,
                  crop: int = 320, crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
-                 progress: bool = True) -> tuple[FaceBoxes, list[dict], dict]:
+                 progress: bool = True, device: str | torch.device = "cpu") -> tuple[FaceBoxes, list[dict], dict]:
     """Distil a copy of ``model``'s tail to read ``transform(a)`` (fresh noise per call); return it, log, data.
 
     ``model`` (the teacher) is not modified. ``bank`` (from :func:`build_bank`) skips the teacher pass.
+    An :class:`~veil.obfuscate.noise.Obfuscator` transform is trained through a seeded copy
+    (:func:`~veil.defenses.distill.training_noise`): fresh ε every step. The student is returned on CPU.
     """
     torch.manual_seed(cfg.seed)
     model.eval()
+    teacher = copy.deepcopy(model).to(device)
     if bank is None:
-        bank = build_bank(model.head, model.tail, dirs, crop=crop, crops_per_image=crops_per_image, seed=cfg.seed,
-                          progress=progress)
+        bank = build_bank(teacher.head, teacher.tail, dirs, crop=crop, crops_per_image=crops_per_image,
+                          seed=cfg.seed, progress=progress, device=device)
+    if isinstance(transform, Obfuscator):
+        transform = training_noise(transform, device, cfg.seed)
     train, held = bank
-    student = student_model(model)
+    student = student_model(teacher)
     log = distill(student.tail, transform, train, cfg, params=list(student.tail.parameters()), held_out=held,
                   progress=progress)
-    return student.eval(), log, train.describe
+    return student.cpu().eval(), log, train.describe
 
 
 def save_robust_tail(student: FaceBoxes, path: str | Path, *, weights_sha256: str, noise_sha256: str | None,

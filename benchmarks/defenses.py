@@ -1,0 +1,147 @@
+"""One frontier point of a defense (issue 9 §2) on the common footing: FDDB mAP and identity leak.
+
+For one configuration — clean, noise (per-channel, fitted), noise + robust tail, or bottleneck —
+this measures
+
+* FDDB mAP (the project's evaluator, all images under --dataset) over --map-draws fresh noise draws,
+  as mean, min and max, and the drop against the clean detector's mAP;
+* privacy: a *fresh* scoring decoder trained on what crosses the wire for this configuration
+  (own seed, own data order, non-FDDB photos, --decoder-minutes of wall time or --decoder-steps),
+  scored by dlib identity rank-1 and TAR@1 %FAR on the first --faces FDDB faces ≥ 48 px (Wilson 95 %
+  intervals), for one query and for the mean of 8 fresh queries of the same image (averaging).
+
+    python benchmarks/defenses.py --defense noise --alpha 0.9 --noise N.safetensors --out J.json
+    python benchmarks/defenses.py --defense robust-tail --alpha 0.9 --noise N.safetensors --tail T.safetensors --out J.json
+    python benchmarks/defenses.py --defense bottleneck --alpha 0.8 --bottleneck B.safetensors --out J.json
+    python benchmarks/defenses.py --defense clean --out J.json     # the clean reference (naive attacker)
+
+Short decoder training makes every leak number a *lower bound* on what a patient attacker recovers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from veil.settings import settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--defense", choices=["clean", "noise", "robust-tail", "bottleneck"], required=True)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--noise", help="fitted noise file (noise, robust-tail)")
+    p.add_argument("--tail", help="robust tail file (robust-tail)")
+    p.add_argument("--bottleneck", help="bottleneck file (bottleneck)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
+    p.add_argument("--images", nargs="+", help="non-FDDB photos for the scoring decoder (default: $VEIL_FIT_IMAGES)")
+    p.add_argument("--map-draws", type=int, default=2, help="FDDB evaluations, each with fresh noise (default: 2)")
+    p.add_argument("--skip-map", action="store_true", help="privacy only")
+    p.add_argument("--skip-privacy", action="store_true", help="mAP only")
+    p.add_argument("--decoder", help="use this trained scoring decoder instead of training one")
+    p.add_argument("--decoder-minutes", type=float, default=8.0)
+    p.add_argument("--decoder-steps", type=int, help="train the scoring decoder for exactly this many steps")
+    p.add_argument("--decoder-seed", type=int, default=9001, help="seed of the scoring decoder (not 0: defenses use 0)")
+    p.add_argument("--save-decoder", help="write the trained scoring decoder here")
+    p.add_argument("--faces", type=int, default=100, help="FDDB faces scored (default: 100)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="JSON result file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from veil.defenses.files import file_sha256
+    from veil.detector import Detector
+    from veil.obfuscate import load_obfuscator
+
+    s = settings()
+    dataset = Path(args.dataset) if args.dataset else s.dataset
+    dirs = [Path(d) for d in args.images] if args.images else list(s.fit_images)
+    det = Detector.from_weights(args.weights or s.weights)
+    base = det.model
+    head = base.head
+    meta: dict = {"defense": args.defense, "alpha": args.alpha}
+    if args.defense in ("noise", "robust-tail"):
+        obf, _ = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=det.weights_sha256)
+        det.obfuscator = obf
+        meta["noise_sha256"] = file_sha256(args.noise)
+        observe = obf
+        if args.defense == "robust-tail":
+            from veil.defenses.robust_tail import load_robust_tail
+
+            det.model, tmeta = load_robust_tail(args.tail, base, weights_sha256=det.weights_sha256,
+                                                noise_sha256=meta["noise_sha256"], alpha=args.alpha)
+            meta["tail_sha256"] = file_sha256(args.tail)
+            meta["tail_distill"] = {"steps": tmeta["log"][-1]["step"], "seconds": tmeta["log"][-1]["seconds"],
+                                    "held_out_distortion": [tmeta["log"][0].get("held_out_distortion"),
+                                                            tmeta["log"][-1].get("held_out_distortion")]}
+    elif args.defense == "bottleneck":
+        from veil.defenses.bottleneck import as_decoder_input, load_bottleneck
+
+        fb, bmeta = load_bottleneck(args.bottleneck, base, weights_sha256=det.weights_sha256, alpha=args.alpha)
+        det.model, det.obfuscator = fb.model, fb.path
+        meta["bottleneck_sha256"] = file_sha256(args.bottleneck)
+        meta["spec"] = bmeta["spec"]
+        meta["adversary_weight"] = bmeta.get("adversary_weight")
+        meta["fit"] = {"steps": bmeta["log"][-1]["step"], "seconds": bmeta["log"][-1]["seconds"],
+                       "held_out_distortion": [bmeta["log"][0].get("held_out_distortion"),
+                                               bmeta["log"][-1].get("held_out_distortion")]}
+
+        def observe(a: torch.Tensor) -> torch.Tensor:
+            return as_decoder_input(fb.bottleneck(a))
+    else:
+        def observe(a: torch.Tensor) -> torch.Tensor:
+            return a
+
+    load = os.getloadavg()
+    result: dict = {**meta, "machine": {"cpus": os.cpu_count(), "threads": args.threads,
+                                        "load_at_start": [round(x, 2) for x in load]},
+                    "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                             text=True).stdout.strip(),
+                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]] if argv is None else argv)}
+    if not args.skip_map:
+        from veil.evaluation import evaluate_fddb
+
+        maps = []
+        for i in range(args.map_draws if det.obfuscator is not None else 1):
+            r = evaluate_fddb(det, dataset, progress=True)
+            maps.append(r.mAP)
+            print(f"FDDB mAP draw {i}: {maps[-1]:.4f}", flush=True)
+        result["map"] = {"draws": [round(m, 4) for m in maps], "mean": round(statistics.mean(maps), 4),
+                         "min": round(min(maps), 4), "max": round(max(maps), 4)}
+    if not args.skip_privacy:
+        from veil.privacy.audit import select_fddb_faces
+        from veil.privacy.decoders import read_decoder, save_decoder
+        from veil.defenses.measure import identity_leak, train_scoring_decoder
+
+        t0 = time.monotonic()
+        if args.decoder:
+            dec = read_decoder(args.decoder)
+        else:
+            dec = train_scoring_decoder(head, observe, dirs, minutes=args.decoder_minutes, seed=args.decoder_seed,
+                                        max_steps=args.decoder_steps)
+            if args.save_decoder:
+                save_decoder(dec, args.save_decoder, dec.meta)
+        result["decoder"] = {k: dec.meta.get(k) for k in ("steps", "seconds", "final_l1_px", "seed", "batch", "crop")}
+        result["decoder"]["file"] = args.decoder
+        faces = select_fddb_faces(dataset, max_faces=args.faces)
+        result["identity"] = identity_leak(faces, head, observe, dec)
+        result["privacy_seconds"] = round(time.monotonic() - t0, 1)
+    result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result.get(k) for k in ("defense", "alpha", "map", "identity")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Privacy of a defense on the common footing: a fresh scoring decoder on the defense's *output*.
+
+Why separate from :mod:`veil.privacy.audit`: a defense may change what crosses the wire (a
+bottleneck sends a few quantised channels, not the 128-channel activation), so the attacker must
+be trained on exactly that (adaptive), and the scoring attacker must be independent of anything
+inside the defense's fitting: its own seed, its own data order, trained longer than any in-loop
+adversary. Scoring reuses the project's pieces (decoder and its training loop, FDDB face
+selection, dlib identity embeddings, rank-1 and TAR) unchanged.
+
+``observe(a)`` is what the server (the attacker) sees for a clean activation ``a``, as a
+128-channel map the :class:`~veil.privacy.decoders.Decoder` reads: ``obfuscator(a)`` for noise
+(with or without a robust tail: the tail changes nothing on the wire), ``as_decoder_input(bottleneck(a))``
+for a bottleneck. Each call draws fresh noise; ``avg_k`` feeds the mean of ``k`` draws (the
+averaging attack).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from veil.preprocess import FDDB_SCALE, load_image, prepare, to_image
+
+Observe = Callable[[torch.Tensor], torch.Tensor]
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95 % score interval of a proportion ``hits / n``."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = hits / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+class ObservedHead(nn.Module):
+    """``observe(head(x))``: lets :func:`veil.privacy.train.train_decoder` train on what the server sees."""
+
+    def __init__(self, head: nn.Module, observe: Observe) -> None:
+        super().__init__()
+        self.head = head
+        self.observe = observe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.observe(self.head(x))
+
+
+def train_scoring_decoder(head: nn.Module, observe: Observe, dirs: Sequence[str | Path], *, minutes: float,
+                          seed: int = 9001, scale: float = FDDB_SCALE, crop: int = 384, batch: int = 8,
+                          max_steps: int | None = None, progress: bool = True):
+    """A fresh adaptive decoder on ``observe(head(x))`` of non-FDDB crops: own seed, own data order.
+
+    ``seed`` fixes the decoder's initialisation and crop order for this scoring run; use one that no
+    defense's fitting used (defenses default to seed 0).
+    """
+    from veil.privacy.train import CropSampler, train_decoder, training_images
+
+    torch.manual_seed(seed)
+    sampler = CropSampler(training_images(list(dirs)), crop=crop, scale=scale, rng=np.random.default_rng(seed))
+    return train_decoder(ObservedHead(head, observe), sampler, minutes=minutes, batch=batch, max_steps=max_steps,
+                         meta={"kind": "defense-scoring", "seed": seed}, progress=progress)
+
+
+def _to_orig(rec: np.ndarray, prep_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:
+    rec = rec[: prep_hw[0], : prep_hw[1]]
+    return cv2.resize(rec, (orig_hw[1], orig_hw[0]), interpolation=cv2.INTER_AREA)
+
+
+@torch.no_grad()
+def identity_leak(faces, head: nn.Module, observe: Observe, decoder: nn.Module, *, scale: float = FDDB_SCALE,
+                  ks: Sequence[int] = (1, 8), progress: bool = True) -> dict:
+    """Rank-1 and TAR@1 %FAR of ``decoder`` on ``observe`` of each FDDB face set image, for each ``k`` in ``ks``.
+
+    ``faces`` is a :class:`veil.privacy.audit.FaceSet`. ``k = 1`` is one query; ``k > 1`` decodes the
+    mean of ``k`` fresh observations of the same image (the averaging attack).
+    """
+    from veil.privacy import identity, metrics
+    from veil.privacy.decoders import decode
+
+    t0 = time.monotonic()
+    originals = [load_image(p) for p in faces.images]
+    orig_emb = np.concatenate([identity.embed_faces(im, b) for im, b in zip(originals, faces.boxes)])
+    thr = metrics.far_threshold(orig_emb, 0.01)
+    decoder.eval()
+    embs: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    for img, boxes in tqdm(list(zip(originals, faces.boxes)), desc="identity", unit="img", disable=not progress):
+        prep = prepare(img, scale)
+        hw = (prep.tensor.shape[2], prep.tensor.shape[3])
+        a = head(prep.tensor)
+        for k in ks:
+            obs = torch.stack([observe(a) for _ in range(k)]).mean(0)
+            rec = _to_orig(to_image(decode(decoder, obs)), hw, img.shape[:2])
+            embs[k].append(identity.embed_faces(rec, boxes))
+    n = len(orig_emb)
+    out = {"n_faces": n, "n_images": len(originals), "chance_rank1": round(1 / n, 5), "faces_digest": faces.digest()}
+    for k in ks:
+        e = np.concatenate(embs[k])
+        r1 = metrics.rank1_rate(orig_emb, e)
+        hits = int(round(r1 * n))
+        tar = metrics.tar_at_far(orig_emb, e, thr)
+        lo, hi = wilson(hits, n)
+        tlo, thi = wilson(int(round(tar * n)), n)
+        out[f"k{k}"] = {"rank1": round(r1, 4), "rank1_ci95": [round(lo, 4), round(hi, 4)],
+                        "rank1_x_chance": round(r1 * n, 2), "tar_at_far1": round(tar, 4),
+                        "tar_ci95": [round(tlo, 4), round(thi, 4)]}
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    return out

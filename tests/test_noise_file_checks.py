@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import numpy as np
 
 from veil import jsonio
 from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, read_metadata, save_obfuscator
-from veil.obfuscate.artifact import expected_nsr_db, nsr_range_db
+from veil.obfuscate.artifact import NoiseFileWarning, expected_nsr_db, nsr_range_db
 from veil.weights import REFERENCE_SHA256
 
 C = 16
@@ -57,8 +58,16 @@ def _tamper(path, **changes):
 
 @pytest.mark.parametrize("alpha", [0.05, 0.2, 0.6, 0.8, 0.9, 0.95])
 def test_files_as_fitted_load_at_every_measured_alpha(tmp_path, alpha):
-    obf, meta = load_obfuscator(alpha, noise=_save(tmp_path, alpha))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as fitted at the defaults: not even a warning
+        obf, meta = load_obfuscator(alpha, noise=_save(tmp_path, alpha))
     assert meta["alpha"] == alpha and obf.mode == "fresh"
+
+
+def test_accepted_but_unusual_noise_loads_with_a_warning(tmp_path):
+    path = _tamper(_save(tmp_path, stats=False), log_sigma=lambda t: t - math.log(10) * 0.6)  # 12 dB quieter
+    with pytest.warns(NoiseFileWarning, match=r"-10.5 dB on its own statistics, -12.0 dB from .* ALPHA 0.8"):
+        load_obfuscator(0.8, noise=path)
 
 
 @pytest.mark.parametrize("change, reason", [

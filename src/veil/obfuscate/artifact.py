@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,12 @@ _MAX_BYTES = 64 << 20  # a 128-channel noise file is a few KB
 
 #: NSR (dB) of the noise fitted at the defaults per ALPHA, measured on FDDB's activations
 #: (docs/obfuscation.md, "The sweep"). A file's NSR on its *own* recorded statistics (the fitting
-#: crops) reads ≈ 1.8 dB lower: their activations carry that much more power.
+#: crops) reads ≈ :data:`OWN_STATS_OFFSET_DB` lower: their activations carry that much more power.
 MEASURED_NSR_DB = {0.05: -21.28, 0.1: -17.97, 0.2: -14.19, 0.4: -9.15, 0.6: -4.43, 0.8: 3.26, 0.9: 11.68,
                    0.95: 27.30}
+OWN_STATS_OFFSET_DB = 1.8
+#: Inside the accepted range but this far from the default fit's value: loaded with a warning.
+WARN_DB = 6.0
 #: Every fit starts at this NSR (``FitConfig.init_nsr_db``) and moves towards its ALPHA's value, so a
 #: short fit lies between the two.
 FIT_START_NSR_DB = -10.0
@@ -55,6 +59,10 @@ CHANNEL_FLOOR_DB = -60.0
 
 class NoiseFileError(ValueError):
     """A noise file is missing, corrupt, or fitted for another model or split point."""
+
+
+class NoiseFileWarning(UserWarning):
+    """A noise file whose NSR is accepted but far from what the default fit gives at its ALPHA."""
 
 
 def noise_dir() -> Path:
@@ -187,6 +195,12 @@ def check_noise(mu: torch.Tensor, log_sigma: torch.Tensor, signal_power: torch.T
             f"{where}: noise-to-signal ratio on its own recorded activation statistics is {nsr:+.1f} dB, {way} "
             f"for ALPHA {alpha:g} (accepted {lo_db:+.1f} … {hi_db:+.1f} dB; {fit}); refit it with "
             f"`veil fit-noise --alpha {alpha:g}`")
+    e = expected_nsr_db(alpha)
+    if e is not None and abs(nsr - (e - OWN_STATS_OFFSET_DB)) > WARN_DB:
+        warnings.warn(f"{where}: NSR {nsr:+.1f} dB on its own statistics, {nsr - e + OWN_STATS_OFFSET_DB:+.1f} dB from "
+                      f"what the default fit gives for ALPHA {alpha:g} ({e - OWN_STATS_OFFSET_DB:+.1f} dB): a short "
+                      "fit or other settings; its privacy is not that of the documented ALPHA", NoiseFileWarning,
+                      stacklevel=3)
     return nsr
 
 

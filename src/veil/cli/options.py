@@ -27,8 +27,21 @@ def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     g.add_argument("--alpha", type=float, metavar="A", help="obfuscation strength ALPHA of the fitted noise")
     g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
     g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: the veil cache's noise/)")
+    g.add_argument("--noise-key", metavar="FILE",
+                   help="keyed noise: the same image always gets the same noise, so averaging repeated queries "
+                        "gains nothing; FILE holds the client's secret key (`veil noise-key new FILE`, mode 0600, "
+                        "never leaves this machine; default: $VEIL_NOISE_KEY_FILE, else fresh noise per call)")
+    g.add_argument("--noise-sha256", metavar="HEX", type=_sha256,
+                   help="refuse the noise file unless its SHA-256 is HEX (default: $VEIL_NOISE_SHA256)")
     if seed:
         g.add_argument("--seed", type=int, help="reproducible noise (experiments only; default: fresh OS randomness)")
+
+
+def _sha256(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"a SHA-256 is 64 hex digits, got {text!r}")
+    return value
 
 
 def check_noise_args(args: argparse.Namespace) -> None:
@@ -38,19 +51,41 @@ def check_noise_args(args: argparse.Namespace) -> None:
     seed = getattr(args, "seed", None)
     if args.noisy and args.alpha is None and args.noise is None:
         raise CLIError("--noisy needs --alpha A (or --noise FILE): which fitted noise to use")
-    if not args.noisy and (args.alpha is not None or args.noise or args.noise_dir or seed is not None):
-        raise CLIError("--alpha/--noise/--noise-dir/--seed only apply with --noisy")
+    key, sha = getattr(args, "noise_key", None), getattr(args, "noise_sha256", None)
+    if not args.noisy and (args.alpha is not None or args.noise or args.noise_dir or seed is not None or key or sha):
+        raise CLIError("--alpha/--noise/--noise-dir/--noise-key/--noise-sha256/--seed only apply with --noisy")
+    if key and seed is not None:
+        raise CLIError("--seed and --noise-key exclude each other: keyed noise is already fixed per image")
 
 
 def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any], Path]:
     """Load the fitted noise the flags name into ``detector.obfuscator``; return its metadata and file."""
+    from veil.cli.main import CLIError
     from veil.obfuscate import load_obfuscator, noise_dir, noise_filename
+    from veil.settings import settings
 
+    env = settings()
+    seed = getattr(args, "seed", None)
+    key = getattr(args, "noise_key", None) or env.noise_key_file
+    sha = getattr(args, "noise_sha256", None) or env.noise_sha256
+    if key is not None and seed is not None:
+        raise CLIError(f"--seed excludes keyed noise, and $VEIL_NOISE_KEY_FILE is set ({key})")
+    if sha is not None:
+        sha = _sha256_or_error(sha, CLIError)
     detector.obfuscator, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
-                                                weights_sha256=detector.weights_sha256,
-                                                seed=getattr(args, "seed", None))
+                                                weights_sha256=detector.weights_sha256, seed=seed,
+                                                key=Path(key) if key is not None else None, sha256=sha)
+    meta = {**meta, "noise_mode": detector.obfuscator.mode,
+            **({"noise_key_id": detector.obfuscator.key_id} if detector.obfuscator.key_id else {})}
     path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
     return meta, path
+
+
+def _sha256_or_error(text: str, error: type[Exception]) -> str:
+    try:
+        return _sha256(text)
+    except argparse.ArgumentTypeError as exc:
+        raise error(f"$VEIL_NOISE_SHA256: {exc}") from None
 
 
 def check_unique_stems(images: list[str]) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from veil.cli.main import CLIError
 from veil.data.images import DEFAULT_CROP, DEFAULT_SCALE_RANGE
+from veil.jsonio import write_json
 from veil.obfuscate.artifact import noise_dir, noise_filename
 from veil.obfuscate.fit import FitConfig
 from veil.obfuscate.noise import FAMILIES
@@ -99,6 +99,6 @@ def run(args: argparse.Namespace) -> int:
           f"{last['distortion']:.4f}, NSR on the fitting data {last['nsr_db']:+.2f} dB")
     print(f"wrote {out}")
     log_path = out.with_suffix(".log.json")
-    log_path.write_text(json.dumps(result.log, indent=1))
+    write_json(log_path, result.log)
     print(f"loss log: {log_path}")
     return 0

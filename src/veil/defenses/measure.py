@@ -57,18 +57,30 @@ class ObservedHead(nn.Module):
 
 def train_scoring_decoder(head: nn.Module, observe: Observe, dirs: Sequence[str | Path], *, minutes: float,
                           seed: int = 9001, scale: float = FDDB_SCALE, crop: int = 384, batch: int = 8,
-                          max_steps: int | None = None, progress: bool = True):
+                          max_steps: int | None = None, progress: bool = True, device: str | torch.device = "cpu"):
     """A fresh adaptive decoder on ``observe(head(x))`` of non-FDDB crops: own seed, own data order.
 
     ``seed`` fixes the decoder's initialisation and crop order for this scoring run; use one that no
     defense's fitting used (defenses default to seed 0).
     """
+    import inspect
+
     from veil.privacy.train import CropSampler, train_decoder, training_images
 
     torch.manual_seed(seed)
     sampler = CropSampler(training_images(list(dirs)), crop=crop, scale=scale, rng=np.random.default_rng(seed))
+    extra = {}
+    accepts = inspect.signature(train_decoder).parameters
+    if "seed" in accepts:
+        extra["seed"] = seed
+    if "device" in accepts:
+        extra["device"] = device
+    elif str(device) != "cpu":
+        raise RuntimeError("this veil's decoder training runs on CPU only")
+    if "plateau" in accepts:
+        extra["plateau"] = None  # a fixed budget: every configuration's attacker gets the same
     return train_decoder(ObservedHead(head, observe), sampler, minutes=minutes, batch=batch, max_steps=max_steps,
-                         meta={"kind": "defense-scoring", "seed": seed}, progress=progress)
+                         meta={"kind": "defense-scoring", "seed": seed}, progress=progress, **extra)
 
 
 def _to_orig(rec: np.ndarray, prep_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:

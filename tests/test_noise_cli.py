@@ -43,8 +43,10 @@ def _detect(s, out: str, *extra) -> tuple[int, str, list]:
     o = s["dir"] / out
     rc, _, err = run_cli("detect", s["image"], "--out", o, "--weights", s["weights"], "--scale", "1",
                          "--noisy", "--alpha", "0.8", "--noise-dir", s["noise"].parent, *extra)
-    rows = json.loads((o / f"{Path(s['image']).stem}.json").read_text())["detections"] if rc == 0 else []
-    return rc, err, rows
+    if rc != 0:
+        return rc, err, []
+    doc = json.loads((o / f"{Path(s['image']).stem}.json").read_text())
+    return rc, err, (doc["noise_mode"], doc["detections"])
 
 
 def test_keyed_noise_repeats_exactly_and_fresh_noise_does_not(setup, monkeypatch):
@@ -52,10 +54,10 @@ def test_keyed_noise_repeats_exactly_and_fresh_noise_does_not(setup, monkeypatch
     rc1, err, keyed1 = _detect(setup, "k1", "--noise-key", setup["key"])
     assert rc1 == 0, err
     rc2, _, keyed2 = _detect(setup, "k2", "--noise-key", setup["key"])
-    assert rc2 == 0 and keyed1 == keyed2 and keyed1
+    assert rc2 == 0 and keyed1 == keyed2 and keyed1[1] and keyed1[0] == "keyed"
     _, _, fresh1 = _detect(setup, "f1")
     _, _, fresh2 = _detect(setup, "f2")
-    assert fresh1 != fresh2  # fresh noise: another draw, other scores
+    assert fresh1[0] == "fresh" and fresh1 != fresh2  # fresh noise: another draw, other scores
     monkeypatch.setenv("VEIL_NOISE_KEY_FILE", str(setup["key"]))  # as a Kubernetes Secret mount sets it
     rc, err, by_env = _detect(setup, "k3")
     assert rc == 0 and by_env == keyed1, err

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         from veil.obfuscate import nsr_report, nsr_sums
 
         meta, _ = attach_noise(args, det)
-        mode = {"mode": "noisy", "alpha": meta["alpha"], "noise_family": meta["family"], "seed": args.seed}
+        mode = {"mode": "noisy", "alpha": meta["alpha"], "noise_family": meta["family"], "seed": args.seed,
+                "noise_mode": meta.get("noise_mode", "fresh")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0

@@ -65,7 +65,8 @@ def _noisy_setup(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
 
     meta, path = attach_noise(args, detector)
     return {"mode": "noisy", "alpha": float(meta["alpha"]), "noise_family": meta.get("family"),
-            "noise_sha256": sha256_file(path), "seed": args.seed}
+            "noise_sha256": sha256_file(path), "noise_mode": meta.get("noise_mode", "fresh"),
+            "seed": args.seed}
 
 
 def _emit(result: EvalResult, json_path: str | None, roc_path: str | None) -> None:

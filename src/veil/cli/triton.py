@@ -145,7 +145,8 @@ def run_infer(args: argparse.Namespace) -> int:
     check_unique_stems(args.images)
     det = Detector.from_weights(args.weights, scale=args.scale)
     meta = attach_noise(args, det)[0] if args.noisy else None
-    noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point")}
+    noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point",
+                                                                  "noise_mode")}
     decoder = _decoder(args.decoder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

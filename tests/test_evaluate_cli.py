@@ -171,7 +171,7 @@ def test_corrupt_image_is_reported_and_skipped_not_a_crash(subset, weights_path,
     assert "cannot decode image" in js["skipped"][0]["reason"] and js["skipped"][0]["fold"] == 2
     assert js["fold_details"]["2"] == {**js["fold_details"]["2"], "images": 1, "missing": 1, "skipped": 1,
                                        "annotated_images": 3}
-    assert "1 annotated images not found" in stdout and "1 skipped as unreadable" in stdout
+    assert "1 annotated images not found" in stdout and "1 skipped (unreadable" in stdout
     assert "skipped" in stderr and js["skipped"][0]["image"] in stderr
 
 
@@ -230,3 +230,76 @@ def test_noisy_shards_merge_to_the_single_run_with_summed_nsr(subset, detector, 
     assert not torch.equal(det.obfuscator(a), det.obfuscator(a))
     with pytest.raises(ValueError, match="obfuscator"):
         evaluate_fddb(detector, subset, progress=False, nsr=True)
+
+
+# -- hardening (issue 11): per-image failures, one writer per result, SIGTERM ---------------------
+
+def _mini_fddb(fddb_dir: Path, root: Path, n: int = 3) -> Path:
+    """FDDB's layout with the first ``n`` images of fold 1 (symlinks): a small, real dataset."""
+    ds = root / "fddb"
+    (ds / "originalPics").mkdir(parents=True)
+    (ds / "FDDB-folds").symlink_to(fddb_dir / "FDDB-folds")
+    rows = [ln.split("\t") for ln in (fddb_dir / "available_images.tsv").read_text().splitlines()[1:]]
+    for name, _fold, _faces in [r for r in rows if r[1] == "1"][:n]:
+        dst = ds / "originalPics" / f"{name}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(fddb_dir / "originalPics" / f"{name}.jpg")
+    return ds
+
+
+def test_an_oversized_image_is_skipped_and_the_run_still_writes_json(fddb_dir, weights_path, tmp_path):
+    import cv2
+
+    ds = _mini_fddb(fddb_dir, tmp_path)
+    victim = sorted((ds / "originalPics").rglob("*.jpg"))[0]
+    victim.unlink()
+    cv2.imwrite(str(victim), np.full((9000, 12000, 3), 128, np.uint8))  # 108 Mpx: ~12 GB at ×3 in float
+    out = tmp_path / "r.json"
+    rc, stdout, stderr = run_cli("evaluate", "--dataset", ds, "--weights", weights_path, "--json", out,
+                                 "--no-progress", "--scale", 1)
+    assert rc == 0, stderr
+    js = json.loads(out.read_text())
+    assert js["images"] == 2 and len(js["skipped"]) == 1
+    assert "over the limit" in js["skipped"][0]["reason"] and "12000×9000" in js["skipped"][0]["reason"]
+
+
+def test_a_second_run_writing_the_same_results_is_refused(fddb_dir, weights_path, tmp_path):
+    from veil.jsonio import WriteLock
+
+    out = tmp_path / "r.json"
+    with WriteLock(out):  # as if another `veil evaluate --json r.json` were running
+        rc, _, stderr = run_cli("evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--json", out,
+                                "--no-progress")
+        assert rc == 2 and f"is writing {out}" in stderr
+        part = tmp_path / "parts"
+        with WriteLock(part / "fddb-partial-0001-of-0002.json"):
+            rc, _, stderr = run_cli("evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--shard", "1/2",
+                                    "--out-partial", part, "--no-progress")
+            assert rc == 2 and "fddb-partial-0001-of-0002.json" in stderr
+    assert not out.exists()
+
+
+def test_sigterm_stops_evaluate_like_ctrl_c(fddb_dir, weights_path, tmp_path):
+    """As PID 1 in a pod, a process without a SIGTERM handler ignores it; veil handles it like Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "veil", "evaluate", "--dataset", str(fddb_dir), "--weights",
+                             str(weights_path), "--json", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 120
+        while "FDDB:" not in seen and time.monotonic() < deadline:  # the progress bar: evaluation started
+            seen += proc.stderr.read(1)
+        assert "FDDB:" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err[-500:])
+    assert "interrupted" in err and not out.exists()
+    assert not list(tmp_path.glob(".*.lock")), "the result's lock is released"

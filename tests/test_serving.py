@@ -66,8 +66,9 @@ def serve(repo, weights_path):
     if why:
         pytest.skip(f"the bundled tritonserver cannot run here: {why}")
     ports = [free_port() for _ in range(3)]
+    key_file = repo.parent / "admin.key"
     cmd = [sys.executable, "-m", "veil", "serve", "--model-repository", str(repo), "--http-port", str(ports[0]),
-           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--admin-key-file", str(key_file)]
     for m in SERVED:
         cmd += ["--model", m]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -76,7 +77,7 @@ def serve(repo, weights_path):
         proc.kill()
         pytest.fail(f"veil serve did not become ready: {line}{proc.stderr.read()}")
     info = {"proc": proc, "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}",
-            "tritonserver": _children(proc.pid)}
+            "metrics_port": ports[2], "tritonserver": _children(proc.pid), "key_file": key_file, "ready": line}
     yield info
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -186,7 +187,7 @@ def test_fddb_evaluation_through_the_server_equals_in_process(serve, small, fddb
 
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(serve, small, images):
     a = small.client_side(images[0])[0]
-    with pytest.raises(InferenceError, match="face_detection_nope.*serves: .*face_detection_base"):
+    with pytest.raises(InferenceError, match="face_detection_nope.*serve.*face_detection_base"):
         TritonDetector(small, serve["http"], "http", model="face_detection_nope").infer_activation(a)
     for protocol in ("http", "grpc"):
         client = TritonDetector(small, serve[protocol], protocol)
@@ -354,6 +355,112 @@ def test_trust_zone_grpc_only_the_obfuscated_activation_leaves(serve, small, fdd
     _assert_absent(traffic, _forbidden_chunks(path, image, prep.tensor, clean))
     # Everything the client sent is accounted for: the activations plus a few KiB of framing.
     assert len(traffic) - sum(map(len, sent_payloads)) < 8192
+
+
+# -- hardening (issue 11): bounds, locked-down APIs, deadlines, honest readiness ---------------------
+
+def _http(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{url}", data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_activation_size_is_bounded_in_config_and_model(serve, repo, small):
+    from veil.serving.repository import MAX_ACTIVATION_AREA, MAX_ACTIVATION_SIDE
+
+    cfg = (repo / "python" / BASE_MODEL / "config.pbtxt").read_text()
+    assert f'key: "max_height" value {{ string_value: "{MAX_ACTIVATION_SIDE}" }}' in cfg
+    assert f'key: "max_area" value {{ string_value: "{MAX_ACTIVATION_AREA}" }}' in cfg
+    for protocol in ("http", "grpc"):
+        client = TritonDetector(small, serve[protocol], protocol, retries=0)
+        for shape in ((1, 128, MAX_ACTIVATION_SIDE + 1, 4), (1, 128, 4, MAX_ACTIVATION_SIDE + 1),
+                      (1, 128, 200, 200)):  # 200×200 is under the side bound, over the area bound
+            with pytest.raises(InferenceError, match="over this server's bound"):
+                client.infer_activation(torch.zeros(shape))
+        loc, _ = client.infer_activation(torch.zeros(1, 128, 128, 128))  # the largest accepted
+        assert loc.shape[0] == 1
+
+
+def test_operator_apis_are_restricted_and_metrics_off(serve):
+    import socket
+
+    import tritonclient.grpc as grpcclient
+
+    http = serve["http"]
+    key = serve["key_file"].read_text().strip()
+    assert oct(serve["key_file"].stat().st_mode & 0o777) == "0o600"
+    assert "metrics off" in serve["ready"]
+    open_apis = [("GET", "/v2/health/ready"), ("GET", f"/v2/models/{BASE_MODEL}"), ("GET", "/v2")]
+    for method, path in open_apis:
+        assert _http(http + path, method) == 200, path
+    restricted = [("POST", "/v2/logging", b'{"log_verbose_level": 1}'), ("GET", "/v2/logging", None),
+                  ("POST", "/v2/systemsharedmemory/region/x/register",
+                   b'{"key": "/veil-probe", "offset": 0, "byte_size": 64}'),
+                  ("GET", "/v2/systemsharedmemory/status", None), ("GET", "/v2/models/stats", None),
+                  ("POST", "/v2/repository/index", b"{}"), ("POST", f"/v2/repository/models/{BASE_MODEL}/unload", b"{}"),
+                  ("GET", "/v2/trace/setting", None)]
+    for method, path, body in restricted:
+        assert _http(http + path, method, body) == 403, path
+    assert _http(http + "/v2/logging", "GET", headers={"veil-admin-key": "wrong"}) == 403
+    assert _http(http + "/v2/logging", "GET", headers={"veil-admin-key": key}) == 200
+    g = grpcclient.InferenceServerClient(serve["grpc"])
+    try:
+        assert g.is_server_ready()
+        for call in (g.get_log_settings, g.get_inference_statistics, g.get_model_repository_index,
+                     g.get_system_shared_memory_status):
+            with pytest.raises(Exception, match="(?i)restricted|permission|unauth|denied"):
+                call()
+        assert g.get_log_settings(headers={"triton-grpc-protocol-veil-admin-key": key})  # gRPC prefixes the name
+    finally:
+        g.close()
+    with socket.socket() as sock:  # metrics are off: nothing listens on the metrics port
+        assert sock.connect_ex(("127.0.0.1", serve["metrics_port"])) != 0
+    # The server's own shared-memory regions are private to its user.
+    regions = list(Path("/dev/shm").glob(f"veil{serve['proc'].pid}-*"))
+    assert regions and all(r.stat().st_mode & 0o077 == 0 for r in regions), [oct(r.stat().st_mode) for r in regions]
+
+
+def test_serve_refuses_a_port_in_use_instead_of_claiming_ready(serve, repo):
+    from veil.serving.server import ServerError
+
+    port = serve["http"].split(":")[1]
+    r = subprocess.run([sys.executable, "-m", "veil", "serve", "--model-repository", str(repo), "--http-port", port,
+                        "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--timeout", "30"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "ready" not in r.stdout, r.stdout + r.stderr
+    assert f"HTTP port {port} on 127.0.0.1 already in use" in r.stderr
+    other = TritonServer(repo / "python", http_port=int(port))
+    with pytest.raises(ServerError, match="already in use"):
+        other.start()
+    # The server answering there is not this one: its id differs.
+    assert other.answering_id() not in (None, other.server_id)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_hung_server_hits_the_deadline_and_images_are_reported(serve, small, fddb_image_paths, protocol):
+    """SIGSTOP the server: each request ends at its deadline, is retried, then reported; after SIGCONT
+    the same client works again."""
+    pid = serve["tritonserver"][0]
+    client = TritonDetector(small, serve[protocol], protocol, retries=1, retry_delay=0.1, timeout=1.5)
+    paths = [str(p) for p in fddb_image_paths[:2]]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        results = client.run_many(paths)
+        elapsed = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert [r.unavailable for r in results] == [True, True], [r.error for r in results]
+    assert all("2 tries" in r.error for r in results)
+    assert elapsed < 2 * (2 * 1.5 + 0.1) + 10  # two images × (two deadlines + back-off), not "forever"
+    client.wait_until_ready(30)
+    assert client.run_many(paths[:1])[0].ok
 
 
 def test_serve_stops_cleanly_on_ctrl_c(serve):

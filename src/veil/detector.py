@@ -16,7 +16,7 @@ from torch import nn
 
 from veil.models.faceboxes import FaceBoxes
 from veil.postprocess import PostprocessConfig, postprocess
-from veil.preprocess import FDDB_SCALE, Prepared, prepare
+from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS, Prepared, prepare
 from veil.weights import load_faceboxes
 
 
@@ -29,6 +29,8 @@ class Detector:
     scale: float = FDDB_SCALE
     post: PostprocessConfig = field(default_factory=PostprocessConfig)
     obfuscator: nn.Module | None = None
+    #: Largest network input in pixels (after ``scale``); larger images raise ImageTooLargeError. None: no limit.
+    max_pixels: int | None = MAX_INPUT_PIXELS
 
     @classmethod
     def from_weights(cls, path: str | Path | None = None, **kwargs) -> "Detector":
@@ -47,7 +49,7 @@ class Detector:
     @torch.inference_mode()
     def client_side(self, image: np.ndarray, obfuscate: bool = True) -> tuple[torch.Tensor, Prepared]:
         """Everything that runs in the trust zone: the (obfuscated) activation that may leave it."""
-        prep = prepare(image, self.scale)
+        prep = prepare(image, self.scale, self.max_pixels)
         a = self.model.head(prep.tensor)
         if obfuscate and self.obfuscator is not None:
             a = self.obfuscator(a)

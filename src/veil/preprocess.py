@@ -21,19 +21,72 @@ BGR_MEAN = (104.0, 117.0, 123.0)
 FDDB_SCALE = 3.0
 
 
+#: Largest network input (pixels after the resize) accepted by default: 4096×4096. Memory grows
+#: with it (the float input alone is 12 bytes a pixel, the first layers several times that); at
+#: the FDDB ×3 protocol this admits originals up to ≈1365×1365 (FDDB's are at most 450 px a side).
+MAX_INPUT_PIXELS = 4096 * 4096
+#: Longest side of the network input accepted by default (a 1×N strip is as costly per pixel).
+MAX_INPUT_SIDE = 8192
+
+
 class ImageReadError(ValueError):
     """An image file is missing, unreadable or corrupt."""
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image as a uint8 BGR array ``[H,W,3]``; raise :class:`ImageReadError` if it can't be decoded."""
+class ImageTooLargeError(ImageReadError):
+    """An image is larger than the configured pixel limit (it is skipped, not resized)."""
+
+
+def _header_size(p: Path) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding the pixels, or None if unknown."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # only the header is read: the pixel limit here is ours
+        with Image.open(p) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - not a format PIL reads: cv2 decodes it, then its size is checked
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+
+
+def check_pixels(height: int, width: int, scale: float = 1.0, max_pixels: int | None = MAX_INPUT_PIXELS,
+                 what: str = "image") -> None:
+    """Refuse a ``height×width`` image whose network input (×``scale``) exceeds ``max_pixels``
+    pixels or :data:`MAX_INPUT_SIDE` per side: before any memory is asked for it."""
+    if max_pixels is None:
+        return
+    h, w = round(height * scale), round(width * scale)
+    side = max(MAX_INPUT_SIDE, int(max_pixels ** 0.5))
+    if h * w > max_pixels or max(h, w) > side:
+        raise ImageTooLargeError(
+            f"{what} is {width}×{height} px, ×{scale:g} = {w}×{h} = {h * w / 1e6:.1f} Mpx at the network input, over "
+            f"the limit of {max_pixels / 1e6:.1f} Mpx ({side} px a side); skipped (raise --max-pixels to allow it)")
+
+
+def load_image(path: str | Path, max_pixels: int | None = MAX_INPUT_PIXELS) -> np.ndarray:
+    """Read an image as a uint8 BGR array ``[H,W,3]``; raise :class:`ImageReadError` if it can't be decoded.
+
+    Images over ``max_pixels`` (checked from the file header when possible, so a decompression
+    bomb is never decoded) raise :class:`ImageTooLargeError`.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise ImageReadError(f"{p} is a directory, not an image (give its image files, e.g. {p}/*.jpg)")
     if not p.is_file():
         raise ImageReadError(f"image not found: {p}")
+    size = _header_size(p)
+    if size is not None:
+        check_pixels(size[1], size[0], 1.0, max_pixels, what=str(p))
     data = np.fromfile(str(p), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None or img.size == 0:
         raise ImageReadError(f"cannot decode image (corrupt or not an image): {p}")
+    check_pixels(img.shape[0], img.shape[1], 1.0, max_pixels, what=str(p))
     return img
 
 
@@ -46,10 +99,12 @@ class Prepared:
     orig_size: tuple[int, int]  # (height, width) of the original image
 
 
-def prepare(image: np.ndarray, scale: float = FDDB_SCALE) -> Prepared:
+def prepare(image: np.ndarray, scale: float = FDDB_SCALE,
+            max_pixels: int | None = MAX_INPUT_PIXELS) -> Prepared:
     """Resize a uint8 BGR image by ``scale`` and turn it into a mean-subtracted tensor."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 BGR image, got shape {image.shape}")
+    check_pixels(image.shape[0], image.shape[1], scale, max_pixels)
     img = image.astype(np.float32)
     if scale != 1.0:
         img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from tqdm import tqdm
 
 from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
 from veil.detector import Detector
+from veil.jsonio import write_json
 from veil.preprocess import ImageReadError, load_image
 from veil.viz import draw_boxes
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_noise_args(args)
     check_unique_stems(args.images)
-    det = Detector.from_weights(args.weights, scale=args.scale)
+    det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels)
     mode: dict = {"mode": "clean"}
     if args.noisy:
         from veil.obfuscate import nsr_report, nsr_sums
@@ -45,24 +45,28 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in tqdm(args.images, desc="detect", unit="img", disable=len(args.images) < 2):
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=args.max_pixels)
+            if args.noisy:
+                # One head pass: the clean activation gives the NSR, the noise goes on top of it.
+                a, prep = det.client_side(image, obfuscate=False)
+                extra = {**mode, **nsr_report(nsr_sums(a, det.obfuscator))}
+                with torch.inference_mode():
+                    boxes = det.boxes_from_activation(det.obfuscator(a), prep)
+            else:
+                extra = mode
+                boxes = det.detect(image)
         except ImageReadError as exc:
             print(f"skipped: {exc}", file=sys.stderr)
             failed += 1
             continue
-        if args.noisy:
-            # One head pass: the clean activation gives the NSR, the noise goes on top of it.
-            a, prep = det.client_side(image, obfuscate=False)
-            extra = {**mode, **nsr_report(nsr_sums(a, det.obfuscator))}
-            with torch.inference_mode():
-                boxes = det.boxes_from_activation(det.obfuscator(a), prep)
-        else:
-            extra = mode
-            boxes = det.detect(image)
+        except Exception as exc:  # noqa: BLE001 - MemoryError included: one image fails, the rest run
+            print(f"skipped: {path}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         stem = Path(path).stem
         cv2.imwrite(str(out / f"{stem}.jpg"), draw_boxes(image, boxes, args.min_score))
         rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in boxes]
-        (out / f"{stem}.json").write_text(json.dumps({"image": str(path), **extra, "detections": rows}, indent=1))
+        write_json(out / f"{stem}.json", {"image": str(path), **extra, "detections": rows})
         nsr = f", NSR {extra['nsr_db']:+.2f} dB" if args.noisy else ""
         print(f"{path}: {int((boxes[:, 4] >= args.min_score).sum())} faces (score ≥ {args.min_score}){nsr}")
     return 1 if failed else 0

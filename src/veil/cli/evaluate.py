@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
 from veil.cli.main import CLIError
 from veil.evaluation import EvalResult, Shard, evaluate_fddb, merge_results, write_partial
+from veil.evaluation.merge import partial_filename
 from veil.evaluation.runner import SHARD_INDEX_ENV, cores
+from veil.jsonio import WriteLock, write_json
 
 _EPILOG = """\
 examples:
@@ -72,10 +75,7 @@ def _noisy_setup(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
 def _emit(result: EvalResult, json_path: str | None, roc_path: str | None) -> None:
     print(result.table())
     if json_path:
-        out = Path(json_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_json(), indent=1))
-        print(f"wrote {out}")
+        print(f"wrote {write_json(json_path, result.to_json())}")
     if roc_path:
         from veil.evaluation.plots import plot_roc
 
@@ -83,7 +83,35 @@ def _emit(result: EvalResult, json_path: str | None, roc_path: str | None) -> No
         print(f"wrote {plot_roc({label: result}, roc_path)}")
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run like Ctrl-C (results intact, exit 130).
+
+    Why: as PID 1 in a container, a process without a handler ignores SIGTERM, so Kubernetes
+    would wait out the grace period and then SIGKILL it mid-write.
+    """
+    def on_term(_signum, _frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _claim(stack: ExitStack, paths: list[Path]) -> None:
+    """Hold every output path for the whole run: a second run on the same path is refused now."""
+    for p in paths:
+        stack.enter_context(WriteLock(p))
+
+
 def run(args: argparse.Namespace) -> int:
+    with sigterm_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     check_noise_args(args)
     if args.workers < 0:
         raise CLIError(f"--workers must be 0 (one per core) or more, got {args.workers}")
@@ -93,23 +121,32 @@ def run(args: argparse.Namespace) -> int:
     from veil.detector import Detector
 
     dataset = read_fddb(args.dataset)  # fail on a bad dataset before loading anything else
-    detector = Detector.from_weights(args.weights, scale=args.scale)
-    settings = _noisy_setup(args, detector) if args.noisy else {"mode": "clean"}
-    result = evaluate_fddb(detector, dataset, workers=workers, shard=shard, progress=not args.no_progress,
-                           nsr=args.noisy, seed=args.seed, settings=settings)
-    if shard is not None:
-        print(f"shard {shard}: {result.images} of the images present (a partial result; "
-              "combine all shards with `veil merge-results`)")
-    _emit(result, args.json, args.roc)
-    print(f"{result.images} images in {result.wall_s:.1f} s ({result.images / max(result.wall_s, 1e-9):.2f} images/s, "
-          f"{workers} worker{'s' if workers > 1 else ''})", file=sys.stderr)
+    outputs = [Path(p) for p in (args.json, args.roc) if p]
     if args.out_partial:
-        print(f"wrote partial result {write_partial(result, args.out_partial)}")
+        index, count = (shard.index, shard.count) if shard else (0, 1)
+        outputs.append(Path(args.out_partial) / partial_filename(index, count))
+    with ExitStack() as stack:
+        _claim(stack, outputs)
+        detector = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels)
+        settings = _noisy_setup(args, detector) if args.noisy else {"mode": "clean"}
+        result = evaluate_fddb(detector, dataset, workers=workers, shard=shard, progress=not args.no_progress,
+                               nsr=args.noisy, seed=args.seed, settings=settings)
+        if shard is not None:
+            print(f"shard {shard}: {result.images} of the images present (a partial result; "
+                  "combine all shards with `veil merge-results`)")
+        _emit(result, args.json, args.roc)
+        print(f"{result.images} images in {result.wall_s:.1f} s "
+              f"({result.images / max(result.wall_s, 1e-9):.2f} images/s, "
+              f"{workers} worker{'s' if workers > 1 else ''})", file=sys.stderr)
+        if args.out_partial:
+            print(f"wrote partial result {write_partial(result, args.out_partial)}")
     return 0
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    result = merge_results(args.dir)
-    print(f"merged {result.shards} shards")
-    _emit(result, args.json, args.roc)
+    with ExitStack() as stack:
+        _claim(stack, [Path(p) for p in (args.json, args.roc) if p])
+        result = merge_results(args.dir)
+        print(f"merged {result.shards} shards")
+        _emit(result, args.json, args.roc)
     return 0

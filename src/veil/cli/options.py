@@ -10,14 +10,24 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from veil.preprocess import FDDB_SCALE
+from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--weights`` and ``--scale``."""
+    """``--weights``, ``--scale`` and ``--max-pixels``."""
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
     p.add_argument("--scale", type=float, default=FDDB_SCALE,
                    help="resize factor before the network (default: %(default)s, the FDDB test protocol)")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_INPUT_PIXELS, metavar="N",
+                   help="skip (and report) images whose network input, after --scale, exceeds N pixels "
+                        "(default: %(default)s = 4096x4096; memory grows with it)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
@@ -72,12 +82,17 @@ def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any
         raise CLIError(f"--seed excludes keyed noise, and $VEIL_NOISE_KEY_FILE is set ({key})")
     if sha is not None:
         sha = _sha256_or_error(sha, CLIError)
-    detector.obfuscator, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
-                                                weights_sha256=detector.weights_sha256, seed=seed,
-                                                key=Path(key) if key is not None else None, sha256=sha)
-    meta = {**meta, "noise_mode": detector.obfuscator.mode,
-            **({"noise_key_id": detector.obfuscator.key_id} if detector.obfuscator.key_id else {})}
+    obf, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
+                                weights_sha256=detector.weights_sha256, seed=seed,
+                                key=Path(key) if key is not None else None, sha256=sha)
+    meta = {**meta, "noise_mode": obf.mode, **({"noise_key_id": obf.key_id} if obf.key_id else {})}
     path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
+    from veil.models.faceboxes import HEAD_CHANNELS
+
+    if getattr(obf, "channels", HEAD_CHANNELS) != HEAD_CHANNELS:  # refuse at load, not at the first image
+        raise CLIError(f"{path} holds noise for {obf.channels} channels, but the head's activation has "
+                       f"{HEAD_CHANNELS}; it was not fitted for this model")
+    detector.obfuscator = obf
     return meta, path
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import shlex
 import signal
 import sys
 import time
@@ -14,8 +15,11 @@ from tqdm import tqdm
 
 from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
 from veil.cli.main import CLIError
+from veil.jsonio import write_json
 
 DEFAULT_REPO = "triton-repo"
+#: The ``veil infer`` parser, kept to print rerun commands that repeat every option given.
+_INFER_PARSER: argparse.ArgumentParser | None = None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve", help="run the Triton Inference Server bundled with nvidia-pytriton on a model repository",
         description="Start the real tritonserver from the nvidia-pytriton wheel on REPO (REPO/python if REPO "
                     "holds the forms written by `veil export-triton`). Listens on 127.0.0.1 unless --host says "
-                    "otherwise. Stops cleanly on Ctrl-C or SIGTERM.")
+                    "otherwise. Locked down by default: the operator APIs (shared memory, model repository and "
+                    "control, logging, trace, statistics) need a random admin key (see --admin-key-file), metrics "
+                    "are off (--metrics), and the ports must be free. Stops cleanly on Ctrl-C or SIGTERM.")
     p.add_argument("--model-repository", default=DEFAULT_REPO, metavar="REPO",
                    help="model repository (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1",
@@ -45,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: %(default)s)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: %(default)s)")
+    p.add_argument("--metrics", action="store_true",
+                   help="serve Prometheus metrics on --metrics-port (default: off; they reveal load and timing)")
+    p.add_argument("--admin-key-file", metavar="FILE",
+                   help="write the random admin key for the restricted operator APIs here (mode 0600); send it as "
+                        "header 'veil-admin-key' (gRPC: 'triton-grpc-protocol-veil-admin-key') (default: not written, so those "
+                        "APIs are closed to everyone)")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="load only this model (repeatable; default: all in the repository)")
     p.add_argument("--log-file", help="server log file (default: a temporary file, tail shown on failure)")
@@ -66,10 +78,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)")
     p.add_argument("--decoder", help="decoder for the reconstruction of what was sent (default: the trained one, if any)")
-    p.add_argument("--retries", type=int, default=3, help="retries when the server is unreachable (default: %(default)s)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="retries (with doubling back-off) when the server is unreachable or does not answer in "
+                        "time (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="deadline in seconds for each request; a hung server counts as unreachable "
+                        "(default: %(default)s)")
     add_model_args(p)
     add_noise_args(p, seed=False)
     p.set_defaults(func=run_infer)
+    global _INFER_PARSER
+    _INFER_PARSER = p
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -97,10 +116,17 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot run the bundled tritonserver here: {why}. Use the stock container (docs/serving.md)")
     repo = resolve_repository(args.model_repository, "python")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: the server is reachable from the network, with no "
-              "authentication (Triton has none); put it behind TLS and access control", file=sys.stderr)
+        print(f"warning: listening on {args.host}: anyone who reaches these ports can send inference requests "
+              "(Triton has no authentication and no TLS here); put it behind TLS and access control",
+              file=sys.stderr)
     server = TritonServer(repo, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                          log_file=args.log_file, models=args.models, exit_timeout=args.exit_timeout)
+                          log_file=args.log_file, models=args.models, exit_timeout=args.exit_timeout,
+                          metrics=args.metrics)
+    if args.admin_key_file:
+        fd = os.open(args.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(server.admin_key + "\n")
     stopping = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -114,7 +140,8 @@ def run_serve(args: argparse.Namespace) -> int:
             server.start(args.timeout)
         except ServerError as exc:
             raise CLIError(str(exc)) from exc
-        print(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+        metrics = server.metrics_url if server.metrics else "off"
+        print(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {metrics}  (pid {server.process.pid})")
         print("press Ctrl-C to stop", file=sys.stderr)
         sys.stdout.flush()
         code = server.process.wait()
@@ -143,14 +170,15 @@ def run_infer(args: argparse.Namespace) -> int:
 
     check_noise_args(args)
     check_unique_stems(args.images)
-    det = Detector.from_weights(args.weights, scale=args.scale)
+    det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels)
     meta = attach_noise(args, det)[0] if args.noisy else None
     noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point",
                                                                   "noise_mode")}
     decoder = _decoder(args.decoder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    client = TritonDetector(det, args.url, args.protocol, fp16=args.fp16, retries=args.retries)
+    client = TritonDetector(det, args.url, args.protocol, fp16=args.fp16, retries=args.retries,
+                            timeout=args.timeout)
     bar = tqdm(total=len(args.images), desc=f"infer ({client.model} @ {client.url})", unit="img",
                disable=len(args.images) < 2)
 
@@ -171,7 +199,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
             cv2.imwrite(str(out / f"{stem}.sent.jpg"), reconstruct(decoder, r.activation.float()))
             record["reconstruction"] = f"{stem}.sent.jpg"
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        write_json(out / f"{stem}.json", record)
         tqdm.write(f"{r.name}: {int((r.boxes[:, 4] >= args.min_score).sum())} faces (score >= {args.min_score})")
 
     with client:
@@ -184,10 +212,35 @@ def run_infer(args: argparse.Namespace) -> int:
               f"{', '.join(r.name for r in failed)}", file=sys.stderr)
         if down:
             print(f"the server was unreachable for {len(down)} image(s); rerun them when it is back: "
-                  f"veil infer {' '.join(down)} --url {client.url} --protocol {client.protocol} --out {out}",
-                  file=sys.stderr)
+                  f"{rerun_command(args, down)}", file=sys.stderr)
         return 1
     return 0
+
+
+def rerun_command(args: argparse.Namespace, images: list[str]) -> str:
+    """``veil infer`` on ``images`` with every other option exactly as given, shell-quoted.
+
+    Built from the parser's own option list, so no option (``--noisy``, ``--alpha``, ``--noise``,
+    ``--fp16``, ``--weights``, …) can be left out: a rerun must never send clean activations
+    where the first run sent obfuscated ones. Images come after ``--``, so names starting with
+    ``-`` stay images.
+    """
+    assert _INFER_PARSER is not None, "register() builds the parser first"
+    argv = ["veil", "infer"]
+    for action in _INFER_PARSER._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, None)
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
+                argv.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for v in value or []:
+                argv += [flag, str(v)]
+        elif value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return shlex.join(argv + ["--", *images])
 
 
 def _decoder(path: str | None):

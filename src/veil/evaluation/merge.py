@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from veil.evaluation.result import EvalResult, ImageRecord, summarise
+from veil.jsonio import write_json
 
 PARTIAL_FORMAT = "veil-fddb-partial"
 PARTIAL_VERSION = 1
@@ -48,15 +49,13 @@ def partial_json(result: EvalResult) -> dict[str, Any]:
 
 
 def write_partial(result: EvalResult, out_dir: str | Path) -> Path:
-    """Write ``out_dir/fddb-partial-IIII-of-NNNN.json`` atomically (a half-written file never looks done)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``out_dir/fddb-partial-IIII-of-NNNN.json`` atomically (a half-written file never looks done).
+
+    Through a unique temporary file and a rename (:func:`veil.jsonio.write_json`): two pods that
+    were given the same shard never interleave their bytes, and a reader never sees half a file.
+    """
     index, count = result.shard or (0, 1)
-    path = out / partial_filename(index, count)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(partial_json(result)))
-    tmp.replace(path)
-    return path
+    return write_json(Path(out_dir) / partial_filename(index, count), partial_json(result), indent=None)
 
 
 def _read(path: Path) -> dict[str, Any]:

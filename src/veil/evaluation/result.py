@@ -95,7 +95,7 @@ class EvalResult:
         lines.append(f"Evaluated {self.images} images, {self.faces} faces in {len(self.folds_present)} folds; "
                      f"{self.missing} annotated images not found"
                      + (f" (folds {', '.join(map(str, absent))} have none)" if absent else "")
-                     + f"; {len(self.skipped)} skipped as unreadable")
+                     + f"; {len(self.skipped)} skipped (unreadable, over the pixel limit or failed)")
         lines.append(f"TPR@1000FP: {self.tpr_at_1000fp:.4f} (discrete ROC, at most {self.fp_budget:.1f} false "
                      f"positives = {ROC_FALSE_POSITIVES} x {self.images}/{FDDB_TOTAL_IMAGES} images)")
         if self.nsr is not None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from veil.data.fddb import FDDBDataset, FDDBImage, read_fddb
 from veil.evaluation.metrics import IOU_THRESHOLD, match_image
 from veil.evaluation.result import EvalResult, ImageRecord, summarise
-from veil.preprocess import ImageReadError, load_image
+from veil.preprocess import MAX_INPUT_PIXELS, ImageReadError, load_image
 
 #: Kubernetes Indexed Jobs give each pod its index in this variable.
 SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
@@ -89,11 +89,25 @@ def _image_seed(seed: int, name: str) -> int:
 
 def evaluate_image(detector: Any, image: FDDBImage, index: int, nsr: bool = False,
                    seed: int | None = None) -> tuple[ImageRecord | None, dict | None, np.ndarray | None]:
-    """Detect and match one image → (record, None, nsr sums) or (None, skip note, None) if unreadable."""
+    """Detect and match one image → (record, None, nsr sums) or (None, skip note, None) if it failed.
+
+    Any failure of one image (unreadable, over the pixel limit, out of memory, a cv2 or server
+    error) is that image's skip note: the run goes on and still writes its results.
+    """
     try:
-        img = load_image(image.path)
+        return _evaluate_image(detector, image, index, nsr, seed)
     except ImageReadError as exc:
-        return None, {"index": index, "fold": image.fold, "image": image.name, "reason": str(exc)}, None
+        reason = str(exc)
+    except MemoryError:
+        reason = "out of memory while processing it (MemoryError)"
+    except Exception as exc:  # noqa: BLE001 - reported with the image, never lost
+        reason = f"{exc.__class__.__name__}: {exc}".strip()
+    return None, {"index": index, "fold": image.fold, "image": image.name, "reason": reason}, None
+
+
+def _evaluate_image(detector: Any, image: FDDBImage, index: int, nsr: bool,
+                    seed: int | None) -> tuple[ImageRecord, None, np.ndarray | None]:
+    img = load_image(image.path, max_pixels=getattr(detector, "max_pixels", MAX_INPUT_PIXELS))
     sums = None
     obf = getattr(detector, "obfuscator", None)
     if seed is not None and obf is not None and hasattr(obf, "reseed"):

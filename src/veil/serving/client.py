@@ -23,7 +23,7 @@ import torch
 
 from veil.detector import Detector
 from veil.preprocess import ImageReadError, Prepared, load_image
-from veil.serving.repository import model_name
+from veil.serving.repository import ALL_MODELS, model_name
 from veil.serving.wire import encode_input, requested_outputs
 
 PROTOCOLS = ("http", "grpc")
@@ -67,12 +67,14 @@ class TritonDetector:
     """A detector whose tail runs on a Triton server; ``detect(image)`` like :class:`Detector`.
 
     ``detector`` supplies the head, the optional obfuscator (set → the ``face_detection_noisy``
-    model) and post-processing. ``retries`` bounds how often an unreachable server is retried
-    (with doubling delays from ``retry_delay``); other errors are not retried.
+    model) and post-processing. Every request has a deadline of ``timeout`` seconds (HTTP and
+    gRPC): a server that accepts the connection but never answers (hung, SIGSTOPped) counts as
+    unreachable. ``retries`` bounds how often an unreachable server is retried (with doubling
+    delays from ``retry_delay``); other errors are not retried.
     """
 
     def __init__(self, detector: Detector, url: str | None = None, protocol: str = "http", fp16: bool = False,
-                 model: str | None = None, retries: int = 3, retry_delay: float = 0.5, timeout: float = 60.0,
+                 model: str | None = None, retries: int = 3, retry_delay: float = 0.5, timeout: float = 30.0,
                  binary: bool = True) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
@@ -107,6 +109,10 @@ class TritonDetector:
     @property
     def post(self):
         return self.detector.post
+
+    @property
+    def max_pixels(self):
+        return getattr(self.detector, "max_pixels", None)
 
     # -- connection ----------------------------------------------------------------------------
     @property
@@ -148,7 +154,12 @@ class TritonDetector:
         last: BaseException | None = None
         while time.monotonic() < deadline:
             try:
-                if self.client.is_server_ready() and self.client.is_model_ready(self.model):
+                if self.protocol == "grpc":
+                    ready = (self.client.is_server_ready(client_timeout=self.timeout)
+                             and self.client.is_model_ready(self.model, client_timeout=self.timeout))
+                else:
+                    ready = self.client.is_server_ready() and self.client.is_model_ready(self.model)
+                if ready:
                     return
             except Exception as exc:  # noqa: BLE001 - any failure here means "not ready yet"
                 last = exc
@@ -168,7 +179,11 @@ class TritonDetector:
                 time.sleep(self.retry_delay * 2 ** (attempt - 1))
             try:
                 inp = encode_input(self.protocol, a, self.fp16, self.binary)
-                res = self.client.infer(self.model, [inp], outputs=requested_outputs(self.protocol, self.binary))
+                outputs = requested_outputs(self.protocol, self.binary)
+                if self.protocol == "grpc":  # gRPC has no deadline unless given one per call
+                    res = self.client.infer(self.model, [inp], outputs=outputs, client_timeout=self.timeout)
+                else:  # HTTP: connection_timeout and network_timeout of the client
+                    res = self.client.infer(self.model, [inp], outputs=outputs)
                 # Copies: tritonclient returns read-only views of its receive buffer.
                 return np.array(res.as_numpy("OUTPUT_0")), np.array(res.as_numpy("OUTPUT_1"))
             except Exception as exc:  # noqa: BLE001 - classified below
@@ -185,8 +200,8 @@ class TritonDetector:
                 names = sorted(m["name"] if isinstance(m, dict) else m.name
                                for m in _index(self.client, self.protocol))
                 msg += f"; the server at {self.url} serves: {', '.join(names) or 'no models'}"
-            except Exception:  # noqa: BLE001 - the listing is a courtesy
-                pass
+            except Exception:  # noqa: BLE001 - the listing is a courtesy (restricted on veil's servers)
+                msg += f"; veil's servers serve {', '.join(ALL_MODELS)}"
         return InferenceError(f"the Triton server at {self.url} refused the request for model {self.model!r}: {msg}")
 
     # -- whole images --------------------------------------------------------------------------
@@ -228,7 +243,7 @@ class TritonDetector:
             r = ImageResult(name)
             try:
                 if image is None:
-                    image = load_image(name)
+                    image = load_image(name, max_pixels=self.max_pixels)
                 r.boxes, a = self.detect_with_activation(image)
                 if keep:
                     r.image, r.activation = image, a
@@ -238,6 +253,10 @@ class TritonDetector:
                 r.error, r.unavailable = str(exc), True
             except (InferenceError, ValueError) as exc:  # refused request, or an image the head cannot take
                 r.error = str(exc)
+            except MemoryError:
+                r.error = f"{name}: out of memory while processing it (MemoryError)"
+            except Exception as exc:  # noqa: BLE001 - any other failure is this image's, reported, never lost
+                r.error = f"{name}: {exc.__class__.__name__}: {exc}"
             results.append(r)
             if on_result is not None:
                 on_result(i, r)

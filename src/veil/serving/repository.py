@@ -16,11 +16,11 @@ activations) and ``face_detection_noisy`` (obfuscated ones), with the same tail 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from veil.jsonio import write_json
 from veil.models.faceboxes import HEAD_CHANNELS, FaceBoxes
 from veil.serving import export
 
@@ -37,6 +37,14 @@ def model_name(noisy: bool, fp16: bool = False) -> str:
 
 
 ALL_MODELS = tuple(model_name(n, h) for n in (False, True) for h in (False, True))
+
+#: Largest activation the served tail accepts, per side and in area (positions h×w), matching the
+#: client's default pixel limit (veil.preprocess: network input ≤ 8192 px a side, ≤ 4096² px;
+#: the head's stride is 32). A maximal request is 128×128 positions × 128 channels × 4 bytes =
+#: 8 MiB in FP32; without the bound, one [1,128,1024,1024] request (512 MiB) held ~7 GB of the
+#: server's memory for 38 s.
+MAX_ACTIVATION_SIDE = 8192 // 32
+MAX_ACTIVATION_AREA = 4096 * 4096 // (32 * 32)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,12 @@ def config_pbtxt(name: str, fmt: str, fp16: bool, max_batch_size: int = 8, insta
     dtype = "TYPE_FP16" if fp16 else "TYPE_FP32"
     # The pytorch backend maps outputs by the "<name>__<index>" convention, or by their order
     # here when names do not follow it; OUTPUT_0 then OUTPUT_1 keeps the order of the tail's outputs.
-    params = '\nparameters { key: "tail_file" value { string_value: "model.onnx" } }' if fmt == "python" else ""
+    params = ""
+    if fmt == "python":  # the python-backend model reads these and refuses larger activations
+        params = ('\nparameters { key: "tail_file" value { string_value: "model.onnx" } }'
+                  f'\nparameters {{ key: "max_height" value {{ string_value: "{MAX_ACTIVATION_SIDE}" }} }}'
+                  f'\nparameters {{ key: "max_width" value {{ string_value: "{MAX_ACTIVATION_SIDE}" }} }}'
+                  f'\nparameters {{ key: "max_area" value {{ string_value: "{MAX_ACTIVATION_AREA}" }} }}')
     return f"""name: "{name}"
 {backend}
 max_batch_size: {max_batch_size}
@@ -120,7 +133,7 @@ def write_repository(model: FaceBoxes, out: str | Path, weights_sha256: str = ""
     manifest = {"weights_sha256": weights_sha256, "forms": {f: str(p.relative_to(root)) for f, p in repos.items()},
                 "models": list(ALL_MODELS), "input": export.INPUT_NAME, "outputs": list(export.OUTPUT_NAMES),
                 "max_abs_error_vs_in_process": errors}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_json(root / MANIFEST, manifest)
     return ExportReport(root=root, repositories=repos, max_error=errors)
 
 

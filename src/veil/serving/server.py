@@ -12,6 +12,7 @@ group on exit, so nothing is left behind.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -106,6 +107,37 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """True if something already listens on (or holds) ``host:port``: binding it fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        # SO_REUSEADDR: connections of a stopped server lingering in TIME_WAIT don't count as use
+        # (on Linux a port someone listens on still refuses the bind).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+#: Triton APIs that only an operator needs: changing log settings, registering shared-memory
+#: regions (a client could register the server's own and read it back), loading/unloading models
+#: and listing the repository, tracing, statistics. Restricted by default behind a header key.
+RESTRICTED_APIS = ("shared-memory", "model-repository", "logging", "trace", "statistics")
+#: The request header that carries the admin key for the restricted APIs.
+ADMIN_HEADER = "veil-admin-key"
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """``tritonserver`` flags restricting :data:`RESTRICTED_APIS` on HTTP and gRPC to requests with
+    header ``veil-admin-key: <key>`` (gRPC: ``triton-grpc-protocol-veil-admin-key``); inference,
+    health, metadata and model config stay open."""
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
+            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
+
+
 def _kill_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to a process group; True if the group had members to receive it."""
     try:
@@ -119,14 +151,21 @@ class TritonServer:
     """A ``tritonserver`` process serving a model repository; use as a context manager.
 
     Ports default to free ones; ``host`` defaults to loopback; ``models`` limits which models
-    are loaded (each python-backend model is a process that imports torch, so fewer start faster). ``stop()`` (also run on exit of the
-    ``with`` block) sends SIGTERM, waits, then kills the process group if needed.
+    are loaded (each python-backend model is a process, so fewer start faster). ``stop()`` (also
+    run on exit of the ``with`` block) sends SIGTERM, waits, then kills the process group if needed.
+
+    Locked down by default: the operator APIs (:data:`RESTRICTED_APIS`) answer only requests
+    carrying :attr:`admin_key` (random per start) in header ``veil-admin-key``; metrics are off
+    unless ``metrics=True``; its shared-memory regions are made mode 0600 once it is ready.
+    Before starting, the ports must be free; once ready, the answering server must report this
+    start's unique id, so a server already on the port is never taken for ours.
     """
 
     def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  log_file: str | Path | None = None, log_verbose: int = 0,
-                 models: list[str] | None = None, exit_timeout: int = 5) -> None:
+                 models: list[str] | None = None, exit_timeout: int = 5, metrics: bool = False,
+                 restricted: bool = True, admin_key: str | None = None) -> None:
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise ServerError(f"model repository {self.model_repository} does not exist; "
@@ -139,6 +178,10 @@ class TritonServer:
         # On stop, Triton waits this long for in-flight requests and open client connections
         # (idle keep-alive connections would otherwise hold it for its default 30 s).
         self.exit_timeout = int(exit_timeout)
+        self.metrics = bool(metrics)
+        self.restricted = bool(restricted)
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
+        self.server_id = f"veil-{secrets.token_hex(8)}"  # what /v2 must report for the server to be ours
         self.process: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._log = None
@@ -177,8 +220,11 @@ class TritonServer:
                 f"--backend-config=python,shm-region-prefix-name={shm}",
                 "--backend-config=python,shm-default-byte-size=4194304",
                 "--backend-config=python,shm-growth-byte-size=4194304",
-                f"--exit-timeout-secs={self.exit_timeout}", "--strict-readiness=true", "--exit-on-error=true", "--disable-auto-complete-config",
-                f"--log-verbose={self.log_verbose}"] + self._model_args()
+                f"--exit-timeout-secs={self.exit_timeout}", "--strict-readiness=true", "--exit-on-error=true",
+                "--disable-auto-complete-config", f"--id={self.server_id}",
+                f"--allow-metrics={'true' if self.metrics else 'false'}",
+                f"--log-verbose={self.log_verbose}"] + (restricted_api_args(self.admin_key) if self.restricted
+                                                        else []) + self._model_args()
 
     def _model_args(self) -> list[str]:
         if not self.models:
@@ -218,6 +264,12 @@ class TritonServer:
         """Start the server and wait until it and all its models are ready."""
         if self.process is not None and self.process.poll() is None:
             return self
+        ports = [("HTTP", self.http_port), ("gRPC", self.grpc_port)] + ([("metrics", self.metrics_port)]
+                                                                         if self.metrics else [])
+        busy = [f"{what} port {port}" for what, port in ports if port_in_use(self.host, port)]
+        if busy:
+            raise ServerError(f"{' and '.join(busy)} on {self.host} already in use (another server?); "
+                              "stop it or choose other ports")
         self._prepare()
         log_path = self.log_file or (self._workdir / "tritonserver.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,12 +278,25 @@ class TritonServer:
         try:
             self.process = subprocess.Popen(self.command(), env=self.environment(), stdin=subprocess.DEVNULL,
                                             stdout=self._log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, umask=0o077)
             self.wait_ready(timeout)
+            self._private_regions()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _private_regions(self) -> None:
+        """Make this server's shared-memory regions (/dev/shm/<prefix>*) mode 0600.
+
+        The python backend creates them with mode 0644 whatever the umask, so any local user could
+        read the activations passing through them; they exist once the models are loaded (ready).
+        """
+        for f in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+            try:
+                f.chmod(0o600)
+            except OSError:
+                pass
 
     def is_ready(self) -> bool:
         """True when the HTTP endpoint answers ``/v2/health/ready`` with 200 (server and models ready)."""
@@ -241,14 +306,27 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def answering_id(self) -> str | None:
+        """The id of the server answering on our HTTP port (``GET /v2``), or None if none answers."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=2) as r:
+                return json.loads(r.read()).get("name")
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            return None
+
     def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until *this* server is ready: our process alive, ready, and reporting our id."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise ServerError(f"tritonserver exited (status {code}) before it was ready:\n{self.log_tail()}")
             if self.is_ready():
-                return
+                found = self.answering_id()
+                if found == self.server_id and self.process.poll() is None:
+                    return
+                raise ServerError(f"a server answers on {self.http_url}, but it is not the one started here "
+                                  f"(it reports id {found!r}, ours is {self.server_id!r})")
             time.sleep(0.25)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log_tail()}")
 

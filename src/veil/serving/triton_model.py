@@ -5,6 +5,8 @@ not torch: importing torch would make every model instance start seconds slower)
 ONNX tail written beside it, the same file the stock containers' onnxruntime backend serves.
 Requests of equal spatial size that the dynamic batcher groups are run as one batch; a failing
 request gets an error response of its own, so a bad request never takes the model down.
+Activations larger than the bounds in ``config.pbtxt`` (``max_height``, ``max_width``,
+``max_area``) are refused from their shape alone, before their data is read or run.
 """
 
 import json
@@ -22,14 +24,26 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], params.get("tail_file", "model.onnx"))
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.channels = int(config["input"][0]["dims"][0])
+        self.max_height = int(params.get("max_height", 256))
+        self.max_width = int(params.get("max_width", 256))
+        self.max_area = int(params.get("max_area", self.max_height * self.max_width))
 
     def execute(self, requests):
         responses = [None] * len(requests)
         groups = {}
         for i, request in enumerate(requests):
+            # A view of the request's shared-memory buffer (no copy): only its shape is read first.
             a = pb_utils.get_input_tensor_by_name(request, "INPUT_0").as_numpy()
-            if a.ndim != 4 or a.shape[1] != self.channels or min(a.shape[2:]) < 1:
-                responses[i] = self._error(f"INPUT_0 must be [N,{self.channels},H,W], got {list(a.shape)}")
+            shape = list(a.shape)
+            if len(shape) != 4 or shape[1] != self.channels or min(shape[2:]) < 1:
+                responses[i] = self._error(f"INPUT_0 must be [N,{self.channels},H,W], got {shape}")
+                continue
+            h, w = shape[2], shape[3]
+            if h > self.max_height or w > self.max_width or h * w > self.max_area:
+                responses[i] = self._error(
+                    f"INPUT_0 is {h}x{w} positions, over this server's bound of {self.max_height}x{self.max_width} "
+                    f"and {self.max_area} positions (an input image of at most "
+                    f"{self.max_height * 32}x{self.max_width * 32} px); refused")
                 continue
             if not np.isfinite(a).all():
                 responses[i] = self._error("INPUT_0 holds NaN or infinite values")

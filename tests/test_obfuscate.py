@@ -11,6 +11,7 @@ import torch
 
 from veil.data.images import ImageCrops, list_images
 from veil.models.faceboxes import SPLIT_POINT
+from veil.obfuscate.artifact import expected_nsr_db
 from veil.obfuscate import (NoiseFileError, Obfuscator, isotropic_like, load_obfuscator, noise_filename,
                             nsr_report, nsr_sums, read_metadata, save_obfuscator)
 from veil.weights import REFERENCE_SHA256
@@ -119,7 +120,10 @@ def test_nsr_reports_dead_channels_and_rejects_silence():
 
 def _save(tmp_path, alpha=0.4, sha=REFERENCE_SHA256, name=None):
     path = tmp_path / (name or noise_filename(alpha))
-    save_obfuscator(_obf(), path, {"alpha": alpha, "weights_sha256": sha})
+    o = _obf()
+    with torch.no_grad():  # recorded statistics that put the noise where a fit at ALPHA does
+        o.signal_power.fill_(float(o.noise_variance().mean()) * 10 ** (-(expected_nsr_db(alpha) - 1.8) / 10))
+    save_obfuscator(o, path, {"alpha": alpha, "weights_sha256": sha})
     return path
 
 

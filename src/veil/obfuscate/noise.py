@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import secrets
 
 import numpy as np
@@ -66,6 +67,7 @@ class Obfuscator(nn.Module):
         self._explicit = generator
         self._generators: dict[str, torch.Generator] = {}
         self._stream: Keystream | None = None
+        self._stream_pid = 0
         self._key: NoiseKey | None = None
         self.set_key(key)
 
@@ -110,8 +112,10 @@ class Obfuscator(nn.Module):
         return g
 
     def _keystream(self) -> Keystream:
-        if self._stream is None:
+        # A forked child inherits the parent's stream object: it must not replay the parent's noise.
+        if self._stream is None or (self._seed is None and self._stream_pid != os.getpid()):
             self._stream = Keystream.from_seed(self._seed) if self._seed is not None else Keystream.fresh()
+            self._stream_pid = os.getpid()
         return self._stream
 
     def __getstate__(self) -> dict:

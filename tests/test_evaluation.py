@@ -206,3 +206,19 @@ def test_shard_parse_select_and_errors(monkeypatch):
     for bad in ("3/3", "-1/2", "x/2", "2", "1/0"):
         with pytest.raises(ValueError):
             Shard.parse(bad)
+
+
+def test_pipelined_run_equals_the_sequential_one(detector, fddb_dir):
+    """Decoding/preprocessing ahead in a thread changes only the timing, never a detection."""
+    from veil.detector import Detector
+    from veil.evaluation import evaluate_fddb
+
+    small = Detector(detector.model, detector.weights_sha256, scale=1.0)
+    seq = evaluate_fddb(small, fddb_dir, shard="0/20", progress=False, prefetch=False)
+    pipe = evaluate_fddb(small, fddb_dir, shard="0/20", progress=False, prefetch=True)
+    assert seq.images == pipe.images >= 10
+    assert [r.name for r in seq.records] == [r.name for r in pipe.records]
+    for a, b in zip(seq.records, pipe.records):
+        assert np.array_equal(a.detections, b.detections) and np.array_equal(a.tp, b.tp)
+    assert seq.mAP == pipe.mAP and seq.settings == pipe.settings
+    assert pipe.settings["backend"] == "fp32"

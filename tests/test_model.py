@@ -147,3 +147,35 @@ def test_eval_mode_reaches_head_and_tail_views():
     assert not model.conv3_1.bn.training
     model.train()
     assert model.head.training and model.tail.training
+
+
+def _prepare_float_reference(image, scale):
+    """The preprocessing ``prepare`` replaced (resize in float32, subtract, transpose): the reference."""
+    import cv2
+
+    from veil.preprocess import BGR_MEAN
+
+    img = image.astype(np.float32)
+    if scale != 1.0:
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    img -= np.asarray(BGR_MEAN, dtype=np.float32)
+    return img.transpose(2, 0, 1)[None]
+
+
+def test_fused_preprocessing_matches_the_float_reference_on_fddb(fddb_image_paths):
+    from veil.preprocess import PREPARE_TOLERANCE, load_image, prepare
+
+    for path in fddb_image_paths[:4]:
+        image = load_image(path)
+        for scale in (3.0, 1.0, 0.5):
+            got = prepare(image, scale)
+            ref = _prepare_float_reference(image, scale)
+            assert got.tensor.dtype == torch.float32 and got.tensor.is_contiguous()
+            assert tuple(got.tensor.shape) == ref.shape, (path, scale)
+            diff = np.abs(got.tensor.numpy() - ref)
+            assert diff.max() <= PREPARE_TOLERANCE, (path, scale, diff.max())
+            assert diff.mean() < 0.3  # rounding, not a shift: the mean error stays well under a grey level
+            if scale == 1.0:
+                assert diff.max() == 0.0  # no resize: exactly the subtraction
+    with pytest.raises(ValueError, match="uint8"):
+        prepare(np.zeros((8, 8, 3), np.float32))

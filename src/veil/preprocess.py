@@ -99,18 +99,34 @@ class Prepared:
     orig_size: tuple[int, int]  # (height, width) of the original image
 
 
-def prepare(image: np.ndarray, scale: float = FDDB_SCALE,
-            max_pixels: int | None = MAX_INPUT_PIXELS) -> Prepared:
-    """Resize a uint8 BGR image by ``scale`` and turn it into a mean-subtracted tensor."""
+#: Largest difference of :func:`prepare`'s output from resizing in float32 (the implementation it
+#: replaced, kept in tests/test_model.py): resizing in uint8 rounds each pixel once, and OpenCV's
+#: uint8 bilinear uses 11-bit fixed-point weights. Measured on FDDB: ≤ 0.67 grey levels.
+PREPARE_TOLERANCE = 1.0
+
+
+def prepare(image: np.ndarray, scale: float = FDDB_SCALE, max_pixels: int | None = MAX_INPUT_PIXELS) -> Prepared:
+    """Resize a uint8 BGR image by ``scale`` and turn it into a mean-subtracted ``[1,3,h,w]`` tensor.
+
+    At memory speed: each channel plane of the (small) original is resized in uint8, then one
+    pass per plane converts, subtracts the mean and writes straight into its place in the
+    channel-first output (no float copy of the large image, no transpose copy). Within
+    :data:`PREPARE_TOLERANCE` of resizing in float32. A network input over ``max_pixels`` raises
+    :class:`ImageTooLargeError` before any memory is asked for it.
+    """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 BGR image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
     check_pixels(image.shape[0], image.shape[1], scale, max_pixels)
-    img = image.astype(np.float32)
-    if scale != 1.0:
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    img -= np.asarray(BGR_MEAN, dtype=np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).unsqueeze(0)
-    return Prepared(tensor=tensor, scale=scale, orig_size=(image.shape[0], image.shape[1]))
+    out: np.ndarray | None = None
+    for ch, plane in enumerate(cv2.split(image)):
+        if scale != 1.0:
+            plane = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        if out is None:
+            out = np.empty((1, 3, *plane.shape), dtype=np.float32)
+        cv2.subtract(plane, BGR_MEAN[ch], dst=out[0, ch], dtype=cv2.CV_32F)
+    return Prepared(tensor=torch.from_numpy(out), scale=scale, orig_size=(image.shape[0], image.shape[1]))
 
 
 def to_image(tensor: torch.Tensor) -> np.ndarray:

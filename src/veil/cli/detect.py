@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_noise_args(args)
     check_unique_stems(args.images)
-    det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels)
+    det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels, backend=args.backend)
     mode: dict = {"mode": "clean"}
     if args.noisy:
         from veil.obfuscate import nsr_report, nsr_sums

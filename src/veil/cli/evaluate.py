@@ -127,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         outputs.append(Path(args.out_partial) / partial_filename(index, count))
     with ExitStack() as stack:
         _claim(stack, outputs)
-        detector = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels)
+        detector = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels,
+                                         backend=args.backend)
         settings = _noisy_setup(args, detector) if args.noisy else {"mode": "clean"}
         result = evaluate_fddb(detector, dataset, workers=workers, shard=shard, progress=not args.no_progress,
                                nsr=args.noisy, seed=args.seed, settings=settings)

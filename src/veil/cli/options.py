@@ -21,6 +21,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=_positive_int, default=MAX_INPUT_PIXELS, metavar="N",
                    help="skip (and report) images whose network input, after --scale, exceeds N pixels "
                         "(default: %(default)s = 4096x4096; memory grows with it)")
+    p.add_argument("--backend", type=_backend, default="auto", metavar="{auto,fp32,bf16,onnx}",
+                   help="how head and tail are computed: fp32 (eager PyTorch, the reference), bf16 (autocast, "
+                        "CPUs with native BF16), onnx (onnxruntime; exported once per weights and checked "
+                        "against fp32), auto (the fastest within 0.1 mAP point of fp32 that this CPU runs, "
+                        "see docs/evaluation.md; default)")
+
+
+def _backend(text: str) -> str:
+    """A backend name, resolved (``auto`` → the one this machine runs) or refused with the reason."""
+    from veil.backends import BackendError, resolve
+
+    try:
+        return resolve(text)
+    except BackendError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:

@@ -170,7 +170,8 @@ def run_infer(args: argparse.Namespace) -> int:
 
     check_noise_args(args)
     check_unique_stems(args.images)
-    det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels)
+    det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels,
+                                backend=args.backend)  # the head runs here; the tail on the server
     meta = attach_noise(args, det)[0] if args.noisy else None
     noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point",
                                                                   "noise_mode")}

@@ -1,0 +1,231 @@
+"""How the head and the tail are computed: eager FP32 (the reference), BF16 autocast, onnxruntime.
+
+A backend is chosen per call (``Detector(backend=...)``, ``veil evaluate/detect/infer --backend``);
+every backend takes and returns FP32 tensors, so the obfuscation, the wire and post-processing
+never see a difference in dtype.
+
+- ``fp32``: the PyTorch modules as they are; every other backend is checked against it.
+- ``bf16``: the same modules under ``torch.autocast("cpu", torch.bfloat16)``: convolutions run in
+  BF16 on CPUs with native BF16 (AVX512-BF16 or AMX), accumulate in FP32. Refused, with the
+  reason, on a CPU without it (emulated BF16 is slower than FP32 and no more accurate).
+- ``onnx``: head and tail exported to ONNX once per weights file (cached under the veil cache,
+  keyed by the weights' SHA-256), each export checked against eager FP32 before it is used
+  (the tail with :func:`veil.serving.export.check_onnx`, as ``veil export-triton`` checks it).
+- ``auto``: :data:`AUTO_ORDER`'s first backend this machine runs: the fastest whose FDDB mAP is
+  within 0.1 point of FP32 (measured in docs/evaluation.md, benchmarks/backends.py), falling back
+  to the next when onnxruntime is missing or the CPU has no native BF16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from veil.models.faceboxes import FaceBoxes
+
+#: Backends by name; ``auto`` picks the first of :data:`AUTO_ORDER` that this machine supports.
+NAMES = ("fp32", "bf16", "onnx")
+CHOICES = ("auto",) + NAMES
+#: Fastest first, among the backends whose FDDB mAP is within 0.1 point of FP32 on the 225 FDDB
+#: images present (fp32 0.970026, onnx 0.970026, bf16 0.969939; docs/evaluation.md has the
+#: commands and timings). ``auto`` takes the first one this machine runs.
+AUTO_ORDER = ("onnx", "bf16", "fp32")
+#: Largest difference from eager FP32 that the tests accept on real FDDB images (tests/test_backends.py):
+#: softmax face scores (absolute), and the head's activation relative to its largest value.
+#: Measured on 6–9 FDDB images at ×3 (docs/evaluation.md): bf16 ≤ 0.018 and 0.0080 (BF16 keeps
+#: 8 mantissa bits), onnx ≤ 2.3e-6 and 1.7e-6 (FP32, other kernels).
+SCORE_TOLERANCE = {"fp32": 0.0, "bf16": 0.03, "onnx": 1e-4}
+ACTIVATION_TOLERANCE = {"fp32": 0.0, "bf16": 0.02, "onnx": 1e-4}
+#: Export format version: bump when the exported graphs change, so stale cached files are not reused.
+ONNX_CACHE_VERSION = 1
+HEAD_INPUT, HEAD_OUTPUT = "image", "activation"
+
+
+class BackendError(ValueError):
+    """A backend that does not exist, or that this machine cannot run."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def head(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def bf16_unsupported_reason() -> str | None:
+    """Why BF16 would not be fast here, or ``None`` if the CPU computes BF16 natively."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        pass
+    native = " avx512_bf16" in flags or " amx_bf16" in flags
+    if not native:
+        return ("this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo); "
+                "use --backend fp32 or onnx")
+    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "this PyTorch build has no oneDNN BF16 kernels; use --backend fp32 or onnx"
+    return None
+
+
+def resolve(name: str) -> str:
+    """``auto`` → the concrete backend; a concrete name is checked (a clear :class:`BackendError`)."""
+    if name not in CHOICES:
+        raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(CHOICES)}")
+    if name == "auto":
+        return next(n for n in AUTO_ORDER if _unsupported(n) is None)
+    why = _unsupported(name)
+    if why:
+        raise BackendError(f"--backend {name}: {why}")
+    return name
+
+
+def _unsupported(name: str) -> str | None:
+    """Why this machine cannot run backend ``name`` well, or ``None``."""
+    if name == "bf16":
+        return bf16_unsupported_reason()
+    if name == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install 'veil[serve]')"
+    return None
+
+
+class EagerFP32:
+    """The PyTorch modules as they are: the reference every other backend is compared with."""
+
+    name = "fp32"
+
+    def __init__(self, model: FaceBoxes) -> None:
+        self.model = model.eval()
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.head(x)
+
+    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return self.model.tail(a.float())
+
+
+class EagerBF16(EagerFP32):
+    """Eager modules under BF16 autocast; outputs cast back to FP32."""
+
+    name = "bf16"
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model.head(x).float()
+
+    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            loc, conf = self.model.tail(a.float())
+        return loc.float(), conf.float()
+
+
+def weights_key(model: FaceBoxes, weights_sha256: str = "") -> str:
+    """The cache key of a model's exports: its weights file's SHA-256, else a hash of its tensors."""
+    if weights_sha256:
+        return weights_sha256
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def onnx_dir(key: str) -> Path:
+    from veil.weights import cache_dir
+
+    return cache_dir() / "onnx" / f"{key[:16]}-v{ONNX_CACHE_VERSION}"
+
+
+def _export_head(model: FaceBoxes, path: Path) -> None:
+    import copy
+
+    head = copy.deepcopy(model).eval().head.eval()  # a private copy: export never touches the caller's model
+    dyn = {HEAD_INPUT: {0: "batch", 2: "height", 3: "width"}, HEAD_OUTPUT: {0: "batch", 2: "h32", 3: "w32"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(head, (torch.rand(1, 3, 96, 128) * 255 - 120,), str(path), dynamo=False,
+                          input_names=[HEAD_INPUT], output_names=[HEAD_OUTPUT], dynamic_axes=dyn, opset_version=17)
+
+
+def _check_head(model: FaceBoxes, sess, path: Path, atol: float = 1e-3) -> float:
+    """Compare the ONNX head with the eager head on two sizes (pixel-range input); raise if off."""
+    gen = torch.Generator().manual_seed(0)  # a fixed test input, not noise
+    worst = 0.0
+    for shape in ((1, 3, 160, 224), (2, 3, 100, 70)):
+        x = torch.rand(shape, generator=gen) * 255 - 120
+        with torch.inference_mode():
+            ref = model.head(x).numpy()
+        got = sess.run([HEAD_OUTPUT], {HEAD_INPUT: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise RuntimeError(f"{path}: head output shape {got.shape} != eager {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max()))))
+    if worst > atol:
+        raise RuntimeError(f"{path}: ONNX head differs from the eager head by {worst:.3g} (relative) > {atol}")
+    return worst
+
+
+class OnnxRuntime:
+    """Head and tail in onnxruntime, exported once per weights and checked against eager FP32."""
+
+    name = "onnx"
+
+    def __init__(self, model: FaceBoxes, weights_sha256: str = "", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from veil.serving.export import INPUT_NAME, OUTPUT_NAMES, check_onnx, export_onnx
+
+        model = model.eval()
+        d = onnx_dir(weights_key(model, weights_sha256))
+        d.mkdir(parents=True, exist_ok=True)
+        head_path, tail_path = d / "head.onnx", d / "tail.onnx"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+        def session(p: Path):
+            return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+
+        fresh = not (head_path.is_file() and tail_path.is_file())
+        if fresh:  # write to temporary names, check, then rename: a half-written export is never reused
+            tmp_head, tmp_tail = d / f"head.{os.getpid()}.tmp", d / f"tail.{os.getpid()}.tmp"
+            _export_head(model, tmp_head)
+            export_onnx(model, tmp_tail)
+            _check_head(model, session(tmp_head), tmp_head)
+            check_onnx(model, tmp_tail)
+            os.replace(tmp_head, head_path)
+            os.replace(tmp_tail, tail_path)
+        self._head, self._tail = session(head_path), session(tail_path)
+        self._in, self._out = INPUT_NAME, list(OUTPUT_NAMES)
+        self.files = (head_path, tail_path)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._head.run([HEAD_OUTPUT], {HEAD_INPUT: x.detach().numpy()})[0])
+
+    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, conf = self._tail.run(self._out, {self._in: a.detach().float().contiguous().numpy()})
+        return torch.from_numpy(loc), torch.from_numpy(conf)
+
+
+def make_backend(name: str, model: FaceBoxes, weights_sha256: str = "") -> Backend:
+    """Build the backend ``name`` (``auto`` resolved) for ``model``; raises :class:`BackendError`."""
+    name = resolve(name)
+    if name == "fp32":
+        return EagerFP32(model)
+    if name == "bf16":
+        return EagerBF16(model)
+    return OnnxRuntime(model, weights_sha256)
+

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import veil
+from veil import jsonio
 from veil.models.faceboxes import SPLIT_POINT
 
 
@@ -58,7 +59,7 @@ def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")
-    save_file(tensors, str(tmp), metadata={"veil": json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={"veil": jsonio.dumps(meta, indent=None)})  # standard JSON
     tmp.replace(path)
     return path
 

@@ -35,6 +35,7 @@ from veil.serving.client import TritonDetector
 from veil.serving.repository import resolve_repository, write_repository
 from veil.serving.server import TritonServer
 from veil.serving.wire import RecordingProxy
+from veil.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -200,9 +201,7 @@ def write(path: str | Path, result: dict) -> Path:
         for k in ("load", "activation", "fddb", "fddb_command", "fddb_noisy"):
             if k not in result and k in old:
                 result[k] = old[k]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    return out
+    return write_json(out, result)  # standard JSON, atomically
 
 
 def fddb_noisy_maps(det: Detector, server: TritonServer, fddb: Path, alpha: float, workers: int = 1) -> dict:

@@ -145,3 +145,13 @@ def test_noise_for_another_channel_count_is_refused_at_load(detector, weights_pa
     assert rc == 2 and "64" in captured.err, captured.err
     assert "faces" not in captured.out and not list((tmp_path / "out").glob("*.json")) if (tmp_path / "out").exists() \
         else True
+
+
+def test_an_http_connection_closed_mid_request_counts_as_unavailable():
+    """A server killed mid-request over HTTP closes the connection: retry, then report it down (found by
+    benchmarks/reliability.py), not a refusal."""
+    from geventhttpclient.response import HTTPConnectionClosed
+
+    from veil.serving.client import _is_unavailable
+
+    assert _is_unavailable(HTTPConnectionClosed("connection closed"))

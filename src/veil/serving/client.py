@@ -30,7 +30,7 @@ PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 _UNAVAILABLE_HINTS = ("unavailable", "failed to connect", "connection refused", "not ready", "stopping",
                       "socket closed", "connection reset", "broken pipe", "timed out", "deadline exceeded",
-                      "no available versions")
+                      "no available versions", "connection closed")  # the last: HTTP server killed mid-request
 
 
 class ServerUnavailableError(ConnectionError):

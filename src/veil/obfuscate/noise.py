@@ -127,6 +127,11 @@ class Obfuscator(nn.Module):
         state["_stream"] = None
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        for name, default in (("_stream", None), ("_stream_pid", 0), ("_key", None)):  # pickles from before them
+            state.setdefault(name, default)
+        super().__setstate__(state)
+
     def _params_digest(self) -> bytes:
         """Identifies the noise parameters, so keyed ε differs between noise files (see keyed_stream)."""
         h = hashlib.sha256(self.family.encode())

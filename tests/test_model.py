@@ -81,10 +81,18 @@ def test_preprocess_roundtrip_and_bad_images(tmp_path):
 
 
 def test_weights_resolution_and_refusal(tmp_path, monkeypatch, weights_path):
+    """--weights, then $VEIL_WEIGHTS, then the cache, then the checkpoint shipped in the package."""
+    from veil import assets
+
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
+    assert W.resolve_weights() == assets.WEIGHTS  # nothing of the user's: the shipped checkpoint
+    monkeypatch.setattr(assets, "WEIGHTS", tmp_path / "not-installed.pth")  # an install without it
     with pytest.raises(W.WeightsError, match="veil weights fetch"):
         W.resolve_weights()
+    monkeypatch.undo()
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
     corrupt = tmp_path / "FaceBoxesProd.pth"
     corrupt.write_bytes(weights_path.read_bytes()[:100_000])
     with pytest.raises(W.WeightsError, match="SHA-256"):
@@ -100,6 +108,23 @@ def test_weights_resolution_and_refusal(tmp_path, monkeypatch, weights_path):
     assert W.resolve_weights(installed) == installed
     with pytest.raises(W.WeightsError, match="does not exist"):
         W.resolve_weights(tmp_path / "nope.pth")
+
+
+def test_shipped_checkpoint_is_verified_like_any_other(tmp_path, monkeypatch):
+    """The checkpoint inside the package carries its MIT license and is refused when altered."""
+    from veil import assets
+
+    assert W.verify(assets.WEIGHTS) == W.REFERENCE_SHA256
+    assert "MIT License" in assets.WEIGHTS_LICENSE.read_text() and W.REFERENCE_SHA256 in assets.WEIGHTS_LICENSE.read_text()
+    altered = tmp_path / "FaceBoxesProd.pth"
+    data = bytearray(assets.WEIGHTS.read_bytes())
+    data[-1] ^= 1
+    altered.write_bytes(bytes(data))
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
+    monkeypatch.setattr(assets, "WEIGHTS", altered)
+    with pytest.raises(W.WeightsError, match="SHA-256"):
+        W.load_faceboxes()
 
 
 def test_fetch_offline_fails_clearly(tmp_path, monkeypatch):

@@ -1,15 +1,15 @@
 """Where the FaceBoxes weights come from, and proof that they are the right ones.
 
 Resolution order: an explicit path (``--weights``), then ``$VEIL_WEIGHTS``, then the
-cache directory (``$VEIL_CACHE_DIR`` or ``~/.cache/veil``). Every file is checked
-against the reference checkpoint's SHA-256 before use, unless the caller opts out
-(``verify=False``) for weights of their own.
+cache directory (``$VEIL_CACHE_DIR`` or ``~/.cache/veil``, filled by ``veil weights
+fetch/import``), then the checkpoint that ships inside the package (``veil.assets``, MIT).
+Every file, the shipped one included, is checked against the reference checkpoint's
+SHA-256 before use, unless the caller opts out (``verify_sha=False``) for weights of their own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import urllib.error
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
+from veil import assets
 from veil.models.faceboxes import FaceBoxes
+from veil.settings import settings
 
 #: SHA-256 of the public FaceBoxes checkpoint (FaceBoxes.PyTorch, MIT).
 REFERENCE_SHA256 = "c0cb2b1e40710c0aa5fc32a8759b1496a0fe0a126c907ca0ffe35b4bd0709d09"
@@ -33,7 +35,7 @@ class WeightsError(RuntimeError):
 
 def cache_dir() -> Path:
     """The cache directory (``$VEIL_CACHE_DIR`` or ``~/.cache/veil``)."""
-    return Path(os.environ.get("VEIL_CACHE_DIR") or Path.home() / ".cache" / "veil")
+    return settings().cache_dir
 
 
 def sha256_file(path: str | Path) -> str:
@@ -46,8 +48,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def resolve_weights(path: str | Path | None = None) -> Path:
-    """Find the weights file: ``path``, then ``$VEIL_WEIGHTS``, then the cache."""
-    for candidate, origin in ((path, "--weights"), (os.environ.get("VEIL_WEIGHTS"), "$VEIL_WEIGHTS")):
+    """Find the weights file: ``path``, then ``$VEIL_WEIGHTS``, then the cache, then the shipped checkpoint."""
+    for candidate, origin in ((path, "--weights"), (settings().weights, "$VEIL_WEIGHTS")):
         if candidate:
             p = Path(candidate).expanduser()
             if not p.is_file():
@@ -56,9 +58,12 @@ def resolve_weights(path: str | Path | None = None) -> Path:
     cached = cache_dir() / WEIGHTS_FILENAME
     if cached.is_file():
         return cached
+    if assets.WEIGHTS.is_file():
+        return assets.WEIGHTS
     raise WeightsError(
-        f"no FaceBoxes weights found (looked at --weights, $VEIL_WEIGHTS and {cached}). "
-        "Run `veil weights fetch` to download them, or `veil weights import PATH` for a local copy.")
+        f"no FaceBoxes weights found (looked at --weights, $VEIL_WEIGHTS, {cached} and the package's "
+        f"{assets.WEIGHTS}, which this installation lacks). Run `veil weights fetch` to download them, "
+        "or `veil weights import PATH` for a local copy.")
 
 
 def verify(path: str | Path, expected: str = REFERENCE_SHA256) -> str:

@@ -599,6 +599,7 @@ def validate(docs: list[Manifest], version: str, strict: bool = True) -> None:
     """
     import kubernetes_validate  # optional: the k8s extra
 
+    check_schema_version(version)
     for doc in docs:
         try:
             kubernetes_validate.validate(doc, version, strict=strict)
@@ -606,3 +607,25 @@ def validate(docs: list[Manifest], version: str, strict: bool = True) -> None:
             where = ".".join(str(p) for p in exc.path)
             raise RuntimeError(f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes {version} "
                                f"at {where or '<root>'}: {exc.message}") from exc
+
+
+#: Where ``make test`` (and the README) install the validator release that still carries 1.20–1.28.
+LEGACY_VALIDATOR_HINT = ("pip install --no-deps --target build/kubernetes-validate-1.28 kubernetes-validate==1.28.0 "
+                         "'setuptools<81', then run with PYTHONPATH=build/kubernetes-validate-1.28")
+
+
+def check_schema_version(version: str) -> None:
+    """Refuse, with the versions that work, a release whose schemas the installed validator lacks
+    (kubernetes-validate ≥ 1.29 dropped everything before 1.25 and fails with an IndexError)."""
+    import importlib.metadata
+
+    import kubernetes_validate.utils as kvu
+
+    have = sorted(set(kvu.all_versions()), key=lambda v: tuple(int(p) for p in v.split(".")))
+    major_minor = ".".join(str(version).split(".")[:2])
+    if any(".".join(v.split(".")[:2]) == major_minor for v in have):
+        return
+    release = importlib.metadata.version("kubernetes-validate")
+    raise RuntimeError(
+        f"the installed kubernetes-validate {release} has schemas for Kubernetes {have[0]}–{have[-1]}, not {version}. "
+        f"For 1.20–1.28 (e.g. the reference design's 1.21): {LEGACY_VALIDATOR_HINT}")

@@ -105,11 +105,19 @@ def read_decoder(path: str | Path) -> Decoder:
 
 
 def load_decoder(path: str | Path | None = None) -> Decoder | None:
-    """The decoder at ``path``, else the cached naive decoder, else ``None`` (none trained yet)."""
+    """The decoder at ``path``, else ``$VEIL_DECODER``, else the cached naive decoder, else the
+    reference decoder that ships with veil (``veil.assets``), else ``None``."""
+    from veil import assets
+    from veil.settings import settings
+
+    path = path if path is not None else settings().decoder
     if path is not None:
         return read_decoder(path)
     default = attackers_dir() / DEFAULT_NAME
-    return read_decoder(default) if default.is_file() else None
+    if default.is_file():
+        return read_decoder(default)
+    shipped = assets.decoder_file()
+    return read_decoder(shipped) if shipped is not None else None
 
 
 @torch.no_grad()

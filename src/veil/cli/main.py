@@ -9,9 +9,10 @@ import sys
 
 import veil
 import veil.cli
+from veil.cli.threads import COMPUTE_COMMANDS, add_threads_arg, set_threads
 
 #: Order in ``--help``: the data's path first, then operations. Unlisted modules follow.
-_ORDER = ["weights", "detect", "evaluate", "noise", "sweep", "audit", "triton", "k8s"]
+_ORDER = ["demo", "weights", "data", "detect", "evaluate", "noise", "sweep", "audit", "triton", "k8s"]
 
 
 class CLIError(Exception):
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"veil.cli.{name}")
         if hasattr(module, "register"):
             module.register(sub)
+    for name, p in sub.choices.items():  # one --threads for every command that computes
+        if name in COMPUTE_COMMANDS:
+            add_threads_arg(p)
     return parser
 
 
@@ -41,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    previous = None
     try:
+        previous = set_threads(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -53,3 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors (bad weights, corrupt files, missing data) are user errors here.
         print(f"veil {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:  # main() may run inside a longer process (tests, notebooks)
+            import torch
+
+            torch.set_num_threads(previous)

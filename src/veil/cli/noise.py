@@ -41,21 +41,20 @@ def add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="images are resized by a factor drawn log-uniformly from [LO, HI] before cropping, so "
                         "faces reach the sizes FDDB's ×3 protocol shows the tail (default: %(default)s)")
     g.add_argument("--crops-per-image", type=int, default=1, help="random crops per image (default: %(default)s)")
-    g.add_argument("--threads", type=int, metavar="N",
-                   help="torch CPU threads (default: torch's choice; 1 is often faster on a busy shared machine)")
     g.add_argument("--fit-seed", type=int, default=d.seed,
                    help="seed of the fitting data and of the noise drawn *during fitting* (default: %(default)s); "
                         "the saved noise is always drawn fresh from the OS at use")
 
 
-def set_threads(args: argparse.Namespace) -> None:
-    """Apply ``--threads`` (a user's choice for this process only)."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be ≥ 1, got {args.threads}")
-        import torch
+def fit_images(given: list[str] | None) -> list[str]:
+    """``--images``, else ``$VEIL_FIT_IMAGES``; a clear error when neither names any folder."""
+    from veil.settings import settings
 
-        torch.set_num_threads(args.threads)
+    images = list(given or []) or [str(p) for p in settings().fit_images]
+    if not images:
+        raise CLIError("no fitting photos: pass --images DIR… or set VEIL_FIT_IMAGES (any folders of photos with "
+                       "faces that are not the evaluation set, e.g. WIDER FACE; never FDDB)")
+    return images
 
 
 def fit_config(args: argparse.Namespace, alpha: float) -> FitConfig:
@@ -68,14 +67,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fit-noise", help="fit the obfuscation noise for one ALPHA (no labels needed)",
         description="Fit the per-channel noise (μ, σ) applied to the head's activation, for one ALPHA in [0, 1): "
                     "higher ALPHA = more noise. Only μ and σ learn; the detector is frozen. Fits on unlabeled "
-                    "images (e.g. ../shared/data/wider_face_val_subset/images and ../shared/data/dlib_faces), "
-                    "never FDDB. Writes a safetensors file with metadata (ALPHA, weights SHA-256, split point, "
+                    "photos that are not the evaluation set — any folder of photos with faces at various sizes "
+                    "(e.g. the WIDER FACE validation images; see `veil data check fit DIR`), never FDDB; "
+                    "default: $VEIL_FIT_IMAGES. Writes a safetensors file with metadata (ALPHA, weights SHA-256, split point, "
                     "activation statistics, fitting data and settings, loss log).")
     p.add_argument("--alpha", type=alpha_value, required=True, help="obfuscation strength in [0, 1)")
-    p.add_argument("--images", nargs="+", required=True, metavar="DIR", help="folders of unlabeled images (not FDDB)")
+    p.add_argument("--images", nargs="+", metavar="DIR",
+                   help="folders of unlabeled photos, not FDDB (default: $VEIL_FIT_IMAGES, ':'-separated)")
     p.add_argument("--out", help="output file (default: NOISE_DIR/alpha-<A>.safetensors)")
-    p.add_argument("--noise-dir", help=f"noise directory when --out is not given (default: {noise_dir()})")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--noise-dir", help="noise directory when --out is not given (default: $VEIL_NOISE_DIR, "
+                                       "else noise/ in the veil cache)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the shipped ones)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_fit_args(p)
     p.set_defaults(func=run)
@@ -85,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from veil.obfuscate.recipe import fit_and_save  # heavy imports only when fitting
     from veil.weights import load_faceboxes
 
-    set_threads(args)
+    images = fit_images(args.images)
     out = Path(args.out) if args.out else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
     if out.suffix != ".safetensors":
         raise CLIError(f"--out must end in .safetensors, got {out}")
     model, digest = load_faceboxes(args.weights)
-    result, meta = fit_and_save(model, digest, args.images, out, fit_config(args, args.alpha), crop=args.crop,
+    result, meta = fit_and_save(model, digest, images, out, fit_config(args, args.alpha), crop=args.crop,
                                 scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
                                 progress=not args.quiet)
     first, last = result.log[0], result.log[-1]

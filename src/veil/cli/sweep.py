@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from veil.cli.main import CLIError
-from veil.cli.noise import add_fit_args, alpha_value, fit_config, set_threads
+from veil.cli.noise import add_fit_args, alpha_value, fit_config, fit_images
 from veil.obfuscate.artifact import NoiseFileError, noise_dir, noise_filename
 from veil.obfuscate.sweep import DEFAULT_ALPHAS
 
@@ -28,17 +28,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(else fit it on --images), evaluate FDDB with the learned noise and with isotropic Gaussian "
                     "noise of the same total power, and write sweep.md (the reference design's table plus mAP "
                     "drop, noise-to-signal ratio, isotropic baseline and published reference mAP), sweep.json "
-                    "and sweep.png (mAP vs ALPHA and vs NSR) into --out. Example:\n  veil sweep --dataset ../shared/data/fddb --images ../shared/data/wider_face_val_subset/images "
-                    "../shared/data/dlib_faces --noise-dir runs/noise --out runs/sweep")
+                    "and sweep.png (mAP vs ALPHA and vs NSR) into --out. With --fits N --draws M, each ALPHA is fitted N "
+                    "times afresh (fit seeds --fit-seed, +1, …) and each fit evaluated with M fresh noise draws (OS "
+                    "seeds, recorded): repeats.md/json give mean ± sd and range. Example:\n  veil sweep --dataset FDDB "
+                    "--images PHOTOS/ --noise-dir runs/noise --out runs/sweep\n  veil sweep --alphas 0.8 --fits 5 "
+                    "--draws 2 --out runs/repeats")
     p.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS),
                    help="comma-separated ALPHA values in [0, 1), run in this order (default: %(default)s)")
-    p.add_argument("--dataset", required=True, metavar="DIR", help="FDDB directory (FDDB-folds/, originalPics/)")
+    p.add_argument("--dataset", metavar="DIR",
+                   help="FDDB directory (FDDB-folds/, originalPics/; default: $VEIL_DATASET; check it with "
+                        "`veil data check fddb DIR`)")
     p.add_argument("--images", nargs="+", metavar="DIR",
-                   help="unlabeled images (not FDDB) to fit missing noise on; needed unless every ALPHA is fitted")
-    p.add_argument("--noise-dir", help=f"where noise is reused from and saved to (default: {noise_dir()})")
+                   help="unlabeled photos (not FDDB) to fit missing noise on (default: $VEIL_FIT_IMAGES); needed "
+                        "unless every ALPHA is fitted")
+    p.add_argument("--noise-dir", help="where noise is reused from and saved to (default: $VEIL_NOISE_DIR, else "
+                                       "noise/ in the veil cache)")
+    p.add_argument("--fits", type=int, default=1, metavar="N",
+                   help="fit each ALPHA N times afresh and report mean ± sd (default: %(default)s: one fit, reused)")
+    p.add_argument("--draws", type=int, default=1, metavar="M",
+                   help="evaluate each fit with M fresh noise draws (default: %(default)s)")
     p.add_argument("--refit", action="store_true", help="fit every ALPHA again even if a noise file exists")
     p.add_argument("--out", default="runs/sweep", help="output directory for sweep.md/json/png (default: %(default)s)")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the shipped ones)")
     p.add_argument("--seed", type=int,
                    help="seed the evaluation noise (a reproducible experiment; default: fresh OS randomness)")
     p.add_argument("--audits", nargs="+", metavar="PATH",
@@ -55,7 +66,16 @@ def run(args: argparse.Namespace) -> int:
     from veil.obfuscate.sweep import CachedHeadDetector, run_sweep, write_outputs
     from veil.weights import load_faceboxes
 
-    set_threads(args)
+    from veil.settings import settings
+
+    dataset = args.dataset or settings().dataset
+    if dataset is None:
+        raise CLIError("no FDDB directory: pass --dataset DIR or set VEIL_DATASET (download and check it: "
+                       "`veil data check fddb DIR`)")
+    if args.fits < 1 or args.draws < 1:
+        raise CLIError(f"--fits and --draws must be ≥ 1, got {args.fits} and {args.draws}")
+    if args.fits > 1 or args.draws > 1:
+        return _run_repeats(args, dataset)
     reports = None
     if args.audits:  # read them first: a bad path should not cost a whole sweep
         from veil.privacy.report import load_reports
@@ -65,15 +85,16 @@ def run(args: argparse.Namespace) -> int:
     model, digest = load_faceboxes(args.weights)
     det = CachedHeadDetector(model=model, weights_sha256=digest)
     missing = [a for a in args.alphas if args.refit or not (ndir / noise_filename(a)).is_file()]
-    if missing and not args.images:
+    images = args.images or [str(p) for p in settings().fit_images]
+    if missing and not images:
         raise CLIError(f"no fitted noise in {ndir} for ALPHA {', '.join(f'{a:g}' for a in missing)}: "
-                       "pass --images DIR… (unlabeled, not FDDB) to fit it")
+                       "pass --images DIR… or set VEIL_FIT_IMAGES (unlabeled photos, not FDDB) to fit it")
     bank_cache: dict = {}
 
     def get_noise(alpha: float):
         path = ndir / noise_filename(alpha)
         if alpha in missing:
-            fit_and_save(model, digest, args.images, path, fit_config(args, alpha), crop=args.crop,
+            fit_and_save(model, digest, images, path, fit_config(args, alpha), crop=args.crop,
                          scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
                          progress=not args.quiet, bank_cache=bank_cache)
             print(f"fitted {path}")
@@ -85,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{exc} (or run the sweep with --refit)") from exc
         return obf, meta, path
 
-    doc = run_sweep(det, args.dataset, args.alphas, get_noise, seed=args.seed, progress=not args.quiet,
+    doc = run_sweep(det, dataset, args.alphas, get_noise, seed=args.seed, progress=not args.quiet,
                     on_row=lambda partial: write_outputs(partial, args.out))
     paths = write_outputs(doc, args.out)
     print(paths["md"].read_text(), end="")
@@ -96,4 +117,32 @@ def run(args: argparse.Namespace) -> int:
         _, md = write_frontier(doc, reports, args.out)
         print(md, end="")
         print(f"wrote {Path(args.out) / 'frontier.md'}, frontier.json, frontier.png")
+    return 0
+
+
+def _run_repeats(args: argparse.Namespace, dataset) -> int:
+    """``--fits N --draws M``: mean ± spread over fresh fits and fresh draws, every seed recorded."""
+    from veil.evaluation.repeats import run_repeats, write
+    from veil.obfuscate.recipe import fit_and_save
+    from veil.obfuscate.sweep import CachedHeadDetector
+    from veil.weights import load_faceboxes
+
+    if args.audits:
+        raise CLIError("--audits joins a single sweep; run it without --fits/--draws")
+    images = fit_images(args.images)
+    model, digest = load_faceboxes(args.weights)
+    det = CachedHeadDetector(model=model, weights_sha256=digest)
+    bank_cache: dict = {}
+
+    def fit(cfg, path):
+        result, _ = fit_and_save(model, digest, images, path, cfg, crop=args.crop,
+                                 scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
+                                 progress=not args.quiet, bank_cache=bank_cache)
+        return result.obfuscator
+
+    doc = run_repeats(det, dataset, args.alphas, fit, fit_config(args, args.alphas[0]), args.fits, args.draws,
+                      Path(args.out) / "noise", progress=not args.quiet)
+    paths = write(doc, args.out)
+    print(paths["md"].read_text(), end="")
+    print(f"wrote {paths['md']}, {paths['json']} (fitted noise in {Path(args.out) / 'noise'})")
     return 0

@@ -17,7 +17,7 @@ from veil.models.faceboxes import FaceBoxes
 from veil.obfuscate.artifact import save_obfuscator
 from veil.obfuscate.fit import FitConfig, FitResult, activation_bank, fit_noise
 
-#: Default fitting data relative to the project's ../shared (documented; pass --images to change).
+#: Random crops taken from each fitting photo.
 DEFAULT_CROPS_PER_IMAGE = 1
 
 

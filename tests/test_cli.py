@@ -155,3 +155,12 @@ def test_an_http_connection_closed_mid_request_counts_as_unavailable():
     from veil.serving.client import _is_unavailable
 
     assert _is_unavailable(HTTPConnectionClosed("connection closed"))
+
+
+def test_serve_warns_when_the_host_exposes_the_server(tmp_path, capsys):
+    rc = main(["serve", "--host", "0.0.0.0", "--model-repository", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0" in err and "no authentication" in err
+    assert rc == 2 and "no Triton model repository" in err  # and it went no further
+    main(["serve", "--model-repository", str(tmp_path / "none")])
+    assert "warning" not in capsys.readouterr().err

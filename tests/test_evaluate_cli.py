@@ -303,3 +303,30 @@ def test_sigterm_stops_evaluate_like_ctrl_c(fddb_dir, weights_path, tmp_path):
     assert proc.returncode == 130, (proc.returncode, err[-500:])
     assert "interrupted" in err and not out.exists()
     assert not list(tmp_path.glob(".*.lock")), "the result's lock is released"
+
+
+def test_a_real_memory_error_skips_that_image_only(fddb_dir, weights_path, tmp_path):
+    """Under an address-space limit just above this process's size, a 2000×1500 image at ×3 (324 MB of
+    float input) raises a real MemoryError; it becomes that image's skip note, the next image runs."""
+    import resource
+    from dataclasses import replace
+
+    import cv2
+
+    from veil.detector import Detector
+    from veil.evaluation.runner import evaluate_image
+
+    det = Detector.from_weights(weights_path, max_pixels=None)  # no pixel limit: memory is the limit
+    image = read_fddb(fddb_dir).available()[0]
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), np.full((1500, 2000, 3), 90, np.uint8))
+    vm = next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmSize"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), hard))
+    try:
+        rec, skip, _ = evaluate_image(det, replace(image, path=big), 0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert rec is None and skip["reason"] == "out of memory while processing it (MemoryError)"
+    rec, skip, _ = evaluate_image(det, image, 1)
+    assert skip is None and rec.faces == image.n_faces

@@ -114,11 +114,11 @@ def run_serve(args: argparse.Namespace) -> int:
     why = unsupported_reason()
     if why:
         raise CLIError(f"cannot run the bundled tritonserver here: {why}. Use the stock container (docs/serving.md)")
-    repo = resolve_repository(args.model_repository, "python")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who reaches these ports can send inference requests "
               "(Triton has no authentication and no TLS here); put it behind TLS and access control",
               file=sys.stderr)
+    repo = resolve_repository(args.model_repository, "python")
     server = TritonServer(repo, args.host, args.http_port, args.grpc_port, args.metrics_port,
                           log_file=args.log_file, models=args.models, exit_timeout=args.exit_timeout,
                           metrics=args.metrics)
@@ -201,7 +201,8 @@ def run_infer(args: argparse.Namespace) -> int:
             cv2.imwrite(str(out / f"{stem}.sent.jpg"), reconstruct(decoder, r.activation.float()))
             record["reconstruction"] = f"{stem}.sent.jpg"
         write_json(out / f"{stem}.json", record)
-        tqdm.write(f"{r.name}: {int((r.boxes[:, 4] >= args.min_score).sum())} faces (score >= {args.min_score})")
+        n = int((r.boxes[:, 4] >= args.min_score).sum())
+        tqdm.write(f"{r.name}: {n} face{'' if n == 1 else 's'} (score >= {args.min_score})")
 
     with client:
         results = client.run_many(args.images, on_result=on_result, keep=True)

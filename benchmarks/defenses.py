@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", nargs="+", help="non-FDDB photos for the scoring decoder (default: $VEIL_FIT_IMAGES)")
     p.add_argument("--map-draws", type=int, default=2, help="FDDB evaluations, each with fresh noise (default: 2)")
     p.add_argument("--skip-map", action="store_true", help="privacy only")
+    p.add_argument("--clean-map", action="store_true",
+                   help="also evaluate this configuration's tail on clean activations (robust tail: how it does without noise)")
     p.add_argument("--skip-privacy", action="store_true", help="mAP only")
     p.add_argument("--decoder", help="use this trained scoring decoder instead of training one")
     p.add_argument("--decoder-minutes", type=float, default=8.0)
@@ -66,32 +68,34 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Path(args.dataset) if args.dataset else s.dataset
     dirs = [Path(d) for d in args.images] if args.images else list(s.fit_images)
     det = Detector.from_weights(args.weights or s.weights)
-    base = det.model
-    head = base.head
+    head = det.model.head
     meta: dict = {"defense": args.defense, "alpha": args.alpha}
-    if args.defense in ("noise", "robust-tail"):
+    if args.defense == "noise":
         obf, _ = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=det.weights_sha256)
         det.obfuscator = obf
         meta["noise_sha256"] = file_sha256(args.noise)
         observe = obf
-        if args.defense == "robust-tail":
-            from veil.defenses.robust_tail import load_robust_tail
+    elif args.defense == "robust-tail":
+        from veil.defenses import robust_tail
 
-            det.model, tmeta = load_robust_tail(args.tail, base, weights_sha256=det.weights_sha256,
-                                                noise_sha256=meta["noise_sha256"], alpha=args.alpha)
-            meta["tail_sha256"] = file_sha256(args.tail)
-            meta["tail_distill"] = {"steps": tmeta["log"][-1]["step"], "seconds": tmeta["log"][-1]["seconds"],
-                                    "held_out_distortion": [tmeta["log"][0].get("held_out_distortion"),
-                                                            tmeta["log"][-1].get("held_out_distortion")]}
+        tmeta = robust_tail.attach(det, args.tail, args.noise, args.alpha)
+        observe = det.obfuscator  # the wire is the noise's: the tail changes nothing the server sees
+        meta["noise_sha256"] = file_sha256(args.noise)
+        meta["tail_sha256"] = file_sha256(args.tail)
+        meta["tail_distill"] = {"steps": tmeta["log"][-1]["step"], "seconds": tmeta["log"][-1]["seconds"],
+                                "crop": tmeta["data"].get("crop"),
+                                "held_out_distortion": [tmeta["log"][0].get("held_out_distortion"),
+                                                        tmeta["log"][-1].get("held_out_distortion")]}
     elif args.defense == "bottleneck":
-        from veil.defenses.bottleneck import as_decoder_input, load_bottleneck
+        from veil.defenses import bottleneck
 
-        fb, bmeta = load_bottleneck(args.bottleneck, base, weights_sha256=det.weights_sha256, alpha=args.alpha)
-        det.model, det.obfuscator = fb.model, fb.path
+        fb, bmeta = bottleneck.attach(det, args.bottleneck, args.alpha)
+        as_decoder_input = bottleneck.as_decoder_input
         meta["bottleneck_sha256"] = file_sha256(args.bottleneck)
         meta["spec"] = bmeta["spec"]
         meta["adversary_weight"] = bmeta.get("adversary_weight")
         meta["fit"] = {"steps": bmeta["log"][-1]["step"], "seconds": bmeta["log"][-1]["seconds"],
+                       "crop": bmeta["data"].get("crop"),
                        "held_out_distortion": [bmeta["log"][0].get("held_out_distortion"),
                                                bmeta["log"][-1].get("held_out_distortion")]}
 
@@ -117,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FDDB mAP draw {i}: {maps[-1]:.4f}", flush=True)
         result["map"] = {"draws": [round(m, 4) for m in maps], "mean": round(statistics.mean(maps), 4),
                          "min": round(min(maps), 4), "max": round(max(maps), 4)}
+        if args.clean_map and args.defense == "robust-tail":
+            obf_kept, det.obfuscator = det.obfuscator, None
+            result["map_clean_input"] = round(evaluate_fddb(det, dataset, progress=True).mAP, 4)
+            det.obfuscator = obf_kept
+            print(f"FDDB mAP on clean activations: {result['map_clean_input']:.4f}", flush=True)
     if not args.skip_privacy:
         from veil.privacy.audit import select_fddb_faces
         from veil.privacy.decoders import read_decoder, save_decoder

@@ -47,8 +47,8 @@ def _job(name: str, args: argparse.Namespace) -> dict:
         noise = Path(args.noise_dir) / f"alpha-{alpha:g}.safetensors"
         obf, _ = load_obfuscator(alpha, noise=noise, weights_sha256=digest)
         cfg = DistillConfig(steps=args.tail_steps, minutes=args.minutes, batch_size=args.batch, lr=3e-4)
-        student, log, data = distill_tail(model, obf, args.images, cfg, crops_per_image=args.crops_per_image,
-                                          device=dev, progress=False)
+        student, log, data = distill_tail(model, obf, args.images, cfg, crop=args.crop,
+                                          crops_per_image=args.crops_per_image, device=dev, progress=False)
         save_robust_tail(student, out / f"{name}.safetensors", weights_sha256=digest,
                          noise_sha256=file_sha256(noise), alpha=alpha, cfg=cfg, log=log, data=data,
                          extra={"device": str(dev)})
@@ -61,7 +61,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
         spec = BottleneckSpec.from_alpha(alpha)
         cfg = DistillConfig(steps=args.bottleneck_steps, minutes=args.minutes, batch_size=args.batch, lr=1e-3)
         w = args.adversary_weight if adv else 0.0
-        fitted, log, data = fit_bottleneck(model, spec, args.images, cfg, adversary_weight=w,
+        fitted, log, data = fit_bottleneck(model, spec, args.images, cfg, adversary_weight=w, crop=args.crop,
                                            crops_per_image=args.crops_per_image, device=dev, progress=False)
         save_bottleneck(fitted, out / f"{name}.safetensors", weights_sha256=digest, cfg=cfg, log=log, data=data,
                         adversary_weight=w)
@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--crops-per-image", type=int, default=4)
+    p.add_argument("--crop", type=int, default=640,
+                   help="crop side for the defenses: large enough that ×3-sized faces (≈ 200–700 px) and the "
+                        "tail's deepest anchors (256, 512 px) are in it (default: %(default)s)")
     p.add_argument("--adversary-weight", type=float, default=0.5)
     p.add_argument("--minutes", type=float, default=4.0, help="wall cap per job (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)

@@ -82,3 +82,32 @@ def test_distillation_reduces_held_out_gap(model, banks, tmp_path):
     with pytest.raises(files.DefenseFileError, match="not a readable"):
         (tmp_path / "junk.safetensors").write_bytes(b"not a file")
         load_robust_tail(tmp_path / "junk.safetensors", m, weights_sha256=digest)
+
+
+def test_attach_selects_noise_and_tail_together(model, banks, tmp_path, fddb_image_paths):
+    """robust_tail.attach: the detector obfuscates with the noise file and reads with the tail trained for it."""
+    import numpy as np
+
+    from veil.defenses.robust_tail import attach
+    from veil.detector import Detector
+    from veil.obfuscate.artifact import save_obfuscator
+    from veil.preprocess import load_image
+
+    m, digest = model
+    train, _ = banks
+    obf = heavy_noise(train)
+    noise = save_obfuscator(obf, tmp_path / "alpha-0.9.safetensors", {"alpha": 0.9, "weights_sha256": digest})
+    other = save_obfuscator(obf, tmp_path / "other.safetensors", {"alpha": 0.9, "weights_sha256": digest,
+                                                                  "note": "same σ, another file"})
+    student, log, data = distill_tail(m, obf, [], DistillConfig(steps=2, batch_size=4), bank=banks, progress=False)
+    path = save_robust_tail(student, tmp_path / "tail.safetensors", weights_sha256=digest,
+                            noise_sha256=files.file_sha256(noise), alpha=0.9, cfg=DistillConfig(steps=2), log=log,
+                            data=data)
+    det = Detector(model=m, weights_sha256=digest)
+    meta = attach(det, path, noise, 0.9)
+    assert meta["noise_sha256"] == files.file_sha256(noise) and det.obfuscator is not None
+    assert det.model is not m and det.model.head.conv1.conv.weight.data_ptr() != m.head.conv1.conv.weight.data_ptr()
+    boxes = det.detect(load_image(fddb_image_paths[0]))
+    assert boxes.ndim == 2 and boxes.shape[1] == 5 and np.isfinite(boxes).all()
+    with pytest.raises(files.DefenseFileError, match="noise file"):
+        attach(Detector(model=m, weights_sha256=digest), path, other, 0.9)

@@ -25,8 +25,10 @@ def _common(p: argparse.ArgumentParser, steps: int, minutes: float) -> None:
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
     p.add_argument("--steps", type=int, default=steps, help="training steps at most (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=minutes, help="wall-time cap in minutes (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="crops per step (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=320, help="crop side in network pixels (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="crops per step (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=640,
+                   help="crop side in network pixels: large enough for ×3-sized faces and the tail's 256/512-px "
+                        "anchors (default: %(default)s)")
     p.add_argument("--crops-per-image", type=int, default=2,
                    help="random zoomed crops per photo, each also mirrored (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")

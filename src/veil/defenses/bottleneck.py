@@ -155,7 +155,7 @@ class FittedBottleneck:
 
 
 def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path], cfg: DistillConfig, *,
-                   adversary_weight: float = 0.0, adversary_lr: float = 2e-3, crop: int = 320,
+                   adversary_weight: float = 0.0, adversary_lr: float = 2e-3, crop: int = 640,
                    crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
                    progress: bool = True, device: str | torch.device = "cpu") -> tuple[FittedBottleneck, list[dict], dict]:
     """Train bottleneck + lift + a copy of the tail so the detector's outputs survive (label-free).
@@ -255,3 +255,12 @@ def deterministic_copy(fitted: FittedBottleneck) -> Bottleneck:
     b = copy.deepcopy(fitted.bottleneck)
     b.spec = BottleneckSpec(b.spec.alpha, b.spec.channels, b.spec.levels, 0.0)
     return b
+
+
+def attach(detector, path: str | Path, alpha: float | None = None) -> tuple[FittedBottleneck, dict[str, Any]]:
+    """Make ``detector`` (a :class:`~veil.detector.Detector`) run the bottleneck at ``path``: its
+    ``obfuscator`` becomes ``lift ∘ bottleneck`` and its tail the distilled one, so the evaluator and
+    every front end run the defense unchanged (what would cross the wire is ``fitted.path.wire(a)``)."""
+    fitted, meta = load_bottleneck(path, detector.model, weights_sha256=detector.weights_sha256, alpha=alpha)
+    detector.model, detector.obfuscator = fitted.model, fitted.path
+    return fitted, meta

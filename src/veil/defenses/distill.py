@@ -62,7 +62,7 @@ class _Flipped(Dataset):
 
 
 @torch.no_grad()
-def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, crop: int = 320,
+def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, crop: int = 640,
                crops_per_image: int = 2, scale_range: tuple[float, float] = (2.0, 6.0), seed: int = 0,
                held_out: float = 0.1, keep_images: bool = False, max_images: int | None = None,
                progress: bool = True, batch: int = 8,

@@ -58,7 +58,7 @@ def with_tail(model: FaceBoxes, state: dict[str, torch.Tensor]) -> FaceBoxes:
 
 
 def distill_tail(model: FaceBoxes, transform: Transform, dirs: list[str | Path], cfg: DistillConfig, *,
-                 crop: int = 320, crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
+                 crop: int = 640, crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
                  progress: bool = True, device: str | torch.device = "cpu") -> tuple[FaceBoxes, list[dict], dict]:
     """Distil a copy of ``model``'s tail to read ``transform(a)`` (fresh noise per call); return it, log, data.
 
@@ -102,3 +102,18 @@ def load_robust_tail(path: str | Path, model: FaceBoxes, *, weights_sha256: str,
 def undistilled(model: FaceBoxes) -> nn.Module:
     """The original tail (the baseline a robust tail is compared with)."""
     return model.tail
+
+
+def attach(detector, path: str | Path, noise: str | Path, alpha: float) -> dict[str, Any]:
+    """Make ``detector`` (a :class:`~veil.detector.Detector`) obfuscate with ``noise`` and read it with the
+    robust tail at ``path``: the one way front ends select this defense. Returns the tail's metadata.
+
+    The tail file must have been trained for these weights, this noise file (by SHA-256) and ALPHA.
+    """
+    from veil.obfuscate import load_obfuscator
+
+    obf, _ = load_obfuscator(alpha, noise=noise, weights_sha256=detector.weights_sha256)
+    model, meta = load_robust_tail(path, detector.model, weights_sha256=detector.weights_sha256,
+                                   noise_sha256=files.file_sha256(noise), alpha=alpha)
+    detector.model, detector.obfuscator = model, obf
+    return meta

@@ -68,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in boxes]
         write_json(out / f"{stem}.json", {"image": str(path), **extra, "detections": rows})
         nsr = f", NSR {extra['nsr_db']:+.2f} dB" if args.noisy else ""
-        print(f"{path}: {int((boxes[:, 4] >= args.min_score).sum())} faces (score ≥ {args.min_score}){nsr}")
+        n = int((boxes[:, 4] >= args.min_score).sum())
+        print(f"{path}: {n} face{'' if n == 1 else 's'} (score ≥ {args.min_score}){nsr}")
     return 1 if failed else 0

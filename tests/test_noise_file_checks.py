@@ -99,6 +99,20 @@ def test_noise_far_below_or_above_its_alpha_is_refused_with_the_numbers(tmp_path
         load_obfuscator(0.2, noise=loud)
 
 
+def test_statistics_and_noise_scaled_down_together_are_refused_for_the_reference_head(tmp_path):
+    """Relative checks cannot see σ and the recorded power shrunk together; the reference head's power can."""
+    meta = {"alpha": 0.8, "weights_sha256": REFERENCE_SHA256}
+    real = Obfuscator(128, init_sigma=2.0)  # ΣE[a²] = 128 recorded: near the head's 60–92, NSR +6 dB
+    load_obfuscator(0.8, noise=save_obfuscator(real, tmp_path / "real.safetensors", meta))
+    fake = Obfuscator(128, init_sigma=2e-3)
+    with torch.no_grad():
+        fake.signal_power.fill_(1e-6)  # the same +6 dB, a million times less noise on the real activation
+    path = save_obfuscator(fake, tmp_path / "fake.safetensors",
+                           {**meta, "activation_stats": {"channel_power": [1e-6] * 128}})
+    with pytest.raises(NoiseFileError, match=r"total activation power of 0.000128, but the reference head's is"):
+        load_obfuscator(0.8, noise=path)
+
+
 def test_signal_statistics_edited_apart_from_the_metadata_are_refused(tmp_path):
     path = _tamper(_save(tmp_path), signal_power=lambda t: t * 1e-4)  # σ would look large beside a tiny signal
     with pytest.raises(NoiseFileError, match="disagrees with the activation statistics"):

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 import veil
 from veil import jsonio
-from veil.models.faceboxes import SPLIT_POINT
+from veil.models.faceboxes import HEAD_CHANNELS, SPLIT_POINT
 from veil.obfuscate.keystream import NoiseKey, read_key_file
 from veil.obfuscate.noise import FAMILIES, Obfuscator
 from veil.weights import REFERENCE_SHA256, cache_dir
@@ -53,6 +53,11 @@ NSR_BELOW_DB, NSR_ABOVE_DB = 6.0, 15.0
 #: Per-channel bounds against the recorded signal's RMS s = sqrt(mean_c E[a_c²]):
 #: e^-20 ≤ σ_c / s ≤ e^12 and |μ_c| ≤ 1000 s; and no live channel's own NSR below −60 dB.
 LOG_SIGMA_SPAN = (-20.0, 12.0)
+#: Σ_c E[a_c²] of the reference head (weights REFERENCE_SHA256, split faceboxes.rdcl) on natural images:
+#: 91.6 on 40 fitting crops, 60.0 on 40 FDDB images at ×3 (docs/obfuscation.md). A file for these weights
+#: must record a total within ±10 dB of 75: otherwise scaling σ and the recorded statistics down together
+#: would pass every relative check while the noise vanishes against the real activation.
+REFERENCE_POWER, REFERENCE_POWER_DB = 75.0, 10.0
 MU_MAX = 1e3
 CHANNEL_FLOOR_DB = -60.0
 
@@ -245,6 +250,14 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
                                                                     rtol=1e-4, atol=1e-5):
             raise NoiseFileError(f"{path}: the signal_power tensor disagrees with the activation statistics in "
                                  "its metadata (the file was edited)")
+    if weights_sha256 == REFERENCE_SHA256 and split_point == SPLIT_POINT and c == HEAD_CHANNELS:
+        total = float(tensors["signal_power"].double().sum())
+        if not abs(10 * math.log10(max(total, 1e-300) / REFERENCE_POWER)) <= REFERENCE_POWER_DB:
+            raise NoiseFileError(
+                f"{path} records a total activation power of {total:.4g}, but the reference head's is ≈ 60–92 "
+                f"on natural images (accepted {REFERENCE_POWER / 10 ** (REFERENCE_POWER_DB / 10):g} … "
+                f"{REFERENCE_POWER * 10 ** (REFERENCE_POWER_DB / 10):g}): its statistics, and the noise measured "
+                "against them, are not this model's")
     check_noise(tensors["mu"], tensors["log_sigma"], tensors["signal_power"], float(alpha), where=str(path))
     obf = Obfuscator(c, meta["family"], seed=seed, generator=generator)
     with torch.no_grad():

@@ -153,3 +153,10 @@ def test_cli_maps_every_provision_flag():
                            "load_balancer_service": True}
     sig = inspect.signature(dataops.workspace_call)
     assert set(sig.parameters) >= {"gpus", "cpu", "memory", "load_balancer", "storage_class"}
+
+
+def test_provision_warns_when_a_load_balancer_exposes_the_server(capsys):
+    assert main(["k8s", "provision", "triton", "--load-balancer", "--dry-run"]) == 0
+    assert "warning: --load-balancer exposes Triton" in capsys.readouterr().err
+    assert main(["k8s", "provision", "triton", "--dry-run"]) == 0
+    assert "warning" not in capsys.readouterr().err

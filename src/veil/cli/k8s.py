@@ -285,6 +285,10 @@ def dataops_call_from_args(args: argparse.Namespace) -> dataops.DataOpsCall:
 
 def _provision(args: argparse.Namespace) -> int:
     call = dataops_call_from_args(args)
+    if getattr(args, "load_balancer", False):
+        what = "Triton (no authentication, no TLS)" if args.what == "triton" else "JupyterLab (token only)"
+        print(f"warning: --load-balancer exposes {what} outside the cluster; prefer kubectl port-forward, "
+              "or put TLS and access control in front", file=sys.stderr)
     if args.dry_run:
         print(f"# Python (netapp-dataops-k8s):\n{call.python()}\n# the toolkit's command line:\n{call.shell()}")
         return 0

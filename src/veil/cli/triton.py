@@ -233,15 +233,24 @@ def rerun_command(args: argparse.Namespace, images: list[str]) -> str:
         if not action.option_strings or action.dest == "help":
             continue
         value = getattr(args, action.dest, None)
-        flag = max(action.option_strings, key=len)
-        if isinstance(action, argparse._StoreTrueAction):
-            if value:
+        flag = max((o for o in action.option_strings if not o.startswith("--no-")), key=len)
+        text = (lambda v: repr(v) if isinstance(v, float) else str(v))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if value is not None:
+                argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(action, argparse._StoreConstAction):  # store_true, store_false, store_const
+            if value == action.const and value != action.default:
                 argv.append(flag)
         elif isinstance(action, argparse._AppendAction):
             for v in value or []:
-                argv += [flag, str(v)]
-        elif value is not None:
-            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+                argv += [flag, text(v)]
+        elif isinstance(action, argparse._StoreAction):
+            if isinstance(value, (list, tuple)):
+                argv += [flag, *map(text, value)]
+            elif value is not None:
+                argv += [flag, text(value)]
+        else:  # a kind of option this function does not know: refuse rather than drop it
+            raise TypeError(f"rerun_command cannot repeat {flag} ({type(action).__name__})")
     return shlex.join(argv + ["--", *images])
 
 

@@ -164,3 +164,12 @@ def test_serve_warns_when_the_host_exposes_the_server(tmp_path, capsys):
     assert rc == 2 and "no Triton model repository" in err  # and it went no further
     main(["serve", "--model-repository", str(tmp_path / "none")])
     assert "warning" not in capsys.readouterr().err
+
+
+def test_printed_commands_quote_paths(tmp_path, capsys):
+    import shlex
+
+    missing = tmp_path / "my repo; rm -rf x"
+    assert main(["serve", "--model-repository", str(missing)]) == 2
+    hint = capsys.readouterr().err.split("create one with `")[1].split("`")[0]
+    assert shlex.split(hint) == ["veil", "export-triton", "--out", str(missing)]

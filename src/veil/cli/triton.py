@@ -103,7 +103,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"{fmt:12s} {repo}")
     for k, v in report.max_error.items():
         print(f"check {k}: max |exported - in-process| = {v:.2e}")
-    print(f"wrote {args.out} in {time.monotonic() - t0:.1f} s; serve it with `veil serve --model-repository {args.out}`")
+    print(f"wrote {args.out} in {time.monotonic() - t0:.1f} s; serve it with `{shlex.join(['veil', 'serve', '--model-repository', args.out])}`")
     return 0
 
 

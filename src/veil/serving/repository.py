@@ -16,6 +16,7 @@ activations) and ``face_detection_noisy`` (obfuscated ones), with the same tail 
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,4 +148,4 @@ def resolve_repository(path: str | Path, fmt: str = "python") -> Path:
         if cand.is_dir() and any((d / "config.pbtxt").is_file() for d in cand.iterdir() if d.is_dir()):
             return cand
     raise FileNotFoundError(
-        f"no Triton model repository at {p} (nor {p / fmt}); create one with `veil export-triton --out {p}`")
+        f"no Triton model repository at {p} (nor {p / fmt}); create one with `veil export-triton --out {shlex.quote(str(p))}`")

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -169,7 +170,7 @@ class TritonServer:
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise ServerError(f"model repository {self.model_repository} does not exist; "
-                              f"create it with `veil export-triton --out {model_repository}`")
+                              f"create it with `veil export-triton --out {shlex.quote(str(model_repository))}`")
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = _pick_ports(host, http_port, grpc_port, metrics_port)
         self.log_file = Path(log_file) if log_file else None

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed images first (default: %(default)s)")
     p.add_argument("--scale", type=float, default=FDDB_SCALE, help="input upscale (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    p.add_argument("--backend", default="fp32", help="head/tail backend: fp32, bf16, onnx, auto (default: %(default)s)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detection_throughput.json"),
                    help="JSON result (default: %(default)s)")
     return p.parse_args()
@@ -53,7 +55,8 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    det = Detector.from_weights(args.weights, scale=args.scale)
+    det = Detector.from_weights(args.weights, scale=args.scale, backend=args.backend)
+    det.runner  # an ONNX export (once per weights) is not timed
     items = read_fddb(args.dataset).available()[: args.images]
     if not items:
         raise SystemExit(f"no FDDB images under {args.dataset}")
@@ -78,9 +81,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 prep = prepare(img, det.scale)
                 t1 = time.perf_counter()
-                a = det.head(prep.tensor)
+                a = det.runner.head(prep.tensor)
                 t2 = time.perf_counter()
-                loc, conf = det.tail(a)
+                loc, conf = det.runner.tail(a)
                 t3 = time.perf_counter()
                 det.boxes_from_outputs(loc, conf, prep)
                 t4 = time.perf_counter()
@@ -92,7 +95,7 @@ def main() -> None:
     shape = [img.shape[:2] for img in images]
     result = {
         "benchmark": "detection_throughput",
-        "settings": {"scale": det.scale, "confidence": det.post.confidence, "nms_iou": det.post.nms_iou,
+        "settings": {"backend": det.backend, "scale": det.scale, "confidence": det.post.confidence, "nms_iou": det.post.nms_iou,
                      "images": len(images), "repeats": args.repeats, "dataset": "FDDB originalPics (first N present)",
                      "median_input_hw": [int(statistics.median(h for h, _ in shape) * det.scale),
                                          int(statistics.median(w for _, w in shape) * det.scale)]},
@@ -104,9 +107,10 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine(),
-                    "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+                    "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
+                    "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()},
     }
-    print(f"FaceBoxes detection at FDDB settings (x{det.scale:g}, conf {det.post.confidence}, NMS {det.post.nms_iou}), "
+    print(f"backend {det.backend}; FaceBoxes detection at FDDB settings (x{det.scale:g}, conf {det.post.confidence}, NMS {det.post.nms_iou}), "
           f"{len(images)} images x {args.repeats} passes, {torch.get_num_threads()} torch threads")
     print(f"{'stage':<12} {'median ms':>10} {'share':>7}")
     for k, v in result["stage_ms_median"].items():

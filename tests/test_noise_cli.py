@@ -39,13 +39,17 @@ def setup(weights_path, fddb_image_paths, tmp_path_factory):
     return {"dir": d, "noise": noise, "key": key, "image": fddb_image_paths[0], "weights": weights_path}
 
 
+def _no_constants(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")  # strict parsers reject NaN/Infinity
+
+
 def _detect(s, out: str, *extra) -> tuple[int, str, list]:
     o = s["dir"] / out
     rc, _, err = run_cli("detect", s["image"], "--out", o, "--weights", s["weights"], "--scale", "1",
                          "--noisy", "--alpha", "0.8", "--noise-dir", s["noise"].parent, *extra)
     if rc != 0:
         return rc, err, []
-    doc = json.loads((o / f"{Path(s['image']).stem}.json").read_text())
+    doc = json.loads((o / f"{Path(s['image']).stem}.json").read_text(), parse_constant=_no_constants)
     return rc, err, (doc["noise_mode"], doc["detections"])
 
 

@@ -103,7 +103,8 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"{fmt:12s} {repo}")
     for k, v in report.max_error.items():
         print(f"check {k}: max |exported - in-process| = {v:.2e}")
-    print(f"wrote {args.out} in {time.monotonic() - t0:.1f} s; serve it with `{shlex.join(['veil', 'serve', '--model-repository', args.out])}`")
+    serve = shlex.join(["veil", "serve", "--model-repository", args.out])
+    print(f"wrote {args.out} in {time.monotonic() - t0:.1f} s; serve it with `{serve}`")
     return 0
 
 

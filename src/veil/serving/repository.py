@@ -148,4 +148,5 @@ def resolve_repository(path: str | Path, fmt: str = "python") -> Path:
         if cand.is_dir() and any((d / "config.pbtxt").is_file() for d in cand.iterdir() if d.is_dir()):
             return cand
     raise FileNotFoundError(
-        f"no Triton model repository at {p} (nor {p / fmt}); create one with `veil export-triton --out {shlex.quote(str(p))}`")
+        f"no Triton model repository at {p} (nor {p / fmt}); "
+        f"create one with `veil export-triton --out {shlex.quote(str(p))}`")

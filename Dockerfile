@@ -1,13 +1,12 @@
 # veil: confidential face detection. The image's entrypoint is the `veil` command:
 #   docker build -t veil:0.1.0 .
-#   docker run --rm -v "$PWD/data:/data" -e VEIL_WEIGHTS=/data/models/FaceBoxesProd.pth \
-#       veil:0.1.0 evaluate --dataset /data/fddb
+#   docker run --rm -v "$PWD/data:/data" veil:0.1.0 evaluate --dataset /data/fddb
 # CPU by default. For NVIDIA GPUs, build on a CUDA base with a CUDA build of torch:
 #   docker build -t veil:0.1.0-cuda \
 #       --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
-# Weights are not baked in: put FaceBoxesProd.pth on the data volume and set $VEIL_WEIGHTS (the
-# Kubernetes manifests from `veil k8s render` do), or build with --build-arg FETCH_WEIGHTS=1.
+# The reference FaceBoxes weights, fitted noise and reference decoder ship inside the veil package
+# (veil.assets, SHA-256 verified at load); $VEIL_WEIGHTS / $VEIL_NOISE_DIR on a volume override them.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
@@ -15,7 +14,6 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG VEIL_EXTRAS=serve,k8s,notebook
 ARG JUPYTERLAB_VERSION=4.6.6
-ARG FETCH_WEIGHTS=0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -55,7 +53,6 @@ RUN if id -u 1000 >/dev/null 2>&1; then userdel --remove "$(id -nu 1000)"; fi \
     && chown -R veil:veil /workspace
 USER 1000
 ENV VEIL_CACHE_DIR=/home/veil/.cache/veil
-RUN if [ "${FETCH_WEIGHTS}" = "1" ]; then veil weights fetch; fi
 WORKDIR /workspace
 
 ENTRYPOINT ["veil"]

@@ -46,8 +46,10 @@ def test_default_noise_is_not_torch_mt19937():
 
 @pytest.mark.parametrize("family", ["gaussian", "laplace"])
 def test_keystream_samples_have_zero_mean_unit_variance_and_the_right_shape(family):
-    e = Keystream.fresh().sample(100_000, family).double().numpy()
-    assert abs(e.mean()) < 0.015 and abs(e.var() - 1) < 0.02  # 4.7 and 3.5 standard errors (Laplace)
+    # A seeded stream: the draw is fixed, so the bounds below (≈ 4.7σ on the mean, 4.5σ / 2.8σ on the
+    # Gaussian / Laplace variance) cannot flake, yet any error in the transform moves them.
+    e = Keystream.from_seed(2026).sample(100_000, family).double().numpy()
+    assert abs(e.mean()) < 0.015 and abs(e.var() - 1) < 0.02
     dist = stats.norm if family == "gaussian" else stats.laplace(scale=1 / np.sqrt(2))
     assert stats.kstest(e, dist.cdf).pvalue > 1e-3
     other = stats.laplace(scale=1 / np.sqrt(2)) if family == "gaussian" else stats.norm

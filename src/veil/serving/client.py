@@ -198,7 +198,7 @@ class TritonDetector:
         if "unknown model" in msg.lower() or "not found" in msg.lower():
             try:
                 names = sorted(m["name"] if isinstance(m, dict) else m.name
-                               for m in _index(self.client, self.protocol))
+                               for m in _index(self.client, self.protocol, self.timeout))
                 msg += f"; the server at {self.url} serves: {', '.join(names) or 'no models'}"
             except Exception:  # noqa: BLE001 - the listing is a courtesy (restricted on veil's servers)
                 msg += f"; veil's servers serve {', '.join(ALL_MODELS)}"
@@ -263,9 +263,10 @@ class TritonDetector:
         return results
 
 
-def _index(client, protocol: str):
-    idx = client.get_model_repository_index()
-    return idx if protocol == "http" else idx.models
+def _index(client, protocol: str, timeout: float = 10.0):
+    if protocol == "http":
+        return client.get_model_repository_index()  # bounded by the client's network timeout
+    return client.get_model_repository_index(client_timeout=timeout).models
 
 
 def _describe(exc: BaseException | None) -> str:

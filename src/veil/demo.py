@@ -104,7 +104,8 @@ def _describe_decoder(dec) -> str | None:
     if dec is None:
         return None
     m = dec.meta
-    return f"{m.get('kind', '?')} decoder, {m.get('steps', '?')} steps, trained on {m.get('sources', '?')}"
+    sources = m.get("sources") or ["?"]
+    return f"{m.get('kind', '?')} decoder, {m.get('steps', '?')} steps, trained on {'; '.join(map(str, sources))}"
 
 
 def _load(images: list[str | Path] | None) -> dict[str, np.ndarray]:

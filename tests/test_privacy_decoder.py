@@ -44,8 +44,16 @@ def test_trained_decoder_beats_constant_image(head, trained, wider_dir):
 
 
 def test_roundtrip_and_reconstruct(tmp_path, monkeypatch, trained, head):
+    from veil import assets
+
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path))
-    assert load_decoder() is None  # nothing trained in this cache
+    monkeypatch.delenv("VEIL_DECODER", raising=False)
+    shipped = assets.decoder_file()
+    fallback = load_decoder()  # nothing trained in this cache: the decoder that ships with veil, if any
+    if shipped is None:
+        assert fallback is None
+    else:
+        assert fallback is not None and fallback.meta == read_decoder(shipped).meta
     p = save_decoder(trained, tmp_path / "attackers" / "naive.safetensors", {"kind": "naive", "alpha": None})
     dec = load_decoder()
     assert dec is not None and dec.meta["kind"] == "naive"

@@ -32,23 +32,35 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
     try:
         rc = main(["audit", "--alpha", "0", "0.5", "--noise-dir", str(noise_dir), "--dataset", str(fddb_dir),
                    "--out", str(out), "--max-faces", "2", "--decoder-minutes", "0.02", "--whitebox-steps", "3",
-                   "--whitebox-faces", "1", "--train-images", str(dlib_dir), "--weights", str(weights_path)])
+                   "--whitebox-faces", "1", "--train-images", str(dlib_dir), "--weights", str(weights_path),
+                   "--ks", "2", "--dup-ks", "2"])
     finally:
         torch.set_num_threads(prev)
     assert rc == 0
     assert (tmp_path / "cache" / "attackers" / "naive.safetensors").is_file()
     assert list((tmp_path / "cache" / "attackers").glob("adaptive-*.safetensors"))
+    assert list((tmp_path / "cache" / "attackers").glob("adaptive-perceptual-*.safetensors"))
+    assert list((tmp_path / "cache" / "attackers" / "audit-cache").glob("clean-*.npz"))  # npz, not pickle
     rep = json.loads((out / "alpha-0.5" / "report.json").read_text())
     assert rep["alpha"] == 0.5 and rep["scale"] == 3.0 and rep["n_faces"] == 2
     assert rep["chance_rank1"] == pytest.approx(1 / 2, abs=1e-4)
     for group in ("attackers", "clean_baseline"):
-        for name in ("naive", "adaptive", "whitebox", "adaptive_avg16"):
-            assert set(rep[group][name]) >= {"ssim", "psnr", "face_ssim", "rank1", "tar_at_far1"}
+        for name in ("naive", "adaptive", "whitebox", "adaptive_avg2", "adaptive_dup2", "perceptual"):
+            assert set(rep[group][name]) >= {"ssim", "psnr", "face_ssim", "rank1", "tar_at_far1", "rank1_ci95",
+                                             "tar_ci95", "bins"}
+            lo, hi = rep[group][name]["rank1_ci95"]
+            assert 0.0 <= lo <= rep[group][name]["rank1"] <= hi <= 1.0
+    assert rep["faces_digest"] and rep["clean_pass_cached"]  # the ALPHA 0 audit computed it first
+    assert set(rep["timing_s"]) >= {"clean_pass", "obfuscated_pass", "scoring"}
+    for name in ("naive", "adaptive", "perceptual"):
+        md = rep["decoders"][name]
+        assert md["seed"] is not None and md["data_order_seed"] is not None and len(md["curve_l1_px"]) == md["steps"]
+    assert rep["noise_mode"] == "fresh" and "competent" in rep and "passes_every_bin" in rep
     assert rep["attackers"]["whitebox"]["n_probes"] == 1
     assert rep["references"]["original"]["rank1"] == 1.0 and rep["references"]["original"]["ssim"] == 1.0
     assert rep["references"]["constant"]["ssim"] < 0.9
     assert rep["worst_attacker"] in rep["attackers"]
-    for name in ("report.md", "grid_faces.png", "grid_image.png"):
+    for name in ("report.md", "grid_faces.png", "learning_curves.png"):
         assert (out / "alpha-0.5" / name).stat().st_size > 0
     clean = json.loads((out / "alpha-0" / "report.json").read_text())
     assert clean["attackers"]["naive"] == clean["clean_baseline"]["naive"]
@@ -83,6 +95,20 @@ def test_missing_noise_is_a_clear_error(tmp_path, weights_path, fddb_dir, capsys
                "--decoder-minutes", "0.01", "--train-images", str(tmp_path)])
     assert rc == 2
     assert "noise file not found" in capsys.readouterr().err
+
+
+def test_missing_dataset_names_flag_and_variable(tmp_path, monkeypatch, weights_path, capsys):
+    monkeypatch.delenv("VEIL_DATASET", raising=False)
+    rc = main(["audit", "--alpha", "0", "--out", str(tmp_path / "o"), "--weights", str(weights_path),
+               "--train-images", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--dataset" in err and "VEIL_DATASET" in err
+    monkeypatch.delenv("VEIL_FIT_IMAGES", raising=False)
+    rc = main(["audit", "--alpha", "0", "--out", str(tmp_path / "o"), "--dataset", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--train-images" in err and "VEIL_FIT_IMAGES" in err
 
 
 def test_leak_by_scale_grows_with_resolution(fddb_dir):

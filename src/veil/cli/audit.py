@@ -22,19 +22,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ALPHA(s) to audit; 0 audits clean activations only")
     p.add_argument("--noise", help="fitted noise file (single ALPHA); default: the noise directory, else fit it")
     p.add_argument("--noise-dir", help="directory of alpha-<A>.safetensors (default: the veil cache)")
-    p.add_argument("--dataset", default="../shared/data/fddb", help="FDDB root (default: %(default)s)")
+    p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-faces", type=int, default=40, help="FDDB faces to evaluate, in fold order (default: %(default)s)")
+    p.add_argument("--max-faces", type=int,
+                   help="FDDB faces to evaluate, in fold order (default: every qualifying face present)")
     p.add_argument("--min-face", type=float, default=48.0, help="smallest face box side in px (default: %(default)s)")
     p.add_argument("--decoder-minutes", type=float, default=15.0,
-                   help="wall time to train a decoder that is not cached yet (default: %(default)s)")
+                   help="wall-time budget of a decoder that is not cached yet; it stops earlier when its loss "
+                        "plateaus (default: %(default)s)")
     p.add_argument("--whitebox-steps", type=int, default=100, help="Adam steps per face (default: %(default)s)")
-    p.add_argument("--whitebox-faces", type=int, default=20,
-                   help="faces the white-box attacker inverts (the first ones; default: %(default)s)")
+    p.add_argument("--whitebox-faces", type=int, default=40,
+                   help="faces the white-box attacker inverts (the first ones, with their enlarged copies; "
+                        "default: %(default)s)")
+    p.add_argument("--whitebox-batch", type=int, default=8, help="faces inverted together (default: %(default)s)")
     p.add_argument("--ks", type=int, nargs="+", default=[4, 16],
                    help="averaging attack: obfuscations averaged per image (default: %(default)s; K=1 is 'adaptive')")
+    p.add_argument("--dup-ks", type=int, nargs="*", default=[16],
+                   help="near-duplicate averaging: obfuscated near-duplicates (JPEG q90, 1-2 px shifts, ±3%% zoom) "
+                        "averaged per image (default: %(default)s; none: off)")
+    p.add_argument("--no-perceptual", action="store_true", help="leave out the perceptual-loss decoder")
+    p.add_argument("--no-enlarged", action="store_true",
+                   help="leave out the enlarged copies of faces below 192 px at the network (not a full audit)")
+    p.add_argument("--keyed", action="store_true",
+                   help="also audit keyed noise (ε from HMAC(key, activation); a random key for the audit): exact "
+                        "repeats get the same noise, near-duplicates fresh noise")
     p.add_argument("--train-images", nargs="+", help="non-FDDB photo folders for decoders and noise fitting "
-                                                      "(default: ../shared WIDER subset and dlib photos)")
+                                                      "(default: $VEIL_FIT_IMAGES)")
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
     p.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale of the deployed path (default: %(default)s)")
     p.set_defaults(func=run_audit)
@@ -53,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "resolution and back, and score identity (rank-1, TAR at 1%% FAR) like an "
                                    "attacker: what a perfect decoder could at most recover from the grid's "
                                    "resolution. Cheap (no training).")
-    g.add_argument("--dataset", default="../shared/data/fddb", help="FDDB root (default: %(default)s)")
-    g.add_argument("--max-faces", type=int, default=40, help="faces, in fold order (default: %(default)s)")
+    g.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
+    g.add_argument("--max-faces", type=int, help="faces, in fold order (default: every qualifying face)")
     g.add_argument("--min-face", type=float, default=48.0, help="smallest face box side in px (default: %(default)s)")
     g.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0], help="input scales")
     g.add_argument("--json", help="write the result here")
@@ -63,12 +76,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train-decoder", help="train (and cache) a reconstruction decoder",
                        description="Train the naive decoder (clean activations) or, with --alpha, the adaptive "
                                    "one (activations obfuscated with that ALPHA's fitted noise) on non-FDDB photos "
-                                   "for a bounded wall time; cached under the veil cache's attackers/.")
+                                   "until the loss plateaus or a wall-time budget ends; cached under the veil "
+                                   "cache's attackers/ with its seeds and learning curve.")
     t.add_argument("--alpha", type=float, help="train the adaptive decoder for this ALPHA's noise")
     t.add_argument("--noise", help="fitted noise file (default: the noise directory)")
     t.add_argument("--noise-dir", help="directory of alpha-<A>.safetensors")
-    t.add_argument("--minutes", type=float, default=15.0, help="wall time (default: %(default)s)")
-    t.add_argument("--train-images", nargs="+", help="photo folders (default: ../shared WIDER subset and dlib photos)")
+    t.add_argument("--minutes", type=float, default=15.0,
+                   help="wall-time budget; training stops earlier when the loss plateaus (default: %(default)s)")
+    t.add_argument("--loss", choices=("l1", "perceptual"), default="l1",
+                   help="l1 (pixels) or perceptual (pixels + the frozen detector's features; default: %(default)s)")
+    t.add_argument("--batch", type=int, default=8, help="crops per step (default: %(default)s)")
+    t.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale (default: %(default)s)")
+    t.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
+    t.add_argument("--train-images", nargs="+", help="photo folders (default: $VEIL_FIT_IMAGES)")
     t.add_argument("--weights", help="FaceBoxes weights")
     t.set_defaults(func=run_train)
 
@@ -93,88 +113,128 @@ def _noise(alpha: float, args: argparse.Namespace, model, sha: str, fit_dirs: li
     return obf, meta, sha256_file(path), path
 
 
-def _clean_recs(faces, attacks, args: argparse.Namespace, naive) -> dict:
-    """Clean-activation reconstructions, cached on disk: every ALPHA's audit shares them."""
-    import hashlib
-    import pickle
+def _dataset(args: argparse.Namespace) -> Path:
+    """--dataset, else $VEIL_DATASET; a clear error naming both when neither is given."""
+    from veil.settings import settings
 
-    from veil.privacy.audit import reconstruct_all
-    from veil.privacy.decoders import attackers_dir
-
-    key = hashlib.sha256(json.dumps([faces.digest(), args.scale, naive.meta, attacks.whitebox_steps,
-                                     attacks.whitebox_faces, attacks.tv_weight], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    path = attackers_dir() / f"clean-recs-{key}.pkl"
-    if path.is_file():
-        with open(path, "rb") as fh:  # written by this function; the cache is the user's own
-            return pickle.load(fh)  # noqa: S301
-    recs = reconstruct_all(faces, attacks, args.scale, noisy=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".part"), "wb") as fh:
-        pickle.dump(recs, fh)
-    path.with_suffix(".part").replace(path)
-    return recs
+    d = args.dataset or settings().dataset
+    if d is None:
+        raise ValueError("no FDDB dataset: pass --dataset DIR or set VEIL_DATASET (FDDB root with FDDB-folds/ and "
+                         "originalPics/)")
+    return Path(d)
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from veil.privacy.audit import Attacks, audit, select_fddb_faces
-    from veil.privacy.train import default_training_dirs, ensure_decoder
+    from veil.privacy.audit import Attacks, audit, check_independence, make_views, select_fddb_faces
+    from veil.privacy.decoders import attackers_dir
+    from veil.privacy.train import FaceFeatures, ensure_decoder, require_training_dirs
     from veil.weights import load_faceboxes
 
     if args.noise and len(args.alpha) > 1:
         raise ValueError("--noise names one file: give a single --alpha with it")
+    if any(k < 2 for k in args.ks + args.dup_ks):
+        raise ValueError("--ks/--dup-ks values must be ≥ 2 (K = 1 is the adaptive attacker itself)")
+    dirs = require_training_dirs(args.train_images)
+    faces = select_fddb_faces(_dataset(args), args.max_faces, args.min_face)
     model, sha = load_faceboxes(args.weights)
-    dirs = args.train_images or default_training_dirs()
-    faces = select_fddb_faces(args.dataset, args.max_faces, args.min_face)
     # Noise first (cheap, may fail on a bad file) so a mistake surfaces before any training.
     noises = {alpha: _noise(alpha, args, model, sha, dirs) for alpha in args.alpha if alpha > 0}
-    print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images at scale ×{args.scale:g}", file=sys.stderr)
-    naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, scale=args.scale)
-    if any(k < 2 for k in args.ks):
-        raise ValueError("--ks values must be ≥ 2 (K = 1 is the adaptive attacker itself)")
-    base = Attacks(model.head, naive, whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces,
-                   ks=tuple(args.ks))
-    clean = _clean_recs(faces, base, args, naive)
+    views = make_views(faces, args.scale, enlarge=not args.no_enlarged)
+    print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images ({len(views) - len(faces.images)} "
+          f"enlarged copies) at scale ×{args.scale:g}", file=sys.stderr)
+    feats = None if args.no_perceptual else FaceFeatures(model)
+    train = dict(progress=True, scale=args.scale)
+    naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, **train)
+    naive_p = None if feats is None else ensure_decoder(model.head, sha, args.decoder_minutes, dirs, loss="perceptual",
+                                                        features=feats, **train)
+    base = Attacks(model.head, naive, perceptual_clean=naive_p, whitebox_steps=args.whitebox_steps,
+                   whitebox_faces=args.whitebox_faces, whitebox_batch=args.whitebox_batch, ks=tuple(args.ks),
+                   dup_ks=tuple(args.dup_ks))
     out = Path(args.out)
     rows = []
+    cache = attackers_dir() / "audit-cache"
     for alpha in args.alpha:
-        dest = out if len(args.alpha) == 1 else out / f"alpha-{alpha:g}"
-        meta = {"naive_decoder": naive.meta}
-        att = base
-        if alpha > 0:
-            obf, _nmeta, nsha, npath = noises[alpha]
-            adaptive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, obfuscator=obf, noise_sha256=nsha,
-                                      alpha=alpha, scale=args.scale)
-            att = Attacks(model.head, naive, adaptive, obf, whitebox_steps=args.whitebox_steps,
-                          whitebox_faces=args.whitebox_faces, ks=tuple(args.ks))
-            meta.update(noise_file=str(npath), noise_sha256=nsha, adaptive_decoder=adaptive.meta)
-        rep = audit(faces, att, alpha, args.scale, out_dir=dest, meta=meta, clean_recs=clean)
-        rows.append(rep)
-        a = rep["attackers"]
-        print(f"ALPHA {alpha:g}: chance rank-1 {rep['chance_rank1']:.4f}; " +
-              ", ".join(f"{k} {v['rank1']:.3f}" for k, v in a.items()) +
-              f"; worst {rep['worst_attacker']} ({rep['worst_rank1_x_chance']}× chance)" +
-              ("" if rep["competent"] else "; NAIVE ATTACKER FAILED: no privacy claim"))
-        print(f"  → {dest / 'report.md'}")
+        modes = ["fresh", "keyed"] if (alpha > 0 and args.keyed) else ["fresh"]
+        for mode in modes:
+            dest = out if (len(args.alpha) == 1 and len(modes) == 1) else \
+                out / (f"alpha-{alpha:g}" + ("" if mode == "fresh" else "-keyed"))
+            decs = {"naive": naive.meta, **({"perceptual_clean": naive_p.meta} if naive_p is not None else {})}
+            att = base
+            meta: dict = {"decoders": decs}
+            if alpha > 0:
+                obf, nmeta, nsha, npath = noises[alpha]
+                adaptive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, obfuscator=obf,
+                                          noise_sha256=nsha, alpha=alpha, **train)
+                perc = None if feats is None else ensure_decoder(model.head, sha, args.decoder_minutes, dirs,
+                                                                 obfuscator=obf, noise_sha256=nsha, alpha=alpha,
+                                                                 loss="perceptual", features=feats, **train)
+                decs["adaptive"] = adaptive.meta
+                if perc is not None:
+                    decs["perceptual"] = perc.meta
+                if mode == "keyed":
+                    _set_key(obf)
+                att = Attacks(**{**base.__dict__, "adaptive": adaptive, "obfuscator": obf, "perceptual": perc})
+                meta.update(noise_file=str(npath), noise_sha256=nsha, noise_mode=mode,
+                            independence_notes=check_independence(decs, nmeta))
+            rep = audit(faces, att, alpha, args.scale, out_dir=dest, meta=meta, views=views, weights_sha256=sha,
+                        cache_dir=cache, enlarge=not args.no_enlarged)
+            if mode == "keyed":
+                obf.set_key(None)
+            rows.append(rep)
+            _print_summary(rep, dest)
     if len(rows) > 1:
         from veil.privacy.audit import privacy_columns
 
-        (out / "summary.json").write_text(json.dumps([{"alpha": r["alpha"], **privacy_columns(r)} for r in rows], indent=1))
+        (out / "summary.json").write_text(json.dumps([{"alpha": r["alpha"], "noise_mode": r.get("noise_mode", "fresh"),
+                                                       **privacy_columns(r)} for r in rows], indent=1))
     return 0
 
 
+def _set_key(obf) -> None:
+    """Switch an obfuscator to keyed noise under a random audit key (the attacker never knows it)."""
+    import secrets
+
+    if not hasattr(obf, "set_key"):
+        raise ValueError("--keyed needs keyed noise in veil.obfuscate (Obfuscator.set_key), not in this version")
+    obf.set_key(secrets.token_bytes(32))
+
+
+def _print_summary(rep: dict, dest: Path) -> None:
+    chance = rep["chance_rank1"]
+    print(f"ALPHA {rep['alpha']:g} ({rep.get('noise_mode', 'fresh')} noise): {rep['n_faces']} faces, chance rank-1 "
+          f"{chance:.4f}; clean pass {'cached' if rep['clean_pass_cached'] else 'computed'}; {rep['timing_s']}")
+    for k, v in rep["attackers"].items():
+        lo, hi = v["rank1_ci95"]
+        bins = ", ".join(f"{b}: {m['rank1']:.3f} (n={m['n']})" for b, m in v["bins"].items() if m["n"])
+        print(f"  {k:16s} rank-1 {v['rank1']:.3f} [{lo:.3f}, {hi:.3f}] ({v['rank1'] / chance:.1f}× chance), "
+              f"TAR {v['tar_at_far1']:.3f} [{v['tar_ci95'][0]:.3f}, {v['tar_ci95'][1]:.3f}]; {bins}")
+    print(f"  worst {rep['worst_attacker']} ({rep['worst_rank1_x_chance']}× chance); every bin ≤ 2× chance: "
+          f"{rep.get('passes_every_bin')}; competent: {rep['competent']} ({rep['competence_attacker']} "
+          f"{rep['competence_rank1_large']:.3f} in the large-face bin)")
+    print(f"  → {dest / 'report.md'}")
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from veil.privacy.train import default_training_dirs, ensure_decoder
+    import torch
+
+    from veil.privacy.train import FaceFeatures, ensure_decoder, require_training_dirs
     from veil.weights import load_faceboxes
 
     model, sha = load_faceboxes(args.weights)
-    dirs = args.train_images or default_training_dirs()
+    model.to(args.device)
+    dirs = require_training_dirs(args.train_images)
+    feats = FaceFeatures(model) if args.loss == "perceptual" else None
+    kw = dict(batch=args.batch, scale=args.scale, loss=args.loss, features=feats, device=args.device)
     if args.alpha is None:
-        dec = ensure_decoder(model.head, sha, args.minutes, dirs)
+        dec = ensure_decoder(model.head, sha, args.minutes, dirs, **kw)
     else:
-        obf, _meta, nsha, _p = _noise(args.alpha, args, model, sha, dirs)
-        dec = ensure_decoder(model.head, sha, args.minutes, dirs, obfuscator=obf, noise_sha256=nsha, alpha=args.alpha)
-    print(json.dumps(dec.meta, indent=1))
+        obf, _meta, nsha, _p = _noise(args.alpha, args, model.cpu(), sha, dirs)
+        model.to(args.device)
+        obf.to(torch.device(args.device))
+        dec = ensure_decoder(model.head, sha, args.minutes, dirs, obfuscator=obf, noise_sha256=nsha, alpha=args.alpha,
+                             **kw)
+    md = {k: v for k, v in dec.meta.items() if k != "curve_l1_px"}
+    print(json.dumps(md, indent=1))
     return 0
 
 
@@ -189,7 +249,7 @@ def run_frontier(args: argparse.Namespace) -> int:
 def run_leak_scale(args: argparse.Namespace) -> int:
     from veil.privacy.audit import blur_leak_by_scale, select_fddb_faces
 
-    faces = select_fddb_faces(args.dataset, args.max_faces, args.min_face)
+    faces = select_fddb_faces(_dataset(args), args.max_faces, args.min_face)
     res = blur_leak_by_scale(faces, tuple(args.scales))
     print(f"{faces.n_faces} faces, chance rank-1 {1 / faces.n_faces:.4f}")
     for s, m in res.items():

@@ -1,15 +1,31 @@
 """The privacy audit: run every attacker on FDDB faces and measure what leaks.
 
-Everything is scored at the deployed path's scale and preprocessing: the image is
-resized ×``scale`` (3, the FDDB protocol) bilinearly, BGR means subtracted, passed
-through the head; reconstructions (at ×scale) are resized back to the original size
-(area) and compared with the original there, at the annotated face boxes.
+Everything is scored at the deployed path's scale and preprocessing: the image is resized
+×``scale`` bilinearly, BGR means subtracted, passed through the head; reconstructions (at
+×scale) are resized back to the view's size (area) and compared with the original there,
+at the annotated face boxes.
+
+**Faces** (:func:`select_fddb_faces`): every FDDB face present whose dlib-style box is ≥ 48 px
+and inside its image, in fold order; the same faces for every configuration (their digest is
+in the report). **Views** (:func:`make_views`): each whole image, plus an *enlarged* copy of
+every face that reaches the network smaller than :data:`LARGE_PX` — a crop around the face
+(one face side of context each way) enlarged *before* the configuration's own scaling so the
+face reaches the network at :data:`ENLARGE_TARGET` px. So every face is scored once at its
+natural size and, in the large-face bin, once at 200–400 px: privacy cannot come from faces
+merely being small.
+
+**Scores**: the gallery is the N original faces (dlib embeddings at the annotated boxes);
+every probe (a reconstruction of one face in one view) is matched against all N, so chance
+rank-1 is 1/N in every bin. Rank-1 and TAR carry Wilson 95 % intervals. Per-bin rank-1 is over
+the probes whose face side *at the network input* falls in the bin.
 
 Attackers (``attackers`` in the report; on clean activations in ``clean_baseline``):
-``naive`` (decoder trained on clean activations), ``adaptive`` (decoder trained on
-activations obfuscated with the ALPHA's fitted noise), ``adaptive_avg4/16`` (the
-adaptive decoder on the mean of K obfuscations of the same image) and ``whitebox``
-(likelihood-weighted inversion of the public head, around each face).
+``naive`` (decoder trained on clean activations), ``adaptive`` (trained on activations
+obfuscated with the audited noise), ``perceptual`` (the same with a feature-space loss),
+``adaptive_avgK`` (the adaptive decoder on the mean of K obfuscations of the same image),
+``adaptive_dupK`` (on the mean of K obfuscated *near-duplicates*: re-encoded, shifted,
+rescaled) and ``whitebox`` (likelihood-weighted inversion of the public head, around each face,
+batched across faces).
 """
 
 from __future__ import annotations
@@ -18,24 +34,36 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from veil.preprocess import BGR_MEAN, FDDB_SCALE, ImageReadError, load_image, prepare
+from veil.preprocess import BGR_MEAN, FDDB_SCALE, ImageReadError, load_image, prepare, to_image
 from veil.privacy import identity, metrics
 from veil.privacy.decoders import decode
-from veil.privacy.whitebox import cell_window, channel_weights, invert_window
-from veil.preprocess import to_image
+from veil.privacy.whitebox import cell_window, channel_weights, invert_windows
 
 #: Attackers whose worst case is the privacy column of the sweep.
-WORST_OF = ("naive", "adaptive", "whitebox", "adaptive_avg4", "adaptive_avg16")
+WORST_OF = ("naive", "adaptive", "perceptual", "whitebox", "adaptive_avg4", "adaptive_avg16", "adaptive_dup4",
+            "adaptive_dup16")
 COMPETENCE_FACTOR = 10.0
+#: Face-size bins: face box side at the network input, px, ``[lo, hi)``.
+BINS: dict[str, tuple[float, float]] = {"48-96": (48.0, 96.0), "96-192": (96.0, 192.0), ">=192": (192.0, math.inf)}
+LARGE_BIN = ">=192"
+#: Faces smaller than this at the network input get an enlarged copy …
+LARGE_PX = 192.0
+#: … reaching the network at this size (inside the 200–400 px the issue asks for).
+ENLARGE_TARGET = 288.0
+#: Context kept around a face in its enlarged crop, in face sides on each side.
+ENLARGE_CONTEXT = 1.0
+_GRID_CELL = 112
 
 
 @dataclass
@@ -57,19 +85,26 @@ class FaceSet:
             h.update(np.round(b, 1).tobytes())
         return h.hexdigest()[:16]
 
+    def first_index(self) -> np.ndarray:
+        """Global index of each image's first face."""
+        return np.cumsum([0] + [len(b) for b in self.boxes])[:-1]
 
-def select_fddb_faces(root: str | Path, max_faces: int = 100, min_side: float = 48.0) -> FaceSet:
+
+def select_fddb_faces(root: str | Path, max_faces: int | None = None, min_side: float = 48.0) -> FaceSet:
     """FDDB faces (in fold order) whose dlib-style box is ≥ ``min_side`` px and inside the image.
 
-    Faces smaller than that are too small for the recogniser to identify even in the original.
+    ``max_faces=None`` takes every qualifying face. Faces smaller than ``min_side`` are too
+    small for the recogniser to identify even in the original. A bad image is skipped, with
+    its reason printed.
     """
     from veil.data import read_fddb
 
     ds = read_fddb(root)
     images, boxes, names = [], [], []
     n = 0
+    limit = math.inf if max_faces is None else max_faces
     for im in ds.available():
-        if n >= max_faces:
+        if n >= limit:
             break
         try:
             h, w = load_image(im.path).shape[:2]
@@ -79,7 +114,7 @@ def select_fddb_faces(root: str | Path, max_faces: int = 100, min_side: float = 
         keep = []
         for e in im.ellipses:
             b = identity.ellipse_to_box(e)
-            if b[2] - b[0] >= min_side and b[0] >= 0 and b[1] >= 0 and b[2] < w and b[3] < h and n < max_faces:
+            if b[2] - b[0] >= min_side and b[0] >= 0 and b[1] >= 0 and b[2] < w and b[3] < h and n < limit:
                 keep.append(b)
                 n += 1
         if keep:
@@ -91,24 +126,108 @@ def select_fddb_faces(root: str | Path, max_faces: int = 100, min_side: float = 
     return FaceSet(images, boxes, names)
 
 
-def blur_reference(image: np.ndarray, scale: float) -> np.ndarray:
-    """The original reduced to the activation's resolution (×scale/32) and back: what a 1-px-per-cell image shows."""
+# -- views: whole images and enlarged crops ---------------------------------------------------------------------
+
+
+@dataclass
+class View:
+    """One input of the deployed path: a whole image, or an enlarged crop around one face.
+
+    ``crop`` is ``x0, y0, x1, y1`` in the original image (None: whole image); the crop is
+    resized by ``factor`` before the configuration's own ×scale. ``boxes`` are in view pixels.
+    """
+
+    image: int
+    faces: np.ndarray
+    boxes: np.ndarray
+    kind: str = "base"
+    crop: tuple[int, int, int, int] | None = None
+    factor: float = 1.0
+
+    def net_px(self, scale: float) -> np.ndarray:
+        """Each face's box side at the network input."""
+        return (self.boxes[:, 2] - self.boxes[:, 0]) * scale
+
+
+def make_views(faces: FaceSet, scale: float, enlarge: bool = True, target: float = ENLARGE_TARGET) -> list[View]:
+    """The whole images, then (``enlarge``) an enlarged crop for each face below :data:`LARGE_PX` at the network."""
+    views, first = [], faces.first_index()
+    for i, bx in enumerate(faces.boxes):
+        views.append(View(i, first[i] + np.arange(len(bx)), bx.astype(float)))
+    if not enlarge:
+        return views
+    sizes = {}
+    for i, bx in enumerate(faces.boxes):
+        for j, b in enumerate(bx):
+            side = float(b[2] - b[0])
+            if side * scale >= LARGE_PX:
+                continue
+            if i not in sizes:
+                sizes[i] = _image_hw(faces.images[i])
+            h, w = sizes[i]
+            m = ENLARGE_CONTEXT * side
+            x0, y0 = max(0, int(b[0] - m)), max(0, int(b[1] - m))
+            x1, y1 = min(w, int(math.ceil(b[2] + m))), min(h, int(math.ceil(b[3] + m)))
+            f = target / (side * scale)
+            box = (b[:4] - np.array([x0, y0, x0, y0])) * f
+            views.append(View(i, np.array([first[i] + j]), box[None], "enlarged", (x0, y0, x1, y1), f))
+    return views
+
+
+def _image_hw(path: Path) -> tuple[int, int]:
+    return load_image(path).shape[:2]
+
+
+def view_image(image: np.ndarray, view: View) -> np.ndarray:
+    """The view's pixels: the image itself, or its crop enlarged (bilinear) by ``view.factor``."""
+    if view.crop is None:
+        return image
+    x0, y0, x1, y1 = view.crop
+    c = image[y0:y1, x0:x1]
+    size = (max(1, round((x1 - x0) * view.factor)), max(1, round((y1 - y0) * view.factor)))
+    return cv2.resize(c, size, interpolation=cv2.INTER_LINEAR)
+
+
+def face_bin(net_px: float) -> str | None:
+    """The bin of a face side at the network input (None below the smallest bin)."""
+    for name, (lo, hi) in BINS.items():
+        if lo <= net_px < hi:
+            return name
+    return None
+
+
+# -- near-duplicates ------------------------------------------------------------------------------------------
+
+
+NEAR_DUPLICATE_KINDS = ("jpeg", "shift", "zoom", "crop")
+
+
+def near_duplicate(image: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """The same photo as a client might send it again: re-encoded as JPEG q90, shifted 1–2 px, rescaled
+    ±3 % about the centre (a zoom, same size), or the next crop of a video (a 1–2 px crop shift).
+
+    The output has the original's size, so the attacker can average activations cell by cell.
+    ``kind`` (one of :data:`NEAR_DUPLICATE_KINDS`) is drawn at random unless given.
+    """
+    kind = NEAR_DUPLICATE_KINDS[int(rng.integers(len(NEAR_DUPLICATE_KINDS)))] if kind is None else kind
+    if kind not in NEAR_DUPLICATE_KINDS:
+        raise ValueError(f"unknown near-duplicate kind {kind!r}; choose one of {', '.join(NEAR_DUPLICATE_KINDS)}")
     h, w = image.shape[:2]
-    sh, sw = max(1, math.ceil(h * scale / 32)), max(1, math.ceil(w * scale / 32))
-    small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if kind == "jpeg":
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if kind in ("shift", "crop"):  # a shift of the photo, or of the crop window (video): both move content 1-2 px
+        dx, dy = (int(rng.integers(1, 3)) * int(rng.choice([-1, 1])) for _ in range(2))
+        m = np.float32([[1, 0, dx], [0, 1, dy]])
+    else:
+        s = float(rng.uniform(0.97, 1.03))
+        while abs(s - 1.0) < 0.005:
+            s = float(rng.uniform(0.97, 1.03))
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, s).astype(np.float32)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def _to_orig(rec: np.ndarray, prep_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:
-    rec = rec[: prep_hw[0], : prep_hw[1]]
-    return cv2.resize(rec, (orig_hw[1], orig_hw[0]), interpolation=cv2.INTER_AREA)
-
-
-def _clip_box(b: np.ndarray, hw: tuple[int, int], margin: float = 0.0) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = b[:4]
-    mx, my = margin * (x2 - x1), margin * (y2 - y1)
-    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(hw[1], int(math.ceil(x2 + mx))),
-            min(hw[0], int(math.ceil(y2 + my))))
+# -- attackers ------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -119,183 +238,500 @@ class Attacks:
     naive: nn.Module
     adaptive: nn.Module | None = None
     obfuscator: nn.Module | None = None
+    perceptual: nn.Module | None = None
+    #: the perceptual decoder trained on clean activations (the clean pass's ``perceptual``)
+    perceptual_clean: nn.Module | None = None
     whitebox_steps: int = 100
     tv_weight: float = 0.05
     ks: tuple[int, ...] = (4, 16)
-    #: Faces (the first ones, in order) that the white-box attacker inverts; it is ~100× costlier per face.
-    whitebox_faces: int = 30
+    #: near-duplicate averaging: K near-duplicates per image (empty: off)
+    dup_ks: tuple[int, ...] = (16,)
+    #: Faces (the first ones, in order; with their enlarged copies) that the white-box attacker inverts.
+    whitebox_faces: int = 40
+    #: Faces inverted together in one batch.
+    whitebox_batch: int = 8
 
 
-def _reconstruct_image(att: Attacks, image: np.ndarray, boxes: np.ndarray, wb_boxes: np.ndarray, scale: float,
-                       noisy: bool) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """All reconstructions of one image, resized to the original: name → (image, mask of valid pixels or None)."""
+def _to_view(rec: np.ndarray, prep_hw: tuple[int, int], view_hw: tuple[int, int]) -> np.ndarray:
+    rec = rec[: prep_hw[0], : prep_hw[1]]
+    return cv2.resize(rec, (view_hw[1], view_hw[0]), interpolation=cv2.INTER_AREA)
+
+
+def _clip_box(b: np.ndarray, hw: tuple[int, int], margin: float = 0.0) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = b[:4]
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(hw[1], int(math.ceil(x2 + mx))),
+            min(hw[0], int(math.ceil(y2 + my))))
+
+
+@dataclass
+class Leak:
+    """What one attacker recovered, per probe (one face in one view) and per whole-image view.
+
+    Arrays, so a clean pass can be cached (npz) and scored again against any gallery.
+    """
+
+    face: list[int] = field(default_factory=list)
+    net_px: list[float] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)
+    emb: list[np.ndarray] = field(default_factory=list)
+    face_ssim: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)
+    grid: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def add(self, view: View, scale: float, original: np.ndarray, rec: np.ndarray, sel: list[int] | None = None,
+            region: tuple[int, int, int, int] | None = None, grid_faces: int = 0) -> None:
+        """Score reconstruction ``rec`` of ``original`` (view pixels) at the view's faces ``sel``.
+
+        ``region`` (x0, y0, x1, y1) limits whole-image SSIM/PSNR to what was reconstructed.
+        """
+        sel = list(range(len(view.faces))) if sel is None else sel
+        if not sel:
+            return
+        bx = view.boxes[sel]
+        self.emb.append(identity.embed_faces(rec, bx))
+        px = view.net_px(scale)
+        for j, b in zip(sel, bx):
+            x1, y1, x2, y2 = _clip_box(b, original.shape[:2])
+            self.face.append(int(view.faces[j]))
+            self.net_px.append(float(px[j]))
+            self.kind.append(view.kind)
+            self.face_ssim.append(metrics.ssim(original[y1:y2, x1:x2], rec[y1:y2, x1:x2]))
+            if view.kind == "base" and int(view.faces[j]) < grid_faces:
+                self.grid[int(view.faces[j])] = _crop_cell(rec, b)
+        if view.kind == "base":
+            sl = (slice(None), slice(None)) if region is None else (slice(region[1], region[3]),
+                                                                     slice(region[0], region[2]))
+            self.ssim.append(metrics.ssim(original[sl], rec[sl]))
+            self.psnr.append(metrics.psnr(original[sl], rec[sl]))
+
+    # -- persistence (npz, no pickle) --
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        ids = sorted(self.grid)
+        return {f"{prefix}.face": np.asarray(self.face, np.int64), f"{prefix}.net_px": np.asarray(self.net_px),
+                f"{prefix}.kind": np.asarray(self.kind, dtype="U8"),
+                f"{prefix}.emb": np.concatenate(self.emb) if self.emb else np.zeros((0, identity.EMBEDDING_DIM)),
+                f"{prefix}.face_ssim": np.asarray(self.face_ssim), f"{prefix}.ssim": np.asarray(self.ssim),
+                f"{prefix}.psnr": np.asarray(self.psnr), f"{prefix}.grid_ids": np.asarray(ids, np.int64),
+                f"{prefix}.grid": (np.stack([self.grid[i] for i in ids]) if ids
+                                   else np.zeros((0, _GRID_CELL, _GRID_CELL, 3), np.uint8))}
+
+    @classmethod
+    def from_arrays(cls, z, prefix: str) -> "Leak":
+        g = z[f"{prefix}.grid"]
+        return cls(face=z[f"{prefix}.face"].tolist(), net_px=z[f"{prefix}.net_px"].tolist(),
+                   kind=[str(k) for k in z[f"{prefix}.kind"]], emb=[z[f"{prefix}.emb"]],
+                   face_ssim=z[f"{prefix}.face_ssim"].tolist(), ssim=z[f"{prefix}.ssim"].tolist(),
+                   psnr=z[f"{prefix}.psnr"].tolist(),
+                   grid={int(i): g[k] for k, i in enumerate(z[f"{prefix}.grid_ids"])})
+
+
+def _crop_cell(img: np.ndarray, box: np.ndarray, margin: float = 0.25) -> np.ndarray:
+    x1, y1, x2, y2 = _clip_box(box, img.shape[:2], margin)
+    return cv2.resize(img[y1:y2, x1:x2], (_GRID_CELL, _GRID_CELL), interpolation=cv2.INTER_AREA)
+
+
+def _activation(head: nn.Module, image: np.ndarray, scale: float) -> tuple[torch.Tensor, tuple[int, int]]:
     prep = prepare(image, scale)
-    hw = (prep.tensor.shape[2], prep.tensor.shape[3])
-    orig_hw = image.shape[:2]
-    out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     with torch.no_grad():
-        a = att.head(prep.tensor)
-    obs = a
-    if noisy:
-        with torch.no_grad():
-            obs = att.obfuscator(a)
-    act_hw = (a.shape[2], a.shape[3])
+        return head(prep.tensor), (prep.tensor.shape[2], prep.tensor.shape[3])
 
-    def dec(model: nn.Module, act: torch.Tensor) -> np.ndarray:
-        return _to_orig(to_image(decode(model, act)), hw, orig_hw)
 
-    out["naive"] = (dec(att.naive, obs), None)
-    if noisy:
-        adaptive = att.adaptive if att.adaptive is not None else att.naive
-        out["adaptive"] = (dec(adaptive, obs), None)
-        for k in att.ks:
+@dataclass
+class _WBItem:
+    view: int
+    face: int  # index within the view
+    window: tuple[int, int, int, int]
+    act_hw: tuple[int, int]
+    target: torch.Tensor  # the observed activation of the whole view
+    prep_hw: tuple[int, int]
+
+
+def run_attacks(faces: FaceSet, views: list[View], attacks: Attacks, scale: float, noisy: bool,
+                progress: bool = True, desc: str = "", grid_faces: int = 6) -> dict[str, Leak]:
+    """Every attacker on every view (clean or obfuscated activations); returns name → :class:`Leak`."""
+    leaks: dict[str, Leak] = {}
+    wb_items: list[_WBItem] = []
+    adaptive = attacks.adaptive if attacks.adaptive is not None else attacks.naive
+    rng = np.random.default_rng()
+    cache: dict[int, np.ndarray] = {}
+
+    def original(v: View) -> np.ndarray:
+        if v.image not in cache:
+            cache.clear()
+            cache[v.image] = load_image(faces.images[v.image])
+        return view_image(cache[v.image], v)
+
+    def leak(name: str) -> Leak:
+        return leaks.setdefault(name, Leak())
+
+    for vi, v in enumerate(tqdm(views, desc=desc or ("attack obfuscated" if noisy else "attack clean"), unit="view",
+                                disable=not progress)):
+        img = original(v)
+        vhw = img.shape[:2]
+        a, phw = _activation(attacks.head, img, scale)
+        obs = attacks.obfuscator(a) if noisy else a
+
+        def dec(model: nn.Module, act: torch.Tensor) -> np.ndarray:
+            return _to_view(to_image(decode(model, act)), phw, vhw)
+
+        leak("naive").add(v, scale, img, dec(attacks.naive, obs), grid_faces=grid_faces)
+        if attacks.perceptual is not None:
+            leak("perceptual").add(v, scale, img, dec(attacks.perceptual, obs), grid_faces=grid_faces)
+        if noisy:
+            leak("adaptive").add(v, scale, img, dec(adaptive, obs), grid_faces=grid_faces)
             with torch.no_grad():
-                avg = torch.stack([att.obfuscator(a) for _ in range(k)]).mean(0)
-            out[f"adaptive_avg{k}"] = (dec(adaptive, avg), None)
-    if len(wb_boxes):
-        mu, wt = channel_weights(att.obfuscator if noisy else None)
-        canvas = torch.zeros(1, 3, act_hw[0] * 32, act_hw[1] * 32)
-        mask = np.zeros(canvas.shape[2:], np.uint8)
-        for b in wb_boxes:
-            win = cell_window(b * scale, act_hw)
-            patch = invert_window(att.head, obs, win, act_hw, steps=att.whitebox_steps, tv_weight=att.tv_weight,
-                                  mu=mu, weight=wt, upscale=scale)
-            r0, r1, c0, c1 = win
-            canvas[:, :, r0 * 32:r1 * 32, c0 * 32:c1 * 32] = patch
-            mask[r0 * 32:r1 * 32, c0 * 32:c1 * 32] = 1
-        out["whitebox"] = (_to_orig(to_image(canvas), hw, orig_hw),
-                           _to_orig(mask[..., None].repeat(3, 2) * 255, hw, orig_hw)[..., 0] > 127)
+                for k in attacks.ks:
+                    avg = torch.stack([attacks.obfuscator(a) for _ in range(k)]).mean(0)
+                    leak(f"adaptive_avg{k}").add(v, scale, img, dec(adaptive, avg), grid_faces=grid_faces)
+                for k in attacks.dup_ks:
+                    acts = [obs] + [attacks.obfuscator(_activation(attacks.head, near_duplicate(img, rng), scale)[0])
+                                    for _ in range(k - 1)]
+                    leak(f"adaptive_dup{k}").add(v, scale, img, dec(adaptive, torch.stack(acts).mean(0)),
+                                                  grid_faces=grid_faces)
+        for j, f in enumerate(v.faces):
+            if f < attacks.whitebox_faces:
+                wb_items.append(_WBItem(vi, j, cell_window(v.boxes[j] * scale, (a.shape[2], a.shape[3])),
+                                        (a.shape[2], a.shape[3]), obs, phw))
+    if wb_items:
+        leaks["whitebox"] = _whitebox(faces, views, wb_items, attacks, scale, noisy, original, progress, grid_faces)
+    return leaks
+
+
+def _whitebox(faces: FaceSet, views: list[View], items: list[_WBItem], attacks: Attacks, scale: float, noisy: bool,
+              original, progress: bool, grid_faces: int) -> Leak:
+    """Invert every white-box face window, ``whitebox_batch`` at a time (similar sizes together); score each
+    face on its own window, mapped back to view pixels."""
+    mu, wt = channel_weights(attacks.obfuscator if noisy else None)
+    out = Leak()
+    order = sorted(range(len(items)), key=lambda i: (items[i].window[1] - items[i].window[0]) *
+                   (items[i].window[3] - items[i].window[2]))
+    patches: dict[int, torch.Tensor] = {}
+    bs = max(1, attacks.whitebox_batch)
+    for start in tqdm(range(0, len(order), bs), desc="white-box", unit="batch", disable=not progress):
+        chunk = [items[i] for i in order[start:start + bs]]
+        res = invert_windows(attacks.head, [c.target for c in chunk], [c.window for c in chunk],
+                             [c.act_hw for c in chunk], steps=attacks.whitebox_steps, tv_weight=attacks.tv_weight,
+                             mu=mu, weight=wt, upscale=scale)
+        for i, p in zip(order[start:start + bs], res):
+            patches[i] = p
+    for i, it in enumerate(items):
+        v = views[it.view]
+        img = original(v)
+        vhw = img.shape[:2]
+        r0, r1, c0, c1 = it.window
+        # the window in view pixels (the prepared image is ×scale, not padded)
+        sy, sx = it.prep_hw[0] / vhw[0], it.prep_hw[1] / vhw[1]
+        py1, px1 = min(r1 * 32, it.prep_hw[0]), min(c1 * 32, it.prep_hw[1])
+        patch = to_image(patches[i])[: py1 - r0 * 32, : px1 - c0 * 32]
+        y0, x0 = int(round(r0 * 32 / sy)), int(round(c0 * 32 / sx))
+        y1, x1 = int(round(py1 / sy)), int(round(px1 / sx))
+        rec = np.full_like(img, BGR_MEAN, dtype=np.uint8)  # grey outside the inverted window: no original pixels
+        rec[y0:y1, x0:x1] = cv2.resize(patch, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        out.add(v, scale, img, rec, sel=[it.face], region=(x0, y0, x1, y1), grid_faces=grid_faces)
     return out
 
 
-def _score(originals: list[np.ndarray], recs: list, boxes: list[np.ndarray],
-           orig_emb: np.ndarray, threshold: float) -> dict:
-    """SSIM/PSNR (whole image, or the inverted regions for masked attackers), face SSIM, rank-1, TAR.
+# -- scoring --------------------------------------------------------------------------------------------------
 
-    ``recs[i]`` is ``(image, mask)`` or ``None`` (image not attacked); masked attackers (white-box)
-    are scored only on the faces whose box lies in the mask, against the gallery of all originals.
+
+@dataclass
+class Gallery:
+    """The original faces' embeddings and the FAR-1 % threshold set on pairs of different originals."""
+
+    emb: np.ndarray
+    threshold: float
+    far: float = 0.01
+
+
+def gallery_for(faces: FaceSet, far: float = 0.01) -> Gallery:
+    """Embed every original face at its annotated box."""
+    emb = np.concatenate([identity.embed_faces(load_image(p), b) for p, b in zip(faces.images, faces.boxes)])
+    return Gallery(emb, metrics.far_threshold(emb, far), far)
+
+
+def _rate(hits: np.ndarray) -> dict:
+    k, n = int(hits.sum()), int(len(hits))
+    lo, hi = metrics.wilson_interval(k, n)
+    return {"rate": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)], "k": k, "n": n}
+
+
+def summarize(leak: Leak, gallery: Gallery) -> dict:
+    """Scores of one attacker: over the base probes (each face at its natural size) ``rank1``, ``tar_at_far1``
+    with intervals; per face-size bin (all probes, enlarged copies included) and for the enlarged copies alone."""
+    emb = np.concatenate(leak.emb) if leak.emb else np.zeros((0, identity.EMBEDDING_DIM))
+    face = np.asarray(leak.face, int)
+    r1 = metrics.rank1_hits(gallery.emb, emb, face)
+    ta = metrics.tar_hits(gallery.emb, emb, gallery.threshold, face)
+    kind = np.asarray(leak.kind)
+    px = np.asarray(leak.net_px)
+    base = kind == "base"
+    fs = np.asarray(leak.face_ssim)
+    finite = [p for p in leak.psnr if math.isfinite(p)]
+    out = {"ssim": round(float(np.mean(leak.ssim)), 4) if leak.ssim else None,
+           "psnr": round(float(np.mean(finite)), 2) if finite else None,
+           "face_ssim": round(float(fs[base].mean()), 4) if base.any() else None}
+    r, t = _rate(r1[base]), _rate(ta[base])
+    out.update(rank1=r["rate"], rank1_ci95=r["ci95"], tar_at_far1=t["rate"], tar_ci95=t["ci95"], n_probes=r["n"])
+    bins = {}
+    for name in BINS:
+        m = np.asarray([face_bin(p) == name for p in px], bool)
+        rb, tb = _rate(r1[m]), _rate(ta[m])
+        bins[name] = {"n": rb["n"], "rank1": rb["rate"], "rank1_ci95": rb["ci95"], "tar_at_far1": tb["rate"],
+                      "tar_ci95": tb["ci95"], "n_enlarged": int((m & ~base).sum())}
+    out["bins"] = bins
+    if (~base).any():
+        re = _rate(r1[~base])
+        out["enlarged"] = {"n": re["n"], "rank1": re["rate"], "rank1_ci95": re["ci95"]}
+    return out
+
+
+# -- the clean-pass cache -------------------------------------------------------------------------------------
+
+
+def cache_key(faces: FaceSet, weights_sha256: str, scale: float, attacks: Attacks, enlarge: bool) -> str:
+    """Clean-pass key: face-set digest, weights SHA-256, scale, the decoders' weights and white-box settings."""
+    from veil.privacy.train import state_sha256
+
+    decs = {k: state_sha256(m) for k, m in (("naive", attacks.naive), ("perceptual", attacks.perceptual_clean)) if m}
+    return hashlib.sha256(json.dumps([faces.digest(), weights_sha256, float(scale), decs, attacks.whitebox_steps,
+                                      attacks.whitebox_faces, attacks.tv_weight, enlarge, ENLARGE_TARGET],
+                                     sort_keys=True).encode()).hexdigest()[:20]
+
+
+def save_leaks(path: Path, leaks: dict[str, Leak], gallery: Gallery | None = None) -> Path:
+    """Write leaks (and the gallery) as one ``.npz`` (plain arrays; read back with ``allow_pickle=False``)."""
+    arrs: dict[str, np.ndarray] = {"names": np.asarray(sorted(leaks), dtype="U32")}
+    for name, lk in leaks.items():
+        arrs.update(lk.arrays(name))
+    if gallery is not None:
+        arrs.update({"gallery.emb": gallery.emb, "gallery.threshold": np.asarray(gallery.threshold),
+                     "gallery.far": np.asarray(gallery.far)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part.npz")
+    np.savez_compressed(tmp, **arrs)
+    tmp.replace(path)
+    return path
+
+
+def load_leaks(path: Path) -> tuple[dict[str, Leak], Gallery | None]:
+    with np.load(path, allow_pickle=False) as z:
+        leaks = {str(n): Leak.from_arrays(z, str(n)) for n in z["names"]}
+        g = (Gallery(z["gallery.emb"], float(z["gallery.threshold"]), float(z["gallery.far"]))
+             if "gallery.emb" in z.files else None)
+    return leaks, g
+
+
+def clean_pass(faces: FaceSet, views: list[View], attacks: Attacks, scale: float, key: str | None = None,
+               cache_dir: Path | None = None, progress: bool = True) -> tuple[dict[str, Leak], Gallery, bool]:
+    """Clean-activation leaks, the references and the gallery, from the cache when ``key`` is there.
+
+    Returns ``(leaks, gallery, from_cache)``. References (``ref:original``, ``ref:constant``,
+    ``ref:blur_to_activation``) are stored as leaks too.
     """
-    ssims, psnrs, fssims, embs, labels = [], [], [], [], []
-    first = np.cumsum([0] + [len(b) for b in boxes])
-    for i, (img, r, bx) in enumerate(zip(originals, recs, boxes)):
-        if r is None:
-            continue
-        rec, mask = r
-        if mask is not None:
-            sel = [j for j, b in enumerate(bx) if mask[tuple(np.clip(((b[1] + b[3]) // 2, (b[0] + b[2]) // 2),
-                                                                    0, np.array(mask.shape) - 1).astype(int))]]
-            bx = bx[sel]
-        else:
-            sel = list(range(len(bx)))
-        if not len(sel):
-            continue
-        labels.extend(first[i] + np.asarray(sel))
-        if mask is None:
-            ssims.append(metrics.ssim(img, rec))
-            psnrs.append(metrics.psnr(img, rec))
-        else:
-            ys, xs = np.nonzero(mask)
-            sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-            ssims.append(metrics.ssim(img[sl], rec[sl]))
-            psnrs.append(metrics.psnr(img[sl], rec[sl]))
-        for b in bx:
-            x1, y1, x2, y2 = _clip_box(b, img.shape[:2])
-            fssims.append(metrics.ssim(img[y1:y2, x1:x2], rec[y1:y2, x1:x2]))
-        embs.append(identity.embed_faces(rec, bx))
-    emb = np.concatenate(embs)
-    lab = np.asarray(labels)
-    finite = [p for p in psnrs if math.isfinite(p)]
-    return {"ssim": round(float(np.mean(ssims)), 4),
-            "psnr": round(float(np.mean(finite)), 2) if finite else None,
-            "face_ssim": round(float(np.mean(fssims)), 4),
-            "rank1": round(metrics.rank1_rate(orig_emb, emb, labels=lab), 4),
-            "tar_at_far1": round(metrics.tar_at_far(orig_emb, emb, threshold, labels=lab), 4),
-            "n_probes": int(len(lab))}
+    path = None if key is None or cache_dir is None else Path(cache_dir) / f"clean-{key}.npz"
+    if path is not None and path.is_file():
+        leaks, gallery = load_leaks(path)
+        if gallery is not None:
+            return leaks, gallery, True
+    gallery = gallery_for(faces)
+    clean_attacks = Attacks(**{**attacks.__dict__, "obfuscator": None, "adaptive": None,
+                               "perceptual": attacks.perceptual_clean})
+    leaks = run_attacks(faces, views, clean_attacks, scale, noisy=False, progress=progress)
+    leaks.update(references(faces, views, scale))
+    if path is not None:
+        save_leaks(path, leaks, gallery)
+    return leaks, gallery, False
 
 
-def reconstruct_all(faces: FaceSet, attacks: Attacks, scale: float, noisy: bool, progress: bool = True,
-                    desc: str = "") -> dict[str, list]:
-    """Every attacker's reconstruction of every image (clean or obfuscated activations)."""
-    recs: dict[str, list] = {}
-    done = 0
-    for i, path in enumerate(tqdm(faces.images, desc=desc or ("attack obfuscated" if noisy else "attack clean"),
-                                  unit="img", disable=not progress)):
-        img, bx = load_image(path), faces.boxes[i]
-        wb = bx[: max(0, attacks.whitebox_faces - done)]
-        done += len(bx)
-        for name, r in _reconstruct_image(attacks, img, bx, wb, scale, noisy=noisy).items():
-            recs.setdefault(name, [None] * len(faces.images))[i] = r
-    return recs
+def references(faces: FaceSet, views: list[View], scale: float) -> dict[str, Leak]:
+    """The original, a constant grey image, and the original reduced to the activation's resolution and back."""
+    refs = {n: Leak() for n in ("ref:original", "ref:constant", "ref:blur_to_activation")}
+    img_cache: dict[int, np.ndarray] = {}
+    for v in views:
+        if v.image not in img_cache:
+            img_cache.clear()
+            img_cache[v.image] = load_image(faces.images[v.image])
+        img = view_image(img_cache[v.image], v)
+        refs["ref:original"].add(v, scale, img, img)
+        refs["ref:constant"].add(v, scale, img, np.full_like(img, BGR_MEAN, dtype=np.uint8))
+        refs["ref:blur_to_activation"].add(v, scale, img, blur_reference(img, scale))
+    return refs
+
+
+def blur_reference(image: np.ndarray, scale: float) -> np.ndarray:
+    """The original reduced to the activation's resolution (×scale/32) and back: what a 1-px-per-cell image shows."""
+    h, w = image.shape[:2]
+    sh, sw = max(1, math.ceil(h * scale / 32)), max(1, math.ceil(w * scale / 32))
+    small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+# -- independence ---------------------------------------------------------------------------------------------
+
+
+class IndependenceError(ValueError):
+    """A scoring attacker shares a seed, data order or weights with an adversary used inside the defense."""
+
+
+def defense_adversaries(noise_meta: dict) -> list[dict]:
+    """Adversaries a noise file records as used in its fitting: ``adversary`` / ``adversaries`` entries with
+    ``seed``, ``data_order_seed`` and ``weights_sha256`` (the keys a defense that trains one must write)."""
+    out = []
+    for key in ("adversary", "adversaries"):
+        v = noise_meta.get(key)
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                continue
+        if isinstance(v, dict):
+            out.append(v)
+        elif isinstance(v, list):
+            out.extend(x for x in v if isinstance(x, dict))
+    flat = {k.removeprefix("adversary_"): noise_meta[k] for k in noise_meta if k.startswith("adversary_")}
+    if flat:
+        out.append(flat)
+    return out
+
+
+def check_independence(decoders: dict[str, dict], noise_meta: dict) -> list[str]:
+    """Refuse scoring decoders that share a seed, data-order seed or initial weights with a defense's adversary.
+
+    ``decoders``: name → decoder metadata. Returns warnings (e.g. a decoder without a recorded seed,
+    or a defense's adversary without one); raises :class:`IndependenceError` on a shared one.
+    """
+    notes = []
+    for adv in defense_adversaries(noise_meta):
+        for name, md in decoders.items():
+            for key in ("seed", "data_order_seed"):
+                a, d = adv.get(key), md.get(key)
+                if a is None or d is None:
+                    notes.append(f"cannot verify {key} of {name} against the defense's adversary (not recorded)")
+                elif int(a) == int(d):
+                    raise IndependenceError(f"scoring attacker {name} has {key} {d}, the same as the adversary used "
+                                            f"inside the defense's fitting: retrain it (another seed) to score fairly")
+            w = adv.get("weights_sha256")
+            if w and w in (md.get("init_sha256"), md.get("state_sha256")):
+                raise IndependenceError(f"scoring attacker {name} starts from the defense's own adversary weights")
+    for name, md in decoders.items():
+        if md.get("seed") is None:
+            notes.append(f"{name}: no recorded seed (trained before seeds were recorded)")
+    for n in notes:
+        warnings.warn(n, stacklevel=2)
+    return notes
+
+
+# -- the audit ------------------------------------------------------------------------------------------------
 
 
 def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SCALE, grid_faces: int = 6,
           out_dir: str | Path | None = None, progress: bool = True, meta: dict | None = None,
-          clean_recs: dict[str, list] | None = None) -> dict:
+          clean: tuple[dict[str, Leak], Gallery] | None = None, views: list[View] | None = None,
+          weights_sha256: str = "", cache_dir: Path | None = None, enlarge: bool = True) -> dict:
     """Run every attacker on ``faces``, clean and (if an obfuscator is given) obfuscated; return the report.
 
-    ``clean_recs`` (from :func:`reconstruct_all` with ``noisy=False``) lets several ALPHAs share
-    one clean pass; it must come from the same faces, naive decoder and white-box settings.
+    The clean pass (and the originals' embeddings) comes from ``clean`` or the cache in
+    ``cache_dir`` (keyed by face digest, weights, scale, decoders, white-box settings), so several
+    configurations share it. Stage timings are in ``report["timing_s"]``.
     """
     t0 = time.monotonic()
-    originals = [load_image(p) for p in faces.images]
-    orig_emb = np.concatenate([identity.embed_faces(im, b) for im, b in zip(originals, faces.boxes)])
-    threshold = metrics.far_threshold(orig_emb, 0.01)
+    timing: dict[str, float] = {}
+    views = views if views is not None else make_views(faces, scale, enlarge)
     noisy = attacks.obfuscator is not None
-    if clean_recs is None:
-        clean_recs = reconstruct_all(faces, attacks, scale, noisy=False, progress=progress)
-    noisy_recs = reconstruct_all(faces, attacks, scale, noisy=True, progress=progress,
-                                 desc=f"attack α={alpha:g}") if noisy else {}
-
-    def score(recs: list) -> dict:
-        return _score(originals, recs, faces.boxes, orig_emb, threshold)
-
-    clean = {name: score(recs) for name, recs in clean_recs.items()}
-    attackers = {name: score(recs) for name, recs in noisy_recs.items()} if noisy else dict(clean)
+    from_cache = clean is not None
+    if clean is None:
+        key = cache_key(faces, weights_sha256, scale, attacks, enlarge) if cache_dir is not None else None
+        c_leaks, gallery, from_cache = clean_pass(faces, views, attacks, scale, key, cache_dir, progress)
+    else:
+        c_leaks, gallery = clean
+    timing["clean_pass"] = round(time.monotonic() - t0, 1)
+    t1 = time.monotonic()
+    n_leaks = run_attacks(faces, views, attacks, scale, noisy=True, progress=progress,
+                          desc=f"attack α={alpha:g}", grid_faces=grid_faces) if noisy else {}
+    timing["obfuscated_pass"] = round(time.monotonic() - t1, 1)
+    t2 = time.monotonic()
+    refs = {k.removeprefix("ref:"): summarize(v, gallery) for k, v in c_leaks.items() if k.startswith("ref:")}
+    clean_s = {k: summarize(v, gallery) for k, v in c_leaks.items() if not k.startswith("ref:")}
+    attackers = {k: summarize(v, gallery) for k, v in n_leaks.items()} if noisy else dict(clean_s)
     # Without noise the adaptive decoder *is* the naive one and averaging changes nothing.
-    for extra in ("adaptive", *(f"adaptive_avg{k}" for k in attacks.ks)):
-        clean.setdefault(extra, clean["naive"])
-        attackers.setdefault(extra, clean["naive"])
-    refs = {
-        "original": score([(im, None) for im in originals]),
-        "constant": score([(np.full_like(im, BGR_MEAN, dtype=np.uint8), None) for im in originals]),
-        "blur_to_activation": score([(blur_reference(im, scale), None) for im in originals]),
-    }
+    extra = ("adaptive", *(f"adaptive_avg{k}" for k in attacks.ks), *(f"adaptive_dup{k}" for k in attacks.dup_ks))
+    for e in extra:
+        clean_s.setdefault(e, clean_s["naive"])
+        attackers.setdefault(e, clean_s["naive"])
+    timing["scoring"] = round(time.monotonic() - t2, 1)
     n = faces.n_faces
     chance = 1.0 / n
-    naive_clean = clean["naive"]["rank1"]
     report = {
         "alpha": alpha, "scale": scale,
-        "preprocessing": f"bilinear resize ×{scale:g}, BGR minus mean {BGR_MEAN}; scored at original size",
+        "preprocessing": f"bilinear resize ×{scale:g}, BGR minus mean {BGR_MEAN}; scored at the view's size",
         "n_faces": n, "n_images": len(faces.images), "faces_digest": faces.digest(),
-        "chance_rank1": round(chance, 5), "far": 0.01, "far_threshold": round(threshold, 4),
-        "attackers": attackers, "clean_baseline": clean, "references": refs,
-        "competent": bool(naive_clean >= COMPETENCE_FACTOR * chance),
+        "n_views": len(views), "n_enlarged": sum(v.kind == "enlarged" for v in views),
+        "enlarge_target_px": ENLARGE_TARGET if enlarge else None, "bins_px": {k: list(v) for k, v in BINS.items()},
+        "chance_rank1": round(chance, 5),
+        "chance_definition": "every probe is matched against the gallery of all N original faces: chance = 1/N "
+                             "overall and in every face-size bin",
+        "far": gallery.far, "far_threshold": round(gallery.threshold, 4),
+        "attackers": attackers, "clean_baseline": clean_s, "references": refs,
         "whitebox_steps": attacks.whitebox_steps, "whitebox_faces": min(attacks.whitebox_faces, n),
-        "averaging_k": [1, *attacks.ks],
-        "seconds": round(time.monotonic() - t0, 1), **(meta or {}),
+        "averaging_k": [1, *attacks.ks], "near_duplicate_k": list(attacks.dup_ks),
+        "clean_pass_cached": bool(from_cache), "timing_s": timing,
+        **(meta or {}),
     }
+    report.update(competence(report))
     report.update(privacy_columns(report))
+    report["seconds"] = round(time.monotonic() - t0, 1)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        from veil.privacy.report import face_grid, image_grid, write_markdown
+        from veil.privacy.report import face_grid, learning_curves_plot, write_markdown
 
-        cv2.imwrite(str(out / "grid_faces.png"), face_grid(originals, faces.boxes, clean_recs, noisy_recs, grid_faces))
-        cv2.imwrite(str(out / "grid_image.png"), image_grid(originals[0], clean_recs, noisy_recs))
+        grid = face_grid(faces, c_leaks, n_leaks, grid_faces)
+        if grid is not None:
+            cv2.imwrite(str(out / "grid_faces.png"), grid)
+        curves = {k: v["curve_l1_px"] for k, v in (meta or {}).get("decoders", {}).items() if v.get("curve_l1_px")}
+        if curves:
+            learning_curves_plot(curves, out / "learning_curves.png")
         (out / "report.json").write_text(json.dumps(report, indent=1))
         (out / "report.md").write_text(write_markdown(report))
     return report
 
 
+def competence(report: dict) -> dict:
+    """The recipe is competent when its best clean attacker reaches ≥ 10× chance in the large-face bin."""
+    chance = report["chance_rank1"]
+    best = max(((v["bins"][LARGE_BIN]["rank1"] or 0.0, k) for k, v in report["clean_baseline"].items()
+                if v["bins"][LARGE_BIN]["n"]), default=(0.0, None))
+    return {"competent": bool(best[0] >= COMPETENCE_FACTOR * chance), "competence_attacker": best[1],
+            "competence_rank1_large": best[0]}
+
+
 def privacy_columns(report: dict) -> dict:
-    """Columns for the ALPHA sweep table: worst-attacker rank-1 (and who), its ratio to chance, competence."""
+    """Columns for the ALPHA sweep table: worst-attacker rank-1 (and who) over all faces and per bin,
+    ratios to chance, competence, and whether every bin is at most 2× chance."""
     atk = {k: v for k, v in report["attackers"].items() if k in WORST_OF}
     worst = max(atk, key=lambda k: (atk[k]["rank1"], atk[k]["tar_at_far1"]))
     chance = report["chance_rank1"]
-    return {"worst_attacker": worst, "worst_rank1": atk[worst]["rank1"],
+    cols = {"worst_attacker": worst, "worst_rank1": atk[worst]["rank1"],
+            "worst_rank1_ci95": atk[worst].get("rank1_ci95"),
             "worst_rank1_x_chance": round(atk[worst]["rank1"] / chance, 2),
-            "worst_tar_at_far1": max(v["tar_at_far1"] for v in atk.values()),
-            "attacker_competent": bool(report["clean_baseline"]["naive"]["rank1"] >= COMPETENCE_FACTOR * chance)}
+            "worst_tar_at_far1": max(v["tar_at_far1"] for v in atk.values())}
+    if "competent" in report:
+        cols["attacker_competent"] = report["competent"]
+    else:
+        cols["attacker_competent"] = bool(report["clean_baseline"]["naive"]["rank1"] >= COMPETENCE_FACTOR * chance)
+    per_bin = {}
+    for b in BINS:
+        vals = [(v["bins"][b]["rank1"], k) for k, v in atk.items() if "bins" in v and v["bins"][b]["n"]]
+        if vals:
+            r, k = max(vals)
+            per_bin[b] = {"worst_attacker": k, "rank1": r, "x_chance": round(r / chance, 2),
+                          "rank1_ci95": atk[k]["bins"][b]["rank1_ci95"], "n": atk[k]["bins"][b]["n"]}
+    if per_bin:
+        cols["worst_per_bin"] = per_bin
+        cols["passes_every_bin"] = bool(all(v["x_chance"] <= 2.0 for v in per_bin.values()))
+    return cols
 
 
 def blur_leak_by_scale(faces: FaceSet, scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)) -> dict[float, dict]:
@@ -304,8 +740,9 @@ def blur_leak_by_scale(faces: FaceSet, scales: tuple[float, ...] = (1.0, 2.0, 3.
 
     Shows how the deployed input scale sets how much a perfect decoder could recover.
     """
-    originals = [load_image(p) for p in faces.images]
-    emb = np.concatenate([identity.embed_faces(im, b) for im, b in zip(originals, faces.boxes)])
-    thr = metrics.far_threshold(emb, 0.01)
-    return {s: _score(originals, [(blur_reference(im, s), None) for im in originals], faces.boxes, emb, thr)
-            for s in scales}
+    gallery = gallery_for(faces)
+    out = {}
+    for s in scales:
+        views = make_views(faces, s, enlarge=False)
+        out[s] = summarize(references(faces, views, s)["ref:blur_to_activation"], gallery)
+    return out

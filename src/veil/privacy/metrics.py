@@ -93,3 +93,32 @@ def tar_at_far(originals: np.ndarray, probes: np.ndarray, threshold: float,
     if valid is not None:
         ok &= valid
     return float(ok.mean())
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes in ``n`` trials (95 % by default); ``(0, 1)`` when ``n = 0``.
+
+    Why Wilson: rank-1 rates here are small proportions of ~40–200 probes, where the normal
+    approximation's interval crosses 0 and under-covers; Wilson's stays in [0, 1] and covers.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def rank1_hits(originals: np.ndarray, probes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per probe: is its nearest original (among all originals) its own (``labels[i]``)?"""
+    if len(probes) == 0:
+        return np.zeros(0, bool)
+    return pairwise_distances(probes, originals).argmin(1) == np.asarray(labels)
+
+
+def tar_hits(originals: np.ndarray, probes: np.ndarray, threshold: float, labels: np.ndarray) -> np.ndarray:
+    """Per probe: is it within ``threshold`` of its own original?"""
+    if len(probes) == 0:
+        return np.zeros(0, bool)
+    return np.sqrt(((originals[np.asarray(labels)] - probes) ** 2).sum(1)) < threshold

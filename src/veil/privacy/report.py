@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 _CELL = 112
-_ORDER = ("naive", "adaptive", "adaptive_avg4", "adaptive_avg16", "whitebox")
+_ORDER = ("naive", "perceptual", "adaptive", "adaptive_avg4", "adaptive_avg16", "adaptive_dup16", "whitebox")
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
@@ -18,79 +18,124 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def _crop(img: np.ndarray, box: np.ndarray, margin: float = 0.25) -> np.ndarray:
-    x1, y1, x2, y2 = box[:4]
-    mx, my = margin * (x2 - x1), margin * (y2 - y1)
-    h, w = img.shape[:2]
-    a, b = max(0, int(x1 - mx)), max(0, int(y1 - my))
-    c, d = min(w, int(x2 + mx)), min(h, int(y2 + my))
-    return cv2.resize(img[b:d, a:c], (_CELL, _CELL), interpolation=cv2.INTER_AREA)
+def face_grid(faces, clean: dict, noisy: dict, n: int = 6) -> np.ndarray | None:
+    """Rows = the first faces; columns = original, then each attacker on the clean and on the obfuscated
+    activation (a grey cell where an attacker did not attack that face). ``clean``/``noisy``: name → Leak."""
+    from veil.privacy.audit import _crop_cell
+    from veil.preprocess import load_image
 
-
-def face_grid(originals: list[np.ndarray], boxes: list[np.ndarray], clean: dict, noisy: dict, n: int = 6) -> np.ndarray:
-    """Rows = faces; columns = original, then each attacker on the clean and on the obfuscated activation."""
-    cols = [("original", None, None)]
+    cols = []
     for name in _ORDER:
         if name in clean:
-            cols.append((f"{name} clean", clean, name))
+            cols.append((f"{name} clean", clean[name]))
         if name in noisy:
-            cols.append((f"{name} obf", noisy, name))
+            cols.append((f"{name} obf", noisy[name]))
     rows = []
-    for i, (img, bx) in enumerate(zip(originals, boxes)):
-        for b in bx:
+    first = faces.first_index()
+    for i, bx in enumerate(faces.boxes):
+        img = None
+        for j, b in enumerate(bx):
+            f = int(first[i] + j)
             if len(rows) >= n:
                 break
-            if any(s[nm][i] is None for _, s, nm in cols if s is not None):
-                continue
-            cells = []
-            for title, src, name in cols:
-                r = None if src is None else src[name][i]
-                im = img if src is None else (r[0] if r is not None else np.full_like(img, 128))
-                cells.append(_label(_crop(im, b), title if not rows else ""))
+            img = load_image(faces.images[i]) if img is None else img
+            cells = [_label(_crop_cell(img, b), "original" if not rows else "")]
+            for title, lk in cols:
+                cell = lk.grid.get(f, np.full((_CELL, _CELL, 3), 128, np.uint8))
+                cells.append(_label(cell, title if not rows else ""))
             rows.append(np.hstack(cells))
-    return np.vstack(rows)
+        if len(rows) >= n:
+            break
+    return np.vstack(rows) if rows else None
 
 
-def image_grid(original: np.ndarray, clean: dict, noisy: dict, width: int = 360) -> np.ndarray:
-    """One whole image: original | naive decoder on clean | adaptive decoder on obfuscated (if any)."""
-    panels = [("original", original), ("naive, clean activation", clean["naive"][0][0])]
-    if "adaptive" in noisy:
-        panels.append(("adaptive, obfuscated", noisy["adaptive"][0][0]))
-    if "adaptive_avg16" in noisy:
-        panels.append(("adaptive, avg of 16", noisy["adaptive_avg16"][0][0]))
-    h, w = original.shape[:2]
-    size = (width, int(round(h * width / w)))
-    return np.hstack([_label(cv2.resize(im, size, interpolation=cv2.INTER_AREA), t) for t, im in panels])
+def learning_curves_plot(curves: dict[str, list[float]], out: str | Path, smooth: int = 20) -> Path:
+    """Each decoder's training L1 (px) per step, raw (faint) and as a running mean of ``smooth`` steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for name, c in curves.items():
+        y = np.asarray(c, float)
+        if not len(y):
+            continue
+        line, = ax.plot(y, alpha=0.2)
+        k = max(1, min(smooth, len(y)))
+        ax.plot(np.arange(k - 1, len(y)), np.convolve(y, np.ones(k) / k, mode="valid"), color=line.get_color(),
+                label=f"{name} ({len(y)} steps)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("L1 per pixel (0-255 units)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def _fmt(v) -> str:
     return "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
+def _ci(m: dict, key: str = "rank1_ci95") -> str:
+    ci = m.get(key)
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
 def write_markdown(report: dict) -> str:
-    """report.md: settings, the leak table (obfuscated and clean), references, verdict."""
+    """report.md: settings, the leak table (obfuscated and clean) with 95 % intervals, per-bin rank-1,
+    references, competence and the verdict."""
+    from veil.privacy.audit import BINS
+
     chance = report["chance_rank1"]
-    lines = [f"# Privacy audit, ALPHA = {report['alpha']:g}", "",
-             f"- faces: {report['n_faces']} in {report['n_images']} FDDB images; chance rank-1 = {chance:.4f}",
+    lines = [f"# Privacy audit, ALPHA = {report['alpha']:g}" + (f" ({report['noise_mode']} noise)"
+                                                                  if report.get("noise_mode") else ""), "",
+             f"- faces: {report['n_faces']} in {report['n_images']} FDDB images (digest {report['faces_digest']}); "
+             f"{report.get('n_enlarged', 0)} enlarged copies reach the network at "
+             f"{report.get('enlarge_target_px')} px; chance rank-1 = 1/N = {chance:.4f} overall and in every bin",
              f"- preprocessing: {report['preprocessing']}",
              f"- identity: dlib ResNet embedding at the annotated boxes; TAR at FAR {report['far']:.0%} "
              f"(distance < {report['far_threshold']}, set on pairs of different original faces)",
-             f"- white-box: {report['whitebox_steps']} Adam steps per face window; averaging K = {report['averaging_k']}",
-             "", "| attacker | activation | SSIM | PSNR | face SSIM | rank-1 | × chance | TAR@FAR1% |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"- white-box: {report['whitebox_steps']} Adam steps per face window, first {report['whitebox_faces']} "
+             f"faces; averaging K = {report['averaging_k']}, near-duplicates K = {report.get('near_duplicate_k')}",
+             f"- intervals: Wilson 95 %; timing (s): {report.get('timing_s')}",
+             "", "| attacker | activation | SSIM | PSNR | face SSIM | rank-1 [95 % CI] | × chance "
+                 "| TAR@FAR1% [95 % CI] | "
+             + " | ".join(f"rank-1 {b} px (n)" for b in BINS) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(BINS)]
+
+    def row(name: str, label: str, m: dict) -> str:
+        bins = " | ".join(f"{_fmt(m['bins'][b]['rank1'])}{_ci(m['bins'][b])} ({m['bins'][b]['n']})"
+                          if m.get("bins") and m["bins"][b]["n"] else "–" for b in BINS)
+        return (f"| {name} | {label} | {_fmt(m['ssim'])} | {_fmt(m['psnr'])} | {_fmt(m['face_ssim'])} | "
+                f"{_fmt(m['rank1'])}{_ci(m)} | {m['rank1'] / chance:.1f} | {_fmt(m['tar_at_far1'])}"
+                f"{_ci(m, 'tar_ci95')} | {bins} |")
+
     for label, group in (("obfuscated" if report["alpha"] else "clean", report["attackers"]),
                          ("clean", report["clean_baseline"] if report["alpha"] else {})):
         for name, m in group.items():
-            lines.append(f"| {name} | {label} | {_fmt(m['ssim'])} | {_fmt(m['psnr'])} | {_fmt(m['face_ssim'])} | "
-                         f"{_fmt(m['rank1'])} | {m['rank1'] / chance:.1f} | {_fmt(m['tar_at_far1'])} |")
+            lines.append(row(name, label, m))
     for name, m in report["references"].items():
-        lines.append(f"| *{name}* | reference | {_fmt(m['ssim'])} | {_fmt(m['psnr'])} | {_fmt(m['face_ssim'])} | "
-                     f"{_fmt(m['rank1'])} | {m['rank1'] / chance:.1f} | {_fmt(m['tar_at_far1'])} |")
+        lines.append(row(f"*{name}*", "reference", m))
     lines += ["", f"Worst attacker: **{report['worst_attacker']}**, rank-1 {report['worst_rank1']:.4f} "
               f"({report['worst_rank1_x_chance']}× chance)."]
+    for b, w in report.get("worst_per_bin", {}).items():
+        lines.append(f"- bin {b} px: worst {w['worst_attacker']} {w['rank1']:.3f} "
+                     f"[{w['rank1_ci95'][0]:.3f}, {w['rank1_ci95'][1]:.3f}] = {w['x_chance']}× chance (n = {w['n']})")
+    if "passes_every_bin" in report:
+        lines.append(f"- at most 2× chance in every bin: **{'yes' if report['passes_every_bin'] else 'no'}**")
+    lines.append(f"- competence (best clean attacker in the ≥ 192 px bin ≥ 10× chance): "
+                 f"{report.get('competence_attacker')} {report.get('competence_rank1_large', 0):.3f} → "
+                 f"{'competent' if report['competent'] else 'FAILED'}")
     if not report["competent"]:
-        lines.append("\n**The naive attacker failed** (clean rank-1 below 10× chance): no privacy claim is made.")
-    lines += ["", "![faces](grid_faces.png)", "", "![image](grid_image.png)", ""]
+        lines.append("\n**The attacker recipe failed** (clean rank-1 in the large-face bin below 10× chance): "
+                     "no privacy claim is made.")
+    for n in report.get("independence_notes", []):
+        lines.append(f"- independence: {n}")
+    lines += ["", "![faces](grid_faces.png)", "", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
 
 

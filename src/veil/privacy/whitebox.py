@@ -61,33 +61,67 @@ def invert_window(head: nn.Module, target: torch.Tensor, window: tuple[int, int,
                   history: list[float] | None = None) -> torch.Tensor:
     """Invert the activation cells ``window`` of ``target [1,C,h,w]``; return the patch ``[1,3,H,W]`` (input units).
 
-    Cells on the patch border that are not on the real image border are excluded from
-    the loss (their receptive field reaches past the patch). ``history`` collects the
-    data term per step, to show the optimisation works. ``upscale`` > 1 optimises a smaller
-    image that is bilinearly upscaled before the head — the attacker knows the deployed path
-    resizes ×3, so the true input is itself such an upscale (a strong, free prior).
+    One face of :func:`invert_windows` (see there)."""
+    return invert_windows(head, [target], [window], [act_hw], steps=steps, lr=lr, tv_weight=tv_weight,
+                          upscale=upscale, mu=mu, weight=weight, history=history)[0]
+
+
+def _window_mask(window: tuple[int, int, int, int], act_hw: tuple[int, int], rows: int, cols: int) -> torch.Tensor:
+    """Cells of a window that enter the loss, inside a ``rows×cols`` padded batch slot.
+
+    Cells on the window's border that are not on the real image border are left out (their
+    receptive field reaches past the patch), and so is the last row/column before padding.
     """
     r0, r1, c0, c1 = window
     h, w = act_hw
-    y = target[:, :, r0:r1, c0:c1].detach().float()
+    hh, ww = r1 - r0, c1 - c0
+    mask = torch.zeros(1, rows, cols)
+    mask[:, :hh, :ww] = 1
+    if r0 > 0:
+        mask[:, 0, :] = 0
+    if r1 < h or hh < rows:
+        mask[:, hh - 1, :] = 0
+    if c0 > 0:
+        mask[:, :, 0] = 0
+    if c1 < w or ww < cols:
+        mask[:, :, ww - 1] = 0
+    if mask.sum() == 0:
+        mask[:, :hh, :ww] = 1
+    return mask
+
+
+def invert_windows(head: nn.Module, targets: list[torch.Tensor], windows: list[tuple[int, int, int, int]],
+                   act_hws: list[tuple[int, int]], steps: int = 100, lr: float = 0.08, tv_weight: float = 0.05,
+                   upscale: float = 1.0, mu: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                   history: list[float] | None = None) -> list[torch.Tensor]:
+    """Invert several faces at once: window ``i`` of ``targets[i] [1,C,h,w]``; return each patch ``[1,3,H_i,W_i]``.
+
+    The windows are padded to the largest one and run through the head as one batch (one
+    forward/backward per step for all faces instead of one per face); each face has its own
+    loss normalisation and mask, and Adam's per-element steps keep the faces independent.
+    ``history`` collects the mean data term per step, to show the optimisation works.
+    ``upscale`` > 1 optimises a smaller image that is bilinearly upscaled before the head —
+    the attacker knows the deployed path resizes ×3, so the true input is itself such an
+    upscale (a strong, free prior).
+    """
+    n = len(targets)
+    rows = max(w[1] - w[0] for w in windows)
+    cols = max(w[3] - w[2] for w in windows)
+    c = targets[0].shape[1]
+    y = torch.zeros(n, c, rows, cols)
+    mask = torch.zeros(n, 1, rows, cols)
+    for i, (t, win, hw) in enumerate(zip(targets, windows, act_hws)):
+        r0, r1, c0, c1 = win
+        y[i, :, : r1 - r0, : c1 - c0] = t[0, :, r0:r1, c0:c1].detach().float()
+        mask[i] = _window_mask(win, hw, rows, cols)
     if mu is not None:
         y = y - mu.view(1, -1, 1, 1)
-    wt = torch.ones(1, y.shape[1], 1, 1) if weight is None else weight.view(1, -1, 1, 1)
-    mask = torch.ones(1, 1, r1 - r0, c1 - c0)
-    if r0 > 0:
-        mask[..., 0, :] = 0
-    if r1 < h:
-        mask[..., -1, :] = 0
-    if c0 > 0:
-        mask[..., :, 0] = 0
-    if c1 < w:
-        mask[..., :, -1] = 0
-    if mask.sum() == 0:
-        mask.fill_(1)
-    scale = float((y**2 * wt * mask).mean().clamp_min(1e-6))
-    size = ((r1 - r0) * HEAD_STRIDE, (c1 - c0) * HEAD_STRIDE)
+    wt = torch.ones(1, c, 1, 1) if weight is None else weight.view(1, -1, 1, 1)
+    norm = (y**2 * wt * mask).mean(dim=(1, 2, 3)).clamp_min(1e-6)  # per face
+    size = (rows * HEAD_STRIDE, cols * HEAD_STRIDE)
     small = (max(8, round(size[0] / upscale)), max(8, round(size[1] / upscale)))
-    z = torch.zeros(1, 3, *small, requires_grad=True)
+    z = torch.zeros(n, 3, *small, requires_grad=True)
+    regions = [((w[1] - w[0]) * HEAD_STRIDE, (w[3] - w[2]) * HEAD_STRIDE) for w in windows]  # each face's own
 
     def render(z: torch.Tensor) -> torch.Tensor:
         return z if small == size else F.interpolate(z, size=size, mode="bilinear", align_corners=False)
@@ -96,17 +130,21 @@ def invert_window(head: nn.Module, target: torch.Tensor, window: tuple[int, int,
     for p in head.parameters():
         p.requires_grad_(False)
     for _ in range(steps):
-        a = head(render(z) * _UNIT)
-        data = ((a - y) ** 2 * wt * mask).mean() / scale
-        loss = data + tv_weight * tv(render(z))
+        x = render(z)
+        a = head(x * _UNIT)
+        data = ((a - y) ** 2 * wt * mask).mean(dim=(1, 2, 3)) / norm
+        prior = torch.stack([tv(x[i:i + 1, :, :rh, :rw]) for i, (rh, rw) in enumerate(regions)])
+        loss = (data + tv_weight * prior).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():  # stay within valid pixel values
             z.clamp_(-130 / _UNIT, 150 / _UNIT)
         if history is not None:
-            history.append(float(data.detach()))
-    return render(z.detach()) * _UNIT
+            history.append(float(data.detach().mean()))
+    full = render(z.detach()) * _UNIT
+    return [full[i:i + 1, :, : (w[1] - w[0]) * HEAD_STRIDE, : (w[3] - w[2]) * HEAD_STRIDE]
+            for i, w in enumerate(windows)]
 
 
 def invert_patch_image(patch: torch.Tensor) -> np.ndarray:

@@ -64,6 +64,23 @@ ENLARGE_TARGET = 288.0
 #: Context kept around a face in its enlarged crop, in face sides on each side.
 ENLARGE_CONTEXT = 1.0
 _GRID_CELL = 112
+#: Wall and CPU seconds per stage of the current audit (see :func:`_stage`), for the cost benchmark.
+STAGES: dict[str, list[float]] = {}
+
+
+class _stage:  # noqa: N801 - used as a context manager, reads as a label
+    """Accumulate wall and process-CPU seconds of a block into :data:`STAGES` under ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.t, self.c = time.monotonic(), time.process_time()
+
+    def __exit__(self, *exc) -> None:
+        s = STAGES.setdefault(self.name, [0.0, 0.0])
+        s[0] += time.monotonic() - self.t
+        s[1] += time.process_time() - self.c
 
 
 @dataclass
@@ -289,6 +306,11 @@ class Leak:
         sel = list(range(len(view.faces))) if sel is None else sel
         if not sel:
             return
+        with _stage("identity+ssim"):
+            self._add(view, scale, original, rec, sel, region, grid_faces)
+
+    def _add(self, view: View, scale: float, original: np.ndarray, rec: np.ndarray, sel: list[int],
+             region: tuple[int, int, int, int] | None, grid_faces: int) -> None:
         bx = view.boxes[sel]
         self.emb.append(identity.embed_faces(rec, bx))
         px = view.net_px(scale)
@@ -333,8 +355,8 @@ def _crop_cell(img: np.ndarray, box: np.ndarray, margin: float = 0.25) -> np.nda
 
 
 def _activation(head: nn.Module, image: np.ndarray, scale: float) -> tuple[torch.Tensor, tuple[int, int]]:
-    prep = prepare(image, scale)
-    with torch.no_grad():
+    with _stage("head"), torch.no_grad():
+        prep = prepare(image, scale)
         return head(prep.tensor), (prep.tensor.shape[2], prep.tensor.shape[3])
 
 
@@ -368,13 +390,16 @@ def run_attacks(faces: FaceSet, views: list[View], attacks: Attacks, scale: floa
 
     for vi, v in enumerate(tqdm(views, desc=desc or ("attack obfuscated" if noisy else "attack clean"), unit="view",
                                 disable=not progress)):
-        img = original(v)
+        with _stage("load"):
+            img = original(v)
         vhw = img.shape[:2]
         a, phw = _activation(attacks.head, img, scale)
-        obs = attacks.obfuscator(a) if noisy else a
+        with _stage("noise"):
+            obs = attacks.obfuscator(a) if noisy else a
 
         def dec(model: nn.Module, act: torch.Tensor) -> np.ndarray:
-            return _to_view(to_image(decode(model, act)), phw, vhw)
+            with _stage("decode"):
+                return _to_view(to_image(decode(model, act)), phw, vhw)
 
         leak("naive").add(v, scale, img, dec(attacks.naive, obs), grid_faces=grid_faces)
         if attacks.perceptual is not None:
@@ -383,11 +408,13 @@ def run_attacks(faces: FaceSet, views: list[View], attacks: Attacks, scale: floa
             leak("adaptive").add(v, scale, img, dec(adaptive, obs), grid_faces=grid_faces)
             with torch.no_grad():
                 for k in attacks.ks:
-                    avg = torch.stack([attacks.obfuscator(a) for _ in range(k)]).mean(0)
+                    with _stage("noise"):
+                        avg = torch.stack([attacks.obfuscator(a) for _ in range(k)]).mean(0)
                     leak(f"adaptive_avg{k}").add(v, scale, img, dec(adaptive, avg), grid_faces=grid_faces)
                 for k in attacks.dup_ks:
-                    acts = [obs] + [attacks.obfuscator(_activation(attacks.head, near_duplicate(img, rng), scale)[0])
-                                    for _ in range(k - 1)]
+                    with _stage("near-duplicates"):
+                        acts = [obs] + [attacks.obfuscator(_activation(attacks.head, near_duplicate(img, rng),
+                                                                       scale)[0]) for _ in range(k - 1)]
                     leak(f"adaptive_dup{k}").add(v, scale, img, dec(adaptive, torch.stack(acts).mean(0)),
                                                   grid_faces=grid_faces)
         for j, f in enumerate(v.faces):
@@ -411,9 +438,10 @@ def _whitebox(faces: FaceSet, views: list[View], items: list[_WBItem], attacks: 
     bs = max(1, attacks.whitebox_batch)
     for start in tqdm(range(0, len(order), bs), desc="white-box", unit="batch", disable=not progress):
         chunk = [items[i] for i in order[start:start + bs]]
-        res = invert_windows(attacks.head, [c.target for c in chunk], [c.window for c in chunk],
-                             [c.act_hw for c in chunk], steps=attacks.whitebox_steps, tv_weight=attacks.tv_weight,
-                             mu=mu, weight=wt, upscale=scale)
+        with _stage("whitebox-inversion"):
+            res = invert_windows(attacks.head, [c.target for c in chunk], [c.window for c in chunk],
+                                 [c.act_hw for c in chunk], steps=attacks.whitebox_steps,
+                                 tv_weight=attacks.tv_weight, mu=mu, weight=wt, upscale=scale)
         for i, p in zip(order[start:start + bs], res):
             patches[i] = p
     for i, it in enumerate(items):
@@ -535,7 +563,8 @@ def clean_pass(faces: FaceSet, views: list[View], attacks: Attacks, scale: float
         leaks, gallery = load_leaks(path)
         if gallery is not None:
             return leaks, gallery, True
-    gallery = gallery_for(faces)
+    with _stage("gallery"):
+        gallery = gallery_for(faces)
     clean_attacks = Attacks(**{**attacks.__dict__, "obfuscator": None, "adaptive": None,
                                "perceptual": attacks.perceptual_clean})
     leaks = run_attacks(faces, views, clean_attacks, scale, noisy=False, progress=progress)
@@ -636,8 +665,9 @@ def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SC
     ``cache_dir`` (keyed by face digest, weights, scale, decoders, white-box settings), so several
     configurations share it. Stage timings are in ``report["timing_s"]``.
     """
-    t0 = time.monotonic()
-    timing: dict[str, float] = {}
+    t0, c0 = time.monotonic(), time.process_time()
+    STAGES.clear()
+    timing: dict = {}
     views = views if views is not None else make_views(faces, scale, enlarge)
     noisy = attacks.obfuscator is not None
     from_cache = clean is not None
@@ -647,10 +677,12 @@ def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SC
     else:
         c_leaks, gallery = clean
     timing["clean_pass"] = round(time.monotonic() - t0, 1)
-    t1 = time.monotonic()
+    timing["clean_pass_cpu"] = round(time.process_time() - c0, 1)
+    t1, c1 = time.monotonic(), time.process_time()
     n_leaks = run_attacks(faces, views, attacks, scale, noisy=True, progress=progress,
                           desc=f"attack α={alpha:g}", grid_faces=grid_faces) if noisy else {}
     timing["obfuscated_pass"] = round(time.monotonic() - t1, 1)
+    timing["obfuscated_pass_cpu"] = round(time.process_time() - c1, 1)
     t2 = time.monotonic()
     refs = {k.removeprefix("ref:"): summarize(v, gallery) for k, v in c_leaks.items() if k.startswith("ref:")}
     clean_s = {k: summarize(v, gallery) for k, v in c_leaks.items() if not k.startswith("ref:")}
@@ -661,6 +693,7 @@ def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SC
         clean_s.setdefault(e, clean_s["naive"])
         attackers.setdefault(e, clean_s["naive"])
     timing["scoring"] = round(time.monotonic() - t2, 1)
+    timing["stages_wall_cpu"] = {k: [round(v[0], 1), round(v[1], 1)] for k, v in STAGES.items()}
     n = faces.n_faces
     chance = 1.0 / n
     report = {

@@ -185,8 +185,7 @@ def batch_job_name(opts: Options) -> str:
 
 
 def _labels(component: str, opts: Options) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": component,
-            "app.kubernetes.io/version": veil.__version__, **opts.extra_labels}
+    return {**_selector(component), "app.kubernetes.io/version": veil.__version__, **opts.extra_labels}
 
 
 def _meta(name: str, component: str, opts: Options) -> dict[str, Any]:
@@ -336,6 +335,32 @@ def _veil_container(name: str, args: list[str], opts: Options, env: list[dict] |
     return c
 
 
+def _selector(component: str) -> dict[str, str]:
+    """The labels that pick a component's pods (Deployment, Service, NetworkPolicy)."""
+    return {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": component}
+
+
+def _job(name: str, component: str, opts: Options, containers: list[dict], volumes: list[dict],
+         **spec: Any) -> Manifest:
+    """The one Job skeleton: ``backoffLimit: 5`` and ``restartPolicy: Never`` as in the reference
+    design, a restricted pod; ``spec`` adds fields (an Indexed Job's completions)."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, component, opts),
+            "spec": {"backoffLimit": 5, **spec,
+                     "template": {"metadata": {"labels": _labels(component, opts)},
+                                  "spec": _pod_spec(containers, volumes, "Never")}}}
+
+
+def _deployment(name: str, component: str, opts: Options, containers: list[dict], volumes: list[dict],
+                init: list[dict]) -> Manifest:
+    """The one Deployment skeleton: one replica, ``Recreate`` (its volumes are ReadWriteOnce, so an
+    old and a new pod cannot run side by side), a restricted pod with init containers."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, component, opts),
+            "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                     "selector": {"matchLabels": _selector(component)},
+                     "template": {"metadata": {"labels": _labels(component, opts)},
+                                  "spec": _pod_spec(containers, volumes, "Always", init=init)}}}
+
+
 def batch_job(opts: Options) -> Manifest:
     """The evaluation Job: one pod (reference design), or an Indexed Job of ``opts.shards`` pods.
 
@@ -352,14 +377,11 @@ def batch_job(opts: Options) -> Manifest:
     container = _veil_container("inference", args, opts, env=env,
                                 mounts=[{"name": "data", "mountPath": DATA_MOUNT},
                                         {"name": "dshm", "mountPath": "/dev/shm"}] + key_mounts)
-    spec: dict[str, Any] = {"backoffLimit": 5}
+    indexed: dict[str, Any] = {}
     if sharded:
-        spec["completionMode"] = "Indexed"
-        spec["completions"] = opts.shards
-        spec["parallelism"] = min(opts.parallelism or opts.shards, opts.shards)
-    spec["template"] = {"metadata": {"labels": _labels("batch", opts)},
-                        "spec": _pod_spec([container], [_data_volume(opts), _shm_volume(opts)] + key_vols, "Never")}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, "batch", opts), "spec": spec}
+        indexed = {"completionMode": "Indexed", "completions": opts.shards,
+                   "parallelism": min(opts.parallelism or opts.shards, opts.shards)}
+    return _job(name, "batch", opts, [container], [_data_volume(opts), _shm_volume(opts)] + key_vols, **indexed)
 
 
 def merge_job(opts: Options) -> Manifest:
@@ -372,10 +394,7 @@ def merge_job(opts: Options) -> Manifest:
     args = ["merge-results", f"{opts.results_dir}/{rid}", "--json", f"{opts.results_dir}/{rid}.json"]
     container = _veil_container("merge", args, opts, gpus=0,
                                 mounts=[{"name": "data", "mountPath": DATA_MOUNT}])
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(f"{batch_job_name(opts)}-merge", "batch", opts),
-            "spec": {"backoffLimit": 5,
-                     "template": {"metadata": {"labels": _labels("batch", opts)},
-                                  "spec": _pod_spec([container], [_data_volume(opts)], "Never")}}}
+    return _job(f"{batch_job_name(opts)}-merge", "batch", opts, [container], [_data_volume(opts)])
 
 
 TRITON_PORTS = (("http", 8000), ("grpc", 8001), ("metrics", 8002))
@@ -448,23 +467,14 @@ def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
     server.update({"ports": ports, "readinessProbe": probe, "livenessProbe": live, "startupProbe": startup})
     volumes = [_data_volume(opts, read_only=True),
                {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}}, _shm_volume(opts)]
-    labels = _labels("triton", opts)
-    selector = TRITON_SELECTOR
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, "triton", opts),
-            "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
-                     "selector": {"matchLabels": selector},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": _pod_spec([server], volumes, "Always", init=[init])}}}
-
-
-TRITON_SELECTOR = {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": "triton"}
+    return _deployment(name, "triton", opts, [server], volumes, init=[init])
 
 
 def network_policy(opts: Options, name: str = "veil-triton") -> Manifest:
     """Only pods in the client namespace (default: the same namespace) may reach Triton's ports."""
     client_ns = opts.client_namespace or opts.namespace
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, "triton", opts),
-            "spec": {"podSelector": {"matchLabels": dict(TRITON_SELECTOR)}, "policyTypes": ["Ingress"],
+            "spec": {"podSelector": {"matchLabels": _selector("triton")}, "policyTypes": ["Ingress"],
                      "ingress": [{"from": [{"namespaceSelector": {
                          "matchLabels": {"kubernetes.io/metadata.name": client_ns}}}],
                          "ports": [{"protocol": "TCP", "port": p} for _, p in triton_ports(opts)]}]}}
@@ -474,7 +484,7 @@ def service(name: str, component: str, ports: Iterable[tuple[str, int]], opts: O
     """A Service in front of a Deployment's pods (ClusterIP by default: reach it with port-forward)."""
     return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, component, opts),
             "spec": {"type": opts.service_type,
-                     "selector": {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": component},
+                     "selector": _selector(component),
                      "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]}}
 
 
@@ -508,11 +518,7 @@ def jupyter_deployment(opts: Options, name: str = "veil-jupyterlab") -> Manifest
     lab["readinessProbe"] = {"httpGet": {"path": "/api", "port": "http"}, "periodSeconds": 10}
     volumes = [{"name": "workspace", "persistentVolumeClaim": {"claimName": opts.workspace_pvc}},
                _data_volume(opts), _shm_volume(opts)] + key_vols
-    selector = {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": "jupyterlab"}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, "jupyterlab", opts),
-            "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector},
-                     "template": {"metadata": {"labels": _labels("jupyterlab", opts)},
-                                  "spec": _pod_spec([lab], volumes, "Always", init=[init])}}}
+    return _deployment(name, "jupyterlab", opts, [lab], volumes, init=[init])
 
 
 def _common(opts: Options) -> list[Manifest]:
@@ -568,9 +574,7 @@ def export_job(opts: Options) -> Manifest:
                                 {"name": "scratch", "mountPath": "/tmp/export"}])
     vols = [_data_volume(opts, read_only=True), {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}},
             {"name": "scratch", "emptyDir": {}}]
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta("veil-export-triton", "triton", opts),
-            "spec": {"backoffLimit": 5, "template": {"metadata": {"labels": _labels("triton", opts)},
-                                                     "spec": _pod_spec([c], vols, "Never")}}}
+    return _job("veil-export-triton", "triton", opts, [c], vols)
 
 
 def loader_pod(opts: Options, name: str = "veil-data-loader") -> Manifest:

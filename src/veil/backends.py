@@ -71,7 +71,8 @@ def bf16_unsupported_reason() -> str | None:
     if not native:
         return ("this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo); "
                 "use --backend fp32 or onnx")
-    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    has_kernels = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    if not torch.backends.mkldnn.is_available() or not has_kernels():
         return "this PyTorch build has no oneDNN BF16 kernels; use --backend fp32 or onnx"
     return None
 

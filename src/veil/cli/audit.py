@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "repeats get the same noise, near-duplicates fresh noise")
     p.add_argument("--train-images", nargs="+", help="non-FDDB photo folders for decoders and noise fitting "
                                                       "(default: $VEIL_FIT_IMAGES)")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
     p.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale of the deployed path (default: %(default)s)")
     p.set_defaults(func=run_audit)
 

@@ -22,7 +22,7 @@ def _common(p: argparse.ArgumentParser, steps: int, minutes: float) -> None:
     p.add_argument("--images", nargs="+", metavar="DIR",
                    help="folders of unlabeled non-FDDB photos (default: $VEIL_FIT_IMAGES)")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
     p.add_argument("--steps", type=int, default=steps, help="training steps at most (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=minutes, help="wall-time cap in minutes (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step (default: %(default)s)")

@@ -15,7 +15,7 @@ from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--weights``, ``--scale`` and ``--max-pixels``."""
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
     p.add_argument("--scale", type=float, default=FDDB_SCALE,
                    help="resize factor before the network (default: %(default)s, the FDDB test protocol)")
     p.add_argument("--max-pixels", type=_positive_int, default=MAX_INPUT_PIXELS, metavar="N",

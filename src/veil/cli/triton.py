@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["all", "python", "onnx", "torchscript"], default="all",
                    help="which form(s) to write (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default: %(default)s)")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
     p.set_defaults(func=run_export)
 
     p = sub.add_parser(

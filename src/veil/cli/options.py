@@ -51,7 +51,8 @@ def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     g.add_argument("--noisy", action="store_true", help="obfuscate the head's activation with the fitted noise")
     g.add_argument("--alpha", type=float, metavar="A", help="obfuscation strength ALPHA of the fitted noise")
     g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
-    g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: the veil cache's noise/)")
+    g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: $VEIL_NOISE_DIR, else the veil cache's noise/, "
+                                                              "then the noise shipped with veil)")
     g.add_argument("--noise-key", metavar="FILE",
                    help="keyed noise: the same image always gets the same noise, so averaging repeated queries "
                         "gains nothing; FILE holds the client's secret key (`veil noise-key new FILE`, mode 0600, "

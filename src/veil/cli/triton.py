@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true", help="send the activation as FP16 (half the bytes)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)")
-    p.add_argument("--decoder", help="decoder for the reconstruction of what was sent (default: the trained one, if any)")
+    p.add_argument("--decoder", help="decoder for the reconstruction of what was sent (default: $VEIL_DECODER, the one `veil train-decoder` cached, then the one shipped with veil)")
     p.add_argument("--retries", type=int, default=3,
                    help="retries (with doubling back-off) when the server is unreachable or does not answer in "
                         "time (default: %(default)s)")

@@ -71,8 +71,10 @@ class NoiseFileWarning(UserWarning):
 
 
 def noise_dir() -> Path:
-    """Default home of fitted noise: ``veil.weights.cache_dir()/"noise"``."""
-    return cache_dir() / "noise"
+    """Default home of fitted noise: ``$VEIL_NOISE_DIR``, else ``veil.weights.cache_dir()/"noise"``."""
+    from veil.settings import settings
+
+    return settings().noise_dir or cache_dir() / "noise"
 
 
 def noise_filename(alpha: float) -> str:

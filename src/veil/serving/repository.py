@@ -20,10 +20,12 @@ import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from veil.jsonio import write_json
 from veil.models.faceboxes import HEAD_CHANNELS, FaceBoxes
 from veil.serving import export
+from veil.serving.pbtxt import Enum, dumps, map_entries
 
 BASE_MODEL = "face_detection_base"
 NOISY_MODEL = "face_detection_noisy"
@@ -57,32 +59,32 @@ class ExportReport:
     max_error: dict[str, float]
 
 
-def config_pbtxt(name: str, fmt: str, fp16: bool, max_batch_size: int = 8, instances: int = 1) -> str:
-    """``config.pbtxt`` for one model: variable batch and spatial size, dynamic batching, CPU instances."""
-    backend = {"python": 'backend: "python"', "onnx": 'backend: "onnxruntime"',
-               "torchscript": 'backend: "pytorch"'}[fmt]
-    dtype = "TYPE_FP16" if fp16 else "TYPE_FP32"
-    # The pytorch backend maps outputs by the "<name>__<index>" convention, or by their order
-    # here when names do not follow it; OUTPUT_0 then OUTPUT_1 keeps the order of the tail's outputs.
-    params = ""
+def model_config(name: str, fmt: str, fp16: bool, max_batch_size: int = 8, instances: int = 1) -> dict[str, Any]:
+    """Triton's ``ModelConfig`` for one model, as data: variable batch and spatial size, dynamic
+    batching, CPU instances."""
+    backend = {"python": "python", "onnx": "onnxruntime", "torchscript": "pytorch"}[fmt]
+    dtype = Enum("TYPE_FP16" if fp16 else "TYPE_FP32")
+    fp32 = Enum("TYPE_FP32")
+    config: dict[str, Any] = {
+        "name": name, "backend": backend, "max_batch_size": max_batch_size,
+        "input": [{"name": export.INPUT_NAME, "data_type": dtype, "dims": [HEAD_CHANNELS, -1, -1]}],
+        # The pytorch backend maps outputs by the "<name>__<index>" convention, or by their order
+        # here when names do not follow it; OUTPUT_0 then OUTPUT_1 keeps the order of the tail's outputs.
+        "output": [{"name": export.OUTPUT_NAMES[0], "data_type": fp32, "dims": [-1, 4]},
+                   {"name": export.OUTPUT_NAMES[1], "data_type": fp32, "dims": [-1, 2]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 2000},
+        "instance_group": [{"kind": Enum("KIND_CPU"), "count": instances}],
+    }
     if fmt == "python":  # the python-backend model reads these and refuses larger activations
-        params = ('\nparameters { key: "tail_file" value { string_value: "model.onnx" } }'
-                  f'\nparameters {{ key: "max_height" value {{ string_value: "{MAX_ACTIVATION_SIDE}" }} }}'
-                  f'\nparameters {{ key: "max_width" value {{ string_value: "{MAX_ACTIVATION_SIDE}" }} }}'
-                  f'\nparameters {{ key: "max_area" value {{ string_value: "{MAX_ACTIVATION_AREA}" }} }}')
-    return f"""name: "{name}"
-{backend}
-max_batch_size: {max_batch_size}
-input [
-  {{ name: "{export.INPUT_NAME}" data_type: {dtype} dims: [ {HEAD_CHANNELS}, -1, -1 ] }}
-]
-output [
-  {{ name: "{export.OUTPUT_NAMES[0]}" data_type: TYPE_FP32 dims: [ -1, 4 ] }},
-  {{ name: "{export.OUTPUT_NAMES[1]}" data_type: TYPE_FP32 dims: [ -1, 2 ] }}
-]
-dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
-instance_group [ {{ kind: KIND_CPU count: {instances} }} ]{params}
-"""
+        params = {"tail_file": "model.onnx", "max_height": MAX_ACTIVATION_SIDE, "max_width": MAX_ACTIVATION_SIDE,
+                  "max_area": MAX_ACTIVATION_AREA}
+        config["parameters"] = map_entries({k: {"string_value": str(v)} for k, v in params.items()})
+    return config
+
+
+def config_pbtxt(name: str, fmt: str, fp16: bool, max_batch_size: int = 8, instances: int = 1) -> str:
+    """``config.pbtxt`` for one model: :func:`model_config` in protobuf text format."""
+    return dumps(model_config(name, fmt, fp16, max_batch_size, instances))
 
 
 def write_repository(model: FaceBoxes, out: str | Path, weights_sha256: str = "",

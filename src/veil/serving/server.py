@@ -59,6 +59,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that are free right now on ``host`` (a server's HTTP, gRPC and
+    metrics ports are picked together: one at a time could return the same port twice)."""
+    return _pick_ports(host, *([None] * count))
+
+
 def _pick_ports(host: str, *wanted: int | None) -> list[int]:
     """The given ports, with free ones for the rest: all sockets held open together, so the
     picks are distinct (picking one at a time could return the same port twice)."""

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import yaml
 
 import veil
+from veil.serving.server import ADMIN_HEADER, RESTRICTED_APIS
 
 Manifest = dict[str, Any]
 
@@ -405,8 +406,8 @@ def triton_ports(opts: Options) -> tuple[tuple[str, int], ...]:
     return TRITON_PORTS if opts.expose_metrics else TRITON_PORTS[:2]
 
 
-#: Triton APIs closed in the pods (as ``veil serve`` closes them): see veil.serving.server.RESTRICTED_APIS.
-_RESTRICTED = "shared-memory,model-repository,logging,trace,statistics"
+#: Triton APIs closed in the pods, as ``veil serve`` closes them.
+_RESTRICTED = ",".join(RESTRICTED_APIS)
 
 
 def tritonserver_script(opts: Options) -> str:
@@ -417,8 +418,8 @@ def tritonserver_script(opts: Options) -> str:
     """
     flags = [f"--model-repository={triton_repository(opts)}", "--strict-readiness=true", "--log-verbose=0",
              f"--allow-metrics={'true' if opts.expose_metrics else 'false'}",
-             f'--http-restricted-api={_RESTRICTED}:veil-admin-key="$$KEY"',
-             f'--grpc-restricted-protocol={_RESTRICTED}:veil-admin-key="$$KEY"']
+             f'--http-restricted-api={_RESTRICTED}:{ADMIN_HEADER}="$$KEY"',
+             f'--grpc-restricted-protocol={_RESTRICTED}:{ADMIN_HEADER}="$$KEY"']
     return ("KEY=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \\n') && exec tritonserver " + " ".join(flags))
 
 

@@ -142,9 +142,45 @@ def test_noise_for_another_channel_count_is_refused_at_load(detector, weights_pa
     rc = main(["detect", str(fddb_image_paths[0]), "--out", str(tmp_path / "out"), "--weights", str(weights_path),
                "--noisy", "--noise", str(path)])
     captured = capsys.readouterr()
-    assert rc == 2 and "64" in captured.err, captured.err
-    assert "faces" not in captured.out and not list((tmp_path / "out").glob("*.json")) if (tmp_path / "out").exists() \
-        else True
+    assert rc == 2 and "holds noise for 64 channels" in captured.err, captured.err
+    assert "face" not in captured.out and not list((tmp_path / "out").glob("*.json"))  # refused before any image
+
+
+def test_alpha_outside_0_1_is_refused_by_every_noisy_command(capsys):
+    import pytest
+
+    for cmd in (["detect", "x.jpg", "--out", "o"], ["evaluate"], ["infer", "x.jpg", "--out", "o"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*cmd, "--noisy", "--alpha", "1.5"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "--alpha: ALPHA must be in [0, 1)" in err, (cmd, err)
+
+
+def test_noisy_commands_name_the_noise_file_they_loaded(detector, tmp_path, monkeypatch):
+    """With nothing fitted by the user, the shipped noise for the reference weights is loaded, and the
+    file named (and hashed by evaluate) is that one, not the empty cache's path."""
+    import pytest
+
+    from veil import assets
+    from veil.cli.main import build_parser
+    from veil.cli.options import attach_noise
+    from veil.detector import Detector
+    from veil.obfuscate import noise_path
+
+    shipped = noise_path(0.8, assets.NOISE_DIR)
+    if not shipped.is_file():
+        pytest.skip(f"{shipped} does not ship in this installation")
+    monkeypatch.setenv("VEIL_NOISE_DIR", str(tmp_path / "empty"))
+    monkeypatch.delenv("VEIL_NOISE_KEY_FILE", raising=False)
+    monkeypatch.delenv("VEIL_NOISE_SHA256", raising=False)
+    det = Detector(detector.model, detector.weights_sha256, scale=1.0)
+    args = build_parser().parse_args(["detect", "x.jpg", "--out", "o", "--noisy", "--alpha", "0.8"])
+    meta, path = attach_noise(args, det)
+    assert path == shipped and meta["alpha"] == 0.8 and det.obfuscator is not None
+    own = tmp_path / "mine.safetensors"
+    own.write_bytes(shipped.read_bytes())
+    args = build_parser().parse_args(["detect", "x.jpg", "--out", "o", "--noisy", "--noise", str(own)])
+    assert attach_noise(args, det)[1] == own
 
 
 def test_an_http_connection_closed_mid_request_counts_as_unavailable():

@@ -12,8 +12,9 @@ import torch
 from veil.data.images import ImageCrops, list_images
 from veil.models.faceboxes import SPLIT_POINT
 from veil.obfuscate.artifact import expected_nsr_db
-from veil.obfuscate import (NoiseFileError, Obfuscator, isotropic_like, load_obfuscator, noise_filename,
-                            nsr_report, nsr_sums, read_metadata, save_obfuscator)
+from veil.obfuscate import (NoiseFileError, Obfuscator, check_alpha, find_noise_file, isotropic_like,
+                            load_obfuscator, noise_filename, noise_path, nsr_report, nsr_sums, read_metadata,
+                            save_obfuscator)
 from veil.weights import REFERENCE_SHA256
 
 
@@ -149,6 +150,52 @@ def test_artifact_refuses_other_weights_split_alpha_and_missing(tmp_path):
         load_obfuscator(0.8, noise=good)
     with pytest.raises(NoiseFileError, match="veil fit-noise --alpha 0.9"):
         load_obfuscator(0.9, noise_dir=tmp_path)
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan"), float("inf"), True, "0.8"])
+def test_alpha_outside_0_1_is_refused_by_every_entry_point(bad, tmp_path):
+    from veil.deploy.k8s import Options
+
+    for call in (lambda: check_alpha(bad), lambda: noise_path(bad, tmp_path), lambda: noise_filename(bad),
+                 lambda: load_obfuscator(bad, noise_dir=tmp_path), lambda: find_noise_file(bad, noise_dir=tmp_path)):
+        with pytest.raises(ValueError, match="ALPHA must be"):
+            call()
+    with pytest.raises(ValueError, match="--alpha must be"):
+        Options(noisy=True, alpha=bad).check()
+
+
+def test_alpha_in_range_is_accepted_as_a_float():
+    assert check_alpha(0) == 0.0 and isinstance(check_alpha(0), float)
+    assert check_alpha(0.8) == 0.8 and check_alpha(0.999) == 0.999
+
+
+def test_noise_path_is_built_in_one_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("VEIL_NOISE_DIR", str(tmp_path / "env"))
+    assert noise_path(0.8) == tmp_path / "env" / "alpha-0.8.safetensors"
+    assert noise_path(0.80, tmp_path) == tmp_path / "alpha-0.8.safetensors" == tmp_path / noise_filename(0.8)
+    assert noise_path(0.05, str(tmp_path)).name == "alpha-0.05.safetensors"
+    # What save writes at noise_path is what the lookup finds.
+    path = _save(tmp_path / "env", 0.4)
+    assert path == noise_path(0.4) and find_noise_file(0.4) == path
+
+
+def test_noise_lookup_order_user_file_then_shipped_for_the_reference_weights_only(tmp_path, monkeypatch):
+    from veil import assets
+
+    monkeypatch.setenv("VEIL_NOISE_DIR", str(tmp_path))
+    shipped = noise_path(0.8, assets.NOISE_DIR)
+    if not shipped.is_file():
+        pytest.skip(f"{shipped} does not ship in this installation")
+    assert find_noise_file(0.8) == shipped  # nothing of the user's: the shipped file
+    with pytest.raises(NoiseFileError, match="no noise fitted for ALPHA 0.8"):
+        find_noise_file(0.8, weights_sha256="0" * 64)  # shipped noise is for the reference weights only
+    with pytest.raises(NoiseFileError, match="veil fit-noise --alpha 0.8"):
+        find_noise_file(0.8, noise_dir=tmp_path)  # an explicit directory is searched alone
+    own = _save(tmp_path, 0.8)
+    assert find_noise_file(0.8) == own  # the user's own comes first
+    assert find_noise_file(None, noise=tmp_path / "x.safetensors") == tmp_path / "x.safetensors"
+    with pytest.raises(ValueError, match="give ALPHA or an explicit noise file"):
+        find_noise_file(None)
 
 
 def test_corrupt_or_foreign_files_get_a_clear_error(tmp_path):

@@ -49,7 +49,8 @@ def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     """The reference design's ``--noisy --alpha A``, plus where the fitted noise lives."""
     g = p.add_argument_group("obfuscation (as in the reference design: --noisy --alpha A)")
     g.add_argument("--noisy", action="store_true", help="obfuscate the head's activation with the fitted noise")
-    g.add_argument("--alpha", type=float, metavar="A", help="obfuscation strength ALPHA of the fitted noise")
+    g.add_argument("--alpha", type=alpha_arg, metavar="A",
+                   help="obfuscation strength ALPHA of the fitted noise, in [0, 1)")
     g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
     g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: $VEIL_NOISE_DIR, else the veil cache's noise/, "
                                                               "then the noise shipped with veil)")
@@ -61,6 +62,16 @@ def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
                    help="refuse the noise file unless its SHA-256 is HEX (default: $VEIL_NOISE_SHA256)")
     if seed:
         g.add_argument("--seed", type=int, help="reproducible noise (experiments only; default: fresh OS randomness)")
+
+
+def alpha_arg(text: str) -> float:
+    """An ALPHA on the command line, checked by the library's one check (:func:`veil.obfuscate.check_alpha`)."""
+    from veil.obfuscate.alpha import check_alpha
+
+    try:
+        return check_alpha(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _sha256(text: str) -> str:
@@ -87,7 +98,7 @@ def check_noise_args(args: argparse.Namespace) -> None:
 def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any], Path]:
     """Load the fitted noise the flags name into ``detector.obfuscator``; return its metadata and file."""
     from veil.cli.main import CLIError
-    from veil.obfuscate import load_obfuscator, noise_dir, noise_filename
+    from veil.obfuscate import find_noise_file, load_obfuscator
     from veil.settings import settings
 
     env = settings()
@@ -98,11 +109,10 @@ def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any
         raise CLIError(f"--seed excludes keyed noise, and $VEIL_NOISE_KEY_FILE is set ({key})")
     if sha is not None:
         sha = _sha256_or_error(sha, CLIError)
-    obf, meta = load_obfuscator(args.alpha, noise=args.noise, noise_dir=args.noise_dir,
-                                weights_sha256=detector.weights_sha256, seed=seed,
+    path = find_noise_file(args.alpha, args.noise, args.noise_dir, detector.weights_sha256)
+    obf, meta = load_obfuscator(args.alpha, noise=path, weights_sha256=detector.weights_sha256, seed=seed,
                                 key=Path(key) if key is not None else None, sha256=sha)
     meta = {**meta, "noise_mode": obf.mode, **({"noise_key_id": obf.key_id} if obf.key_id else {})}
-    path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
     from veil.models.faceboxes import HEAD_CHANNELS
 
     if getattr(obf, "channels", HEAD_CHANNELS) != HEAD_CHANNELS:  # refuse at load, not at the first image

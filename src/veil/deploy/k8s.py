@@ -129,8 +129,10 @@ class Options:
             raise ValueError(f"--parallelism must be ≥ 1, got {self.parallelism}")
         if self.noisy and self.alpha is None:
             raise ValueError("--noisy needs --alpha A (the obfuscation level whose fitted noise to use)")
-        if self.alpha is not None and not (0.0 <= self.alpha < 1.0):
-            raise ValueError(f"--alpha must be in [0, 1) like the fitted noise's, got {self.alpha}")
+        if self.alpha is not None:
+            from veil.obfuscate.alpha import check_alpha  # the one check of ALPHA (imports torch: only when asked)
+
+            check_alpha(self.alpha, "--alpha")
         if self.alpha is not None and not self.noisy:
             raise ValueError("--alpha without --noisy would run the clean model; add --noisy")
         if self.access_mode not in ("ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"):

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 import veil
 from veil import jsonio
 from veil.models.faceboxes import HEAD_CHANNELS, SPLIT_POINT
+from veil.obfuscate.alpha import check_alpha
 from veil.obfuscate.keystream import NoiseKey, read_key_file
 from veil.obfuscate.noise import FAMILIES, Obfuscator
 from veil.weights import REFERENCE_SHA256, cache_dir
@@ -79,7 +80,36 @@ def noise_dir() -> Path:
 
 def noise_filename(alpha: float) -> str:
     """``alpha-0.8.safetensors``: one file per ALPHA in a noise directory."""
-    return f"alpha-{float(alpha):g}.safetensors"
+    return f"alpha-{check_alpha(alpha):g}.safetensors"
+
+
+def noise_path(alpha: float, directory: str | Path | None = None) -> Path:
+    """Where the noise fitted for ALPHA lives: ``DIR/alpha-<A>.safetensors`` in ``directory``, default
+    :func:`noise_dir`. The one place that path is built (fit-noise writes there, everything else reads)."""
+    return Path(directory if directory is not None else noise_dir()) / noise_filename(alpha)
+
+
+def find_noise_file(alpha: float | None, noise: str | Path | None = None, noise_dir: str | Path | None = None,
+                    weights_sha256: str = REFERENCE_SHA256) -> Path:
+    """The noise file to load for ALPHA: ``noise`` if given; else :func:`noise_path` in ``noise_dir``;
+    else (default directory only) the noise shipped for the reference weights. ``NoiseFileError`` with
+    the command that fits it if there is none."""
+    if noise is not None:
+        return Path(noise)
+    if alpha is None:
+        raise ValueError("give ALPHA or an explicit noise file")
+    path = noise_path(alpha, noise_dir)
+    if not path.is_file() and noise_dir is None:
+        from veil import assets  # noise that ships for the reference weights (the user's own comes first)
+
+        shipped = noise_path(alpha, assets.NOISE_DIR)
+        if shipped.is_file() and read_metadata(shipped).get("weights_sha256") == weights_sha256:
+            return shipped
+    if not path.is_file():
+        raise NoiseFileError(
+            f"no noise fitted for ALPHA {alpha:g} in {path.parent} (looked for {path.name}); fit it with "
+            f"`veil fit-noise --alpha {alpha:g} --images DIR --out {path}` or give the noise file")
+    return path
 
 
 def save_obfuscator(obf: Obfuscator, path: str | Path, metadata: dict[str, Any]) -> Path:
@@ -231,9 +261,10 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
                              f"splits at {split_point!r}; refit it with `veil fit-noise`")
     if meta.get("family") not in FAMILIES:
         raise NoiseFileError(f"{path}: unknown noise family {meta.get('family')!r}")
-    alpha = meta.get("alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) < 1.0:
-        raise NoiseFileError(f"{path}: ALPHA {alpha!r} in its metadata is not a number in [0, 1)")
+    try:
+        alpha = check_alpha(meta.get("alpha"))
+    except ValueError as exc:
+        raise NoiseFileError(f"{path}: the ALPHA in its metadata is wrong: {exc}") from None
     try:
         tensors = load_tensors(data)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -275,7 +306,7 @@ def load_obfuscator(alpha: float | None, noise: str | Path | None = None,
                     generator: torch.Generator | None = None,
                     key: bytes | NoiseKey | os.PathLike | None = None,
                     sha256: str | None = None) -> tuple[Obfuscator, dict[str, Any]]:
-    """Find and load the noise fitted for ALPHA: ``noise`` (a file) or ``noise_dir/alpha-<A>.safetensors``.
+    """Find (:func:`find_noise_file`) and load the noise fitted for ALPHA.
 
     Refuses a file fitted for other weights, another split point, or another ALPHA than
     asked. Noise is fresh and unpredictable unless ``seed``/``generator`` is given (experiments
@@ -283,21 +314,9 @@ def load_obfuscator(alpha: float | None, noise: str | Path | None = None,
     same activation always gets the same noise (see :mod:`veil.obfuscate.keystream`). ``sha256``
     pins the file's hash: any other content is refused.
     """
-    if noise is None:
-        if alpha is None:
-            raise ValueError("give ALPHA or an explicit noise file")
-        d = Path(noise_dir) if noise_dir is not None else globals()["noise_dir"]()
-        noise = d / noise_filename(alpha)
-        if not noise.is_file() and noise_dir is None:
-            from veil import assets  # noise that ships for the reference weights (the user's own comes first)
-
-            shipped = assets.noise_file(alpha)
-            if shipped is not None and read_metadata(shipped).get("weights_sha256") == weights_sha256:
-                noise = shipped
-        if not noise.is_file():
-            raise NoiseFileError(
-                f"no noise fitted for ALPHA {alpha:g} in {d} (looked for {noise.name}); fit it with "
-                f"`veil fit-noise --alpha {alpha:g} --images DIR --out {noise}` or pass --noise FILE")
+    if alpha is not None:
+        alpha = check_alpha(alpha)
+    noise = find_noise_file(alpha, noise, noise_dir, weights_sha256)
     obf, meta = load_noise_file(noise, weights_sha256=weights_sha256, split_point=split_point,
                                 seed=seed, generator=generator, sha256=sha256)
     if key is not None:

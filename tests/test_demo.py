@@ -42,3 +42,25 @@ def test_demo_on_shipped_defaults_through_a_real_triton_server(tmp_path, monkeyp
     with socket.socket() as s:
         assert s.connect_ex((host, int(port))) != 0
     assert (out / "report.md").read_text().startswith("# veil demo: ALPHA 0.8")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_on_your_photos_skips_a_bad_one_over_http(tmp_path, monkeypatch, capsys):
+    from veil import assets
+    from veil.serving.server import unsupported_reason
+
+    if unsupported_reason():
+        pytest.skip(unsupported_reason())
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
+    good, bad = tmp_path / "mine.jpg", tmp_path / "broken.jpg"
+    cv2.imwrite(str(good), assets.sample_images()["grace_hopper"])
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "demo"
+    assert main(["demo", "--images", str(good), str(bad), "--protocol", "http", "--fp32", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped:" in captured.out and "broken.jpg" in captured.out
+    rep = json.loads((out / "report.json").read_text())
+    assert [im["name"] for im in rep["images"]] == ["mine"] and rep["protocol"] == "http"
+    sent = json.loads((out / "boxes" / "mine.json").read_text())["sent"]
+    assert sent["dtype"] == "float32" and sent["bytes"] == 4 * 128 * sent["shape"][2] * sent["shape"][3]

@@ -22,7 +22,7 @@ import numpy as np
 
 from veil import assets
 from veil.detector import Detector
-from veil.preprocess import load_image
+from veil.preprocess import ImageReadError, load_image
 from veil.viz import draw_boxes, side_by_side
 
 #: Score at or above which a box counts as a face in the pictures and the report.
@@ -108,10 +108,21 @@ def _describe_decoder(dec) -> str | None:
     return f"{m.get('kind', '?')} decoder, {m.get('steps', '?')} steps, trained on {'; '.join(map(str, sources))}"
 
 
-def _load(images: list[str | Path] | None) -> dict[str, np.ndarray]:
+def _load(images: list[str | Path] | None, log) -> dict[str, np.ndarray]:
+    """The sample photos, or the user's: an unreadable one is reported and skipped, the rest go on."""
     if not images:
         return assets.sample_images()
-    return {Path(p).stem: load_image(p) for p in images}
+    photos = {}
+    for p in images:
+        if Path(p).stem in photos:
+            raise ValueError(f"two images named {Path(p).stem!r} would write the same outputs: rename one")
+        try:
+            photos[Path(p).stem] = load_image(p)
+        except ImageReadError as exc:
+            log(f"skipped: {exc}")
+    if not photos:
+        raise ImageReadError(f"none of the {len(images)} images could be read")
+    return photos
 
 
 def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[str | Path] | None = None,
@@ -131,7 +142,7 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
     t0 = time.monotonic()
     out = Path(out)
     (out / "boxes").mkdir(parents=True, exist_ok=True)
-    photos = _load(images)
+    photos = _load(images, log)
     det = Detector.from_weights(weights)
     det.obfuscator, meta = load_obfuscator(alpha, noise=noise, weights_sha256=det.weights_sha256)
     dec = load_decoder(decoder)
@@ -142,8 +153,9 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
                         decoder=_describe_decoder(dec),
                         server="", protocol=protocol, seconds=0.0)
     log(f"starting tritonserver on loopback ({served}) ...")
-    with TritonServer(repo, models=[served], log_file=out / "tritonserver.log") as server:
-        server.start(timeout)
+    server = TritonServer(repo, models=[served], log_file=out / "tritonserver.log")
+    try:
+        server.start(timeout)  # loopback, free ports
         report.server = server.url(protocol)
         log(f"ready at {report.server}")
         with TritonDetector(det, report.server, protocol, fp16=fp16) as client:
@@ -172,6 +184,8 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
                                                pic.name, str(bfile.relative_to(out))))
                 log(f"{name}: {faces(n_clean)} clean, {faces(n_obf)} obfuscated through Triton; "
                     f"sent {nbytes} bytes {tuple(sent.shape)} → {pic}")
+    finally:
+        server.stop()  # always, also when a photo fails
     log("tritonserver stopped")
     report.seconds = round(time.monotonic() - t0, 1)
     (out / "report.md").write_text(report.markdown())

@@ -9,7 +9,6 @@ import pytest
 
 from veil.evaluation import (ImageRecord, Shard, average_precision, discrete_roc, ellipse_rect_intersection,
                              ellipse_rect_iou, match_image, summarise, tpr_at_fp)
-from veil.evaluation.geometry import ellipse_polygon
 from veil.evaluation.metrics import fp_budget
 
 
@@ -79,12 +78,6 @@ def test_disjoint_and_degenerate_boxes_have_zero_overlap():
     boxes = np.array([[100, 100, 120, 130], [45, 45, 45, 60], [60.0, 40, 80, 60]])  # far, empty, tangent
     inter = ellipse_rect_intersection(boxes, e)[:, 0]
     assert inter == pytest.approx([0, 0, 0], abs=1e-9)
-
-
-def test_ellipse_polygon_follows_the_angle_convention():
-    pts = ellipse_polygon(np.array([30.0, 10.0, math.pi / 2, 0.0, 0.0]), n=4)
-    # t = 0 is the end of the major axis: along +y (downwards in the image) for angle π/2.
-    assert pts[0] == pytest.approx([0.0, 30.0], abs=1e-9)
 
 
 # -- matching -----------------------------------------------------------------------------------

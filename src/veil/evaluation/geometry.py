@@ -83,10 +83,3 @@ def ellipse_rect_iou(boxes: np.ndarray, ellipses: np.ndarray) -> np.ndarray:
     union = box_area + ell_area - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
-
-def ellipse_polygon(ellipse: np.ndarray, n: int = 72) -> np.ndarray:
-    """``n`` points on an FDDB ellipse's outline ``[n,2]`` (x, y) — for drawing and for tests."""
-    ra, rb, th, cx, cy = (float(v) for v in np.asarray(ellipse)[:5])
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    ex, ey = ra * np.cos(t), rb * np.sin(t)
-    return np.stack([cx + ex * np.cos(th) - ey * np.sin(th), cy + ex * np.sin(th) + ey * np.cos(th)], 1)

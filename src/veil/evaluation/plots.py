@@ -1,13 +1,11 @@
-"""Pictures of an FDDB evaluation: the discrete ROC, and annotations with detections drawn on an image."""
+"""Pictures of an FDDB evaluation: the discrete ROC."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from veil.evaluation.geometry import ellipse_polygon
 from veil.evaluation.metrics import discrete_roc
 from veil.evaluation.result import EvalResult
 
@@ -52,27 +50,3 @@ def plot_roc(results: dict[str, EvalResult], path: str | Path) -> Path:
     plt.close(fig)
     return out
 
-
-def draw_annotations(image: np.ndarray, ellipses: np.ndarray, detections: np.ndarray | None = None,
-                     tp: np.ndarray | None = None, min_score: float = 0.5, mirrored: bool = False) -> np.ndarray:
-    """A BGR copy with FDDB ellipses (green) and detections ≥ ``min_score`` (blue: matched, magenta: not).
-
-    ``mirrored=True`` also draws each ellipse with its angle negated (thin red): the wrong
-    convention, to show by eye that the major axis lies along ``angle``.
-    """
-    out = image.copy()
-    thick = max(1, round(max(out.shape[:2]) / 250))
-    if mirrored:
-        for e in ellipses:
-            m = np.asarray(e, dtype=np.float64).copy()
-            m[2] = -m[2]
-            cv2.polylines(out, [np.round(ellipse_polygon(m, 90)).astype(np.int32)], True, (0, 0, 255), 1, cv2.LINE_AA)
-    if detections is not None:
-        flags = np.zeros(len(detections), bool) if tp is None else np.asarray(tp, bool)
-        for d, t in zip(detections, flags):
-            if d[4] >= min_score:
-                cv2.rectangle(out, (int(d[0]), int(d[1])), (int(d[2]), int(d[3])),
-                              (255, 128, 0) if t else (255, 0, 255), thick)
-    for e in ellipses:
-        cv2.polylines(out, [np.round(ellipse_polygon(e, 90)).astype(np.int32)], True, (0, 255, 0), thick, cv2.LINE_AA)
-    return out

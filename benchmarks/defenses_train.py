@@ -89,9 +89,14 @@ def _job(name: str, args: argparse.Namespace) -> dict:
 
             def observe(a):
                 return as_decoder_input(bott(a))
+        init = None
+        if args.init and not rest.startswith("bn-"):  # a bottleneck's code is not a head activation
+            from veil.privacy.decoders import read_decoder
+
+            init = read_decoder(args.init)
         dec = train_scoring_decoder(head, observe, args.images, minutes=args.minutes, seed=seed,
                                     max_steps=args.decoder_steps, batch=args.decoder_batch, progress=False,
-                                    device=dev)
+                                    device=dev, init=init)
         save_decoder(dec, out / f"{name}.safetensors", dec.meta)
         return {"job": name, "steps": dec.meta.get("steps"), "final_l1_px": dec.meta.get("final_l1_px"),
                 "seed": seed, "seconds": round(time.monotonic() - t0, 1)}
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase1", nargs="*", default=["tail-0.9", "tail-0.95", "bn-0.6", "bn-0.8", "bn-0.9",
                                                    "bn-0.8-adv", "bn-0.9-adv", "dec-clean", "dec-noise-0.9", "dec-noise-0.95"])
     p.add_argument("--phase2", nargs="*", default=["dec-bn-0.6", "dec-bn-0.8", "dec-bn-0.9", "dec-bn-0.8-adv", "dec-bn-0.9-adv"])
+    p.add_argument("--init", help="warm-start the clean/noise scoring decoders from this (naive) decoder")
     p.add_argument("--tail-steps", type=int, default=6000)
     p.add_argument("--bottleneck-steps", type=int, default=6000)
     p.add_argument("--decoder-steps", type=int, default=3000)

@@ -57,11 +57,13 @@ class ObservedHead(nn.Module):
 
 def train_scoring_decoder(head: nn.Module, observe: Observe, dirs: Sequence[str | Path], *, minutes: float,
                           seed: int = 9001, scale: float = FDDB_SCALE, crop: int = 384, batch: int = 8,
-                          max_steps: int | None = None, progress: bool = True, device: str | torch.device = "cpu"):
+                          max_steps: int | None = None, progress: bool = True, device: str | torch.device = "cpu",
+                          init=None):
     """A fresh adaptive decoder on ``observe(head(x))`` of non-FDDB crops: own seed, own data order.
 
     ``seed`` fixes the decoder's initialisation and crop order for this scoring run; use one that no
-    defense's fitting used (defenses default to seed 0).
+    defense's fitting used (defenses default to seed 0). ``init`` warm-starts from a public decoder
+    (e.g. the naive one trained on clean activations), as the audit's adaptive attacker does.
     """
     import inspect
 
@@ -80,7 +82,9 @@ def train_scoring_decoder(head: nn.Module, observe: Observe, dirs: Sequence[str 
     if "plateau" in accepts:
         extra["plateau"] = None  # a fixed budget: every configuration's attacker gets the same
     return train_decoder(ObservedHead(head, observe), sampler, minutes=minutes, batch=batch, max_steps=max_steps,
-                         meta={"kind": "defense-scoring", "seed": seed}, progress=progress, **extra)
+                         init=init, meta={"kind": "defense-scoring", "seed": seed,
+                                          "init": (init.meta or {}).get("seed") if init is not None else None},
+                         progress=progress, **extra)
 
 
 def _to_orig(rec: np.ndarray, prep_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:

@@ -13,8 +13,19 @@ from veil.cli.main import main
 
 def test_python_m_veil_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "veil", "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("weights", "detect", "evaluate", "merge-results", "fit-noise", "sweep", "audit",
-                "export-triton", "serve", "infer", "k8s"):
+    for cmd in (
+        "weights",
+        "detect",
+        "evaluate",
+        "merge-results",
+        "fit-noise",
+        "sweep",
+        "audit",
+        "export-triton",
+        "serve",
+        "infer",
+        "k8s",
+    ):
         assert f"    {cmd}" in out
 
 
@@ -53,6 +64,7 @@ def test_inputs_whose_outputs_would_collide_are_refused(fddb_image_paths, tmp_pa
 
 # -- hardening (issue 11) ----------------------------------------------------------------------------
 
+
 def test_rerun_hint_repeats_every_option_shell_quoted(tmp_path):
     """The command printed for a rerun parses back to exactly the original options (obfuscation included)."""
     import shlex
@@ -61,10 +73,39 @@ def test_rerun_hint_repeats_every_option_shell_quoted(tmp_path):
     from veil.cli.triton import rerun_command
 
     parser = build_parser()
-    argv = ["infer", "a b.jpg", "c.jpg", "--url", "10.0.0.1:8001", "--protocol", "grpc", "--fp16", "--out",
-            "out dir/x", "--min-score", "0.7", "--retries", "5", "--timeout", "7.5", "--weights", "/w it/F.pth",
-            "--scale", "1.5", "--max-pixels", "1000000", "--noisy", "--alpha", "0.8", "--noise", "/n $x/a.safetensors",
-            "--noise-dir", "/noise dir", "--decoder", "/d.pt"]
+    argv = [
+        "infer",
+        "a b.jpg",
+        "c.jpg",
+        "--url",
+        "10.0.0.1:8001",
+        "--protocol",
+        "grpc",
+        "--fp16",
+        "--out",
+        "out dir/x",
+        "--min-score",
+        "0.7",
+        "--retries",
+        "5",
+        "--timeout",
+        "7.5",
+        "--weights",
+        "/w it/F.pth",
+        "--scale",
+        "1.5",
+        "--max-pixels",
+        "1000000",
+        "--noisy",
+        "--alpha",
+        "0.8",
+        "--noise",
+        "/n $x/a.safetensors",
+        "--noise-dir",
+        "/noise dir",
+        "--decoder",
+        "/d.pt",
+    ]
     args = parser.parse_args(argv)
     hint = rerun_command(args, ["-x.jpg", "a b.jpg"])
     tokens = shlex.split(hint)
@@ -86,14 +127,29 @@ def test_infer_prints_a_rerun_command_that_keeps_the_options(fddb_image_paths, w
     spaced.parent.mkdir()
     spaced.symlink_to(weights_path)
     url = f"127.0.0.1:{free_port()}"
-    argv = ["infer", str(fddb_image_paths[0]), "--url", url, "--retries", "0", "--fp16", "--scale", "1",
-            "--weights", str(spaced), "--out", str(tmp_path / "out dir")]
+    argv = [
+        "infer",
+        str(fddb_image_paths[0]),
+        "--url",
+        url,
+        "--retries",
+        "0",
+        "--fp16",
+        "--scale",
+        "1",
+        "--weights",
+        str(spaced),
+        "--out",
+        str(tmp_path / "out dir"),
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     hint = err.split("rerun them when it is back: ")[1].strip().splitlines()[0]
     again = build_parser().parse_args(shlex.split(hint)[1:])
     first = build_parser().parse_args(argv)
-    assert {k: v for k, v in vars(again).items() if k != "func"} == {k: v for k, v in vars(first).items() if k != "func"}
+    assert {k: v for k, v in vars(again).items() if k != "func"} == {
+        k: v for k, v in vars(first).items() if k != "func"
+    }
 
 
 def test_a_directory_given_as_an_image_is_named_as_such(tmp_path, weights_path, capsys):
@@ -104,8 +160,9 @@ def test_a_directory_given_as_an_image_is_named_as_such(tmp_path, weights_path, 
     assert rc == 1 and "is a directory, not an image" in err and "not found" not in err
 
 
-def test_an_image_over_the_pixel_limit_is_skipped_unread_and_the_rest_run(fddb_image_paths, weights_path, tmp_path,
-                                                                           capsys):
+def test_an_image_over_the_pixel_limit_is_skipped_unread_and_the_rest_run(
+    fddb_image_paths, weights_path, tmp_path, capsys
+):
     big = tmp_path / "huge.jpg"
     cv2.imwrite(str(big), __import__("numpy").full((9000, 12000, 3), 128, "uint8"))  # 108 Mpx, 1.7 MB
     good = fddb_image_paths[1]
@@ -133,14 +190,24 @@ def test_an_unexpected_failure_on_one_image_is_reported_and_the_run_goes_on(dete
     assert results[1].unavailable  # the next image still ran (and found no server)
 
 
-def test_noise_for_another_channel_count_is_refused_at_load(detector, weights_path, fddb_image_paths, tmp_path,
-                                                             capsys):
+def test_noise_for_another_channel_count_is_refused_at_load(detector, weights_path, fddb_image_paths, tmp_path, capsys):
     from veil.obfuscate import Obfuscator, save_obfuscator
 
     path = tmp_path / "alpha-0.8.safetensors"
     save_obfuscator(Obfuscator(64, init_sigma=0.3), path, {"alpha": 0.8, "weights_sha256": detector.weights_sha256})
-    rc = main(["detect", str(fddb_image_paths[0]), "--out", str(tmp_path / "out"), "--weights", str(weights_path),
-               "--noisy", "--noise", str(path)])
+    rc = main(
+        [
+            "detect",
+            str(fddb_image_paths[0]),
+            "--out",
+            str(tmp_path / "out"),
+            "--weights",
+            str(weights_path),
+            "--noisy",
+            "--noise",
+            str(path),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 2 and "holds noise for 64 channels" in captured.err, captured.err
     assert "face" not in captured.out and not list((tmp_path / "out").glob("*.json"))  # refused before any image

@@ -7,8 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from veil.evaluation import (ImageRecord, Shard, average_precision, discrete_roc, ellipse_rect_intersection,
-                             ellipse_rect_iou, match_image, summarise, tpr_at_fp)
+from veil.evaluation import (
+    ImageRecord,
+    Shard,
+    average_precision,
+    discrete_roc,
+    ellipse_rect_intersection,
+    ellipse_rect_iou,
+    match_image,
+    summarise,
+    tpr_at_fp,
+)
 from veil.evaluation.metrics import fp_budget
 
 
@@ -65,8 +74,9 @@ def test_random_boxes_and_ellipses_agree_with_brute_force_rasterisation():
     rng = np.random.default_rng(7)
     for _ in range(15):
         ra = rng.uniform(10, 60)
-        e = np.array([ra, ra * rng.uniform(0.4, 1.0), rng.uniform(-math.pi, math.pi), rng.uniform(60, 140),
-                      rng.uniform(60, 140)])
+        e = np.array(
+            [ra, ra * rng.uniform(0.4, 1.0), rng.uniform(-math.pi, math.pi), rng.uniform(60, 140), rng.uniform(60, 140)]
+        )
         xs, ys = np.sort(rng.uniform(30, 170, 2)), np.sort(rng.uniform(30, 170, 2))
         box = np.array([xs[0], ys[0], xs[1], ys[1]])
         exact = ellipse_rect_intersection(box[None], e[None])[0, 0]
@@ -146,8 +156,14 @@ def test_tpr_at_fp_budget_and_scaling():
 
 def _record(index, fold, faces, dets):
     dets = np.asarray(dets, dtype=np.float64).reshape(-1, 5)
-    return ImageRecord(index=index, fold=fold, name=f"img{index}", faces=len(faces), detections=dets,
-                       tp=match_image(dets, np.asarray(faces)))
+    return ImageRecord(
+        index=index,
+        fold=fold,
+        name=f"img{index}",
+        faces=len(faces),
+        detections=dets,
+        tp=match_image(dets, np.asarray(faces)),
+    )
 
 
 def test_summary_per_fold_ap_map_and_counts_from_synthetic_ground_truth():
@@ -160,8 +176,10 @@ def test_summary_per_fold_ap_map_and_counts_from_synthetic_ground_truth():
         # fold 3: two faces, one never found → AP ½
         _record(3, 3, [face_a, face_b], [HIT_A + [0.95]]),
     ]
-    counts = {k: {"annotated_images": 5, "annotated_faces": 9, "present": p, "missing": 5 - p}
-              for k, p in ((1, 1), (2, 2), (3, 1), (4, 0))}
+    counts = {
+        k: {"annotated_images": 5, "annotated_faces": 9, "present": p, "missing": 5 - p}
+        for k, p in ((1, 1), (2, 2), (3, 1), (4, 0))
+    }
     res = summarise(records[::-1], counts, {"mode": "clean"}, skipped=[])
     assert res.folds_present == [1, 2, 3]
     assert res.folds[1].ap == 1.0
@@ -190,7 +208,7 @@ def test_shard_parse_select_and_errors(monkeypatch):
     assert Shard.parse("1/3") == Shard(1, 3)
     items = list(range(10))
     parts = [Shard(i, 3).select(items) for i in range(3)]
-    assert sorted(sum(parts, [])) == items and parts[0] == [0, 3, 6, 9]
+    assert sorted(x for p in parts for x in p) == items and parts[0] == [0, 3, 6, 9]
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
     assert Shard.parse("auto/4") == Shard(2, 4)
     monkeypatch.delenv("JOB_COMPLETION_INDEX")

@@ -28,11 +28,30 @@ CURRENT = ("1.30.0", "1.37.0")
 VARIANTS = {
     "batch-raw": ("batch", {}),
     "batch-protopia": ("batch", {"alpha": 0.8, "noisy": True, "gpus": 1}),
-    "batch-indexed": ("batch", {"alpha": 0.05, "noisy": True, "shards": 8, "parallelism": 4, "gpus": 2,
-                                "cpu": "4", "memory": "16Gi", "storage_class": "ontap-flexgroup"}),
+    "batch-indexed": (
+        "batch",
+        {
+            "alpha": 0.05,
+            "noisy": True,
+            "shards": 8,
+            "parallelism": 4,
+            "gpus": 2,
+            "cpu": "4",
+            "memory": "16Gi",
+            "storage_class": "ontap-flexgroup",
+        },
+    ),
     "triton": ("triton", {}),
-    "triton-veil-gpu": ("triton", {"triton_server": "veil", "gpus": 1, "service_type": "NodePort",
-                                   "create_pvc": False, "create_namespace": False}),
+    "triton-veil-gpu": (
+        "triton",
+        {
+            "triton_server": "veil",
+            "gpus": 1,
+            "service_type": "NodePort",
+            "create_pvc": False,
+            "create_namespace": False,
+        },
+    ),
     "jupyter": ("jupyter", {"triton_url": "http://veil-triton:8000", "gpus": 1, "namespace": "team1"}),
 }
 
@@ -68,9 +87,11 @@ def test_manifests_validate_against_current_schemas(variant, version):
 def test_manifests_validate_against_kubernetes_1_21(tmp_path):
     """The reference design's release. Its schemas ship only with kubernetes-validate ≤ 1.28, kept apart."""
     if not (LEGACY_VALIDATOR / "kubernetes_validate").is_dir():
-        pytest.skip(f"kubernetes-validate 1.28.0 (schemas for 1.21) is not installed at {LEGACY_VALIDATOR}: "
-                    "pip install --no-deps --target build/kubernetes-validate-1.28 kubernetes-validate==1.28.0 "
-                    "'setuptools<81'")
+        pytest.skip(
+            f"kubernetes-validate 1.28.0 (schemas for 1.21) is not installed at {LEGACY_VALIDATOR}: "
+            "pip install --no-deps --target build/kubernetes-validate-1.28 kubernetes-validate==1.28.0 "
+            "'setuptools<81'"
+        )
     docs = [d for variant in sorted(RENDERED) for d in RENDERED[variant]]
     broken = json.loads(json.dumps(RENDERED["batch-raw"][-1]))
     broken["spec"]["template"]["spec"]["containers"][0]["volumeMountz"] = []  # must be caught (strict)
@@ -86,10 +107,12 @@ def test_manifests_validate_against_kubernetes_1_21(tmp_path):
         "        out.append([kv.validate(d, '1.21.0', strict=True), None])\n"
         "    except kv.ValidationError as e:\n"
         "        out.append([None, e.message])\n"
-        "print(json.dumps({'file': kv.__file__, 'results': out}))\n")
+        "print(json.dumps({'file': kv.__file__, 'results': out}))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(LEGACY_VALIDATOR)}
-    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert report["file"].startswith(str(LEGACY_VALIDATOR)), "the venv's validator was used, not 1.28.0"
@@ -111,8 +134,11 @@ def test_validator_rejects_a_broken_manifest():
 def test_batch_jobs_follow_the_reference_design():
     raw = _only(RENDERED["batch-raw"], "Job")
     noisy = _only(RENDERED["batch-protopia"], "Job")
-    assert _kinds(RENDERED["batch-raw"]) == ["Namespace/inference", "PersistentVolumeClaim/inference-data",
-                                             "Job/netapp-inference-raw"]
+    assert _kinds(RENDERED["batch-raw"]) == [
+        "Namespace/inference",
+        "PersistentVolumeClaim/inference-data",
+        "Job/netapp-inference-raw",
+    ]
     assert noisy["metadata"]["name"] == "netapp-inference-protopia-0.8"
     for job in (raw, noisy):
         assert job["metadata"]["namespace"] == "inference"
@@ -128,8 +154,10 @@ def test_batch_jobs_follow_the_reference_design():
     c_raw = raw["spec"]["template"]["spec"]["containers"][0]
     c_noisy = noisy["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in c_raw["resources"]["limits"], "no GPU unless asked"
-    assert c_raw["resources"] == {"requests": {"cpu": k8s.DEFAULT_CPU, "memory": k8s.DEFAULT_MEMORY},
-                                  "limits": {"cpu": k8s.DEFAULT_CPU, "memory": k8s.DEFAULT_MEMORY}}
+    assert c_raw["resources"] == {
+        "requests": {"cpu": k8s.DEFAULT_CPU, "memory": k8s.DEFAULT_MEMORY},
+        "limits": {"cpu": k8s.DEFAULT_CPU, "memory": k8s.DEFAULT_MEMORY},
+    }
     assert c_noisy["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"]: e.get("value") for e in c_noisy["env"]}
     assert env["ALPHA"] == "0.8" and "ALPHA" not in {e["name"] for e in c_raw["env"]}
@@ -145,20 +173,29 @@ def test_indexed_job_for_shards():
     assert args[args.index("--shard") + 1] == "auto/8"
     assert args[args.index("--out-partial") + 1] == "/data/results/netapp-inference-protopia-0-05"
     res = spec["template"]["spec"]["containers"][0]["resources"]
-    assert res == {"requests": {"cpu": "4", "memory": "16Gi"},
-                   "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 2}}
+    assert res == {
+        "requests": {"cpu": "4", "memory": "16Gi"},
+        "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 2},
+    }
     assert _only(RENDERED["batch-indexed"], "PersistentVolumeClaim")["spec"]["storageClassName"] == "ontap-flexgroup"
     merge = _only(RENDERED["batch-merge"], "Job")
     assert merge["metadata"]["name"] == "netapp-inference-raw-merge"
     assert merge["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [
-        "merge-results", "/data/results/netapp-inference-raw"]
+        "merge-results",
+        "/data/results/netapp-inference-raw",
+    ]
 
 
 def test_triton_deployment_serves_a_repository_on_a_volume():
     docs = RENDERED["triton"]
-    assert _kinds(docs) == ["Namespace/inference", "PersistentVolumeClaim/inference-data",
-                            "PersistentVolumeClaim/veil-model-repo", "Deployment/veil-triton", "Service/veil-triton",
-                            "NetworkPolicy/veil-triton"]
+    assert _kinds(docs) == [
+        "Namespace/inference",
+        "PersistentVolumeClaim/inference-data",
+        "PersistentVolumeClaim/veil-model-repo",
+        "Deployment/veil-triton",
+        "Service/veil-triton",
+        "NetworkPolicy/veil-triton",
+    ]
     pod = _only(docs, "Deployment")["spec"]["template"]["spec"]
     init, server = pod["initContainers"][0], pod["containers"][0]
     assert init["args"][:3] == ["export-triton", "--out", "/models"]
@@ -231,17 +268,20 @@ def test_every_container_runs_a_real_veil_command():
     assert seen == {"evaluate", "merge-results", "export-triton", "serve"}
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"noisy": True}, "--noisy needs --alpha"),
-    ({"alpha": 0.8}, "add --noisy"),
-    ({"alpha": 1.0, "noisy": True}, "--alpha must be in"),
-    ({"namespace": "Inference_1"}, "not a valid Kubernetes name"),
-    ({"pvc_size": "50 GB"}, "not a Kubernetes quantity"),
-    ({"image": "veil:latest"}, "explicit tag"),
-    ({"image": "registry.example/veil"}, "explicit tag"),
-    ({"triton_image": "nvcr.io/nvidia/tritonserver:latest"}, "--triton-image"),
-    ({"shards": 0}, "--shards must be"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"noisy": True}, "--noisy needs --alpha"),
+        ({"alpha": 0.8}, "add --noisy"),
+        ({"alpha": 1.0, "noisy": True}, "--alpha must be in"),
+        ({"namespace": "Inference_1"}, "not a valid Kubernetes name"),
+        ({"pvc_size": "50 GB"}, "not a Kubernetes quantity"),
+        ({"image": "veil:latest"}, "explicit tag"),
+        ({"image": "registry.example/veil"}, "explicit tag"),
+        ({"triton_image": "nvcr.io/nvidia/tritonserver:latest"}, "--triton-image"),
+        ({"shards": 0}, "--shards must be"),
+    ],
+)
 def test_bad_options_are_refused_with_the_reason(bad, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         k8s.render_scenario("batch", k8s.Options(**bad))
@@ -249,8 +289,25 @@ def test_bad_options_are_refused_with_the_reason(bad, message):
 
 def test_cli_render_writes_yaml_and_validates(tmp_path, capsys):
     out = tmp_path / "job.yaml"
-    rc = main(["k8s", "render", "--scenario", "batch", "--alpha", "0.4", "--noisy", "--gpus", "1",
-               "--shards", "3", "--out", str(out), "--validate", "1.37.0"])
+    rc = main(
+        [
+            "k8s",
+            "render",
+            "--scenario",
+            "batch",
+            "--alpha",
+            "0.4",
+            "--noisy",
+            "--gpus",
+            "1",
+            "--shards",
+            "3",
+            "--out",
+            str(out),
+            "--validate",
+            "1.37.0",
+        ]
+    )
     assert rc == 0
     docs = list(yaml.safe_load_all(out.read_text()))
     assert _kinds(docs)[-1] == "Job/netapp-inference-protopia-0-4"
@@ -325,7 +382,7 @@ def test_indexed_job_merged_equals_single_job(fddb_dir, weights_path, tmp_path, 
     if (fddb_dir / "available_images.tsv").exists() is False:
         pytest.skip("available_images.tsv is absent")
     ds = _mini_fddb(fddb_dir, tmp_path)
-    base = dict(dataset=str(ds), weights=str(weights_path), results_dir=str(tmp_path / "results"))
+    base = {"dataset": str(ds), "weights": str(weights_path), "results_dir": str(tmp_path / "results")}
     single = _only(k8s.render_scenario("batch", k8s.Options(**base, run_id="single")), "Job")
     sharded_opts = k8s.Options(**base, shards=3)
     sharded = _only(k8s.render_scenario("batch", sharded_opts), "Job")
@@ -335,20 +392,29 @@ def test_indexed_job_merged_equals_single_job(fddb_dir, weights_path, tmp_path, 
     merge_yaml = tmp_path / "merge.yaml"
     merge_yaml.write_text(k8s.to_yaml([merge]))
     # The merge pod through `veil k8s run-local`: a separate process, as in a container.
-    proc = subprocess.run([sys.executable, "-m", "veil", "k8s", "run-local", str(merge_yaml)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "veil", "k8s", "run-local", str(merge_yaml)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged_log = proc.stdout
     assert merged_log.startswith("$ veil merge-results ")
     _run_pods(single, monkeypatch)
     single_log = capsys.readouterr().out
     assert "FDDB-fold-1" in single_log and "mAP" in single_log, "the pod's log holds the per-fold table"
-    fold_lines = lambda log: [ln for ln in log.splitlines() if ln.startswith("FDDB-fold-") or "mAP" in ln]
+
+    def fold_lines(log):
+        return [ln for ln in log.splitlines() if ln.startswith("FDDB-fold-") or "mAP" in ln]
+
     assert fold_lines(merged_log) == fold_lines(single_log)
     one = json.loads((tmp_path / "results" / "single.json").read_text())
     many = json.loads((tmp_path / "results" / "netapp-inference-raw.json").read_text())
     assert sorted(p.name for p in (tmp_path / "results" / "netapp-inference-raw").iterdir()) == [
-        f"fddb-partial-{i:04d}-of-0003.json" for i in range(3)]
+        f"fddb-partial-{i:04d}-of-0003.json" for i in range(3)
+    ]
     for key in ("wall_s", "images_per_s", "shards"):
         one.pop(key, None), many.pop(key, None)
     assert one == many and one["images"] == 4
@@ -362,7 +428,9 @@ def test_cli_run_local_dry_run_and_failure(tmp_path, capsys):
     out = capsys.readouterr()
     assert out.out.splitlines() == [
         f"$ JOB_COMPLETION_INDEX={i} veil evaluate --dataset /data/fddb --shard auto/2 --out-partial "
-        f"{tmp_path}/results/netapp-inference-raw" for i in range(2)]
+        f"{tmp_path}/results/netapp-inference-raw"
+        for i in range(2)
+    ]
     assert "skipped Namespace/inference" in out.err
     # A pod that fails (nothing to merge) stops the run with the Job's name.
     path.write_text(k8s.to_yaml(k8s.render_scenario("batch", sharded, part="merge")))
@@ -379,13 +447,23 @@ from veil.deploy.podsecurity import hardening_violations, restricted_violations 
 
 SHA = "ab" * 32
 HARDENED = {
-    "batch-keyed": k8s.render_scenario("batch", k8s.Options(alpha=0.8, noisy=True, noise_sha256=SHA,
-                                                            noise_key_secret="veil-noise-key")),
-    "triton-metrics": k8s.render_scenario("triton", k8s.Options(expose_metrics=True, client_namespace="clients",
-                                                                triton_image="nvcr.io/nvidia/tritonserver@sha256:"
-                                                                + "0" * 64)),
-    "jupyter-keyed": k8s.render_scenario("jupyter", k8s.Options(noise_sha256=SHA, noise_key_secret="veil-noise-key",
-                                                                image="registry.example/veil@sha256:" + "1" * 64)),
+    "batch-keyed": k8s.render_scenario(
+        "batch", k8s.Options(alpha=0.8, noisy=True, noise_sha256=SHA, noise_key_secret="veil-noise-key")
+    ),
+    "triton-metrics": k8s.render_scenario(
+        "triton",
+        k8s.Options(
+            expose_metrics=True,
+            client_namespace="clients",
+            triton_image="nvcr.io/nvidia/tritonserver@sha256:" + "0" * 64,
+        ),
+    ),
+    "jupyter-keyed": k8s.render_scenario(
+        "jupyter",
+        k8s.Options(
+            noise_sha256=SHA, noise_key_secret="veil-noise-key", image="registry.example/veil@sha256:" + "1" * 64
+        ),
+    ),
 }
 
 
@@ -406,21 +484,28 @@ def test_hardened_variants_validate_against_current_schemas(variant, version):
     k8s.validate(HARDENED[variant], version, strict=True)
 
 
-@pytest.mark.parametrize("breach, rule", [
-    (lambda c, p: c["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation"),
-    (lambda c, p: c["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "drop must include ALL"),
-    (lambda c, p: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "capabilities.add"),
-    (lambda c, p: (c["securityContext"].pop("runAsNonRoot"), p["securityContext"].pop("runAsNonRoot")),
-     "runAsNonRoot"),
-    (lambda c, p: c["securityContext"].update(runAsUser=0), "runAsUser is 0"),
-    (lambda c, p: (c["securityContext"].pop("seccompProfile"), p["securityContext"].pop("seccompProfile")),
-     "seccompProfile"),
-    (lambda c, p: c["securityContext"].update(seccompProfile={"type": "Unconfined"}), "Unconfined"),
-    (lambda c, p: c["securityContext"].update(privileged=True), "privileged"),
-    (lambda c, p: p.update(hostNetwork=True), "hostNetwork"),
-    (lambda c, p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "hostPath"),
-    (lambda c, p: c.setdefault("ports", []).append({"containerPort": 80, "hostPort": 80}), "hostPort"),
-])
+@pytest.mark.parametrize(
+    "breach, rule",
+    [
+        (lambda c, p: c["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation"),
+        (lambda c, p: c["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "drop must include ALL"),
+        (lambda c, p: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "capabilities.add"),
+        (
+            lambda c, p: (c["securityContext"].pop("runAsNonRoot"), p["securityContext"].pop("runAsNonRoot")),
+            "runAsNonRoot",
+        ),
+        (lambda c, p: c["securityContext"].update(runAsUser=0), "runAsUser is 0"),
+        (
+            lambda c, p: (c["securityContext"].pop("seccompProfile"), p["securityContext"].pop("seccompProfile")),
+            "seccompProfile",
+        ),
+        (lambda c, p: c["securityContext"].update(seccompProfile={"type": "Unconfined"}), "Unconfined"),
+        (lambda c, p: c["securityContext"].update(privileged=True), "privileged"),
+        (lambda c, p: p.update(hostNetwork=True), "hostNetwork"),
+        (lambda c, p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "hostPath"),
+        (lambda c, p: c.setdefault("ports", []).append({"containerPort": 80, "hostPort": 80}), "hostPort"),
+    ],
+)
 def test_the_restricted_checker_catches_each_rule(breach, rule):
     """The checker is not vacuous: each documented rule, broken once, is reported."""
     job = json.loads(json.dumps(_only(RENDERED["batch-raw"], "Job")))
@@ -461,8 +546,10 @@ def test_stock_tritonserver_runs_locked_down():
 
 
 def test_network_policy_admits_only_the_client_namespace_to_triton():
-    for variant, ns, ports in (("triton", "inference", {8000, 8001}), ("triton-metrics", "clients",
-                                                                          {8000, 8001, 8002})):
+    for variant, ns, ports in (
+        ("triton", "inference", {8000, 8001}),
+        ("triton-metrics", "clients", {8000, 8001, 8002}),
+    ):
         docs = {**RENDERED, **HARDENED}[variant]
         pol = _only(docs, "NetworkPolicy")["spec"]
         assert pol["policyTypes"] == ["Ingress"]
@@ -485,15 +572,18 @@ def test_images_can_be_pinned_by_digest():
 def test_noise_sha256_and_key_secret_reach_trust_zone_pods_only():
     for variant in ("batch-keyed", "jupyter-keyed"):
         docs = HARDENED[variant]
-        pod = [d for d in docs if d["kind"] in ("Job", "Deployment")][0]["spec"]["template"]["spec"]
+        pod = next(d for d in docs if d["kind"] in ("Job", "Deployment"))["spec"]["template"]["spec"]
         c = pod["containers"][0]
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["VEIL_NOISE_SHA256"] == SHA
         assert env["VEIL_NOISE_KEY_FILE"] == k8s.NOISE_KEY_FILE
         vol = {v["name"]: v for v in pod["volumes"]}["noise-key"]
-        assert vol["secret"] == {"secretName": "veil-noise-key", "defaultMode": 0o400,
-                                 "items": [{"key": "key", "path": "key"}]}
-        mount = [m for m in c["volumeMounts"] if m["name"] == "noise-key"][0]
+        assert vol["secret"] == {
+            "secretName": "veil-noise-key",
+            "defaultMode": 0o400,
+            "items": [{"key": "key", "path": "key"}],
+        }
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "noise-key")
         assert mount["readOnly"] is True and k8s.NOISE_KEY_FILE.startswith(mount["mountPath"] + "/")
         assert "veil-noise-key" not in json.dumps(c["env"]), "the key is mounted, never put into the env"
     triton = k8s.render_scenario("triton", k8s.Options(noise_sha256=SHA, noise_key_secret="veil-noise-key"))
@@ -507,8 +597,26 @@ def test_cli_render_pins_noise_and_warns_on_exposure(tmp_path, capsys):
     out = tmp_path / "t.yaml"
     assert main(["k8s", "render", "--scenario", "triton", "--service-type", "LoadBalancer", "--out", str(out)]) == 0
     assert "warning: --service-type LoadBalancer exposes Triton" in capsys.readouterr().err
-    assert main(["k8s", "render", "--scenario", "batch", "--noisy", "--alpha", "0.8", "--noise-sha256", SHA,
-                 "--noise-key-secret", "k", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "k8s",
+                "render",
+                "--scenario",
+                "batch",
+                "--noisy",
+                "--alpha",
+                "0.8",
+                "--noise-sha256",
+                SHA,
+                "--noise-key-secret",
+                "k",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "warning" not in capsys.readouterr().err
     job = list(yaml.safe_load_all(out.read_text()))[-1]
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}

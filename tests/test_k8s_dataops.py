@@ -26,11 +26,13 @@ TOOLKIT_DIR = Path(os.environ.get("VEIL_DATAOPS_SRC", ROOT / "build" / "netapp-d
 def _toolkit_package() -> Path:
     spec = importlib.util.find_spec("netapp_dataops")
     if spec and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
+        return Path(next(iter(spec.submodule_search_locations)))
     if (TOOLKIT_DIR / "netapp_dataops" / "k8s" / "__init__.py").is_file():
         return TOOLKIT_DIR / "netapp_dataops"
-    pytest.skip(f"netapp-dataops-k8s is not installed (nor unpacked at {TOOLKIT_DIR}): pip install --no-deps "
-                "--target build/netapp-dataops-k8s netapp-dataops-k8s==3.1.0")
+    pytest.skip(
+        f"netapp-dataops-k8s is not installed (nor unpacked at {TOOLKIT_DIR}): pip install --no-deps "
+        "--target build/netapp-dataops-k8s netapp-dataops-k8s==3.1.0"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +49,20 @@ def toolkit_cli_options() -> dict[str, set[str]]:
     for node in ast.walk(tree):
         if not isinstance(node, ast.Try):
             continue
-        calls = [c for s in node.body for c in ast.walk(s) if isinstance(c, ast.Call)
-                 and isinstance(c.func, ast.Attribute) and c.func.attr == "getopt"]
-        helps = [k.value.id for h in node.handlers for c in ast.walk(h) if isinstance(c, ast.Call)
-                 for k in c.keywords if k.arg == "helpText" and isinstance(k.value, ast.Name)]
+        calls = [
+            c
+            for s in node.body
+            for c in ast.walk(s)
+            if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "getopt"
+        ]
+        helps = [
+            k.value.id
+            for h in node.handlers
+            for c in ast.walk(h)
+            if isinstance(c, ast.Call)
+            for k in c.keywords
+            if k.arg == "helpText" and isinstance(k.value, ast.Name)
+        ]
         if calls and helps:
             longs = ast.literal_eval(calls[0].args[2])
             out[helps[0]] = {"--" + o.rstrip("=") for o in longs}
@@ -66,14 +78,27 @@ def _params(fn: ast.FunctionDef) -> tuple[set[str], set[str]]:
 
 CALLS = {
     "volume": dataops.volume_call("inference-data", "50Gi", "inference", "ontap-flexgroup"),
-    "workspace": dataops.workspace_call("veil", "10Gi", "inference", "veil:0.1.0", "inference-data",
-                                        storage_class="ontap-flexgroup", gpus=1, cpu="2", memory="8Gi",
-                                        load_balancer=True),
-    "triton": dataops.triton_call("veil", "veil-model-repo", "inference", gpus=1, cpu="2", memory="8Gi",
-                                  load_balancer=True),
+    "workspace": dataops.workspace_call(
+        "veil",
+        "10Gi",
+        "inference",
+        "veil:0.1.0",
+        "inference-data",
+        storage_class="ontap-flexgroup",
+        gpus=1,
+        cpu="2",
+        memory="8Gi",
+        load_balancer=True,
+    ),
+    "triton": dataops.triton_call(
+        "veil", "veil-model-repo", "inference", gpus=1, cpu="2", memory="8Gi", load_balancer=True
+    ),
 }
-HELP = {"create_volume": "helpTextCreateVolume", "create_jupyter_lab": "helpTextCreateJupyterLab",
-        "create_triton_server": "helpTextDeployTritonServer"}
+HELP = {
+    "create_volume": "helpTextCreateVolume",
+    "create_jupyter_lab": "helpTextCreateJupyterLab",
+    "create_triton_server": "helpTextDeployTritonServer",
+}
 
 
 def test_reference_volume_command():
@@ -81,8 +106,9 @@ def test_reference_volume_command():
     call = dataops.volume_call("inference-data", "50Gi")
     assert call.function == "create_volume"
     assert call.kwargs == {"pvc_name": "inference-data", "volume_size": "50Gi", "namespace": "inference"}
-    assert call.shell() == ("netapp_dataops_k8s_cli.py create volume --pvc-name=inference-data --size=50Gi "
-                            "--namespace=inference")
+    assert call.shell() == (
+        "netapp_dataops_k8s_cli.py create volume --pvc-name=inference-data --size=50Gi --namespace=inference"
+    )
 
 
 def test_workspace_mounts_the_data_volume():
@@ -139,18 +165,48 @@ def test_cli_without_toolkit_says_how_to_get_it(capsys):
 
 def test_cli_maps_every_provision_flag():
     """Each `veil k8s provision` flag lands in the call (none silently dropped)."""
-    from veil.cli.main import build_parser
     from veil.cli.k8s import dataops_call_from_args
+    from veil.cli.main import build_parser
 
-    args = build_parser().parse_args(["k8s", "provision", "workspace", "--name", "w1", "--size", "5Gi",
-                                      "--namespace", "team1", "--image", "veil:0.1.0-cuda", "--pvc", "d1",
-                                      "--storage-class", "sc", "--gpus", "2", "--cpu", "1", "--memory", "2Gi",
-                                      "--load-balancer"])
+    args = build_parser().parse_args(
+        [
+            "k8s",
+            "provision",
+            "workspace",
+            "--name",
+            "w1",
+            "--size",
+            "5Gi",
+            "--namespace",
+            "team1",
+            "--image",
+            "veil:0.1.0-cuda",
+            "--pvc",
+            "d1",
+            "--storage-class",
+            "sc",
+            "--gpus",
+            "2",
+            "--cpu",
+            "1",
+            "--memory",
+            "2Gi",
+            "--load-balancer",
+        ]
+    )
     call = dataops_call_from_args(args)
-    assert call.kwargs == {"workspace_name": "w1", "workspace_size": "5Gi", "namespace": "team1",
-                           "workspace_image": "veil:0.1.0-cuda", "mount_pvc": "d1:/data", "storage_class": "sc",
-                           "request_nvidia_gpu": "2", "request_cpu": "1", "request_memory": "2Gi",
-                           "load_balancer_service": True}
+    assert call.kwargs == {
+        "workspace_name": "w1",
+        "workspace_size": "5Gi",
+        "namespace": "team1",
+        "workspace_image": "veil:0.1.0-cuda",
+        "mount_pvc": "d1:/data",
+        "storage_class": "sc",
+        "request_nvidia_gpu": "2",
+        "request_cpu": "1",
+        "request_memory": "2Gi",
+        "load_balancer_service": True,
+    }
     sig = inspect.signature(dataops.workspace_call)
     assert set(sig.parameters) >= {"gpus", "cpu", "memory", "load_balancer", "storage_class"}
 

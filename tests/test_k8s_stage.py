@@ -30,8 +30,12 @@ def test_stage_from_a_non_local_filesystem(tmp_path):
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    fs.pipe({"/veil-test/fddb/FDDB-folds/FDDB-fold-01.txt": b"2002/07/19/big/img_381\n",
-             "/veil-test/fddb/originalPics/2002/07/19/big/img_381.jpg": b"\xff\xd8jpeg"})
+    fs.pipe(
+        {
+            "/veil-test/fddb/FDDB-folds/FDDB-fold-01.txt": b"2002/07/19/big/img_381\n",
+            "/veil-test/fddb/originalPics/2002/07/19/big/img_381.jpg": b"\xff\xd8jpeg",
+        }
+    )
     try:
         assert stage("memory://veil-test/fddb", tmp_path / "fddb", progress=False) == (2, 29)
     finally:

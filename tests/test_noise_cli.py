@@ -16,7 +16,6 @@ from veil.cli.main import main
 from veil.obfuscate import Obfuscator, save_obfuscator
 from veil.weights import sha256_file
 
-
 # The fixture's noise is weaker than a real ALPHA 0.8 fit (so detections survive isotropic noise): expected warning.
 pytestmark = pytest.mark.filterwarnings("ignore::veil.obfuscate.artifact.NoiseFileWarning")
 
@@ -35,8 +34,9 @@ def setup(weights_path, fddb_image_paths, tmp_path_factory):
     obf = Obfuscator(128, init_sigma=0.25)
     with torch.no_grad():
         obf.signal_power.fill_(0.7)  # the head's mean channel power on fitting crops (measured: 0.716)
-    noise = save_obfuscator(obf, d / "noise" / "alpha-0.8.safetensors",
-                            {"alpha": 0.8, "weights_sha256": sha256_file(weights_path)})
+    noise = save_obfuscator(
+        obf, d / "noise" / "alpha-0.8.safetensors", {"alpha": 0.8, "weights_sha256": sha256_file(weights_path)}
+    )
     key = d / "client.key"
     rc, out, _ = run_cli("noise-key", "new", key)
     assert rc == 0 and "mode 0600" in out and (key.stat().st_mode & 0o777) == 0o600
@@ -49,8 +49,22 @@ def _no_constants(name: str):
 
 def _detect(s, out: str, *extra) -> tuple[int, str, list]:
     o = s["dir"] / out
-    rc, _, err = run_cli("detect", s["image"], "--out", o, "--weights", s["weights"], "--scale", "1",
-                         "--noisy", "--alpha", "0.8", "--noise-dir", s["noise"].parent, *extra)
+    rc, _, err = run_cli(
+        "detect",
+        s["image"],
+        "--out",
+        o,
+        "--weights",
+        s["weights"],
+        "--scale",
+        "1",
+        "--noisy",
+        "--alpha",
+        "0.8",
+        "--noise-dir",
+        s["noise"].parent,
+        *extra,
+    )
     if rc != 0:
         return rc, err, []
     doc = json.loads((o / f"{Path(s['image']).stem}.json").read_text(), parse_constant=_no_constants)

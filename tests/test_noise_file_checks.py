@@ -7,12 +7,11 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-import numpy as np
 
 from veil import jsonio
 from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, read_metadata, save_obfuscator
@@ -70,14 +69,17 @@ def test_accepted_but_unusual_noise_loads_with_a_warning(tmp_path):
         load_obfuscator(0.8, noise=path)
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"log_sigma": lambda t: t.fill_(-80.0)}, r"log σ = -80.*noise would vanish"),
-    ({"log_sigma": lambda t: t.fill_(100.0)}, r"log σ = 100.*absurdly large"),
-    ({"mu": lambda t: t.fill_(1e30)}, r"μ = 1e\+30, more than 1000 × the recorded activation RMS"),
-    ({"log_sigma": lambda t: t.index_fill_(0, torch.tensor([3]), float("nan"))}, r"non-finite log σ"),
-    ({"signal_power": lambda t: t.fill_(float("inf"))}, r"non-finite signal_power"),
-    ({"log_sigma": lambda t: t.index_fill_(0, torch.tensor([5]), -12.0)}, r"channel 5 would be left almost clean"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"log_sigma": lambda t: t.fill_(-80.0)}, r"log σ = -80.*noise would vanish"),
+        ({"log_sigma": lambda t: t.fill_(100.0)}, r"log σ = 100.*absurdly large"),
+        ({"mu": lambda t: t.fill_(1e30)}, r"μ = 1e\+30, more than 1000 × the recorded activation RMS"),
+        ({"log_sigma": lambda t: t.index_fill_(0, torch.tensor([3]), float("nan"))}, r"non-finite log σ"),
+        ({"signal_power": lambda t: t.fill_(float("inf"))}, r"non-finite signal_power"),
+        ({"log_sigma": lambda t: t.index_fill_(0, torch.tensor([5]), -12.0)}, r"channel 5 would be left almost clean"),
+    ],
+)
 def test_tampered_noise_is_refused_with_the_reason(tmp_path, change, reason):
     path = _tamper(_save(tmp_path, stats=False), **change)
     with pytest.raises(NoiseFileError, match=reason):
@@ -107,8 +109,9 @@ def test_statistics_and_noise_scaled_down_together_are_refused_for_the_reference
     fake = Obfuscator(128, init_sigma=2e-3)
     with torch.no_grad():
         fake.signal_power.fill_(1e-6)  # the same +6 dB, a million times less noise on the real activation
-    path = save_obfuscator(fake, tmp_path / "fake.safetensors",
-                           {**meta, "activation_stats": {"channel_power": [1e-6] * 128}})
+    path = save_obfuscator(
+        fake, tmp_path / "fake.safetensors", {**meta, "activation_stats": {"channel_power": [1e-6] * 128}}
+    )
     with pytest.raises(NoiseFileError, match=r"total activation power of 0.000128, but the reference head's is"):
         load_obfuscator(0.8, noise=path)
 
@@ -122,7 +125,7 @@ def test_signal_statistics_edited_apart_from_the_metadata_are_refused(tmp_path):
 def test_pinned_sha256_mismatch_is_refused_with_both_hashes(tmp_path):
     path = _save(tmp_path)
     good = hashlib.sha256(path.read_bytes()).hexdigest()
-    obf, _ = load_obfuscator(0.8, noise=path, sha256=good.upper())
+    load_obfuscator(0.8, noise=path, sha256=good.upper())  # the pin matches whatever the case
     _tamper(path, mu=lambda t: t + 0.01)  # a small, otherwise plausible edit
     bad = hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(NoiseFileError, match=f"{path}.*SHA-256 {bad}, but {good} is pinned"):
@@ -132,9 +135,15 @@ def test_pinned_sha256_mismatch_is_refused_with_both_hashes(tmp_path):
 
 def test_written_noise_json_is_strict(tmp_path):
     o = _fitted_like(0.8)
-    path = save_obfuscator(o, tmp_path / "n.safetensors",
-                           {"alpha": 0.8, "weights_sha256": REFERENCE_SHA256,
-                            "loss_log": [{"nsr_db": float("inf"), "loss": float("nan")}]})
+    path = save_obfuscator(
+        o,
+        tmp_path / "n.safetensors",
+        {
+            "alpha": 0.8,
+            "weights_sha256": REFERENCE_SHA256,
+            "loss_log": [{"nsr_db": float("inf"), "loss": float("nan")}],
+        },
+    )
     meta = read_metadata(path)
     assert meta["loss_log"] == [{"nsr_db": None, "loss": None}]
     with safe_open(str(path), framework="pt") as f:

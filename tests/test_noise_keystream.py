@@ -11,8 +11,15 @@ import pytest
 import torch
 from scipy import stats
 
-from veil.obfuscate import (NoiseKey, NoiseKeyError, Obfuscator, load_obfuscator, new_key_file, read_key_file,
-                            save_obfuscator)
+from veil.obfuscate import (
+    NoiseKey,
+    NoiseKeyError,
+    Obfuscator,
+    load_obfuscator,
+    new_key_file,
+    read_key_file,
+    save_obfuscator,
+)
 from veil.obfuscate.keystream import Keystream
 from veil.weights import REFERENCE_SHA256
 
@@ -151,13 +158,13 @@ def test_key_files_are_created_private_and_refused_when_not(tmp_path):
     with pytest.raises(NoiseKeyError, match="exists"):
         new_key_file(path)
     os.chmod(path, 0o644)
-    with pytest.raises(NoiseKeyError, match="other users.*0644.*chmod 600"):
+    with pytest.raises(NoiseKeyError, match=r"other users.*0644.*chmod 600"):
         read_key_file(path)
     for name, content in (("empty", b""), ("short", b"ab" * 31), ("blank", b"\n\n")):
         p = tmp_path / name
         p.write_bytes(content)
         os.chmod(p, 0o600)
-        with pytest.raises(NoiseKeyError, match="empty|too short"):
+        with pytest.raises(NoiseKeyError, match=r"empty|too short"):
             read_key_file(p)
     with pytest.raises(NoiseKeyError, match="not found"):
         read_key_file(tmp_path / "missing.key")
@@ -172,7 +179,7 @@ def test_key_files_are_created_private_and_refused_when_not(tmp_path):
 def test_load_obfuscator_takes_the_key_as_bytes_or_file(tmp_path):
     o = _obf()
     with torch.no_grad():
-        o.signal_power.fill_(float(o.noise_variance().mean()) * 10 ** 0.86)  # NSR −8.6 dB: as fitted at 0.5
+        o.signal_power.fill_(float(o.noise_variance().mean()) * 10**0.86)  # NSR −8.6 dB: as fitted at 0.5
     save_obfuscator(o, tmp_path / "alpha-0.5.safetensors", {"alpha": 0.5, "weights_sha256": REFERENCE_SHA256})
     keyfile = tmp_path / "k"
     key = new_key_file(keyfile)

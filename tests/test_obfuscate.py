@@ -11,10 +11,21 @@ import torch
 
 from veil.data.images import ImageCrops, list_images
 from veil.models.faceboxes import SPLIT_POINT
+from veil.obfuscate import (
+    NoiseFileError,
+    Obfuscator,
+    check_alpha,
+    find_noise_file,
+    isotropic_like,
+    load_obfuscator,
+    noise_filename,
+    noise_path,
+    nsr_report,
+    nsr_sums,
+    read_metadata,
+    save_obfuscator,
+)
 from veil.obfuscate.artifact import expected_nsr_db
-from veil.obfuscate import (NoiseFileError, Obfuscator, check_alpha, find_noise_file, isotropic_like,
-                            load_obfuscator, noise_filename, noise_path, nsr_report, nsr_sums, read_metadata,
-                            save_obfuscator)
 from veil.weights import REFERENCE_SHA256
 
 
@@ -61,7 +72,7 @@ def test_laplace_has_unit_variance_and_heavier_tails():
     e = Obfuscator(1, "laplace", seed=0).sample_eps((200_000,), torch.device("cpu"), torch.float32)
     g = Obfuscator(1, "gaussian", seed=0).sample_eps((200_000,), torch.device("cpu"), torch.float32)
     assert abs(float(e.mean())) < 0.02 and abs(float(e.var()) - 1) < 0.03
-    kurt = lambda x: float((x ** 4).mean() / x.var() ** 2)  # noqa: E731
+    kurt = lambda x: float((x**4).mean() / x.var() ** 2)  # noqa: E731
     assert kurt(e) > 5 and abs(kurt(g) - 3) < 0.2  # Laplace kurtosis 6, Gaussian 3
 
 
@@ -89,7 +100,7 @@ def test_nsr_definition_excludes_mu_and_adds_up_over_batches():
     parts = nsr_sums(a[:2], o) + nsr_sums(a[2:], o)
     assert np.allclose(whole, parts)
     rep = nsr_report(whole)
-    expected = 10 * math.log10(float((o.sigma ** 2).sum() * 6 * 9 * 11 / (a ** 2).sum()))
+    expected = 10 * math.log10(float((o.sigma**2).sum() * 6 * 9 * 11 / (a**2).sum()))
     assert rep["nsr_db"] == pytest.approx(expected, abs=1e-3)
     per = 10 * np.log10(whole[0] / whole[1])
     assert rep["channels"]["min"] == pytest.approx(per.min(), abs=1e-3)
@@ -146,9 +157,9 @@ def test_artifact_refuses_other_weights_split_alpha_and_missing(tmp_path):
     good = _save(tmp_path, 0.6)
     with pytest.raises(NoiseFileError, match="split point"):
         load_obfuscator(0.6, noise=good, split_point="other.layer")
-    with pytest.raises(NoiseFileError, match="ALPHA 0.6, not the requested 0.8"):
+    with pytest.raises(NoiseFileError, match=r"ALPHA 0.6, not the requested 0.8"):
         load_obfuscator(0.8, noise=good)
-    with pytest.raises(NoiseFileError, match="veil fit-noise --alpha 0.9"):
+    with pytest.raises(NoiseFileError, match=r"veil fit-noise --alpha 0.9"):
         load_obfuscator(0.9, noise_dir=tmp_path)
 
 
@@ -156,8 +167,13 @@ def test_artifact_refuses_other_weights_split_alpha_and_missing(tmp_path):
 def test_alpha_outside_0_1_is_refused_by_every_entry_point(bad, tmp_path):
     from veil.deploy.k8s import Options
 
-    for call in (lambda: check_alpha(bad), lambda: noise_path(bad, tmp_path), lambda: noise_filename(bad),
-                 lambda: load_obfuscator(bad, noise_dir=tmp_path), lambda: find_noise_file(bad, noise_dir=tmp_path)):
+    for call in (
+        lambda: check_alpha(bad),
+        lambda: noise_path(bad, tmp_path),
+        lambda: noise_filename(bad),
+        lambda: load_obfuscator(bad, noise_dir=tmp_path),
+        lambda: find_noise_file(bad, noise_dir=tmp_path),
+    ):
         with pytest.raises(ValueError, match="ALPHA must be"):
             call()
     with pytest.raises(ValueError, match="--alpha must be"):
@@ -187,9 +203,9 @@ def test_noise_lookup_order_user_file_then_shipped_for_the_reference_weights_onl
     if not shipped.is_file():
         pytest.skip(f"{shipped} does not ship in this installation")
     assert find_noise_file(0.8) == shipped  # nothing of the user's: the shipped file
-    with pytest.raises(NoiseFileError, match="no noise fitted for ALPHA 0.8"):
+    with pytest.raises(NoiseFileError, match=r"no noise fitted for ALPHA 0.8"):
         find_noise_file(0.8, weights_sha256="0" * 64)  # shipped noise is for the reference weights only
-    with pytest.raises(NoiseFileError, match="veil fit-noise --alpha 0.8"):
+    with pytest.raises(NoiseFileError, match=r"veil fit-noise --alpha 0.8"):
         find_noise_file(0.8, noise_dir=tmp_path)  # an explicit directory is searched alone
     own = _save(tmp_path, 0.8)
     assert find_noise_file(0.8) == own  # the user's own comes first
@@ -204,7 +220,7 @@ def test_corrupt_or_foreign_files_get_a_clear_error(tmp_path):
     (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     for name in ("trunc.safetensors", "junk.safetensors"):
-        with pytest.raises(NoiseFileError, match="corrupt|not a readable"):
+        with pytest.raises(NoiseFileError, match=r"corrupt|not a readable"):
             load_obfuscator(None, noise=tmp_path / name)
     from safetensors.torch import save_file
 

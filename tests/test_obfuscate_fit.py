@@ -27,8 +27,18 @@ def bank(model, dlib_dir):
 def fits(model, bank):
     """Short fits at three ALPHAs on the same activations, with the weights' state before them."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = {a: fit_noise(model.head, model.tail, None, FitConfig(alpha=a, steps=30, batch_size=2), bank=bank,
-                        progress=False, log_every=1) for a in (0.1, 0.5, 0.9)}
+    out = {
+        a: fit_noise(
+            model.head,
+            model.tail,
+            None,
+            FitConfig(alpha=a, steps=30, batch_size=2),
+            bank=bank,
+            progress=False,
+            log_every=1,
+        )
+        for a in (0.1, 0.5, 0.9)
+    }
     return out, before
 
 

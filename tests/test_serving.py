@@ -68,8 +68,22 @@ def serve(repo, weights_path):
         pytest.skip(f"the bundled tritonserver cannot run here: {why}")
     ports = free_ports(3)  # together: one at a time could return the same port twice
     key_file = repo.parent / "admin.key"
-    cmd = [sys.executable, "-m", "veil", "serve", "--model-repository", str(repo), "--http-port", str(ports[0]),
-           "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--admin-key-file", str(key_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "veil",
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--http-port",
+        str(ports[0]),
+        "--grpc-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--admin-key-file",
+        str(key_file),
+    ]
     for m in SERVED:
         cmd += ["--model", m]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -77,8 +91,15 @@ def serve(repo, weights_path):
     if not line.startswith("ready"):
         proc.kill()
         pytest.fail(f"veil serve did not become ready: {line}{proc.stderr.read()}")
-    info = {"proc": proc, "http": f"127.0.0.1:{ports[0]}", "grpc": f"127.0.0.1:{ports[1]}",
-            "metrics_port": ports[2], "tritonserver": _children(proc.pid), "key_file": key_file, "ready": line}
+    info = {
+        "proc": proc,
+        "http": f"127.0.0.1:{ports[0]}",
+        "grpc": f"127.0.0.1:{ports[1]}",
+        "metrics_port": ports[2],
+        "tritonserver": _children(proc.pid),
+        "key_file": key_file,
+        "ready": line,
+    }
     yield info
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -109,12 +130,15 @@ def test_repository_layout_and_onnx_matches_in_process(repo, detector, images):
             assert 'name: "OUTPUT_0"' in cfg and 'name: "OUTPUT_1"' in cfg
             assert (repo / form / name / "1" / weights_file).is_file()
     # Same tail weights under both names.
-    assert (repo / "onnx" / BASE_MODEL / "1" / "model.onnx").read_bytes() == \
-        (repo / "onnx" / NOISY_MODEL / "1" / "model.onnx").read_bytes()
+    assert (repo / "onnx" / BASE_MODEL / "1" / "model.onnx").read_bytes() == (
+        repo / "onnx" / NOISY_MODEL / "1" / "model.onnx"
+    ).read_bytes()
     # The ONNX model on a real image's activation, in onnxruntime, equals the in-process tail.
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(repo / "onnx" / BASE_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(repo / "onnx" / BASE_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     a, _ = detector.client_side(images[0])
     with torch.inference_mode():
         loc, conf = detector.tail(a)
@@ -130,9 +154,26 @@ def test_export_triton_cli_writes_a_checked_torchscript_repository(tmp_path, wei
     from tritonclient.grpc import model_config_pb2
 
     out = tmp_path / "repo"
-    r = subprocess.run([sys.executable, "-m", "veil", "export-triton", "--out", str(out), "--format", "torchscript",
-                        "--max-batch-size", "2", "--weights", str(weights_path)],
-                       capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "export-triton",
+            "--out",
+            str(out),
+            "--format",
+            "torchscript",
+            "--max-batch-size",
+            "2",
+            "--weights",
+            str(weights_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert f"veil serve --model-repository {out}" in r.stdout
     manifest = json.loads((out / "veil-export.json").read_text())
@@ -143,8 +184,9 @@ def test_export_triton_cli_writes_a_checked_torchscript_repository(tmp_path, wei
     a, _ = detector.client_side(images[0])
     ref_loc, ref_conf = reference_outputs(detector.model, a)
     for name in ALL_MODELS:
-        cfg = text_format.Parse((out / "torchscript" / name / "config.pbtxt").read_text(),
-                                model_config_pb2.ModelConfig())
+        cfg = text_format.Parse(
+            (out / "torchscript" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
         assert cfg.name == name and cfg.backend == "pytorch" and cfg.max_batch_size == 2
         fp16 = name.endswith("_fp16")
         assert cfg.input[0].data_type == (model_config_pb2.TYPE_FP16 if fp16 else model_config_pb2.TYPE_FP32)
@@ -157,8 +199,9 @@ def test_export_triton_cli_writes_a_checked_torchscript_repository(tmp_path, wei
         assert loc.dtype == torch.float32 and np.abs(loc.numpy() - ref_loc).max() <= tol
         assert np.abs(conf.numpy() - ref_conf).max() <= tol
     # Both names hold the same weights.
-    assert (out / "torchscript" / BASE_MODEL / "1" / "model.pt").read_bytes() == \
-        (out / "torchscript" / NOISY_MODEL / "1" / "model.pt").read_bytes()
+    assert (out / "torchscript" / BASE_MODEL / "1" / "model.pt").read_bytes() == (
+        out / "torchscript" / NOISY_MODEL / "1" / "model.pt"
+    ).read_bytes()
 
 
 def test_server_reports_the_configuration_written(serve, repo):
@@ -173,17 +216,21 @@ def test_server_reports_the_configuration_written(serve, repo):
     try:
         for name in SERVED:
             want = model_config(name, "python", name.endswith("_fp16"))
-            got = json_format.ParseDict(client.get_model_config(name), model_config_pb2.ModelConfig(),
-                                        ignore_unknown_fields=True)
+            got = json_format.ParseDict(
+                client.get_model_config(name), model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+            )
             assert got.name == name and got.backend == "python" and got.max_batch_size == want["max_batch_size"]
             for field in ("input", "output"):
-                assert [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in getattr(got, field)] \
-                    == [(t["name"], t["data_type"], t["dims"]) for t in want[field]]
-            assert {k: v.string_value for k, v in got.parameters.items()} == \
-                {e["key"]: e["value"]["string_value"] for e in want["parameters"]}
+                assert [
+                    (t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in getattr(got, field)
+                ] == [(t["name"], t["data_type"], t["dims"]) for t in want[field]]
+            assert {k: v.string_value for k, v in got.parameters.items()} == {
+                e["key"]: e["value"]["string_value"] for e in want["parameters"]
+            }
             assert got.dynamic_batching.max_queue_delay_microseconds == 2000
-            assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in got.instance_group] \
-                == [("KIND_CPU", 1)]
+            assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in got.instance_group] == [
+                ("KIND_CPU", 1)
+            ]
     finally:
         client.close()
 
@@ -245,22 +292,23 @@ def test_fddb_evaluation_through_the_server_equals_in_process(serve, small, fddb
     noisy = Detector(small.model, small.weights_sha256, scale=small.scale, obfuscator=Obfuscator(128, init_sigma=0.3))
     for local, seed in ((small, None), (noisy, 0)):
         ref = evaluate_fddb(local, fddb_dir, shard=shard, seed=seed, progress=False)
-        got = evaluate_fddb(TritonDetector(local, serve["grpc"], "grpc"), fddb_dir, shard=shard, seed=seed,
-                            progress=False)
+        got = evaluate_fddb(
+            TritonDetector(local, serve["grpc"], "grpc"), fddb_dir, shard=shard, seed=seed, progress=False
+        )
         assert got.images == ref.images == 3 and got.faces == ref.faces
         assert abs(got.mAP - ref.mAP) <= 1e-3
 
 
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(serve, small, images):
     a = small.client_side(images[0])[0]
-    with pytest.raises(InferenceError, match="face_detection_nope.*serve.*face_detection_base"):
+    with pytest.raises(InferenceError, match=r"face_detection_nope.*serve.*face_detection_base"):
         TritonDetector(small, serve["http"], "http", model="face_detection_nope").infer_activation(a)
     for protocol in ("http", "grpc"):
         client = TritonDetector(small, serve[protocol], protocol)
         with pytest.raises(InferenceError, match="unexpected shape"):
             client.infer_activation(a[:, :64])
         wrong_dtype = TritonDetector(small, serve[protocol], protocol, model=BASE_MODEL, fp16=True)
-        with pytest.raises(InferenceError, match="(?i)data-?type"):
+        with pytest.raises(InferenceError, match=r"(?i)data-?type"):
             wrong_dtype.infer_activation(a)
         with pytest.raises(InferenceError, match="NaN"):
             client.infer_activation(torch.full_like(a, float("nan")))
@@ -282,23 +330,64 @@ def test_cli_infer_writes_results_and_reports_failures(serve, repo, weights_path
     from veil.obfuscate import Obfuscator, save_obfuscator
 
     noise_dir = tmp_path / "noise"
-    save_obfuscator(Obfuscator(128, init_sigma=0.3), noise_dir / "alpha-0.8.safetensors",
-                    {"alpha": 0.8, "weights_sha256": detector.weights_sha256})
+    save_obfuscator(
+        Obfuscator(128, init_sigma=0.3),
+        noise_dir / "alpha-0.8.safetensors",
+        {"alpha": 0.8, "weights_sha256": detector.weights_sha256},
+    )
     img = str(fddb_image_paths[0])
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "veil", "infer", img, str(tmp_path / "missing.jpg"), "--url", serve["grpc"],
-           "--protocol", "grpc", "--noisy", "--alpha", "0.8", "--noise-dir", str(noise_dir),
-           "--out", str(out), "--weights", str(weights_path), "--scale", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = [
+        sys.executable,
+        "-m",
+        "veil",
+        "infer",
+        img,
+        str(tmp_path / "missing.jpg"),
+        "--url",
+        serve["grpc"],
+        "--protocol",
+        "grpc",
+        "--noisy",
+        "--alpha",
+        "0.8",
+        "--noise-dir",
+        str(noise_dir),
+        "--out",
+        str(out),
+        "--weights",
+        str(weights_path),
+        "--scale",
+        "1",
+    ]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr  # one image missing
     assert (out / f"{Path(img).stem}.json").is_file(), r.stderr
     assert "not processed" in r.stderr and "missing.jpg" in r.stderr
     rec = json.loads((out / f"{Path(img).stem}.json").read_text())
     assert rec["model"] == NOISY_MODEL and rec["sent"]["dtype"] == "float32", r.stderr
     assert rec["noise"]["alpha"] == 0.8 and (out / f"{Path(img).stem}.jpg").is_file()
-    r = subprocess.run([sys.executable, "-m", "veil", "infer", img, "--url", f"127.0.0.1:{free_port()}",
-                        "--retries", "1", "--out", str(out), "--weights", str(weights_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "infer",
+            img,
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--retries",
+            "1",
+            "--out",
+            str(out),
+            "--weights",
+            str(weights_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "no Triton server answered" in r.stderr and "veil serve" in r.stderr
 
 
@@ -327,12 +416,14 @@ def test_server_stopped_mid_batch_then_back(repo, small, fddb_image_paths):
         ref = small.detect(load_image(p))
         assert r.boxes.shape == ref.shape and np.abs(r.boxes[:, 4] - ref[:, 4]).max() <= 1e-4
 
+
 # -- proof that raw pixels never leave the trust zone ---------------------------------------------
+
 
 def _forbidden_chunks(path: Path, image: np.ndarray, prep_tensor: torch.Tensor, clean: torch.Tensor) -> dict:
     """Byte strings that must not appear in the traffic: the file, pixel rows, the network input."""
     jpeg = path.read_bytes()
-    chunks = {f"jpeg@{i}": jpeg[i:i + 32] for i in range(0, len(jpeg) - 32, 256)}
+    chunks = {f"jpeg@{i}": jpeg[i : i + 32] for i in range(0, len(jpeg) - 32, 256)}
     h = image.shape[0]
     for r in range(0, h, max(1, h // 16)):
         chunks[f"pixel row {r}"] = image[r].tobytes()
@@ -450,6 +541,7 @@ def test_json_wire_path_sends_the_activation_as_text_and_gets_the_same_outputs(s
 
 # -- hardening (issue 11): bounds, locked-down APIs, deadlines, honest readiness ---------------------
 
+
 def _http(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> int:
     import urllib.error
     import urllib.request
@@ -470,8 +562,11 @@ def test_activation_size_is_bounded_in_config_and_model(serve, repo, small):
     assert f'key: "max_area" value {{ string_value: "{MAX_ACTIVATION_AREA}" }}' in cfg
     for protocol in ("http", "grpc"):
         client = TritonDetector(small, serve[protocol], protocol, retries=0)
-        for shape in ((1, 128, MAX_ACTIVATION_SIDE + 1, 4), (1, 128, 4, MAX_ACTIVATION_SIDE + 1),
-                      (1, 128, 200, 200)):  # 200×200 is under the side bound, over the area bound
+        for shape in (
+            (1, 128, MAX_ACTIVATION_SIDE + 1, 4),
+            (1, 128, 4, MAX_ACTIVATION_SIDE + 1),
+            (1, 128, 200, 200),
+        ):  # 200×200 is under the side bound, over the area bound
             with pytest.raises(InferenceError, match="over this server's bound"):
                 client.infer_activation(torch.zeros(shape))
         loc, _ = client.infer_activation(torch.zeros(1, 128, 128, 128))  # the largest accepted
@@ -490,12 +585,16 @@ def test_operator_apis_are_restricted_and_metrics_off(serve):
     open_apis = [("GET", "/v2/health/ready"), ("GET", f"/v2/models/{BASE_MODEL}"), ("GET", "/v2")]
     for method, path in open_apis:
         assert _http(http + path, method) == 200, path
-    restricted = [("POST", "/v2/logging", b'{"log_verbose_level": 1}'), ("GET", "/v2/logging", None),
-                  ("POST", "/v2/systemsharedmemory/region/x/register",
-                   b'{"key": "/veil-probe", "offset": 0, "byte_size": 64}'),
-                  ("GET", "/v2/systemsharedmemory/status", None), ("GET", "/v2/models/stats", None),
-                  ("POST", "/v2/repository/index", b"{}"), ("POST", f"/v2/repository/models/{BASE_MODEL}/unload", b"{}"),
-                  ("GET", "/v2/trace/setting", None)]
+    restricted = [
+        ("POST", "/v2/logging", b'{"log_verbose_level": 1}'),
+        ("GET", "/v2/logging", None),
+        ("POST", "/v2/systemsharedmemory/region/x/register", b'{"key": "/veil-probe", "offset": 0, "byte_size": 64}'),
+        ("GET", "/v2/systemsharedmemory/status", None),
+        ("GET", "/v2/models/stats", None),
+        ("POST", "/v2/repository/index", b"{}"),
+        ("POST", f"/v2/repository/models/{BASE_MODEL}/unload", b"{}"),
+        ("GET", "/v2/trace/setting", None),
+    ]
     for method, path, body in restricted:
         assert _http(http + path, method, body) == 403, path
     assert _http(http + "/v2/logging", "GET", headers={"veil-admin-key": "wrong"}) == 403
@@ -503,9 +602,13 @@ def test_operator_apis_are_restricted_and_metrics_off(serve):
     g = grpcclient.InferenceServerClient(serve["grpc"])
     try:
         assert g.is_server_ready()
-        for call in (g.get_log_settings, g.get_inference_statistics, g.get_model_repository_index,
-                     g.get_system_shared_memory_status):
-            with pytest.raises(Exception, match="(?i)restricted|permission|unauth|denied"):
+        for call in (
+            g.get_log_settings,
+            g.get_inference_statistics,
+            g.get_model_repository_index,
+            g.get_system_shared_memory_status,
+        ):
+            with pytest.raises(Exception, match=r"(?i)restricted|permission|unauth|denied"):
                 call()
         assert g.get_log_settings(headers={"triton-grpc-protocol-veil-admin-key": key})  # gRPC prefixes the name
     finally:
@@ -522,9 +625,28 @@ def test_serve_refuses_a_port_in_use_instead_of_claiming_ready(serve, repo):
 
     port = serve["http"].split(":")[1]
     grpc_port, metrics_port = free_ports(2)
-    r = subprocess.run([sys.executable, "-m", "veil", "serve", "--model-repository", str(repo), "--http-port", port,
-                        "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--timeout", "30"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--http-port",
+            port,
+            "--grpc-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics_port),
+            "--timeout",
+            "30",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "ready" not in r.stdout, r.stdout + r.stderr
     assert f"HTTP port {port} on 127.0.0.1 already in use" in r.stderr
     other = TritonServer(repo / "python", http_port=int(port))

@@ -57,9 +57,16 @@ def test_strings_are_escaped_so_protobuf_reads_them_back(text):
 
 
 def test_scalars_lists_and_nested_messages():
-    text = dumps({"max_batch_size": 0, "input": [], "optimization": {"priority": Enum("PRIORITY_MAX")},
-                  "dynamic_batching": {"preserve_ordering": True, "preferred_batch_size": [2, 4]},
-                  "parameters": map_entries({"k": {"string_value": "v"}}), "backend": None})
+    text = dumps(
+        {
+            "max_batch_size": 0,
+            "input": [],
+            "optimization": {"priority": Enum("PRIORITY_MAX")},
+            "dynamic_batching": {"preserve_ordering": True, "preferred_batch_size": [2, 4]},
+            "parameters": map_entries({"k": {"string_value": "v"}}),
+            "backend": None,
+        }
+    )
     assert "input" not in text and "backend" not in text  # empty repeated and None fields are left out
     got = _parsed(text)
     assert got.optimization.priority == model_config_pb2.ModelOptimizationPolicy.PRIORITY_MAX
@@ -71,15 +78,18 @@ def test_scalars_lists_and_nested_messages():
     assert long.count("\n") > 3 and _parsed(long).parameters["p"].string_value == "x" * 120
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    ({"rate": float("nan")}, ValueError, "rate"),
-    ({"rate": float("inf")}, ValueError, "rate"),
-    ({"not a name": 1}, ValueError, "not a field name"),
-    ({"input": [{"name": "a"}, 3]}, TypeError, "input"),
-    ({"dims": [[1, 2]]}, TypeError, "dims"),
-    ({"blob": b"bytes"}, TypeError, "bytes"),
-    ({"outer": {"inner": {1, 2}}}, TypeError, "outer.inner"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ({"rate": float("nan")}, ValueError, "rate"),
+        ({"rate": float("inf")}, ValueError, "rate"),
+        ({"not a name": 1}, ValueError, "not a field name"),
+        ({"input": [{"name": "a"}, 3]}, TypeError, "input"),
+        ({"dims": [[1, 2]]}, TypeError, "dims"),
+        ({"blob": b"bytes"}, TypeError, "bytes"),
+        ({"outer": {"inner": {1, 2}}}, TypeError, "outer.inner"),
+    ],
+)
 def test_values_without_a_text_format_are_refused_with_the_field(bad, error, match):
     with pytest.raises(error, match=match):
         dumps(bad)

@@ -90,7 +90,7 @@ class WriteLock:
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
         self._fd: int | None = None
 
-    def acquire(self) -> "WriteLock":
+    def acquire(self) -> WriteLock:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -100,8 +100,9 @@ class WriteLock:
                 os.close(fd)
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                raise ResultBusyError(f"another run{_holder(self.lock_path)} is writing {self.path}; "
-                                      "wait for it, or write elsewhere") from None
+                raise ResultBusyError(
+                    f"another run{_holder(self.lock_path)} is writing {self.path}; wait for it, or write elsewhere"
+                ) from None
             # The previous holder may have removed the lock file between our open and flock:
             # then we hold a lock on an unlinked file, so start over on the new one.
             try:
@@ -125,7 +126,7 @@ class WriteLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    def __enter__(self) -> "WriteLock":
+    def __enter__(self) -> WriteLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

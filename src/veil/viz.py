@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 
 
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, min_score: float = 0.5,
-               color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+def draw_boxes(
+    image: np.ndarray, boxes: np.ndarray, min_score: float = 0.5, color: tuple[int, int, int] = (0, 255, 0)
+) -> np.ndarray:
     """Return a copy of a BGR image with ``[K,5]`` boxes at or above ``min_score`` drawn and labelled."""
     out = image.copy()
     thick = max(1, round(max(out.shape[:2]) / 400))
@@ -15,8 +16,9 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, min_score: float = 0.5,
         if s < min_score:
             continue
         cv2.rectangle(out, (int(x1), int(y1)), (int(x2), int(y2)), color, thick)
-        cv2.putText(out, f"{s:.2f}", (int(x1), max(int(y1) - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * thick, color, thick)
+        cv2.putText(
+            out, f"{s:.2f}", (int(x1), max(int(y1) - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, color, thick
+        )
     return out
 
 

@@ -18,12 +18,17 @@ from veil.viz import draw_boxes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="detect faces in images and draw the boxes",
-                       description="Detect faces; write IMAGE_NAME.jpg with boxes drawn and "
-                                   "IMAGE_NAME.json with all boxes and scores into --out.")
+    p = sub.add_parser(
+        "detect",
+        help="detect faces in images and draw the boxes",
+        description="Detect faces; write IMAGE_NAME.jpg with boxes drawn and "
+        "IMAGE_NAME.json with all boxes and scores into --out.",
+    )
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)")
+    p.add_argument(
+        "--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)"
+    )
     add_model_args(p)
     add_noise_args(p)
     p.set_defaults(func=run)
@@ -34,24 +39,31 @@ def run(args: argparse.Namespace) -> int:
     check_unique_stems(args.images)
     det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels, backend=args.backend)
     mode: dict = {"mode": "clean"}
+    obfuscator = None
     if args.noisy:
         from veil.obfuscate import nsr_report, nsr_sums
 
         meta, _ = attach_noise(args, det)
-        mode = {"mode": "noisy", "alpha": meta["alpha"], "noise_family": meta["family"], "seed": args.seed,
-                "noise_mode": meta.get("noise_mode", "fresh")}
+        obfuscator = det.obfuscator
+        mode = {
+            "mode": "noisy",
+            "alpha": meta["alpha"],
+            "noise_family": meta["family"],
+            "seed": args.seed,
+            "noise_mode": meta.get("noise_mode", "fresh"),
+        }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in tqdm(args.images, desc="detect", unit="img", disable=len(args.images) < 2):
         try:
             image = load_image(path, max_pixels=args.max_pixels)
-            if args.noisy:
+            if obfuscator is not None:
                 # One head pass: the clean activation gives the NSR, the noise goes on top of it.
                 a, prep = det.client_side(image, obfuscate=False)
-                extra = {**mode, **nsr_report(nsr_sums(a, det.obfuscator))}
+                extra = {**mode, **nsr_report(nsr_sums(a, obfuscator))}
                 with torch.inference_mode():
-                    boxes = det.boxes_from_activation(det.obfuscator(a), prep)
+                    boxes = det.boxes_from_activation(obfuscator(a), prep)
             else:
                 extra = mode
                 boxes = det.detect(image)

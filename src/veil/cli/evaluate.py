@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
 from veil.cli.main import CLIError
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
 from veil.evaluation import EvalResult, Shard, evaluate_fddb, merge_results, write_partial
 from veil.evaluation.merge import partial_filename
 from veil.evaluation.runner import SHARD_INDEX_ENV, cores
@@ -31,31 +32,48 @@ TPR at 1000 false positives scaled to the images evaluated (1000 x n/2845).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="FDDB accuracy: per-fold AP, mAP and TPR@1000FP",
-                       description="Evaluate the face detector on the FDDB images present under --dataset "
-                                   "(official layout: FDDB-folds/ and originalPics/), clean or with the "
-                                   "learned obfuscation (--noisy --alpha A).",
-                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, metavar="DIR",
-                   help="FDDB root holding FDDB-folds/ and originalPics/")
+    p = sub.add_parser(
+        "evaluate",
+        help="FDDB accuracy: per-fold AP, mAP and TPR@1000FP",
+        description="Evaluate the face detector on the FDDB images present under --dataset "
+        "(official layout: FDDB-folds/ and originalPics/), clean or with the "
+        "learned obfuscation (--noisy --alpha A).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, metavar="DIR", help="FDDB root holding FDDB-folds/ and originalPics/")
     add_model_args(p)
     p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="processes to run, each with cores/N torch threads (0: one per core; default: %(default)s)")
-    p.add_argument("--shard", metavar="i/N",
-                   help=f"evaluate only shard i of N (0-based; 'auto/N' takes i from ${SHARD_INDEX_ENV}, "
-                        "as a Kubernetes Indexed Job sets it); combine with `veil merge-results`")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes to run, each with cores/N torch threads (0: one per core; default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="i/N",
+        help=f"evaluate only shard i of N (0-based; 'auto/N' takes i from ${SHARD_INDEX_ENV}, "
+        "as a Kubernetes Indexed Job sets it); combine with `veil merge-results`",
+    )
     p.add_argument("--roc", metavar="PNG", help="draw the discrete ROC with the 1000-FP operating point here")
-    p.add_argument("--out-partial", metavar="DIR",
-                   help="write this run's partial result (per-image detections, counts, NSR sums) into DIR")
+    p.add_argument(
+        "--out-partial",
+        metavar="DIR",
+        help="write this run's partial result (per-image detections, counts, NSR sums) into DIR",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_noise_args(p)
     p.set_defaults(func=run)
 
-    m = sub.add_parser("merge-results", help="combine shard partial results into one FDDB report",
-                       description="Merge the partial results written by `veil evaluate --shard i/N "
-                                   "--out-partial DIR` into exactly the table and JSON of a single run. "
-                                   "Refuses incomplete sets and shards run with different settings.")
+    m = sub.add_parser(
+        "merge-results",
+        help="combine shard partial results into one FDDB report",
+        description="Merge the partial results written by `veil evaluate --shard i/N "
+        "--out-partial DIR` into exactly the table and JSON of a single run. "
+        "Refuses incomplete sets and shards run with different settings.",
+    )
     m.add_argument("dir", metavar="DIR", help="directory holding fddb-partial-*-of-*.json")
     m.add_argument("--json", metavar="OUT", help="write the merged result as JSON here")
     m.add_argument("--roc", metavar="PNG", help="draw the discrete ROC with the 1000-FP operating point here")
@@ -67,9 +85,14 @@ def _noisy_setup(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
     from veil.weights import sha256_file
 
     meta, path = attach_noise(args, detector)
-    return {"mode": "noisy", "alpha": float(meta["alpha"]), "noise_family": meta.get("family"),
-            "noise_sha256": sha256_file(path), "noise_mode": meta.get("noise_mode", "fresh"),
-            "seed": args.seed}
+    return {
+        "mode": "noisy",
+        "alpha": float(meta["alpha"]),
+        "noise_family": meta.get("family"),
+        "noise_sha256": sha256_file(path),
+        "noise_mode": meta.get("noise_mode", "fresh"),
+        "seed": args.seed,
+    }
 
 
 def _emit(result: EvalResult, json_path: str | None, roc_path: str | None) -> None:
@@ -90,6 +113,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     Why: as PID 1 in a container, a process without a handler ignores SIGTERM, so Kubernetes
     would wait out the grace period and then SIGKILL it mid-write.
     """
+
     def on_term(_signum, _frame):
         raise KeyboardInterrupt
 
@@ -127,18 +151,32 @@ def _run(args: argparse.Namespace) -> int:
         outputs.append(Path(args.out_partial) / partial_filename(index, count))
     with ExitStack() as stack:
         _claim(stack, outputs)
-        detector = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels,
-                                         backend=args.backend)
+        detector = Detector.from_weights(
+            args.weights, scale=args.scale, max_pixels=args.max_pixels, backend=args.backend
+        )
         settings = _noisy_setup(args, detector) if args.noisy else {"mode": "clean"}
-        result = evaluate_fddb(detector, dataset, workers=workers, shard=shard, progress=not args.no_progress,
-                               nsr=args.noisy, seed=args.seed, settings=settings)
+        result = evaluate_fddb(
+            detector,
+            dataset,
+            workers=workers,
+            shard=shard,
+            progress=not args.no_progress,
+            nsr=args.noisy,
+            seed=args.seed,
+            settings=settings,
+        )
         if shard is not None:
-            print(f"shard {shard}: {result.images} of the images present (a partial result; "
-                  "combine all shards with `veil merge-results`)")
+            print(
+                f"shard {shard}: {result.images} of the images present (a partial result; "
+                "combine all shards with `veil merge-results`)"
+            )
         _emit(result, args.json, args.roc)
-        print(f"{result.images} images in {result.wall_s:.1f} s "
-              f"({result.images / max(result.wall_s, 1e-9):.2f} images/s, "
-              f"{workers} worker{'s' if workers > 1 else ''})", file=sys.stderr)
+        print(
+            f"{result.images} images in {result.wall_s:.1f} s "
+            f"({result.images / max(result.wall_s, 1e-9):.2f} images/s, "
+            f"{workers} worker{'s' if workers > 1 else ''})",
+            file=sys.stderr,
+        )
         if args.out_partial:
             print(f"wrote partial result {write_partial(result, args.out_partial)}")
     return 0

@@ -15,7 +15,8 @@ from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--weights``, ``--scale`` and ``--max-pixels``."""
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
+    p.add_argument("--weights",
+                   help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
     p.add_argument("--scale", type=float, default=FDDB_SCALE,
                    help="resize factor before the network (default: %(default)s, the FDDB test protocol)")
     p.add_argument("--max-pixels", type=_positive_int, default=MAX_INPUT_PIXELS, metavar="N",
@@ -52,8 +53,9 @@ def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     g.add_argument("--alpha", type=alpha_arg, metavar="A",
                    help="obfuscation strength ALPHA of the fitted noise, in [0, 1)")
     g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
-    g.add_argument("--noise-dir", metavar="DIR", help="where fitted noise lives (default: $VEIL_NOISE_DIR, else the veil cache's noise/, "
-                                                              "then the noise shipped with veil)")
+    g.add_argument("--noise-dir", metavar="DIR",
+                   help="where fitted noise lives (default: $VEIL_NOISE_DIR, else the veil cache's noise/, "
+                        "then the noise shipped with veil)")
     g.add_argument("--noise-key", metavar="FILE",
                    help="keyed noise: the same image always gets the same noise, so averaging repeated queries "
                         "gains nothing; FILE holds the client's secret key (`veil noise-key new FILE`, mode 0600, "

@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
 from veil.cli.main import CLIError
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
 from veil.jsonio import write_json
 
 DEFAULT_REPO = "triton-repo"
@@ -24,66 +24,110 @@ _INFER_PARSER: argparse.ArgumentParser | None = None
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export-triton", help="write a Triton model repository serving the detector's tail",
+        "export-triton",
+        help="write a Triton model repository serving the detector's tail",
         description="Export the FaceBoxes tail as Triton models face_detection_base and face_detection_noisy "
-                    "(same weights; *_fp16 twins take an FP16 INPUT_0) in three forms, one repository each: "
-                    "OUT/python (python backend; what `veil serve` runs here), OUT/onnx (onnxruntime backend) "
-                    "and OUT/torchscript (pytorch backend) for stock Triton containers. Every exported file is "
-                    "checked against the in-process tail (max abs error <= 1e-4).")
+        "(same weights; *_fp16 twins take an FP16 INPUT_0) in three forms, one repository each: "
+        "OUT/python (python backend; what `veil serve` runs here), OUT/onnx (onnxruntime backend) "
+        "and OUT/torchscript (pytorch backend) for stock Triton containers. Every exported file is "
+        "checked against the in-process tail (max abs error <= 1e-4).",
+    )
     p.add_argument("--out", default=DEFAULT_REPO, help="output directory (default: %(default)s)")
-    p.add_argument("--format", choices=["all", "python", "onnx", "torchscript"], default="all",
-                   help="which form(s) to write (default: %(default)s)")
+    p.add_argument(
+        "--format",
+        choices=["all", "python", "onnx", "torchscript"],
+        default="all",
+        help="which form(s) to write (default: %(default)s)",
+    )
     p.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default: %(default)s)")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
+    p.add_argument(
+        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
+    )
     p.set_defaults(func=run_export)
 
     p = sub.add_parser(
-        "serve", help="run the Triton Inference Server bundled with nvidia-pytriton on a model repository",
+        "serve",
+        help="run the Triton Inference Server bundled with nvidia-pytriton on a model repository",
         description="Start the real tritonserver from the nvidia-pytriton wheel on REPO (REPO/python if REPO "
-                    "holds the forms written by `veil export-triton`). Listens on 127.0.0.1 unless --host says "
-                    "otherwise. Locked down by default: the operator APIs (shared memory, model repository and "
-                    "control, logging, trace, statistics) need a random admin key (see --admin-key-file), metrics "
-                    "are off (--metrics), and the ports must be free. Stops cleanly on Ctrl-C or SIGTERM.")
-    p.add_argument("--model-repository", default=DEFAULT_REPO, metavar="REPO",
-                   help="model repository (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: %(default)s; 0.0.0.0 exposes the server to the network)")
+        "holds the forms written by `veil export-triton`). Listens on 127.0.0.1 unless --host says "
+        "otherwise. Locked down by default: the operator APIs (shared memory, model repository and "
+        "control, logging, trace, statistics) need a random admin key (see --admin-key-file), metrics "
+        "are off (--metrics), and the ports must be free. Stops cleanly on Ctrl-C or SIGTERM.",
+    )
+    p.add_argument(
+        "--model-repository", default=DEFAULT_REPO, metavar="REPO", help="model repository (default: %(default)s)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; 0.0.0.0 exposes the server to the network)",
+    )
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: %(default)s)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: %(default)s)")
-    p.add_argument("--metrics", action="store_true",
-                   help="serve Prometheus metrics on --metrics-port (default: off; they reveal load and timing)")
-    p.add_argument("--admin-key-file", metavar="FILE",
-                   help="write the random admin key for the restricted operator APIs here (mode 0600); send it as "
-                        "header 'veil-admin-key' (gRPC: 'triton-grpc-protocol-veil-admin-key') (default: not written, so those "
-                        "APIs are closed to everyone)")
-    p.add_argument("--model", action="append", dest="models", metavar="NAME",
-                   help="load only this model (repeatable; default: all in the repository)")
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics on --metrics-port (default: off; they reveal load and timing)",
+    )
+    p.add_argument(
+        "--admin-key-file",
+        metavar="FILE",
+        help="write the random admin key for the restricted operator APIs here (mode 0600); send it as "
+        "header 'veil-admin-key' (gRPC: 'triton-grpc-protocol-veil-admin-key') (default: not written, so those "
+        "APIs are closed to everyone)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="load only this model (repeatable; default: all in the repository)",
+    )
     p.add_argument("--log-file", help="server log file (default: a temporary file, tail shown on failure)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness (default: %(default)s)")
-    p.add_argument("--exit-timeout", type=int, default=5,
-                   help="on stop, seconds to let in-flight requests finish (default: %(default)s)")
+    p.add_argument(
+        "--exit-timeout",
+        type=int,
+        default=5,
+        help="on stop, seconds to let in-flight requests finish (default: %(default)s)",
+    )
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser(
-        "infer", help="detect faces with the tail on a Triton server; only the activation is sent",
+        "infer",
+        help="detect faces with the tail on a Triton server; only the activation is sent",
         description="Run preprocessing, the head and (with --noisy) the obfuscation here; send only the "
-                    "activation, as binary tensor data, to the Triton server at --url; post-process the returned "
-                    "tail outputs here. Writes IMAGE_NAME.jpg (boxes), IMAGE_NAME.json and, when a decoder is "
-                    "available, IMAGE_NAME.sent.jpg: a reconstruction of what was sent.")
+        "activation, as binary tensor data, to the Triton server at --url; post-process the returned "
+        "tail outputs here. Writes IMAGE_NAME.jpg (boxes), IMAGE_NAME.json and, when a decoder is "
+        "available, IMAGE_NAME.sent.jpg: a reconstruction of what was sent.",
+    )
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--url", help="server address host:port (default: 127.0.0.1:8000 for http, :8001 for grpc)")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http", help="(default: %(default)s)")
     p.add_argument("--fp16", action="store_true", help="send the activation as FP16 (half the bytes)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)")
-    p.add_argument("--decoder", help="decoder for the reconstruction of what was sent (default: $VEIL_DECODER, the one `veil train-decoder` cached, then the one shipped with veil)")
-    p.add_argument("--retries", type=int, default=3,
-                   help="retries (with doubling back-off) when the server is unreachable or does not answer in "
-                        "time (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="deadline in seconds for each request; a hung server counts as unreachable "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--min-score", type=float, default=0.5, help="draw boxes at or above this score (default: %(default)s)"
+    )
+    p.add_argument(
+        "--decoder",
+        help="decoder for the reconstruction of what was sent (default: $VEIL_DECODER, the one "
+        "`veil train-decoder` cached, then the one shipped with veil)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries (with doubling back-off) when the server is unreachable or does not answer in "
+        "time (default: %(default)s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="deadline in seconds for each request; a hung server counts as unreachable (default: %(default)s)",
+    )
     add_model_args(p)
     add_noise_args(p, seed=False)
     p.set_defaults(func=run_infer)
@@ -116,13 +160,23 @@ def run_serve(args: argparse.Namespace) -> int:
     if why:
         raise CLIError(f"cannot run the bundled tritonserver here: {why}. Use the stock container (docs/serving.md)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who reaches these ports can send inference requests "
-              "(Triton has no authentication and no TLS here); put it behind TLS and access control",
-              file=sys.stderr)
+        print(
+            f"warning: listening on {args.host}: anyone who reaches these ports can send inference requests "
+            "(Triton has no authentication and no TLS here); put it behind TLS and access control",
+            file=sys.stderr,
+        )
     repo = resolve_repository(args.model_repository, "python")
-    server = TritonServer(repo, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                          log_file=args.log_file, models=args.models, exit_timeout=args.exit_timeout,
-                          metrics=args.metrics)
+    server = TritonServer(
+        repo,
+        args.host,
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        log_file=args.log_file,
+        models=args.models,
+        exit_timeout=args.exit_timeout,
+        metrics=args.metrics,
+    )
     if args.admin_key_file:
         fd = os.open(args.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
@@ -141,12 +195,14 @@ def run_serve(args: argparse.Namespace) -> int:
             server.start(args.timeout)
         except ServerError as exc:
             raise CLIError(str(exc)) from exc
+        process = server.process
+        assert process is not None  # start() returned: the server runs
         metrics = server.metrics_url if server.metrics else "off"
-        print(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {metrics}  (pid {server.process.pid})")
+        print(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {metrics}  (pid {process.pid})")
         print("press Ctrl-C to stop", file=sys.stderr)
         sys.stdout.flush()
-        code = server.process.wait()
-        print(f"tritonserver exited with status {code}:\n{server.log_tail()}", file=sys.stderr)
+        status = process.wait()
+        print(f"tritonserver exited with status {status}:\n{server.log_tail()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ignore further signals while stopping, so a second Ctrl-C cannot orphan the server.
@@ -154,8 +210,13 @@ def run_serve(args: argparse.Namespace) -> int:
             signal.signal(s, signal.SIG_IGN)
         print("stopping tritonserver ...", file=sys.stderr)
         code = server.stop()
-        note = "" if code == 0 else (f" (tritonserver status {code}: it had to cut open client connections or "
-                                     "requests after --exit-timeout)")
+        note = (
+            ""
+            if code == 0
+            else (
+                f" (tritonserver status {code}: it had to cut open client connections or requests after --exit-timeout)"
+            )
+        )
         print(f"stopped{note}", file=sys.stderr)
         return 0
     finally:
@@ -171,18 +232,22 @@ def run_infer(args: argparse.Namespace) -> int:
 
     check_noise_args(args)
     check_unique_stems(args.images)
-    det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels,
-                                backend=args.backend)  # the head runs here; the tail on the server
+    det = Detector.from_weights(
+        args.weights, scale=args.scale, max_pixels=args.max_pixels, backend=args.backend
+    )  # the head runs here; the tail on the server
     meta = attach_noise(args, det)[0] if args.noisy else None
-    noise = None if meta is None else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point",
-                                                                  "noise_mode")}
+    noise = (
+        None
+        if meta is None
+        else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point", "noise_mode")}
+    )
     decoder = _decoder(args.decoder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    client = TritonDetector(det, args.url, args.protocol, fp16=args.fp16, retries=args.retries,
-                            timeout=args.timeout)
-    bar = tqdm(total=len(args.images), desc=f"infer ({client.model} @ {client.url})", unit="img",
-               disable=len(args.images) < 2)
+    client = TritonDetector(det, args.url, args.protocol, fp16=args.fp16, retries=args.retries, timeout=args.timeout)
+    bar = tqdm(
+        total=len(args.images), desc=f"infer ({client.model} @ {client.url})", unit="img", disable=len(args.images) < 2
+    )
 
     def on_result(_i, r):
         bar.update(1)
@@ -192,10 +257,21 @@ def run_infer(args: argparse.Namespace) -> int:
         stem = Path(r.name).stem
         cv2.imwrite(str(out / f"{stem}.jpg"), draw_boxes(r.image, r.boxes, args.min_score))
         rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in r.boxes]
-        sent = {"tensor": "INPUT_0", "shape": list(r.activation.shape), "dtype": str(r.activation.dtype).split(".")[-1],
-                "bytes": r.activation.numel() * r.activation.element_size()}
-        record = {"image": r.name, "server": client.url, "protocol": client.protocol, "model": client.model,
-                  "sent": sent, "noise": noise, "detections": rows}
+        sent = {
+            "tensor": "INPUT_0",
+            "shape": list(r.activation.shape),
+            "dtype": str(r.activation.dtype).split(".")[-1],
+            "bytes": r.activation.numel() * r.activation.element_size(),
+        }
+        record = {
+            "image": r.name,
+            "server": client.url,
+            "protocol": client.protocol,
+            "model": client.model,
+            "sent": sent,
+            "noise": noise,
+            "detections": rows,
+        }
         if decoder is not None:
             from veil.privacy.decoders import reconstruct
 
@@ -211,11 +287,17 @@ def run_infer(args: argparse.Namespace) -> int:
     failed = [r for r in results if not r.ok]
     if failed:
         down = [r.name for r in failed if r.unavailable]
-        print(f"{len(results) - len(failed)} of {len(results)} images processed; not processed: "
-              f"{', '.join(r.name for r in failed)}", file=sys.stderr)
+        print(
+            f"{len(results) - len(failed)} of {len(results)} images processed; not processed: "
+            f"{', '.join(r.name for r in failed)}",
+            file=sys.stderr,
+        )
         if down:
-            print(f"the server was unreachable for {len(down)} image(s); rerun them when it is back: "
-                  f"{rerun_command(args, down)}", file=sys.stderr)
+            print(
+                f"the server was unreachable for {len(down)} image(s); rerun them when it is back: "
+                f"{rerun_command(args, down)}",
+                file=sys.stderr,
+            )
         return 1
     return 0
 
@@ -235,7 +317,10 @@ def rerun_command(args: argparse.Namespace, images: list[str]) -> str:
             continue
         value = getattr(args, action.dest, None)
         flag = max((o for o in action.option_strings if not o.startswith("--no-")), key=len)
-        text = (lambda v: repr(v) if isinstance(v, float) else str(v))
+
+        def text(v):
+            return repr(v) if isinstance(v, float) else str(v)
+
         if isinstance(action, argparse.BooleanOptionalAction):
             if value is not None:
                 argv.append(flag if value else "--no-" + flag[2:])
@@ -261,6 +346,6 @@ def _decoder(path: str | None):
         from veil.privacy.decoders import load_decoder
     except ImportError:
         if path:
-            raise CLIError("--decoder given, but veil.privacy.decoders is not available in this installation")
+            raise CLIError("--decoder given, but veil.privacy.decoders is not available in this installation") from None
         return None
     return load_decoder(path)

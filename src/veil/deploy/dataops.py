@@ -67,18 +67,38 @@ def _resources(kwargs: dict[str, Any], argv: list[str], gpus: int, cpu: str | No
         _opt(argv, "--memory", memory)
 
 
-def workspace_call(name: str, size: str, namespace: str = "inference", image: str = DEFAULT_IMAGE,
-                   data_pvc: str | None = "inference-data", data_mount: str = "/data",
-                   storage_class: str | None = None, gpus: int = 0, cpu: str | None = None,
-                   memory: str | None = None, load_balancer: bool = False) -> DataOpsCall:
+def workspace_call(
+    name: str,
+    size: str,
+    namespace: str = "inference",
+    image: str = DEFAULT_IMAGE,
+    data_pvc: str | None = "inference-data",
+    data_mount: str = "/data",
+    storage_class: str | None = None,
+    gpus: int = 0,
+    cpu: str | None = None,
+    memory: str | None = None,
+    load_balancer: bool = False,
+) -> DataOpsCall:
     """A JupyterLab workspace in the veil image with the data volume mounted (``create jupyterlab``).
 
     The toolkit asks for the workspace password interactively (or takes ``workspace_password``).
     """
-    kwargs: dict[str, Any] = {"workspace_name": name, "workspace_size": size, "namespace": namespace,
-                              "workspace_image": image}
-    argv = [TOOLKIT_CLI, "create", "jupyterlab", f"--workspace-name={name}", f"--size={size}",
-            f"--namespace={namespace}", f"--image={image}"]
+    kwargs: dict[str, Any] = {
+        "workspace_name": name,
+        "workspace_size": size,
+        "namespace": namespace,
+        "workspace_image": image,
+    }
+    argv = [
+        TOOLKIT_CLI,
+        "create",
+        "jupyterlab",
+        f"--workspace-name={name}",
+        f"--size={size}",
+        f"--namespace={namespace}",
+        f"--image={image}",
+    ]
     if data_pvc:
         kwargs["mount_pvc"] = f"{data_pvc}:{data_mount}"
         _opt(argv, "--mount-pvc", kwargs["mount_pvc"])
@@ -92,17 +112,35 @@ def workspace_call(name: str, size: str, namespace: str = "inference", image: st
     return DataOpsCall("create_jupyter_lab", kwargs, argv)
 
 
-def triton_call(name: str, model_pvc: str, namespace: str = "inference", image: str = TRITON_IMAGE,
-                gpus: int = 0, cpu: str | None = None, memory: str | None = None,
-                load_balancer: bool = False) -> DataOpsCall:
+def triton_call(
+    name: str,
+    model_pvc: str,
+    namespace: str = "inference",
+    image: str = TRITON_IMAGE,
+    gpus: int = 0,
+    cpu: str | None = None,
+    memory: str | None = None,
+    load_balancer: bool = False,
+) -> DataOpsCall:
     """A Triton server on a model-repository volume (``create triton-server``).
 
     Fill the volume first: ``veil k8s render --scenario triton --export | kubectl apply -f -``.
     """
-    kwargs: dict[str, Any] = {"server_name": name, "model_pvc_name": model_pvc, "namespace": namespace,
-                              "server_image": image}
-    argv = [TOOLKIT_CLI, "create", "triton-server", f"--server-name={name}", f"--model-repo-pvc-name={model_pvc}",
-            f"--namespace={namespace}", f"--image={image}"]
+    kwargs: dict[str, Any] = {
+        "server_name": name,
+        "model_pvc_name": model_pvc,
+        "namespace": namespace,
+        "server_image": image,
+    }
+    argv = [
+        TOOLKIT_CLI,
+        "create",
+        "triton-server",
+        f"--server-name={name}",
+        f"--model-repo-pvc-name={model_pvc}",
+        f"--namespace={namespace}",
+        f"--image={image}",
+    ]
     _resources(kwargs, argv, gpus, cpu, memory)
     if load_balancer:
         kwargs["load_balancer_service"] = True
@@ -118,7 +156,8 @@ def load_toolkit() -> Any:
         raise RuntimeError(
             f"the NetApp DataOps Toolkit is not installed ({exc}). `pip install netapp-dataops-k8s` "
             "(it needs a cluster with NetApp Trident or the BeeGFS CSI driver), or use --dry-run to see "
-            "the calls, or `veil k8s render` for plain manifests") from exc
+            "the calls, or `veil k8s render` for plain manifests"
+        ) from exc
 
 
 def execute(call: DataOpsCall) -> Any:
@@ -126,6 +165,8 @@ def execute(call: DataOpsCall) -> Any:
     module = load_toolkit()
     fn = getattr(module, call.function, None)
     if fn is None:
-        raise RuntimeError(f"this version of the DataOps Toolkit has no {call.function}(); veil was written "
-                           "against netapp-dataops-k8s 3.1")
+        raise RuntimeError(
+            f"this version of the DataOps Toolkit has no {call.function}(); veil was written "
+            "against netapp-dataops-k8s 3.1"
+        )
     return fn(print_output=True, **call.kwargs)

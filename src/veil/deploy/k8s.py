@@ -22,8 +22,9 @@ pinned by digest; the noise file may be pinned by SHA-256 and a noise key mounte
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -103,20 +104,31 @@ class Options:
     triton_url: str | None = None
     extra_labels: dict[str, str] = field(default_factory=dict)
 
-    def check(self) -> "Options":
+    def check(self) -> Options:
         """Refuse values Kubernetes would reject, with the reason, before anything is rendered."""
-        for what, name in (("namespace", self.namespace), ("--pvc", self.pvc), ("--model-pvc", self.model_pvc),
-                           ("--workspace-pvc", self.workspace_pvc), ("--jupyter-secret", self.jupyter_secret),
-                           ("--noise-key-secret", self.noise_key_secret),
-                           ("--client-namespace", self.client_namespace)):
+        for what, name in (
+            ("namespace", self.namespace),
+            ("--pvc", self.pvc),
+            ("--model-pvc", self.model_pvc),
+            ("--workspace-pvc", self.workspace_pvc),
+            ("--jupyter-secret", self.jupyter_secret),
+            ("--noise-key-secret", self.noise_key_secret),
+            ("--client-namespace", self.client_namespace),
+        ):
             if name is None:
                 continue
             if not _DNS_LABEL.match(name) or len(name) > 63:
-                raise ValueError(f"{what} {name!r} is not a valid Kubernetes name "
-                                 "(lower-case letters, digits and '-', at most 63 characters)")
-        for what, q in (("--pvc-size", self.pvc_size), ("--model-pvc-size", self.model_pvc_size),
-                        ("--workspace-size", self.workspace_size), ("--shm-size", self.shm_size),
-                        ("--memory", self.memory)):
+                raise ValueError(
+                    f"{what} {name!r} is not a valid Kubernetes name "
+                    "(lower-case letters, digits and '-', at most 63 characters)"
+                )
+        for what, q in (
+            ("--pvc-size", self.pvc_size),
+            ("--model-pvc-size", self.model_pvc_size),
+            ("--workspace-size", self.workspace_size),
+            ("--shm-size", self.shm_size),
+            ("--memory", self.memory),
+        ):
             if q is not None and not _QUANTITY.match(q):
                 raise ValueError(f"{what} {q!r} is not a Kubernetes quantity (e.g. 512Mi, 50Gi)")
         if self.cpu is not None and not re.match(r"^[0-9]+(\.[0-9]+)?m?$", self.cpu):
@@ -147,11 +159,14 @@ class Options:
                     raise ValueError(f"{flag} {image!r}: a pinned image is NAME@sha256:<64 hex digits>")
                 continue
             if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
-                raise ValueError(f"{flag} {image!r} needs an explicit tag other than 'latest' (e.g. veil:0.1.0) "
-                                 "or a digest (NAME@sha256:…), so that every pod of a run uses the same build")
+                raise ValueError(
+                    f"{flag} {image!r} needs an explicit tag other than 'latest' (e.g. veil:0.1.0) "
+                    "or a digest (NAME@sha256:…), so that every pod of a run uses the same build"
+                )
         if self.noise_sha256 is not None and not _SHA256.match(self.noise_sha256):
-            raise ValueError(f"--noise-sha256 {self.noise_sha256!r} is not a SHA-256 (64 lower-case hex digits; "
-                             "`sha256sum FILE`)")
+            raise ValueError(
+                f"--noise-sha256 {self.noise_sha256!r} is not a SHA-256 (64 lower-case hex digits; `sha256sum FILE`)"
+            )
         return self
 
 
@@ -160,13 +175,19 @@ def exposure_warnings(opts: Options, scenario: str) -> list[str]:
     out = []
     if scenario in ("triton", "jupyter") and opts.service_type in ("LoadBalancer", "NodePort"):
         what = "Triton (no authentication, no TLS)" if scenario == "triton" else "JupyterLab (token only)"
-        out.append(f"--service-type {opts.service_type} exposes {what} outside the cluster"
-                   + (" (the NetworkPolicy still admits only the client namespace, if the network plugin "
-                      "enforces it)" if scenario == "triton" else "")
-                   + "; prefer ClusterIP and kubectl port-forward, or put TLS and access control in front")
+        out.append(
+            f"--service-type {opts.service_type} exposes {what} outside the cluster"
+            + (
+                " (the NetworkPolicy still admits only the client namespace, if the network plugin enforces it)"
+                if scenario == "triton"
+                else ""
+            )
+            + "; prefer ClusterIP and kubectl port-forward, or put TLS and access control in front"
+        )
     if scenario == "triton" and opts.expose_metrics:
-        out.append("--expose-metrics puts Triton's Prometheus metrics (load and timing of every request) on the "
-                   "Service")
+        out.append(
+            "--expose-metrics puts Triton's Prometheus metrics (load and timing of every request) on the Service"
+        )
     return out
 
 
@@ -175,13 +196,20 @@ def alpha_text(alpha: float) -> str:
     return f"{alpha:g}"
 
 
+def _alpha(opts: Options) -> str:
+    """ALPHA of a noisy run as written in names and env (:meth:`Options.check` refuses noisy without it)."""
+    if opts.alpha is None:
+        raise ValueError("--noisy needs --alpha A (the obfuscation level whose fitted noise to use)")
+    return alpha_text(opts.alpha)
+
+
 def batch_job_name(opts: Options) -> str:
     """``netapp-inference-raw`` or ``netapp-inference-protopia-<ALPHA>``, as in the reference design.
 
     An Indexed Job's pods are named ``<job>-<index>`` and get that as hostname, which must be a DNS
     label (no dots): there the dot in ALPHA becomes ``-`` (``…-protopia-0-8``).
     """
-    name = "netapp-inference-raw" if not opts.noisy else f"netapp-inference-protopia-{alpha_text(opts.alpha)}"
+    name = "netapp-inference-raw" if not opts.noisy else f"netapp-inference-protopia-{_alpha(opts)}"
     if opts.shards > 1:
         name = name.replace(".", "-")
     return name
@@ -197,18 +225,22 @@ def _meta(name: str, component: str, opts: Options) -> dict[str, Any]:
 
 def namespace(opts: Options) -> Manifest:
     """``kubectl create namespace inference``, as a manifest."""
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": opts.namespace, "labels": {"app.kubernetes.io/part-of": "veil"}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": opts.namespace, "labels": {"app.kubernetes.io/part-of": "veil"}},
+    }
 
 
 def pvc(name: str, size: str, opts: Options, access_mode: str | None = None, component: str = "data") -> Manifest:
     """A PersistentVolumeClaim (the reference design makes these with the DataOps Toolkit)."""
-    spec: dict[str, Any] = {"accessModes": [access_mode or opts.access_mode],
-                            "resources": {"requests": {"storage": size}}}
+    spec: dict[str, Any] = {
+        "accessModes": [access_mode or opts.access_mode],
+        "resources": {"requests": {"storage": size}},
+    }
     if opts.storage_class:
         spec["storageClassName"] = opts.storage_class
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(name, component, opts),
-            "spec": spec}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(name, component, opts), "spec": spec}
 
 
 def _resources(opts: Options, gpus: int | None = None) -> dict[str, Any]:
@@ -233,10 +265,12 @@ def _resources(opts: Options, gpus: int | None = None) -> dict[str, Any]:
 def _veil_env(opts: Options) -> list[dict[str, Any]]:
     # The root filesystem is read-only: caches and HOME (Jupyter's runtime files, matplotlib's
     # config) live in the /tmp emptyDir.
-    return [{"name": "VEIL_WEIGHTS", "value": opts.weights},
-            {"name": "VEIL_CACHE_DIR", "value": "/tmp/veil-cache"},
-            {"name": "HOME", "value": "/tmp/home"},
-            {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    return [
+        {"name": "VEIL_WEIGHTS", "value": opts.weights},
+        {"name": "VEIL_CACHE_DIR", "value": "/tmp/veil-cache"},
+        {"name": "HOME", "value": "/tmp/home"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
 
 
 def _trust_zone_env(opts: Options) -> list[dict[str, Any]]:
@@ -254,16 +288,24 @@ def _noise_key(opts: Options) -> tuple[list[dict], list[dict]]:
     The key's value never appears in the manifests."""
     if not opts.noise_key_secret:
         return [], []
-    vol = {"name": "noise-key", "secret": {"secretName": opts.noise_key_secret, "defaultMode": 0o400,
-                                           "items": [{"key": "key", "path": "key"}]}}
+    vol = {
+        "name": "noise-key",
+        "secret": {"secretName": opts.noise_key_secret, "defaultMode": 0o400, "items": [{"key": "key", "path": "key"}]},
+    }
     return [vol], [{"name": "noise-key", "mountPath": NOISE_KEY_MOUNT, "readOnly": True}]
 
 
 def _container_security(uid: int = VEIL_UID) -> dict[str, Any]:
     """The Pod Security "restricted" profile for one container, plus a read-only root filesystem."""
-    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 _TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}
@@ -303,8 +345,9 @@ def run_id(opts: Options) -> str:
     return opts.run_id or batch_job_name(opts)
 
 
-def _pod_spec(containers: list[dict], volumes: list[dict], restart: str,
-              init: list[dict] | None = None) -> dict[str, Any]:
+def _pod_spec(
+    containers: list[dict], volumes: list[dict], restart: str, init: list[dict] | None = None
+) -> dict[str, Any]:
     """A pod meeting the "restricted" profile: non-root, RuntimeDefault seccomp, no API token,
     and a writable ``/tmp`` (emptyDir) in every container, whose root filesystem is read-only."""
     for c in containers + (init or []):
@@ -312,18 +355,27 @@ def _pod_spec(containers: list[dict], volumes: list[dict], restart: str,
             c.setdefault("volumeMounts", []).append(dict(_TMP_MOUNT))
     if not any(v["name"] == "tmp" for v in volumes):
         volumes = volumes + [dict(_TMP_VOLUME)]
-    spec: dict[str, Any] = {"automountServiceAccountToken": False,
-                            "securityContext": {"runAsNonRoot": True, "fsGroup": VEIL_UID,
-                                                "seccompProfile": {"type": "RuntimeDefault"}},
-                            "containers": containers, "volumes": volumes, "restartPolicy": restart}
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "fsGroup": VEIL_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": containers,
+        "volumes": volumes,
+        "restartPolicy": restart,
+    }
     if init:
         spec["initContainers"] = init
     return spec
 
 
-def _veil_container(name: str, args: list[str], opts: Options, env: list[dict] | None = None,
-                    mounts: list[dict] | None = None, gpus: int | None = None,
-                    command: list[str] | None = None) -> dict[str, Any]:
+def _veil_container(
+    name: str,
+    args: list[str],
+    opts: Options,
+    env: list[dict] | None = None,
+    mounts: list[dict] | None = None,
+    gpus: int | None = None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
     c: dict[str, Any] = {"name": name, "image": opts.image, "imagePullPolicy": opts.image_pull_policy}
     if command:
         c["command"] = command
@@ -332,8 +384,11 @@ def _veil_container(name: str, args: list[str], opts: Options, env: list[dict] |
     res = _resources(opts, gpus)
     if res:
         c["resources"] = res
-    c["volumeMounts"] = mounts if mounts is not None else [{"name": "data", "mountPath": DATA_MOUNT},
-                                                          {"name": "dshm", "mountPath": "/dev/shm"}]
+    c["volumeMounts"] = (
+        mounts
+        if mounts is not None
+        else [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    )
     c["securityContext"] = _container_security()
     return c
 
@@ -343,25 +398,45 @@ def _selector(component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "veil", "app.kubernetes.io/component": component}
 
 
-def _job(name: str, component: str, opts: Options, containers: list[dict], volumes: list[dict],
-         **spec: Any) -> Manifest:
+def _job(
+    name: str, component: str, opts: Options, containers: list[dict], volumes: list[dict], **spec: Any
+) -> Manifest:
     """The one Job skeleton: ``backoffLimit: 5`` and ``restartPolicy: Never`` as in the reference
     design, a restricted pod; ``spec`` adds fields (an Indexed Job's completions)."""
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, component, opts),
-            "spec": {"backoffLimit": 5, **spec,
-                     "template": {"metadata": {"labels": _labels(component, opts)},
-                                  "spec": _pod_spec(containers, volumes, "Never")}}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(name, component, opts),
+        "spec": {
+            "backoffLimit": 5,
+            **spec,
+            "template": {
+                "metadata": {"labels": _labels(component, opts)},
+                "spec": _pod_spec(containers, volumes, "Never"),
+            },
+        },
+    }
 
 
-def _deployment(name: str, component: str, opts: Options, containers: list[dict], volumes: list[dict],
-                init: list[dict]) -> Manifest:
+def _deployment(
+    name: str, component: str, opts: Options, containers: list[dict], volumes: list[dict], init: list[dict]
+) -> Manifest:
     """The one Deployment skeleton: one replica, ``Recreate`` (its volumes are ReadWriteOnce, so an
     old and a new pod cannot run side by side), a restricted pod with init containers."""
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, component, opts),
-            "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
-                     "selector": {"matchLabels": _selector(component)},
-                     "template": {"metadata": {"labels": _labels(component, opts)},
-                                  "spec": _pod_spec(containers, volumes, "Always", init=init)}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, component, opts),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": _selector(component)},
+            "template": {
+                "metadata": {"labels": _labels(component, opts)},
+                "spec": _pod_spec(containers, volumes, "Always", init=init),
+            },
+        },
+    }
 
 
 def batch_job(opts: Options) -> Manifest:
@@ -373,17 +448,24 @@ def batch_job(opts: Options) -> Manifest:
     """
     name = batch_job_name(opts)
     sharded = opts.shards > 1
-    env = [{"name": "ALPHA", "value": alpha_text(opts.alpha)}] if opts.noisy else []
+    env = [{"name": "ALPHA", "value": _alpha(opts)}] if opts.noisy else []
     env += _trust_zone_env(opts)
     args = evaluate_args(opts, shard=sharded, out_partial=f"{opts.results_dir}/{run_id(opts)}")
     key_vols, key_mounts = _noise_key(opts)
-    container = _veil_container("inference", args, opts, env=env,
-                                mounts=[{"name": "data", "mountPath": DATA_MOUNT},
-                                        {"name": "dshm", "mountPath": "/dev/shm"}] + key_mounts)
+    container = _veil_container(
+        "inference",
+        args,
+        opts,
+        env=env,
+        mounts=[{"name": "data", "mountPath": DATA_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}] + key_mounts,
+    )
     indexed: dict[str, Any] = {}
     if sharded:
-        indexed = {"completionMode": "Indexed", "completions": opts.shards,
-                   "parallelism": min(opts.parallelism or opts.shards, opts.shards)}
+        indexed = {
+            "completionMode": "Indexed",
+            "completions": opts.shards,
+            "parallelism": min(opts.parallelism or opts.shards, opts.shards),
+        }
     return _job(name, "batch", opts, [container], [_data_volume(opts), _shm_volume(opts)] + key_vols, **indexed)
 
 
@@ -395,8 +477,7 @@ def merge_job(opts: Options) -> Manifest:
     """
     rid = run_id(opts)
     args = ["merge-results", f"{opts.results_dir}/{rid}", "--json", f"{opts.results_dir}/{rid}.json"]
-    container = _veil_container("merge", args, opts, gpus=0,
-                                mounts=[{"name": "data", "mountPath": DATA_MOUNT}])
+    container = _veil_container("merge", args, opts, gpus=0, mounts=[{"name": "data", "mountPath": DATA_MOUNT}])
     return _job(f"{batch_job_name(opts)}-merge", "batch", opts, [container], [_data_volume(opts)])
 
 
@@ -418,11 +499,15 @@ def tritonserver_script(opts: Options) -> str:
 
     ``$$`` is Kubernetes' escape for ``$``: the shell, not Kubernetes, expands the key.
     """
-    flags = [f"--model-repository={triton_repository(opts)}", "--strict-readiness=true", "--log-verbose=0",
-             f"--allow-metrics={'true' if opts.expose_metrics else 'false'}",
-             f'--http-restricted-api={_RESTRICTED}:{ADMIN_HEADER}="$$KEY"',
-             f'--grpc-restricted-protocol={_RESTRICTED}:{ADMIN_HEADER}="$$KEY"']
-    return ("KEY=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \\n') && exec tritonserver " + " ".join(flags))
+    flags = [
+        f"--model-repository={triton_repository(opts)}",
+        "--strict-readiness=true",
+        "--log-verbose=0",
+        f"--allow-metrics={'true' if opts.expose_metrics else 'false'}",
+        f'--http-restricted-api={_RESTRICTED}:{ADMIN_HEADER}="$$KEY"',
+        f'--grpc-restricted-protocol={_RESTRICTED}:{ADMIN_HEADER}="$$KEY"',
+    ]
+    return "KEY=$$(od -An -tx1 -N24 /dev/urandom | tr -d ' \\n') && exec tritonserver " + " ".join(flags)
 
 
 def export_args(opts: Options) -> list[str]:
@@ -446,9 +531,16 @@ def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
     ``triton_server="tritonserver"`` runs the stock Triton image on that repository;
     ``"veil"`` runs ``veil serve`` (pytriton) from the veil image instead.
     """
-    init = _veil_container("export-model", export_args(opts), opts, gpus=0,
-                           mounts=[{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
-                                   {"name": "models", "mountPath": MODEL_MOUNT}])
+    init = _veil_container(
+        "export-model",
+        export_args(opts),
+        opts,
+        gpus=0,
+        mounts=[
+            {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
+            {"name": "models", "mountPath": MODEL_MOUNT},
+        ],
+    )
     ports = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in triton_ports(opts)]
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
     live = {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6}
@@ -456,8 +548,12 @@ def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
     mounts = [{"name": "models", "mountPath": MODEL_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
     if opts.triton_server == "tritonserver":
         server: dict[str, Any] = {
-            "name": "tritonserver", "image": opts.triton_image, "imagePullPolicy": opts.image_pull_policy,
-            "command": ["/bin/sh", "-c"], "args": [tritonserver_script(opts)]}
+            "name": "tritonserver",
+            "image": opts.triton_image,
+            "imagePullPolicy": opts.image_pull_policy,
+            "command": ["/bin/sh", "-c"],
+            "args": [tritonserver_script(opts)],
+        }
         res = _resources(opts)
         if res:
             server["resources"] = res
@@ -465,30 +561,50 @@ def triton_deployment(opts: Options, name: str = "veil-triton") -> Manifest:
         server["securityContext"] = _container_security(TRITON_UID)
     else:
         args = ["serve", "--host", "0.0.0.0", "--model-repository", triton_repository(opts)]
-        server = _veil_container("tritonserver", args + (["--metrics"] if opts.expose_metrics else []), opts,
-                                 mounts=mounts)
+        server = _veil_container(
+            "tritonserver", args + (["--metrics"] if opts.expose_metrics else []), opts, mounts=mounts
+        )
     server.update({"ports": ports, "readinessProbe": probe, "livenessProbe": live, "startupProbe": startup})
-    volumes = [_data_volume(opts, read_only=True),
-               {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}}, _shm_volume(opts)]
+    volumes = [
+        _data_volume(opts, read_only=True),
+        {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}},
+        _shm_volume(opts),
+    ]
     return _deployment(name, "triton", opts, [server], volumes, init=[init])
 
 
 def network_policy(opts: Options, name: str = "veil-triton") -> Manifest:
     """Only pods in the client namespace (default: the same namespace) may reach Triton's ports."""
     client_ns = opts.client_namespace or opts.namespace
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, "triton", opts),
-            "spec": {"podSelector": {"matchLabels": _selector("triton")}, "policyTypes": ["Ingress"],
-                     "ingress": [{"from": [{"namespaceSelector": {
-                         "matchLabels": {"kubernetes.io/metadata.name": client_ns}}}],
-                         "ports": [{"protocol": "TCP", "port": p} for _, p in triton_ports(opts)]}]}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(name, "triton", opts),
+        "spec": {
+            "podSelector": {"matchLabels": _selector("triton")},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": client_ns}}}],
+                    "ports": [{"protocol": "TCP", "port": p} for _, p in triton_ports(opts)],
+                }
+            ],
+        },
+    }
 
 
 def service(name: str, component: str, ports: Iterable[tuple[str, int]], opts: Options) -> Manifest:
     """A Service in front of a Deployment's pods (ClusterIP by default: reach it with port-forward)."""
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, component, opts),
-            "spec": {"type": opts.service_type,
-                     "selector": _selector(component),
-                     "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, component, opts),
+        "spec": {
+            "type": opts.service_type,
+            "selector": _selector(component),
+            "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports],
+        },
+    }
 
 
 JUPYTER_PORT = 8888
@@ -500,27 +616,44 @@ def jupyter_deployment(opts: Options, name: str = "veil-jupyterlab") -> Manifest
     The token comes from a Secret (never rendered into the YAML): JupyterLab reads ``$JUPYTER_TOKEN``.
     """
     key_vols, key_mounts = _noise_key(opts)
-    mounts = [{"name": "workspace", "mountPath": WORKSPACE_MOUNT}, {"name": "data", "mountPath": DATA_MOUNT},
-              {"name": "dshm", "mountPath": "/dev/shm"}] + key_mounts
+    mounts = [
+        {"name": "workspace", "mountPath": WORKSPACE_MOUNT},
+        {"name": "data", "mountPath": DATA_MOUNT},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ] + key_mounts
     # Copy the image's /workspace (the notebooks) onto the volume, as the DataOps Toolkit does, without
     # overwriting a user's edits.
-    init = _veil_container("copy-notebooks", ["-c", f"cp -an {WORKSPACE_MOUNT}/. /vol/ || true"],
-                           opts, gpus=0, command=["sh"], mounts=[{"name": "workspace", "mountPath": "/vol"}])
-    env = [{"name": "JUPYTER_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": opts.jupyter_secret, "key": "token"}}},
-           {"name": "VEIL_DATASET", "value": opts.dataset},
-           {"name": "VEIL_NOISE_DIR", "value": opts.noise_dir}]
+    init = _veil_container(
+        "copy-notebooks",
+        ["-c", f"cp -an {WORKSPACE_MOUNT}/. /vol/ || true"],
+        opts,
+        gpus=0,
+        command=["sh"],
+        mounts=[{"name": "workspace", "mountPath": "/vol"}],
+    )
+    env: list[dict[str, Any]] = [
+        {"name": "JUPYTER_TOKEN", "valueFrom": {"secretKeyRef": {"name": opts.jupyter_secret, "key": "token"}}},
+        {"name": "VEIL_DATASET", "value": opts.dataset},
+        {"name": "VEIL_NOISE_DIR", "value": opts.noise_dir},
+    ]
     if opts.triton_url:
         env.append({"name": "VEIL_TRITON_URL", "value": opts.triton_url})
     env += _trust_zone_env(opts)
     lab = _veil_container(
-        "jupyterlab", ["lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser",
-                       f"--ServerApp.root_dir={WORKSPACE_MOUNT}"],
-        opts, env=env, mounts=mounts, command=["jupyter"])
+        "jupyterlab",
+        ["lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser", f"--ServerApp.root_dir={WORKSPACE_MOUNT}"],
+        opts,
+        env=env,
+        mounts=mounts,
+        command=["jupyter"],
+    )
     lab["ports"] = [{"name": "http", "containerPort": JUPYTER_PORT, "protocol": "TCP"}]
     lab["readinessProbe"] = {"httpGet": {"path": "/api", "port": "http"}, "periodSeconds": 10}
-    volumes = [{"name": "workspace", "persistentVolumeClaim": {"claimName": opts.workspace_pvc}},
-               _data_volume(opts), _shm_volume(opts)] + key_vols
+    volumes = [
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": opts.workspace_pvc}},
+        _data_volume(opts),
+        _shm_volume(opts),
+    ] + key_vols
     return _deployment(name, "jupyterlab", opts, [lab], volumes, init=[init])
 
 
@@ -554,12 +687,17 @@ def render_scenario(scenario: str, opts: Options, part: str = "all") -> list[Man
     if scenario == "triton":
         if part == "export":
             return [export_job(opts)]
-        return _common(opts) + [pvc(opts.model_pvc, opts.model_pvc_size, opts, "ReadWriteOnce", "triton"),
-                                triton_deployment(opts), service("veil-triton", "triton", triton_ports(opts), opts),
-                                network_policy(opts)]
-    return _common(opts) + [pvc(opts.workspace_pvc, opts.workspace_size, opts, "ReadWriteOnce", "jupyterlab"),
-                            jupyter_deployment(opts),
-                            service("veil-jupyterlab", "jupyterlab", [("http", JUPYTER_PORT)], opts)]
+        return _common(opts) + [
+            pvc(opts.model_pvc, opts.model_pvc_size, opts, "ReadWriteOnce", "triton"),
+            triton_deployment(opts),
+            service("veil-triton", "triton", triton_ports(opts), opts),
+            network_policy(opts),
+        ]
+    return _common(opts) + [
+        pvc(opts.workspace_pvc, opts.workspace_size, opts, "ReadWriteOnce", "jupyterlab"),
+        jupyter_deployment(opts),
+        service("veil-jupyterlab", "jupyterlab", [("http", JUPYTER_PORT)], opts),
+    ]
 
 
 def export_job(opts: Options) -> Manifest:
@@ -569,22 +707,36 @@ def export_job(opts: Options) -> Manifest:
     (``tritonserver --model-store=/models``): the export goes to scratch space and only its ``onnx``
     form is copied onto the volume.
     """
-    script = (f"veil export-triton --out /tmp/export --format onnx && cp -r /tmp/export/onnx/. {MODEL_MOUNT}/ "
-              f"&& ls {MODEL_MOUNT}")
-    c = _veil_container("export-model", ["-c", script], opts, gpus=0, command=["sh"],
-                        mounts=[{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
-                                {"name": "models", "mountPath": MODEL_MOUNT},
-                                {"name": "scratch", "mountPath": "/tmp/export"}])
-    vols = [_data_volume(opts, read_only=True), {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}},
-            {"name": "scratch", "emptyDir": {}}]
+    script = (
+        f"veil export-triton --out /tmp/export --format onnx && cp -r /tmp/export/onnx/. {MODEL_MOUNT}/ "
+        f"&& ls {MODEL_MOUNT}"
+    )
+    c = _veil_container(
+        "export-model",
+        ["-c", script],
+        opts,
+        gpus=0,
+        command=["sh"],
+        mounts=[
+            {"name": "data", "mountPath": DATA_MOUNT, "readOnly": True},
+            {"name": "models", "mountPath": MODEL_MOUNT},
+            {"name": "scratch", "mountPath": "/tmp/export"},
+        ],
+    )
+    vols = [
+        _data_volume(opts, read_only=True),
+        {"name": "models", "persistentVolumeClaim": {"claimName": opts.model_pvc}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
     return _job("veil-export-triton", "triton", opts, [c], vols)
 
 
 def loader_pod(opts: Options, name: str = "veil-data-loader") -> Manifest:
     """A pod that mounts the data volume and waits, to copy data onto it (``kubectl cp`` or
     ``kubectl exec … veil k8s stage URL /data/fddb``); it ends itself after an hour."""
-    c = _veil_container("loader", ["-c", "sleep 3600"], opts, gpus=0, command=["sh"],
-                        mounts=[{"name": "data", "mountPath": DATA_MOUNT}])
+    c = _veil_container(
+        "loader", ["-c", "sleep 3600"], opts, gpus=0, command=["sh"], mounts=[{"name": "data", "mountPath": DATA_MOUNT}]
+    )
     spec = _pod_spec([c], [_data_volume(opts)], "Never")
     spec["activeDeadlineSeconds"] = 3900
     return {"apiVersion": "v1", "kind": "Pod", "metadata": _meta(name, "data", opts), "spec": spec}
@@ -612,13 +764,17 @@ def validate(docs: list[Manifest], version: str, strict: bool = True) -> None:
             kubernetes_validate.validate(doc, version, strict=strict)
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
-            raise RuntimeError(f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes {version} "
-                               f"at {where or '<root>'}: {exc.message}") from exc
+            raise RuntimeError(
+                f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes {version} "
+                f"at {where or '<root>'}: {exc.message}"
+            ) from exc
 
 
 #: Where ``make test`` (and the README) install the validator release that still carries 1.20–1.28.
-LEGACY_VALIDATOR_HINT = ("pip install --no-deps --target build/kubernetes-validate-1.28 kubernetes-validate==1.28.0 "
-                         "'setuptools<81', then run with PYTHONPATH=build/kubernetes-validate-1.28")
+LEGACY_VALIDATOR_HINT = (
+    "pip install --no-deps --target build/kubernetes-validate-1.28 kubernetes-validate==1.28.0 "
+    "'setuptools<81', then run with PYTHONPATH=build/kubernetes-validate-1.28"
+)
 
 
 def check_schema_version(version: str) -> None:
@@ -635,4 +791,5 @@ def check_schema_version(version: str) -> None:
     release = importlib.metadata.version("kubernetes-validate")
     raise RuntimeError(
         f"the installed kubernetes-validate {release} has schemas for Kubernetes {have[0]}–{have[-1]}, not {version}. "
-        f"For 1.20–1.28 (e.g. the reference design's 1.21): {LEGACY_VALIDATOR_HINT}")
+        f"For 1.20–1.28 (e.g. the reference design's 1.21): {LEGACY_VALIDATOR_HINT}"
+    )

@@ -21,10 +21,12 @@ _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 def expand(arg: str, env: dict[str, str]) -> str:
     """Kubernetes' expansion of ``$(VAR)`` in command and args (``$$`` escapes; unknown names stay as written)."""
+
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
         return env.get(m.group(1), m.group(0))
+
     return _VAR.sub(sub, arg)
 
 
@@ -67,4 +69,4 @@ def pod_runs(job: Manifest) -> list[PodRun]:
 def run_pod(pod: PodRun) -> int:
     """Run one pod's command in a fresh process (like a container), output streamed; return its exit status."""
     env = {**os.environ, **pod.env}
-    return subprocess.run([sys.executable, "-m", "veil", *pod.argv], env=env).returncode
+    return subprocess.run([sys.executable, "-m", "veil", *pod.argv], env=env, check=False).returncode

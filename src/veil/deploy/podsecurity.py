@@ -11,18 +11,35 @@ profile leaves out but veil requires (read-only root filesystem, resources, no A
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 #: Baseline: capabilities a container may add. Restricted allows only NET_BIND_SERVICE.
 _RESTRICTED_ADD = {"NET_BIND_SERVICE"}
 #: Baseline: the only volume types restricted pods may use.
-_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                 "projected", "secret"}
+_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 _SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
-_SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                 "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                 "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                 "net.ipv4.tcp_keepalive_probes"}
+_SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
 _SECCOMP_OK = {"RuntimeDefault", "Localhost"}
 _APPARMOR_OK = {"RuntimeDefault", "Localhost"}
 
@@ -127,11 +144,17 @@ def _apparmor(where: str, sc: dict[str, Any], doc: dict[str, Any] | None = None)
     if t is not None and t not in _APPARMOR_OK:
         out.append(f"{where}: appArmorProfile.type {t} is not allowed (RuntimeDefault or Localhost)")
     if doc is not None:
-        meta = doc.get("spec", {}).get("template", {}).get("metadata", {}) if doc.get("kind") != "Pod" \
+        meta = (
+            doc.get("spec", {}).get("template", {}).get("metadata", {})
+            if doc.get("kind") != "Pod"
             else doc.get("metadata", {})
+        )
         for k, v in (meta.get("annotations") or {}).items():
-            if (k.startswith("container.apparmor.security.beta.kubernetes.io/") and v != "runtime/default"
-                    and not str(v).startswith("localhost/")):
+            if (
+                k.startswith("container.apparmor.security.beta.kubernetes.io/")
+                and v != "runtime/default"
+                and not str(v).startswith("localhost/")
+            ):
                 out.append(f"{where}: AppArmor annotation {k}={v} is not allowed")
     return out
 

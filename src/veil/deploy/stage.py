@@ -22,8 +22,9 @@ def _filesystem(url: str):
         fs, root = fsspec.core.url_to_fs(url)
     except ImportError as exc:
         proto = url.split("://", 1)[0]
-        raise RuntimeError(f"no fsspec driver for {proto}:// ({exc}); install it, e.g. pip install s3fs "
-                           "for s3://") from exc
+        raise RuntimeError(
+            f"no fsspec driver for {proto}:// ({exc}); install it, e.g. pip install s3fs for s3://"
+        ) from exc
     return fs, root
 
 

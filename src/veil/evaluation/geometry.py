@@ -82,4 +82,3 @@ def ellipse_rect_iou(boxes: np.ndarray, ellipses: np.ndarray) -> np.ndarray:
     ell_area = (np.pi * ellipses[:, 0] * ellipses[:, 1])[None, :]
     union = box_area + ell_area - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-

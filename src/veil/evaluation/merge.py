@@ -8,6 +8,7 @@ refuses an incomplete set or shards that ran with different settings.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -30,22 +31,31 @@ def partial_filename(index: int, count: int) -> str:
 
 
 def _fold_counts(result: EvalResult) -> dict[str, dict[str, int]]:
-    return {str(k): {"annotated_images": f.annotated_images, "annotated_faces": f.annotated_faces,
-                     "present": f.annotated_images - f.missing, "missing": f.missing}
-            for k, f in sorted(result.folds.items())}
+    return {
+        str(k): {
+            "annotated_images": f.annotated_images,
+            "annotated_faces": f.annotated_faces,
+            "present": f.annotated_images - f.missing,
+            "missing": f.missing,
+        }
+        for k, f in sorted(result.folds.items())
+    }
 
 
 def partial_json(result: EvalResult) -> dict[str, Any]:
     """A run's result as a partial (a whole run counts as shard 0 of 1)."""
     index, count = result.shard or (0, 1)
-    return {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION,
-            "shard": {"index": index, "count": count},
-            "settings": result.settings,
-            "fold_counts": _fold_counts(result),
-            "skipped": result.skipped,
-            "nsr_sums": None if result.nsr_sums is None else np.asarray(result.nsr_sums, dtype=np.float64).tolist(),
-            "wall_s": result.wall_s,
-            "records": [r.to_json() for r in result.records]}
+    return {
+        "format": PARTIAL_FORMAT,
+        "version": PARTIAL_VERSION,
+        "shard": {"index": index, "count": count},
+        "settings": result.settings,
+        "fold_counts": _fold_counts(result),
+        "skipped": result.skipped,
+        "nsr_sums": None if result.nsr_sums is None else np.asarray(result.nsr_sums, dtype=np.float64).tolist(),
+        "wall_s": result.wall_s,
+        "records": [r.to_json() for r in result.records],
+    }
 
 
 def write_partial(result: EvalResult, out_dir: str | Path) -> Path:
@@ -82,8 +92,10 @@ def merge_results(source: str | Path | list[str | Path]) -> EvalResult:
             raise MergeError(f"partial-results directory does not exist: {src}")
         paths = sorted(src.glob("fddb-partial-*-of-*.json"))
         if not paths:
-            raise MergeError(f"no partial results (fddb-partial-*-of-*.json) in {src}; "
-                             "write them with `veil evaluate --shard i/N --out-partial DIR`")
+            raise MergeError(
+                f"no partial results (fddb-partial-*-of-*.json) in {src}; "
+                "write them with `veil evaluate --shard i/N --out-partial DIR`"
+            )
     else:
         paths = [Path(p) for p in source]
         if not paths:
@@ -91,8 +103,10 @@ def merge_results(source: str | Path | list[str | Path]) -> EvalResult:
     parts = [(p, _read(p)) for p in paths]
     counts = {d["shard"]["count"] for _, d in parts}
     if len(counts) != 1:
-        raise MergeError(f"partials come from different shard counts {sorted(counts)}: "
-                         + ", ".join(f"{p.name} is of {d['shard']['count']}" for p, d in parts))
+        raise MergeError(
+            f"partials come from different shard counts {sorted(counts)}: "
+            + ", ".join(f"{p.name} is of {d['shard']['count']}" for p, d in parts)
+        )
     n = counts.pop()
     by_index: dict[int, Path] = {}
     for p, d in parts:
@@ -102,8 +116,10 @@ def merge_results(source: str | Path | list[str | Path]) -> EvalResult:
         by_index[i] = p
     missing = [i for i in range(n) if i not in by_index]
     if missing:
-        raise MergeError(f"incomplete shard set: missing shard index {', '.join(map(str, missing))} of {n} "
-                         f"(have {', '.join(map(str, sorted(by_index)))})")
+        raise MergeError(
+            f"incomplete shard set: missing shard index {', '.join(map(str, missing))} of {n} "
+            f"(have {', '.join(map(str, sorted(by_index)))})"
+        )
     ref_path, ref = parts[0]
     for p, d in parts[1:]:
         diff = _differences(ref["settings"], d["settings"])
@@ -121,6 +137,12 @@ def merge_results(source: str | Path | list[str | Path]) -> EvalResult:
             raise MergeError(f"image {r.name} is in more than one shard")
         seen.add(r.index)
     fold_counts = {int(k): v for k, v in ref["fold_counts"].items()}
-    return summarise(records, fold_counts, ref["settings"], [s for _, d in parts for s in d["skipped"]],
-                     nsr_sums=sum(sums) if sums else None, wall_s=max(d.get("wall_s", 0.0) for _, d in parts),
-                     shards=n)
+    return summarise(
+        records,
+        fold_counts,
+        ref["settings"],
+        [s for _, d in parts for s in d["skipped"]],
+        nsr_sums=functools.reduce(np.add, sums) if sums else None,  # in shard order, as sum() would
+        wall_s=max(d.get("wall_s", 0.0) for _, d in parts),
+        shards=n,
+    )

@@ -29,8 +29,7 @@ def plot_roc(results: dict[str, EvalResult], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.2, 3.5), dpi=100)
     for i, (label, res) in enumerate(results.items()):
         fp, tpr = roc_points(res)
-        ax.step(fp, tpr, where="post", color=f"C{i}",
-                label=f"{label}: mAP {res.mAP:.4f}, TPR {res.tpr_at_1000fp:.4f}")
+        ax.step(fp, tpr, where="post", color=f"C{i}", label=f"{label}: mAP {res.mAP:.4f}, TPR {res.tpr_at_1000fp:.4f}")
         ax.plot([res.fp_budget], [res.tpr_at_1000fp], "o", color=f"C{i}", ms=4)
     first = next(iter(results.values()))
     ax.axvline(first.fp_budget, color="grey", ls="--", lw=1)
@@ -49,4 +48,3 @@ def plot_roc(results: dict[str, EvalResult], path: str | Path) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
-

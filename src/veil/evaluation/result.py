@@ -31,17 +31,28 @@ class ImageRecord:
 
     def to_json(self) -> dict[str, Any]:
         # Scores are float32 from the network; float() of them round-trips JSON exactly.
-        return {"index": self.index, "fold": self.fold, "name": self.name, "faces": self.faces,
-                "boxes": [[round(float(v), 2) for v in row[:4]] for row in self.detections],
-                "scores": [float(s) for s in self.detections[:, 4]],
-                "tp": [int(t) for t in self.tp]}
+        return {
+            "index": self.index,
+            "fold": self.fold,
+            "name": self.name,
+            "faces": self.faces,
+            "boxes": [[round(float(v), 2) for v in row[:4]] for row in self.detections],
+            "scores": [float(s) for s in self.detections[:, 4]],
+            "tp": [int(t) for t in self.tp],
+        }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ImageRecord":
+    def from_json(cls, d: dict[str, Any]) -> ImageRecord:
         boxes = np.asarray(d["boxes"], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(d["scores"], dtype=np.float64).reshape(-1, 1)
-        return cls(index=int(d["index"]), fold=int(d["fold"]), name=str(d["name"]), faces=int(d["faces"]),
-                   detections=np.hstack([boxes, scores]), tp=np.asarray(d["tp"], dtype=bool))
+        return cls(
+            index=int(d["index"]),
+            fold=int(d["fold"]),
+            name=str(d["name"]),
+            faces=int(d["faces"]),
+            detections=np.hstack([boxes, scores]),
+            tp=np.asarray(d["tp"], dtype=bool),
+        )
 
 
 @dataclass
@@ -92,16 +103,22 @@ class EvalResult:
         lines = [f"FDDB-fold-{k} Val AP: {self.folds[k].ap:.4f}" for k in self.folds_present]
         lines += [f"FDDB Dataset Average AP: {self.mAP:.4f}", f"mAP: {self.mAP:.4f}"]
         absent = [k for k, f in sorted(self.folds.items()) if f.images == 0]
-        lines.append(f"Evaluated {self.images} images, {self.faces} faces in {len(self.folds_present)} folds; "
-                     f"{self.missing} annotated images not found"
-                     + (f" (folds {', '.join(map(str, absent))} have none)" if absent else "")
-                     + f"; {len(self.skipped)} skipped (unreadable, over the pixel limit or failed)")
-        lines.append(f"TPR@1000FP: {self.tpr_at_1000fp:.4f} (discrete ROC, at most {self.fp_budget:.1f} false "
-                     f"positives = {ROC_FALSE_POSITIVES} x {self.images}/{FDDB_TOTAL_IMAGES} images)")
+        lines.append(
+            f"Evaluated {self.images} images, {self.faces} faces in {len(self.folds_present)} folds; "
+            f"{self.missing} annotated images not found"
+            + (f" (folds {', '.join(map(str, absent))} have none)" if absent else "")
+            + f"; {len(self.skipped)} skipped (unreadable, over the pixel limit or failed)"
+        )
+        lines.append(
+            f"TPR@1000FP: {self.tpr_at_1000fp:.4f} (discrete ROC, at most {self.fp_budget:.1f} false "
+            f"positives = {ROC_FALSE_POSITIVES} x {self.images}/{FDDB_TOTAL_IMAGES} images)"
+        )
         if self.nsr is not None:
             ch = self.nsr["channels"]
-            lines.append(f"Noise-to-signal ratio: {self.nsr['nsr_db']:.2f} dB (per channel: min {ch['min']:.2f}, "
-                         f"median {ch['median']:.2f}, max {ch['max']:.2f} dB) at ALPHA {self.settings.get('alpha')}")
+            lines.append(
+                f"Noise-to-signal ratio: {self.nsr['nsr_db']:.2f} dB (per channel: min {ch['min']:.2f}, "
+                f"median {ch['median']:.2f}, max {ch['max']:.2f} dB) at ALPHA {self.settings.get('alpha')}"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -121,11 +138,18 @@ class EvalResult:
             if self.nsr is not None:
                 out["nsr_db"] = self.nsr["nsr_db"]
                 out["nsr"] = self.nsr
-        out["fold_details"] = {str(k): {"ap": _num(f.ap), "images": f.images,
-                                        "faces": f.faces, "missing": f.missing, "skipped": f.skipped,
-                                        "annotated_images": f.annotated_images,
-                                        "annotated_faces": f.annotated_faces}
-                               for k, f in sorted(self.folds.items())}
+        out["fold_details"] = {
+            str(k): {
+                "ap": _num(f.ap),
+                "images": f.images,
+                "faces": f.faces,
+                "missing": f.missing,
+                "skipped": f.skipped,
+                "annotated_images": f.annotated_images,
+                "annotated_faces": f.annotated_faces,
+            }
+            for k, f in sorted(self.folds.items())
+        }
         out["skipped"] = self.skipped
         out["settings"] = self.settings
         out["shards"] = self.shards
@@ -139,9 +163,16 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def summarise(records: list[ImageRecord], fold_counts: dict[int, dict[str, int]], settings: dict[str, Any],
-              skipped: list[dict[str, Any]], nsr_sums: np.ndarray | None = None, wall_s: float = 0.0,
-              shards: int = 1, shard: tuple[int, int] | None = None) -> EvalResult:
+def summarise(
+    records: list[ImageRecord],
+    fold_counts: dict[int, dict[str, int]],
+    settings: dict[str, Any],
+    skipped: list[dict[str, Any]],
+    nsr_sums: np.ndarray | None = None,
+    wall_s: float = 0.0,
+    shards: int = 1,
+    shard: tuple[int, int] | None = None,
+) -> EvalResult:
     """Compute the report from per-image records (any order) and the dataset's per-fold counts."""
     records = sorted(records, key=lambda r: r.index)
     skipped = sorted(skipped, key=lambda s: s["index"])
@@ -152,9 +183,16 @@ def summarise(records: list[ImageRecord], fold_counts: dict[int, dict[str, int]]
         scores = np.concatenate([r.detections[:, 4] for r in recs]) if recs else np.zeros(0)
         tp = np.concatenate([r.tp for r in recs]) if recs else np.zeros(0, dtype=bool)
         ap = average_precision(scores, tp, faces) if faces else float("nan")
-        folds[k] = FoldResult(fold=k, ap=ap, images=len(recs), faces=faces, missing=c["missing"],
-                              skipped=sum(1 for s in skipped if s["fold"] == k),
-                              annotated_images=c["annotated_images"], annotated_faces=c["annotated_faces"])
+        folds[k] = FoldResult(
+            fold=k,
+            ap=ap,
+            images=len(recs),
+            faces=faces,
+            missing=c["missing"],
+            skipped=sum(1 for s in skipped if s["fold"] == k),
+            annotated_images=c["annotated_images"],
+            annotated_faces=c["annotated_faces"],
+        )
     present = [f for f in folds.values() if f.faces > 0]
     m_ap = float(np.mean([f.ap for f in present])) if present else float("nan")
     n_images = len(records)
@@ -168,8 +206,20 @@ def summarise(records: list[ImageRecord], fold_counts: dict[int, dict[str, int]]
         from veil.obfuscate.nsr import nsr_report  # noisy runs only: the obfuscation package
 
         nsr = nsr_report(nsr_sums)
-    return EvalResult(folds=folds, mAP=m_ap, images=n_images, faces=n_faces,
-                      missing=sum(c["missing"] for c in fold_counts.values()), tpr_at_1000fp=tpr,
-                      fp_budget=budget, settings=settings, skipped=skipped, nsr=nsr, nsr_sums=nsr_sums,
-                      wall_s=wall_s, shards=shard[1] if shard else shards, shard=shard,
-                      records=records)
+    return EvalResult(
+        folds=folds,
+        mAP=m_ap,
+        images=n_images,
+        faces=n_faces,
+        missing=sum(c["missing"] for c in fold_counts.values()),
+        tpr_at_1000fp=tpr,
+        fp_budget=budget,
+        settings=settings,
+        skipped=skipped,
+        nsr=nsr,
+        nsr_sums=nsr_sums,
+        wall_s=wall_s,
+        shards=shard[1] if shard else shards,
+        shard=shard,
+        records=records,
+    )

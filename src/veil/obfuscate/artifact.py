@@ -40,8 +40,7 @@ _MAX_BYTES = 64 << 20  # a 128-channel noise file is a few KB
 #: NSR (dB) of the noise fitted at the defaults per ALPHA, measured on FDDB's activations
 #: (docs/obfuscation.md, "The sweep"). A file's NSR on its *own* recorded statistics (the fitting
 #: crops) reads ≈ :data:`OWN_STATS_OFFSET_DB` lower: their activations carry that much more power.
-MEASURED_NSR_DB = {0.05: -21.28, 0.1: -17.97, 0.2: -14.19, 0.4: -9.15, 0.6: -4.43, 0.8: 3.26, 0.9: 11.68,
-                   0.95: 27.30}
+MEASURED_NSR_DB = {0.05: -21.28, 0.1: -17.97, 0.2: -14.19, 0.4: -9.15, 0.6: -4.43, 0.8: 3.26, 0.9: 11.68, 0.95: 27.30}
 OWN_STATS_OFFSET_DB = 1.8
 #: Inside the accepted range but this far from the default fit's value: loaded with a warning.
 WARN_DB = 6.0
@@ -89,8 +88,12 @@ def noise_path(alpha: float, directory: str | Path | None = None) -> Path:
     return Path(directory if directory is not None else noise_dir()) / noise_filename(alpha)
 
 
-def find_noise_file(alpha: float | None, noise: str | Path | None = None, noise_dir: str | Path | None = None,
-                    weights_sha256: str = REFERENCE_SHA256) -> Path:
+def find_noise_file(
+    alpha: float | None,
+    noise: str | Path | None = None,
+    noise_dir: str | Path | None = None,
+    weights_sha256: str = REFERENCE_SHA256,
+) -> Path:
     """The noise file to load for ALPHA: ``noise`` if given; else :func:`noise_path` in ``noise_dir``;
     else (default directory only) the noise shipped for the reference weights. ``NoiseFileError`` with
     the command that fits it if there is none."""
@@ -108,7 +111,8 @@ def find_noise_file(alpha: float | None, noise: str | Path | None = None, noise_
     if not path.is_file():
         raise NoiseFileError(
             f"no noise fitted for ALPHA {alpha:g} in {path.parent} (looked for {path.name}); fit it with "
-            f"`veil fit-noise --alpha {alpha:g} --images DIR --out {path}` or give the noise file")
+            f"`veil fit-noise --alpha {alpha:g} --images DIR --out {path}` or give the noise file"
+        )
     return path
 
 
@@ -117,8 +121,14 @@ def save_obfuscator(obf: Obfuscator, path: str | Path, metadata: dict[str, Any])
     for key in ("alpha", "weights_sha256"):
         if key not in metadata:
             raise ValueError(f"noise metadata needs {key!r}")
-    meta = {"format": FORMAT, "veil_version": veil.__version__, "split_point": SPLIT_POINT,
-            "family": obf.family, "channels": obf.channels, **metadata}
+    meta = {
+        "format": FORMAT,
+        "veil_version": veil.__version__,
+        "split_point": SPLIT_POINT,
+        "family": obf.family,
+        "channels": obf.channels,
+        **metadata,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: getattr(obf, k).detach().float().cpu().contiguous() for k in _TENSORS}
@@ -139,8 +149,10 @@ def _read(path: Path, sha256: str | None = None) -> bytes:
         want = sha256.strip().lower()
         got = hashlib.sha256(data).hexdigest()
         if got != want:
-            raise NoiseFileError(f"{path} has SHA-256 {got}, but {want} is pinned ($VEIL_NOISE_SHA256 or "
-                                 "--noise-sha256): the noise file was changed or is another one; refusing it")
+            raise NoiseFileError(
+                f"{path} has SHA-256 {got}, but {want} is pinned ($VEIL_NOISE_SHA256 or "
+                "--noise-sha256): the noise file was changed or is another one; refusing it"
+            )
     return data
 
 
@@ -149,7 +161,7 @@ def _metadata(path: Path, data: bytes) -> dict[str, Any]:
         n = int.from_bytes(data[:8], "little")
         if len(data) < 8 or n > len(data) - 8:
             raise ValueError("header length beyond the end of the file")
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
         raw = (header.get("__metadata__") or {}).get("veil")
     except (ValueError, AttributeError, UnicodeDecodeError) as exc:
         raise NoiseFileError(f"{path} is not a readable noise file (corrupt or truncated?): {exc}") from exc
@@ -187,8 +199,9 @@ def nsr_range_db(alpha: float) -> tuple[float, float]:
     return min(e, FIT_START_NSR_DB) - NSR_BELOW_DB, max(e, FIT_START_NSR_DB) + NSR_ABOVE_DB
 
 
-def check_noise(mu: torch.Tensor, log_sigma: torch.Tensor, signal_power: torch.Tensor, alpha: float,
-                where: str = "noise file") -> float:
+def check_noise(
+    mu: torch.Tensor, log_sigma: torch.Tensor, signal_power: torch.Tensor, alpha: float, where: str = "noise file"
+) -> float:
     """Refuse parameters that would disable the obfuscation or are absurd; return the overall NSR (dB).
 
     Judged against the activation statistics the file records (``signal_power``, E[a_c²] on the
@@ -199,8 +212,10 @@ def check_noise(mu: torch.Tensor, log_sigma: torch.Tensor, signal_power: torch.T
         if not torch.isfinite(t).all():
             raise NoiseFileError(f"{where} holds non-finite {name} values (NaN or infinity)")
     if (p < 0).any() or float(p.sum()) <= 0:
-        raise NoiseFileError(f"{where}: recorded activation power must be ≥ 0 and not all zero "
-                             f"(min {float(p.min()):.3g}, sum {float(p.sum()):.3g})")
+        raise NoiseFileError(
+            f"{where}: recorded activation power must be ≥ 0 and not all zero "
+            f"(min {float(p.min()):.3g}, sum {float(p.sum()):.3g})"
+        )
     s = math.sqrt(float(p.mean()))
     rel = ls - math.log(s)
     lo, hi = LOG_SIGMA_SPAN
@@ -209,42 +224,59 @@ def check_noise(mu: torch.Tensor, log_sigma: torch.Tensor, signal_power: torch.T
         raise NoiseFileError(
             f"{where}: channel {c} has log σ = {float(ls[c]):.4g}, i.e. σ = {math.exp(float(rel[c])):.3g} × the "
             f"recorded activation RMS {s:.4g}; accepted: e^{lo:g} … e^{hi:g} × RMS "
-            f"({'the noise would vanish' if float(rel[c]) < lo else 'absurdly large noise'})")
+            f"({'the noise would vanish' if float(rel[c]) < lo else 'absurdly large noise'})"
+        )
     if float(mu.abs().max()) > MU_MAX * s:
         c = int(mu.abs().argmax())
-        raise NoiseFileError(f"{where}: channel {c} has μ = {float(mu[c]):.4g}, more than {MU_MAX:g} × the "
-                             f"recorded activation RMS {s:.4g}")
+        raise NoiseFileError(
+            f"{where}: channel {c} has μ = {float(mu[c]):.4g}, more than {MU_MAX:g} × the "
+            f"recorded activation RMS {s:.4g}"
+        )
     var = (2 * ls).exp()
     live = p > 1e-6 * float(p.mean())
     per = 10 * torch.log10(var[live] / p[live])
     if per.numel() and float(per.min()) < CHANNEL_FLOOR_DB:
         c = int(torch.nonzero(live)[int(per.argmin())])
-        raise NoiseFileError(f"{where}: channel {c} would be left almost clean: NSR {float(per.min()):.1f} dB on "
-                             f"its recorded power (floor {CHANNEL_FLOOR_DB:g} dB)")
+        raise NoiseFileError(
+            f"{where}: channel {c} would be left almost clean: NSR {float(per.min()):.1f} dB on "
+            f"its recorded power (floor {CHANNEL_FLOOR_DB:g} dB)"
+        )
     nsr = 10 * math.log10(float(var.sum()) / float(p.sum()))
     lo_db, hi_db = nsr_range_db(alpha)
     if not lo_db <= nsr <= hi_db:
         e = expected_nsr_db(alpha)
         fit = f"fits at the defaults give {e:+.1f} dB on FDDB" if e is not None else "no fit measured below 0.05"
-        way = ("far below: this noise would leave the activation nearly clean" if nsr < lo_db else
-               "far above: this noise would leave nothing to detect")
+        way = (
+            "far below: this noise would leave the activation nearly clean"
+            if nsr < lo_db
+            else "far above: this noise would leave nothing to detect"
+        )
         raise NoiseFileError(
             f"{where}: noise-to-signal ratio on its own recorded activation statistics is {nsr:+.1f} dB, {way} "
             f"for ALPHA {alpha:g} (accepted {lo_db:+.1f} … {hi_db:+.1f} dB; {fit}); refit it with "
-            f"`veil fit-noise --alpha {alpha:g}`")
+            f"`veil fit-noise --alpha {alpha:g}`"
+        )
     e = expected_nsr_db(alpha)
     if e is not None and abs(nsr - (e - OWN_STATS_OFFSET_DB)) > WARN_DB:
-        warnings.warn(f"{where}: NSR {nsr:+.1f} dB on its own statistics, {nsr - e + OWN_STATS_OFFSET_DB:+.1f} dB from "
-                      f"what the default fit gives for ALPHA {alpha:g} ({e - OWN_STATS_OFFSET_DB:+.1f} dB): a short "
-                      "fit or other settings; its privacy is not that of the documented ALPHA", NoiseFileWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"{where}: NSR {nsr:+.1f} dB on its own statistics, {nsr - e + OWN_STATS_OFFSET_DB:+.1f} dB from "
+            f"what the default fit gives for ALPHA {alpha:g} ({e - OWN_STATS_OFFSET_DB:+.1f} dB): a short "
+            "fit or other settings; its privacy is not that of the documented ALPHA",
+            NoiseFileWarning,
+            stacklevel=3,
+        )
     return nsr
 
 
-def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
-                    split_point: str = SPLIT_POINT, seed: int | None = None,
-                    generator: torch.Generator | None = None,
-                    sha256: str | None = None) -> tuple[Obfuscator, dict[str, Any]]:
+def load_noise_file(
+    path: str | Path,
+    *,
+    weights_sha256: str = REFERENCE_SHA256,
+    split_point: str = SPLIT_POINT,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    sha256: str | None = None,
+) -> tuple[Obfuscator, dict[str, Any]]:
     """Load one noise file after checking its pinned hash, model, split point and noise (:func:`check_noise`).
 
     The file is read once: the hash, metadata and tensors all come from the same bytes.
@@ -255,10 +287,13 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
     if meta.get("weights_sha256") != weights_sha256:
         raise NoiseFileError(
             f"{path} was fitted for model weights with SHA-256 {meta.get('weights_sha256')}, but the "
-            f"detector uses {weights_sha256}; refit it with `veil fit-noise` for these weights")
+            f"detector uses {weights_sha256}; refit it with `veil fit-noise` for these weights"
+        )
     if meta.get("split_point") != split_point:
-        raise NoiseFileError(f"{path} was fitted at split point {meta.get('split_point')!r}, but the model "
-                             f"splits at {split_point!r}; refit it with `veil fit-noise`")
+        raise NoiseFileError(
+            f"{path} was fitted at split point {meta.get('split_point')!r}, but the model "
+            f"splits at {split_point!r}; refit it with `veil fit-noise`"
+        )
     if meta.get("family") not in FAMILIES:
         raise NoiseFileError(f"{path}: unknown noise family {meta.get('family')!r}")
     try:
@@ -274,15 +309,21 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
         raise NoiseFileError(f"{path} lacks tensors {missing}")
     c = int(meta.get("channels", tensors["mu"].numel()))
     if any(tensors[k].shape != (c,) for k in _TENSORS):
-        raise NoiseFileError(f"{path}: tensor shapes {[tuple(tensors[k].shape) for k in _TENSORS]} "
-                             f"do not match {c} channels")
+        raise NoiseFileError(
+            f"{path}: tensor shapes {[tuple(tensors[k].shape) for k in _TENSORS]} do not match {c} channels"
+        )
     recorded = (meta.get("activation_stats") or {}).get("channel_power")
     if recorded is not None:
         rec = torch.as_tensor(recorded, dtype=torch.float64) if isinstance(recorded, list) else None
-        if rec is None or rec.shape != (c,) or not torch.allclose(rec, tensors["signal_power"].double(),
-                                                                    rtol=1e-4, atol=1e-5):
-            raise NoiseFileError(f"{path}: the signal_power tensor disagrees with the activation statistics in "
-                                 "its metadata (the file was edited)")
+        if (
+            rec is None
+            or rec.shape != (c,)
+            or not torch.allclose(rec, tensors["signal_power"].double(), rtol=1e-4, atol=1e-5)
+        ):
+            raise NoiseFileError(
+                f"{path}: the signal_power tensor disagrees with the activation statistics in "
+                "its metadata (the file was edited)"
+            )
     if weights_sha256 == REFERENCE_SHA256 and split_point == SPLIT_POINT and c == HEAD_CHANNELS:
         total = float(tensors["signal_power"].double().sum())
         if not abs(10 * math.log10(max(total, 1e-300) / REFERENCE_POWER)) <= REFERENCE_POWER_DB:
@@ -290,7 +331,8 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
                 f"{path} records a total activation power of {total:.4g}, but the reference head's is ≈ 60–92 "
                 f"on natural images (accepted {REFERENCE_POWER / 10 ** (REFERENCE_POWER_DB / 10):g} … "
                 f"{REFERENCE_POWER * 10 ** (REFERENCE_POWER_DB / 10):g}): its statistics, and the noise measured "
-                "against them, are not this model's")
+                "against them, are not this model's"
+            )
     check_noise(tensors["mu"], tensors["log_sigma"], tensors["signal_power"], float(alpha), where=str(path))
     obf = Obfuscator(c, meta["family"], seed=seed, generator=generator)
     with torch.no_grad():
@@ -300,12 +342,18 @@ def load_noise_file(path: str | Path, *, weights_sha256: str = REFERENCE_SHA256,
     return obf.eval(), meta
 
 
-def load_obfuscator(alpha: float | None, noise: str | Path | None = None,
-                    noise_dir: str | Path | None = None, weights_sha256: str = REFERENCE_SHA256, *,
-                    split_point: str = SPLIT_POINT, seed: int | None = None,
-                    generator: torch.Generator | None = None,
-                    key: bytes | NoiseKey | os.PathLike | None = None,
-                    sha256: str | None = None) -> tuple[Obfuscator, dict[str, Any]]:
+def load_obfuscator(
+    alpha: float | None,
+    noise: str | Path | None = None,
+    noise_dir: str | Path | None = None,
+    weights_sha256: str = REFERENCE_SHA256,
+    *,
+    split_point: str = SPLIT_POINT,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    key: bytes | NoiseKey | os.PathLike | None = None,
+    sha256: str | None = None,
+) -> tuple[Obfuscator, dict[str, Any]]:
     """Find (:func:`find_noise_file`) and load the noise fitted for ALPHA.
 
     Refuses a file fitted for other weights, another split point, or another ALPHA than
@@ -317,12 +365,11 @@ def load_obfuscator(alpha: float | None, noise: str | Path | None = None,
     if alpha is not None:
         alpha = check_alpha(alpha)
     noise = find_noise_file(alpha, noise, noise_dir, weights_sha256)
-    obf, meta = load_noise_file(noise, weights_sha256=weights_sha256, split_point=split_point,
-                                seed=seed, generator=generator, sha256=sha256)
+    obf, meta = load_noise_file(
+        noise, weights_sha256=weights_sha256, split_point=split_point, seed=seed, generator=generator, sha256=sha256
+    )
     if key is not None:
         obf.set_key(read_key_file(key) if isinstance(key, (str, os.PathLike)) else key)
     if alpha is not None and abs(float(meta["alpha"]) - float(alpha)) > 1e-9:
         raise NoiseFileError(f"{noise} was fitted for ALPHA {meta['alpha']:g}, not the requested {alpha:g}")
     return obf, meta
-
-

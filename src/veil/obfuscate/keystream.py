@@ -42,7 +42,7 @@ _KEY_DOMAIN = b"veil-keyed-noise/1\0"
 _SEED_DOMAIN = b"veil-seeded-noise/1\0"
 _zeros = bytes(0)  # one shared all-zero plaintext, grown to the largest request seen
 _BITS = 24
-_SCALE = 2.0 ** -_BITS
+_SCALE = 2.0**-_BITS
 
 
 class NoiseKeyError(ValueError):
@@ -57,6 +57,7 @@ class NoiseKey:
     """
 
     __slots__ = ("_key",)
+    _key: bytes
 
     def __init__(self, key: bytes | bytearray | NoiseKey) -> None:
         if isinstance(key, NoiseKey):
@@ -65,11 +66,14 @@ class NoiseKey:
             raise TypeError(f"a noise key is bytes (≥ {MIN_KEY_BYTES}), not {type(key).__name__}")
         key = bytes(key)
         if len(key) < MIN_KEY_BYTES:
-            raise NoiseKeyError(f"noise key too short: {len(key)} bytes, need at least {MIN_KEY_BYTES} "
-                                "(create one with `veil noise-key new FILE`)")
+            raise NoiseKeyError(
+                f"noise key too short: {len(key)} bytes, need at least {MIN_KEY_BYTES} "
+                "(create one with `veil noise-key new FILE`)"
+            )
         if len(set(key)) < 8:
-            raise NoiseKeyError("noise key is not random (fewer than 8 distinct byte values); "
-                                "create one with `veil noise-key new FILE`")
+            raise NoiseKeyError(
+                "noise key is not random (fewer than 8 distinct byte values); create one with `veil noise-key new FILE`"
+            )
         self._key = key
 
     @property
@@ -114,8 +118,10 @@ def read_key_file(path: str | os.PathLike) -> NoiseKey:
     if not stat.S_ISREG(st.st_mode):
         raise NoiseKeyError(f"noise key file {p} is not a regular file")
     if st.st_mode & 0o007:
-        raise NoiseKeyError(f"noise key file {p} is accessible to other users (mode {stat.S_IMODE(st.st_mode):04o}); "
-                            f"a secret key must not be: `chmod 600 {p}`")
+        raise NoiseKeyError(
+            f"noise key file {p} is accessible to other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"a secret key must not be: `chmod 600 {p}`"
+        )
     raw = p.read_bytes()
     text = raw.strip()
     if not text:
@@ -228,5 +234,11 @@ def keyed_stream(key: NoiseKey, item: torch.Tensor, params: bytes) -> Keystream:
     """
     a = item.detach().to("cpu").contiguous()
     content = a.view(torch.uint8) if a.dtype != torch.bool else a.to(torch.uint8)
-    return Keystream(key.digest(b"shape" + str(tuple(a.shape)).encode(), str(a.dtype).encode(),
-                                memoryview(content.numpy()).cast("B"), params))
+    return Keystream(
+        key.digest(
+            b"shape" + str(tuple(a.shape)).encode(),
+            str(a.dtype).encode(),
+            content.numpy().data.cast("B"),
+            params,
+        )
+    )

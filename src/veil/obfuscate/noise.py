@@ -51,9 +51,16 @@ class Obfuscator(nn.Module):
     privacy term and for reporting; it does not change the transform.
     """
 
-    def __init__(self, channels: int, family: str = "gaussian", *, seed: int | None = None,
-                 generator: torch.Generator | None = None, key: bytes | NoiseKey | None = None,
-                 init_sigma: float | torch.Tensor = 1e-3) -> None:
+    def __init__(
+        self,
+        channels: int,
+        family: str = "gaussian",
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        key: bytes | NoiseKey | None = None,
+        init_sigma: float | torch.Tensor = 1e-3,
+    ) -> None:
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"unknown noise family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -62,6 +69,7 @@ class Obfuscator(nn.Module):
         self.mu = nn.Parameter(torch.zeros(channels))
         sigma = torch.as_tensor(init_sigma, dtype=torch.float32).expand(channels).clamp_min(1e-12)
         self.log_sigma = nn.Parameter(sigma.log().clone())
+        self.signal_power: torch.Tensor
         self.register_buffer("signal_power", torch.ones(channels))
         self._seed = seed
         self._explicit = generator
@@ -90,8 +98,9 @@ class Obfuscator(nn.Module):
     def set_key(self, key: bytes | NoiseKey | None) -> None:
         """Switch to keyed noise under ``key`` (≥ 32 bytes), or with None back to fresh/seeded noise."""
         if key is not None and self.seeded:
-            raise ValueError("keyed noise and a seed exclude each other: the key already makes the noise "
-                             "reproducible per image")
+            raise ValueError(
+                "keyed noise and a seed exclude each other: the key already makes the noise reproducible per image"
+            )
         self._key = NoiseKey(key) if key is not None else None
 
     def reseed(self, seed: int | None = None) -> None:
@@ -139,8 +148,15 @@ class Obfuscator(nn.Module):
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
         return h.digest()
 
-    def sample_eps(self, shape: torch.Size, device: torch.device, dtype: torch.dtype,
-                   a: torch.Tensor | None = None, *, fitting: bool = False) -> torch.Tensor:
+    def sample_eps(
+        self,
+        shape: torch.Size,
+        device: torch.device,
+        dtype: torch.dtype,
+        a: torch.Tensor | None = None,
+        *,
+        fitting: bool = False,
+    ) -> torch.Tensor:
         """Zero-mean, unit-variance noise of ``shape``, from the source :attr:`mode` names.
 
         Keyed mode needs the activation ``a`` (its content keys the stream, one per batch item).
@@ -151,10 +167,10 @@ class Obfuscator(nn.Module):
                 raise ValueError("keyed noise is derived from the activation: pass a= of the same shape")
             params = self._params_digest()
             per = math.prod(shape[1:])
-            eps = np.empty(math.prod(shape), dtype=np.float32)  # numpy: no torch parallel region (see keystream)
+            buf = np.empty(math.prod(shape), dtype=np.float32)  # numpy: no torch parallel region (see keystream)
             for i in range(shape[0]):
-                eps[i * per:(i + 1) * per] = keyed_stream(self._key, a[i], params).sample(per, self.family).numpy()
-            return torch.from_numpy(eps).view(shape).to(device=device, dtype=dtype)
+                buf[i * per : (i + 1) * per] = keyed_stream(self._key, a[i], params).sample(per, self.family).numpy()
+            return torch.from_numpy(buf).view(shape).to(device=device, dtype=dtype)
         if self._explicit is not None or fitting:
             return self._torch_eps(shape, device, dtype)
         eps = self._keystream().sample(math.prod(shape), self.family).view(shape)
@@ -181,8 +197,10 @@ class Obfuscator(nn.Module):
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         if a.ndim < 2 or a.shape[1] != self.channels:
-            raise ValueError(f"obfuscator fitted for {self.channels} channels got an activation of shape "
-                             f"{tuple(a.shape)} (channels are dimension 1)")
+            raise ValueError(
+                f"obfuscator fitted for {self.channels} channels got an activation of shape "
+                f"{tuple(a.shape)} (channels are dimension 1)"
+            )
         if torch.is_grad_enabled() and (self.log_sigma.requires_grad or self.mu.requires_grad or a.requires_grad):
             eps = self.sample_eps(a.shape, a.device, a.dtype, a, fitting=True)
             return a + self._view(self.mu, a) + self._view(self.sigma, a) * eps  # fitting: autograd path

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+
 @torch.no_grad()
 def nsr_sums(a: torch.Tensor, obfuscator: nn.Module) -> np.ndarray:
     """Per-channel ``[2, C]`` sums over ``a [N,C,*]``: row 0 noise power, row 1 signal power Σa².
@@ -26,12 +27,14 @@ def nsr_sums(a: torch.Tensor, obfuscator: nn.Module) -> np.ndarray:
     a = a.detach().float()
     per_channel = a.numel() // a.shape[1]
     signal = a.transpose(0, 1).reshape(a.shape[1], -1).pow(2).sum(1).double()
-    if hasattr(obfuscator, "noise_variance"):
-        var = obfuscator.noise_variance().double().to(signal.device)
+    noise_variance = getattr(obfuscator, "noise_variance", None)  # an Obfuscator knows its noise exactly
+    if callable(noise_variance):
+        var = noise_variance().double().to(signal.device)
     else:
         d = (obfuscator(a) - a).transpose(0, 1).reshape(a.shape[1], -1).double()
         var = d.var(1, unbiased=False)
     return torch.stack([var * per_channel, signal]).cpu().numpy()
+
 
 def nsr_report(sums: np.ndarray) -> dict:
     """``{"nsr_db", "channels": {"min","median","max"}, "dead_channels"}`` from summed ``[2, C]``.
@@ -49,7 +52,10 @@ def nsr_report(sums: np.ndarray) -> dict:
     per = 10 * np.log10(np.maximum(noise[live], 1e-300) / signal[live])
     return {
         "nsr_db": round(10 * math.log10(max(noise.sum(), 1e-300) / signal.sum()), 3),
-        "channels": {"min": round(float(per.min()), 3), "median": round(float(np.median(per)), 3),
-                     "max": round(float(per.max()), 3)},
+        "channels": {
+            "min": round(float(per.min()), 3),
+            "median": round(float(np.median(per)), 3),
+            "max": round(float(per.max()), 3),
+        },
         "dead_channels": int((~live).sum()),
     }

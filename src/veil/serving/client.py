@@ -14,9 +14,9 @@ refusing a request (wrong shape, dtype or model), and the server keeps serving.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -28,9 +28,20 @@ from veil.serving.wire import encode_input, requested_outputs
 
 PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
-_UNAVAILABLE_HINTS = ("unavailable", "failed to connect", "connection refused", "not ready", "stopping",
-                      "socket closed", "connection reset", "broken pipe", "timed out", "deadline exceeded",
-                      "no available versions", "connection closed")  # the last: HTTP server killed mid-request
+_UNAVAILABLE_HINTS = (
+    "unavailable",
+    "failed to connect",
+    "connection refused",
+    "not ready",
+    "stopping",
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "timed out",
+    "deadline exceeded",
+    "no available versions",
+    "connection closed",
+)  # the last: HTTP server killed mid-request
 
 
 class ServerUnavailableError(ConnectionError):
@@ -59,8 +70,10 @@ class ImageResult:
 
 def start_hint() -> str:
     """What to do when no server answers."""
-    return ("start one with `veil serve --model-repository REPO` (create REPO with "
-            "`veil export-triton --out REPO`), or point --url at a running server")
+    return (
+        "start one with `veil serve --model-repository REPO` (create REPO with "
+        "`veil export-triton --out REPO`), or point --url at a running server"
+    )
 
 
 class TritonDetector:
@@ -73,9 +86,18 @@ class TritonDetector:
     delays from ``retry_delay``); other errors are not retried.
     """
 
-    def __init__(self, detector: Detector, url: str | None = None, protocol: str = "http", fp16: bool = False,
-                 model: str | None = None, retries: int = 3, retry_delay: float = 0.5, timeout: float = 30.0,
-                 binary: bool = True) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        url: str | None = None,
+        protocol: str = "http",
+        fp16: bool = False,
+        model: str | None = None,
+        retries: int = 3,
+        retry_delay: float = 0.5,
+        timeout: float = 30.0,
+        binary: bool = True,
+    ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if not binary and (protocol != "http" or fp16):
@@ -122,7 +144,8 @@ class TritonDetector:
                 import tritonclient.http as httpclient
 
                 self._client = httpclient.InferenceServerClient(
-                    self.url, connection_timeout=self.timeout, network_timeout=self.timeout)
+                    self.url, connection_timeout=self.timeout, network_timeout=self.timeout
+                )
             else:
                 import tritonclient.grpc as grpcclient
 
@@ -137,16 +160,17 @@ class TritonDetector:
                 pass
             self._client = None
 
-    def __enter__(self) -> "TritonDetector":
+    def __enter__(self) -> TritonDetector:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _unavailable(self, exc: BaseException) -> ServerUnavailableError:
+    def _unavailable(self, exc: BaseException | None) -> ServerUnavailableError:
         return ServerUnavailableError(
             f"no Triton server answered at {self.url} ({self.protocol}) after {self.retries + 1} tries "
-            f"({_describe(exc)}); {start_hint()}")
+            f"({_describe(exc)}); {start_hint()}"
+        )
 
     def wait_until_ready(self, timeout: float = 30.0) -> None:
         """Block until the server and this client's model are ready, or raise ServerUnavailableError."""
@@ -155,8 +179,9 @@ class TritonDetector:
         while time.monotonic() < deadline:
             try:
                 if self.protocol == "grpc":
-                    ready = (self.client.is_server_ready(client_timeout=self.timeout)
-                             and self.client.is_model_ready(self.model, client_timeout=self.timeout))
+                    ready = self.client.is_server_ready(client_timeout=self.timeout) and self.client.is_model_ready(
+                        self.model, client_timeout=self.timeout
+                    )
                 else:
                     ready = self.client.is_server_ready() and self.client.is_model_ready(self.model)
                 if ready:
@@ -167,7 +192,8 @@ class TritonDetector:
             time.sleep(0.25)
         raise ServerUnavailableError(
             f"Triton server at {self.url} ({self.protocol}) with model {self.model!r} not ready after "
-            f"{timeout:.0f} s ({_describe(last) if last else 'not ready'}); {start_hint()}")
+            f"{timeout:.0f} s ({_describe(last) if last else 'not ready'}); {start_hint()}"
+        )
 
     # -- one request ---------------------------------------------------------------------------
     def infer_activation(self, activation: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +212,7 @@ class TritonDetector:
                     res = self.client.infer(self.model, [inp], outputs=outputs)
                 # Copies: tritonclient returns read-only views of its receive buffer.
                 return np.array(res.as_numpy("OUTPUT_0")), np.array(res.as_numpy("OUTPUT_1"))
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:
                 if not _is_unavailable(exc):
                     raise self._refused(exc) from exc
                 last = exc
@@ -197,8 +223,10 @@ class TritonDetector:
         msg = _describe(exc)
         if "unknown model" in msg.lower() or "not found" in msg.lower():
             try:
-                names = sorted(m["name"] if isinstance(m, dict) else m.name
-                               for m in _index(self.client, self.protocol, self.timeout))
+                names = sorted(
+                    m["name"] if isinstance(m, dict) else m.name
+                    for m in _index(self.client, self.protocol, self.timeout)
+                )
                 msg += f"; the server at {self.url} serves: {', '.join(names) or 'no models'}"
             except Exception:  # noqa: BLE001 - the listing is a courtesy (restricted on veil's servers)
                 msg += f"; veil's servers serve {', '.join(ALL_MODELS)}"
@@ -227,9 +255,12 @@ class TritonDetector:
         """``[K,5]`` boxes ``x1,y1,x2,y2,score`` in the image's pixels, with the tail on the server."""
         return self.detect_with_activation(image)[0]
 
-    def run_many(self, items: Iterable[str | Path | tuple[str, np.ndarray]],
-                 on_result: Callable[[int, ImageResult], None] | None = None,
-                 keep: bool = False) -> list[ImageResult]:
+    def run_many(
+        self,
+        items: Iterable[str | Path | tuple[str, np.ndarray]],
+        on_result: Callable[[int, ImageResult], None] | None = None,
+        keep: bool = False,
+    ) -> list[ImageResult]:
         """Detect on many images; never stops at a bad image or an unreachable server.
 
         Each item is a path or ``(name, image)``. An image that cannot be read, or that fails

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ class ServedTail(nn.Module):
     def __init__(self, model: FaceBoxes) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).eval()
-        self.tail = self.model.tail.eval()
+        self.tail = cast(nn.Module, self.model.tail).eval()
 
     # The argument is named like the Triton input: Triton's pytorch backend maps inputs by
     # forward()'s argument names (outputs by their order in config.pbtxt).
@@ -46,13 +47,23 @@ def export_onnx(model: FaceBoxes, path: str | Path, fp16: bool = False, opset: i
     """Write the tail as ONNX with dynamic batch, height and width (for Triton's onnxruntime backend)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dyn = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-           OUTPUT_NAMES[0]: {0: "batch", 1: "priors"}, OUTPUT_NAMES[1]: {0: "batch", 1: "priors"}}
+    dyn = {
+        INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+        OUTPUT_NAMES[0]: {0: "batch", 1: "priors"},
+        OUTPUT_NAMES[1]: {0: "batch", 1: "priors"},
+    }
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ServedTail(model), (_example(fp16),), str(path), dynamo=False,
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes=dyn, opset_version=opset)
+        torch.onnx.export(
+            ServedTail(model),
+            (_example(fp16),),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dyn,
+            opset_version=opset,
+        )
     return path
 
 
@@ -94,6 +105,7 @@ def check_torchscript(model: FaceBoxes, path: str | Path, fp16: bool = False, at
     def run(a: torch.Tensor) -> list[np.ndarray]:
         with torch.inference_mode():
             return [t.numpy() for t in ts(a)]
+
     return _check(model, run, fp16, atol, path)
 
 

@@ -48,7 +48,7 @@ def quote(text: str) -> str:
     out = []
     for b in text.encode("utf-8"):
         c = chr(b)
-        if c in "\"\\":
+        if c in '"\\':
             out.append("\\" + c)
         elif c == "\n":
             out.append("\\n")

@@ -66,18 +66,26 @@ def model_config(name: str, fmt: str, fp16: bool, max_batch_size: int = 8, insta
     dtype = Enum("TYPE_FP16" if fp16 else "TYPE_FP32")
     fp32 = Enum("TYPE_FP32")
     config: dict[str, Any] = {
-        "name": name, "backend": backend, "max_batch_size": max_batch_size,
+        "name": name,
+        "backend": backend,
+        "max_batch_size": max_batch_size,
         "input": [{"name": export.INPUT_NAME, "data_type": dtype, "dims": [HEAD_CHANNELS, -1, -1]}],
         # The pytorch backend maps outputs by the "<name>__<index>" convention, or by their order
         # here when names do not follow it; OUTPUT_0 then OUTPUT_1 keeps the order of the tail's outputs.
-        "output": [{"name": export.OUTPUT_NAMES[0], "data_type": fp32, "dims": [-1, 4]},
-                   {"name": export.OUTPUT_NAMES[1], "data_type": fp32, "dims": [-1, 2]}],
+        "output": [
+            {"name": export.OUTPUT_NAMES[0], "data_type": fp32, "dims": [-1, 4]},
+            {"name": export.OUTPUT_NAMES[1], "data_type": fp32, "dims": [-1, 2]},
+        ],
         "dynamic_batching": {"max_queue_delay_microseconds": 2000},
         "instance_group": [{"kind": Enum("KIND_CPU"), "count": instances}],
     }
     if fmt == "python":  # the python-backend model reads these and refuses larger activations
-        params = {"tail_file": "model.onnx", "max_height": MAX_ACTIVATION_SIDE, "max_width": MAX_ACTIVATION_SIDE,
-                  "max_area": MAX_ACTIVATION_AREA}
+        params = {
+            "tail_file": "model.onnx",
+            "max_height": MAX_ACTIVATION_SIDE,
+            "max_width": MAX_ACTIVATION_SIDE,
+            "max_area": MAX_ACTIVATION_AREA,
+        }
         config["parameters"] = map_entries({k: {"string_value": str(v)} for k, v in params.items()})
     return config
 
@@ -87,9 +95,14 @@ def config_pbtxt(name: str, fmt: str, fp16: bool, max_batch_size: int = 8, insta
     return dumps(model_config(name, fmt, fp16, max_batch_size, instances))
 
 
-def write_repository(model: FaceBoxes, out: str | Path, weights_sha256: str = "",
-                     formats: tuple[str, ...] = FORMATS, max_batch_size: int = 8,
-                     check: bool = True) -> ExportReport:
+def write_repository(
+    model: FaceBoxes,
+    out: str | Path,
+    weights_sha256: str = "",
+    formats: tuple[str, ...] = FORMATS,
+    max_batch_size: int = 8,
+    check: bool = True,
+) -> ExportReport:
     """Export the tail into ``out/<form>/<model>/`` for every form and model; verify each file.
 
     Files are exported once per input precision and copied under each model name, so the clean and
@@ -133,9 +146,14 @@ def write_repository(model: FaceBoxes, out: str | Path, weights_sha256: str = ""
                         shutil.copyfile(files[fmt], mdir / "1" / "model.pt")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    manifest = {"weights_sha256": weights_sha256, "forms": {f: str(p.relative_to(root)) for f, p in repos.items()},
-                "models": list(ALL_MODELS), "input": export.INPUT_NAME, "outputs": list(export.OUTPUT_NAMES),
-                "max_abs_error_vs_in_process": errors}
+    manifest = {
+        "weights_sha256": weights_sha256,
+        "forms": {f: str(p.relative_to(root)) for f, p in repos.items()},
+        "models": list(ALL_MODELS),
+        "input": export.INPUT_NAME,
+        "outputs": list(export.OUTPUT_NAMES),
+        "max_abs_error_vs_in_process": errors,
+    }
     write_json(root / MANIFEST, manifest)
     return ExportReport(root=root, repositories=repos, max_error=errors)
 
@@ -151,4 +169,5 @@ def resolve_repository(path: str | Path, fmt: str = "python") -> Path:
             return cand
     raise FileNotFoundError(
         f"no Triton model repository at {p} (nor {p / fmt}); "
-        f"create one with `veil export-triton --out {shlex.quote(str(p))}`")
+        f"create one with `veil export-triton --out {shlex.quote(str(p))}`"
+    )

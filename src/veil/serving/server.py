@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 
 class ServerError(RuntimeError):
@@ -38,7 +39,7 @@ def pytriton_dist() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise ServerError("nvidia-pytriton is not installed; `pip install nvidia-pytriton` bundles tritonserver")
-    dist = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    dist = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     if not (dist / "bin" / "tritonserver").is_file():
         raise ServerError(f"no tritonserver binary in {dist}/bin (unexpected nvidia-pytriton layout)")
     return dist
@@ -141,8 +142,10 @@ def restricted_api_args(key: str) -> list[str]:
     header ``veil-admin-key: <key>`` (gRPC: ``triton-grpc-protocol-veil-admin-key``); inference,
     health, metadata and model config stay open."""
     apis = ",".join(RESTRICTED_APIS)
-    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
-            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}"]
+    return [
+        f"--http-restricted-api={apis}:{ADMIN_HEADER}={key}",
+        f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={key}",
+    ]
 
 
 def _kill_group(pgid: int, sig: int) -> bool:
@@ -168,15 +171,27 @@ class TritonServer:
     start's unique id, so a server already on the port is never taken for ours.
     """
 
-    def __init__(self, model_repository: str | Path, host: str = "127.0.0.1", http_port: int | None = None,
-                 grpc_port: int | None = None, metrics_port: int | None = None,
-                 log_file: str | Path | None = None, log_verbose: int = 0,
-                 models: list[str] | None = None, exit_timeout: int = 5, metrics: bool = False,
-                 restricted: bool = True, admin_key: str | None = None) -> None:
+    def __init__(
+        self,
+        model_repository: str | Path,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        log_file: str | Path | None = None,
+        log_verbose: int = 0,
+        models: list[str] | None = None,
+        exit_timeout: int = 5,
+        metrics: bool = False,
+        restricted: bool = True,
+        admin_key: str | None = None,
+    ) -> None:
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
-            raise ServerError(f"model repository {self.model_repository} does not exist; "
-                              f"create it with `veil export-triton --out {shlex.quote(str(model_repository))}`")
+            raise ServerError(
+                f"model repository {self.model_repository} does not exist; "
+                f"create it with `veil export-triton --out {shlex.quote(str(model_repository))}`"
+            )
         self.host = host
         self.http_port, self.grpc_port, self.metrics_port = _pick_ports(host, http_port, grpc_port, metrics_port)
         self.log_file = Path(log_file) if log_file else None
@@ -191,7 +206,7 @@ class TritonServer:
         self.server_id = f"veil-{secrets.token_hex(8)}"  # what /v2 must report for the server to be ours
         self.process: subprocess.Popen | None = None
         self._workdir: Path | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     # -- addresses -----------------------------------------------------------------------------
     @property
@@ -218,20 +233,31 @@ class TritonServer:
         """The ``tritonserver`` command line (after :meth:`_prepare`)."""
         assert self._workdir is not None
         shm = self._shm_prefix
-        return [str(pytriton_dist() / "bin" / "tritonserver"),
+        return (
+            [
+                str(pytriton_dist() / "bin" / "tritonserver"),
                 f"--model-repository={self.model_repository}",
                 f"--backend-directory={self._workdir / 'backends'}",
-                f"--http-address={self.host}", f"--http-port={self.http_port}",
-                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                f"--http-address={self.host}",
+                f"--http-port={self.http_port}",
+                f"--grpc-address={self.host}",
+                f"--grpc-port={self.grpc_port}",
+                f"--metrics-address={self.host}",
+                f"--metrics-port={self.metrics_port}",
                 f"--backend-config=python,shm-region-prefix-name={shm}",
                 "--backend-config=python,shm-default-byte-size=4194304",
                 "--backend-config=python,shm-growth-byte-size=4194304",
-                f"--exit-timeout-secs={self.exit_timeout}", "--strict-readiness=true", "--exit-on-error=true",
-                "--disable-auto-complete-config", f"--id={self.server_id}",
+                f"--exit-timeout-secs={self.exit_timeout}",
+                "--strict-readiness=true",
+                "--exit-on-error=true",
+                "--disable-auto-complete-config",
+                f"--id={self.server_id}",
                 f"--allow-metrics={'true' if self.metrics else 'false'}",
-                f"--log-verbose={self.log_verbose}"] + (restricted_api_args(self.admin_key) if self.restricted
-                                                        else []) + self._model_args()
+                f"--log-verbose={self.log_verbose}",
+            ]
+            + (restricted_api_args(self.admin_key) if self.restricted else [])
+            + self._model_args()
+        )
 
     def _model_args(self) -> list[str]:
         if not self.models:
@@ -250,7 +276,8 @@ class TritonServer:
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         return env
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> Path:
+        """A fresh working directory with this interpreter's backend stub; returned (also ``_workdir``)."""
         dist = pytriton_dist()
         ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
         stub = dist / "python_backend_stubs" / ver / "triton_python_backend_stub"
@@ -266,26 +293,35 @@ class TritonServer:
             if f.is_file():
                 (pyb / f.name).symlink_to(f)
         (pyb / "triton_python_backend_stub").symlink_to(stub)
+        return self._workdir
 
-    def start(self, timeout: float = 120.0) -> "TritonServer":
+    def start(self, timeout: float = 120.0) -> TritonServer:
         """Start the server and wait until it and all its models are ready."""
         if self.process is not None and self.process.poll() is None:
             return self
-        ports = [("HTTP", self.http_port), ("gRPC", self.grpc_port)] + ([("metrics", self.metrics_port)]
-                                                                         if self.metrics else [])
+        ports = [("HTTP", self.http_port), ("gRPC", self.grpc_port)] + (
+            [("metrics", self.metrics_port)] if self.metrics else []
+        )
         busy = [f"{what} port {port}" for what, port in ports if port_in_use(self.host, port)]
         if busy:
-            raise ServerError(f"{' and '.join(busy)} on {self.host} already in use (another server?); "
-                              "stop it or choose other ports")
-        self._prepare()
-        log_path = self.log_file or (self._workdir / "tritonserver.log")
+            raise ServerError(
+                f"{' and '.join(busy)} on {self.host} already in use (another server?); stop it or choose other ports"
+            )
+        workdir = self._prepare()
+        log_path = self.log_file or (workdir / "tritonserver.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - held open for the server's life, closed by stop()
         self._log_path = log_path
         try:
-            self.process = subprocess.Popen(self.command(), env=self.environment(), stdin=subprocess.DEVNULL,
-                                            stdout=self._log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, umask=0o077)
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                umask=0o077,
+            )
             self.wait_ready(timeout)
             self._private_regions()
         except BaseException:
@@ -332,8 +368,10 @@ class TritonServer:
                 found = self.answering_id()
                 if found == self.server_id and self.process.poll() is None:
                     return
-                raise ServerError(f"a server answers on {self.http_url}, but it is not the one started here "
-                                  f"(it reports id {found!r}, ours is {self.server_id!r})")
+                raise ServerError(
+                    f"a server answers on {self.http_url}, but it is not the one started here "
+                    f"(it reports id {found!r}, ours is {self.server_id!r})"
+                )
             time.sleep(0.25)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
@@ -380,7 +418,7 @@ class TritonServer:
             self._workdir = None
         return code
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

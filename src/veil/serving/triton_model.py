@@ -30,7 +30,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        groups = {}
+        groups: dict = {}
         for i, request in enumerate(requests):
             # A view of the request's shared-memory buffer (no copy): only its shape is read first.
             a = pb_utils.get_input_tensor_by_name(request, "INPUT_0").as_numpy()
@@ -43,7 +43,8 @@ class TritonPythonModel:
                 responses[i] = self._error(
                     f"INPUT_0 is {h}x{w} positions, over this server's bound of {self.max_height}x{self.max_width} "
                     f"and {self.max_area} positions (an input image of at most "
-                    f"{self.max_height * 32}x{self.max_width * 32} px); refused")
+                    f"{self.max_height * 32}x{self.max_width * 32} px); refused"
+                )
                 continue
             if not np.isfinite(a).all():
                 responses[i] = self._error("INPUT_0 holds NaN or infinite values")
@@ -60,9 +61,12 @@ class TritonPythonModel:
             start = 0
             for i, a in items:
                 stop = start + a.shape[0]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("OUTPUT_0", np.ascontiguousarray(loc[start:stop])),
-                    pb_utils.Tensor("OUTPUT_1", np.ascontiguousarray(conf[start:stop]))])
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("OUTPUT_0", np.ascontiguousarray(loc[start:stop])),
+                        pb_utils.Tensor("OUTPUT_1", np.ascontiguousarray(conf[start:stop])),
+                    ]
+                )
                 start = stop
         return responses
 

@@ -108,7 +108,7 @@ class RecordingProxy:
                 c.sent.clear()
                 c.sent_bytes = c.received_bytes = 0
 
-    def start(self) -> "RecordingProxy":
+    def start(self) -> RecordingProxy:
         t = threading.Thread(target=self._accept, name="veil-proxy", daemon=True)
         t.start()
         self._threads.append(t)
@@ -174,7 +174,7 @@ class RecordingProxy:
             except OSError:
                 pass
 
-    def __enter__(self) -> "RecordingProxy":
+    def __enter__(self) -> RecordingProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -182,6 +182,7 @@ class RecordingProxy:
 
 
 # -- reading recorded traffic --------------------------------------------------------------------
+
 
 def http_requests(stream: bytes) -> list[tuple[bytes, dict[str, str], bytes]]:
     """Split a recorded HTTP/1.1 client stream into ``(request line, headers, body)``."""
@@ -197,7 +198,7 @@ def http_requests(stream: bytes) -> list[tuple[bytes, dict[str, str], bytes]]:
             k, _, v = line.partition(b":")
             headers[k.strip().lower().decode()] = v.strip().decode()
         n = int(headers.get("content-length", 0))
-        body = stream[end + 4:end + 4 + n]
+        body = stream[end + 4 : end + 4 + n]
         out.append((head[0], headers, body))
         pos = end + 4 + n
     return out
@@ -209,22 +210,22 @@ def http2_messages(stream: bytes) -> list[bytes]:
     pos = len(preface) if stream.startswith(preface) else 0
     data: dict[int, bytearray] = {}
     while pos + 9 <= len(stream):
-        length = int.from_bytes(stream[pos:pos + 3], "big")
+        length = int.from_bytes(stream[pos : pos + 3], "big")
         ftype, flags = stream[pos + 3], stream[pos + 4]
-        sid = int.from_bytes(stream[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-        payload = stream[pos + 9:pos + 9 + length]
+        sid = int.from_bytes(stream[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+        payload = stream[pos + 9 : pos + 9 + length]
         pos += 9 + length
         if ftype == 0:  # DATA
             if flags & 0x8:  # PADDED
                 pad = payload[0]
-                payload = payload[1:len(payload) - pad]
+                payload = payload[1 : len(payload) - pad]
             data.setdefault(sid, bytearray()).extend(payload)
     messages = []
     for sid in sorted(data):
         buf = bytes(data[sid])
         i = 0
         while i + 5 <= len(buf):
-            n = int.from_bytes(buf[i + 1:i + 5], "big")
-            messages.append(buf[i + 5:i + 5 + n])
+            n = int.from_bytes(buf[i + 1 : i + 5], "big")
+            messages.append(buf[i + 5 : i + 5 + n])
             i += 5 + n
     return messages

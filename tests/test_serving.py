@@ -53,6 +53,15 @@ def small(detector):
     return Detector(detector.model, detector.weights_sha256, scale=1.0)
 
 
+def _fitted_noise(weights_sha256: str):
+    """The noise fitted for ALPHA 0.8 that ships with veil (a real fit for the reference weights), fresh
+    noise on every call: what a user's noisy client runs, not an untrained stand-in."""
+    from veil import assets
+    from veil.obfuscate import load_obfuscator, noise_path
+
+    return load_obfuscator(0.8, noise=noise_path(0.8, assets.NOISE_DIR), weights_sha256=weights_sha256)[0]
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, detector) -> Path:
     out = tmp_path_factory.mktemp("triton") / "repo"
@@ -260,9 +269,8 @@ def test_python_backend_through_server_equals_in_process(serve, small, images, p
 
 def test_noisy_and_fp16_through_server_equal_in_process_for_the_same_sample(serve, small, images):
     from veil.detector import Detector
-    from veil.obfuscate import Obfuscator
 
-    obf = Obfuscator(128, init_sigma=0.5).eval()  # fresh OS-seeded noise on every call
+    obf = _fitted_noise(small.weights_sha256)  # fresh OS-seeded noise on every call
     noisy = Detector(small.model, small.weights_sha256, scale=small.scale, obfuscator=obf)
     client = TritonDetector(noisy, serve["http"], "http")
     assert client.model == NOISY_MODEL
@@ -286,10 +294,11 @@ def test_fddb_evaluation_through_the_server_equals_in_process(serve, small, fddb
     from veil.detector import Detector
     from veil.evaluation import evaluate_fddb
     from veil.evaluation.runner import Shard
-    from veil.obfuscate import Obfuscator
 
     shard = Shard(0, 75)  # 3 of the FDDB images here
-    noisy = Detector(small.model, small.weights_sha256, scale=small.scale, obfuscator=Obfuscator(128, init_sigma=0.3))
+    noisy = Detector(
+        small.model, small.weights_sha256, scale=small.scale, obfuscator=_fitted_noise(small.weights_sha256)
+    )
     for local, seed in ((small, None), (noisy, 0)):
         ref = evaluate_fddb(local, fddb_dir, shard=shard, seed=seed, progress=False)
         got = evaluate_fddb(
@@ -327,14 +336,14 @@ def test_no_server_gives_a_clear_error_after_bounded_retries(detector, protocol)
 
 
 def test_cli_infer_writes_results_and_reports_failures(serve, repo, weights_path, fddb_image_paths, tmp_path, detector):
-    from veil.obfuscate import Obfuscator, save_obfuscator
+    import shutil
 
-    noise_dir = tmp_path / "noise"
-    save_obfuscator(
-        Obfuscator(128, init_sigma=0.3),
-        noise_dir / "alpha-0.8.safetensors",
-        {"alpha": 0.8, "weights_sha256": detector.weights_sha256},
-    )
+    from veil import assets
+    from veil.obfuscate import noise_path
+
+    noise_dir = tmp_path / "noise"  # found there by --noise-dir: a real fit (the one veil ships for ALPHA 0.8)
+    noise_dir.mkdir()
+    shutil.copyfile(noise_path(0.8, assets.NOISE_DIR), noise_path(0.8, noise_dir))
     img = str(fddb_image_paths[0])
     out = tmp_path / "out"
     cmd = [
@@ -446,9 +455,8 @@ def _assert_absent(traffic: bytes, chunks: dict) -> None:
 
 def _noisy_client(small, url, protocol):
     from veil.detector import Detector
-    from veil.obfuscate import Obfuscator
 
-    obf = Obfuscator(128, init_sigma=0.5).eval()
+    obf = _fitted_noise(small.weights_sha256)
     return TritonDetector(Detector(small.model, small.weights_sha256, scale=small.scale, obfuscator=obf), url, protocol)
 
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Variable name → what it holds (shown by ``veil --help`` and the docs).
+#: Variable name → what it holds: every variable settings() reads, and only those (tests/test_settings.py).
 VARIABLES: dict[str, str] = {
     "VEIL_CACHE_DIR": "cache for weights, noise files and attackers (default ~/.cache/veil)",
     "VEIL_WEIGHTS": "model weights file used when --weights is absent",

@@ -30,7 +30,7 @@ def test_only_settings_reads_veil_variables():
 
 def test_settings_reads_exactly_the_documented_variables():
     read = _reads(Path(settings_module.__file__))
-    assert read == set(VARIABLES), (read ^ set(VARIABLES))
+    assert read == set(VARIABLES), read ^ set(VARIABLES)
     docs = (ROOT / "README.md").read_text() + "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
     assert [v for v in VARIABLES if v not in docs] == []  # each one is explained to users somewhere
 

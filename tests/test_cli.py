@@ -216,7 +216,12 @@ def test_noise_for_another_channel_count_is_refused_at_load(detector, weights_pa
 def test_alpha_outside_0_1_is_refused_by_every_noisy_command(capsys):
     import pytest
 
-    for cmd in (["detect", "x.jpg", "--out", "o"], ["evaluate"], ["infer", "x.jpg", "--out", "o"]):
+    for cmd in (
+        ["detect", "x.jpg", "--out", "o"],
+        ["evaluate"],
+        ["infer", "x.jpg", "--out", "o"],
+        ["k8s", "render", "--scenario", "batch"],
+    ):
         with pytest.raises(SystemExit) as exit_:
             main([*cmd, "--noisy", "--alpha", "1.5"])
         err = capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from veil.cli.options import alpha_arg
 from veil.deploy import dataops, k8s
 from veil.deploy.podsecurity import hardening_violations, restricted_violations
 
@@ -101,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "at it, for keyed noise; the key itself is never written into the YAML",
     )
     b = r.add_argument_group("batch")
-    b.add_argument("--alpha", type=float, help="obfuscation level ALPHA (with --noisy), e.g. 0.8")
+    b.add_argument("--alpha", type=alpha_arg, help="obfuscation level ALPHA in [0, 1) (with --noisy), e.g. 0.8")
     b.add_argument("--noisy", action="store_true", help="evaluate with obfuscation (needs --alpha)")
     b.add_argument(
         "--shards",

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_privacy:
         from veil.privacy.audit import select_fddb_faces
         from veil.privacy.decoders import read_decoder, save_decoder
-        from veil.defenses.measure import identity_leak, train_scoring_decoder
+        from veil.defenses.measure import grey_reference, identity_leak, train_scoring_decoder
 
         t0 = time.monotonic()
         if args.decoder:
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         result["decoder"]["file"] = args.decoder
         faces = select_fddb_faces(dataset, max_faces=args.faces)
         result["identity"] = identity_leak(faces, head, observe, dec)
+        result["identity"]["grey_reference"] = grey_reference(faces)
         result["privacy_seconds"] = round(time.monotonic() - t0, 1)
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)

@@ -90,7 +90,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
             def observe(a):
                 return as_decoder_input(bott(a))
         init = None
-        if args.init and not rest.startswith("bn-"):  # a bottleneck's code is not a head activation
+        if args.init:  # a bottleneck's code is not a head activation, but the upsampling layers still transfer
             from veil.privacy.decoders import read_decoder
 
             init = read_decoder(args.init)

@@ -131,3 +131,19 @@ def identity_leak(faces, head: nn.Module, observe: Observe, decoder: nn.Module, 
                         "tar_ci95": [round(tlo, 4), round(thi, 4)]}
     out["seconds"] = round(time.monotonic() - t0, 1)
     return out
+
+
+def grey_reference(faces) -> dict:
+    """Rank-1 and TAR@1 %FAR of a constant mean-grey picture: the floor the issue's TAR goal is relative to."""
+    from veil.preprocess import BGR_MEAN
+    from veil.privacy import identity, metrics
+
+    originals = [load_image(p) for p in faces.images]
+    orig = np.concatenate([identity.embed_faces(im, b) for im, b in zip(originals, faces.boxes)])
+    grey = np.concatenate([identity.embed_faces(np.full_like(im, BGR_MEAN, dtype=np.uint8), b)
+                           for im, b in zip(originals, faces.boxes)])
+    thr = metrics.far_threshold(orig, 0.01)
+    n = len(orig)
+    r1, tar = metrics.rank1_rate(orig, grey), metrics.tar_at_far(orig, grey, thr)
+    return {"rank1": round(r1, 4), "rank1_ci95": [round(v, 4) for v in wilson(int(round(r1 * n)), n)],
+            "tar_at_far1": round(tar, 4), "tar_ci95": [round(v, 4) for v in wilson(int(round(tar * n)), n)]}

@@ -139,7 +139,7 @@ def test_batch_jobs_follow_the_reference_design():
         "PersistentVolumeClaim/inference-data",
         "Job/netapp-inference-raw",
     ]
-    assert noisy["metadata"]["name"] == "netapp-inference-protopia-0.8"
+    assert noisy["metadata"]["name"] == "netapp-inference-protopia-0-8"
     for job in (raw, noisy):
         assert job["metadata"]["namespace"] == "inference"
         assert job["spec"]["backoffLimit"] == 5
@@ -162,6 +162,25 @@ def test_batch_jobs_follow_the_reference_design():
     env = {e["name"]: e.get("value") for e in c_noisy["env"]}
     assert env["ALPHA"] == "0.8" and "ALPHA" not in {e["name"] for e in c_raw["env"]}
     assert "$(ALPHA)" in c_noisy["args"], "ALPHA reaches veil through the pod's env, as in the reference design"
+
+
+@pytest.mark.parametrize("alpha", [None, 0.0, 0.05, 0.8, 0.95, 0.123456, 1e-05])
+def test_one_job_name_rule_sharded_or_not(alpha):
+    """One pod or an Indexed Job, the batch Job, its results and its merge Job are named by one rule whose
+    names are DNS-1123 labels (the pods' hostnames ``<job>-<index>`` must be)."""
+    label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    noisy = {"alpha": alpha, "noisy": True} if alpha is not None else {}
+    names = set()
+    for shards in (1, 4):
+        opts = k8s.Options(shards=shards, **noisy)
+        job = _only(k8s.render_scenario("batch", opts), "Job")["metadata"]["name"]
+        names.add(job)
+        assert job == k8s.batch_job_name(opts) == k8s.run_id(opts)
+        for name in (job, f"{job}-{shards - 1}", k8s.merge_job(opts)["metadata"]["name"]):
+            assert label.match(name) and len(name) <= 63, name
+    assert len(names) == 1, f"one name whether sharded or not, got {names}"
+    if alpha is not None:
+        assert names.pop().endswith("-" + f"{alpha:g}".replace(".", "-"))
 
 
 def test_indexed_job_for_shards():

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write the manifests of a scenario (Namespace, PVCs, then the workload) as YAML.",
         epilog="examples:\n"
         "  veil k8s render --scenario batch | kubectl apply -f -          # netapp-inference-raw\n"
-        "  veil k8s render --scenario batch --alpha 0.8 --noisy --gpus 1   # netapp-inference-protopia-0.8\n"
+        "  veil k8s render --scenario batch --alpha 0.8 --noisy --gpus 1   # netapp-inference-protopia-0-8\n"
         "  veil k8s render --scenario batch --shards 8 --out job.yaml     # Indexed Job, 8 pods\n"
         "  veil k8s render --scenario batch --shards 8 --merge            # then: merge the shards\n"
         "  veil k8s render --scenario triton --out triton.yaml\n"

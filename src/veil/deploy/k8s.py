@@ -204,14 +204,22 @@ def _alpha(opts: Options) -> str:
 
 
 def batch_job_name(opts: Options) -> str:
-    """``netapp-inference-raw`` or ``netapp-inference-protopia-<ALPHA>``, as in the reference design.
+    """``netapp-inference-raw`` or ``netapp-inference-protopia-<ALPHA>`` with ALPHA's dot as ``-``
+    (``…-protopia-0-8``), sharded or not: one name rule, valid everywhere.
 
-    An Indexed Job's pods are named ``<job>-<index>`` and get that as hostname, which must be a DNS
-    label (no dots): there the dot in ALPHA becomes ``-`` (``…-protopia-0-8``).
+    The reference design's ``…-protopia-0.8`` is a valid Job name but not a DNS-1123 label, and an
+    Indexed Job's pods take ``<job>-<index>`` as their hostname, which must be one; so every batch
+    Job (and its results file, and its ``-merge`` Job) is named as a label.
     """
     name = "netapp-inference-raw" if not opts.noisy else f"netapp-inference-protopia-{_alpha(opts)}"
-    if opts.shards > 1:
-        name = name.replace(".", "-")
+    return dns_label(name)
+
+
+def dns_label(text: str) -> str:
+    """``text`` as a DNS-1123 label (lower case, dots → ``-``), or ``ValueError`` if it still is not one."""
+    name = text.lower().replace(".", "-")
+    if not _DNS_LABEL.match(name) or len(name) > 63:
+        raise ValueError(f"{text!r} does not make a valid Kubernetes name (a DNS-1123 label, at most 63 characters)")
     return name
 
 
@@ -328,7 +336,7 @@ def evaluate_args(opts: Options, shard: bool = False, out_partial: str | None = 
     """The ``veil evaluate`` arguments a batch pod runs (the image's entrypoint is ``veil``).
 
     With noise, ALPHA comes from the pod's env (``$(ALPHA)`` is expanded by Kubernetes), as in the
-    reference design's Job ``netapp-inference-protopia-0.8``.
+    reference design's Job (``netapp-inference-protopia-0.8`` there, ``…-0-8`` here: :func:`batch_job_name`).
     """
     args = ["evaluate", "--dataset", opts.dataset]
     if opts.noisy:

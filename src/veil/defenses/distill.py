@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from veil.data.images import ImageCrops
+from veil.obfuscate.crops import ImageCrops
 from veil.obfuscate.fit import Outputs, detection_distortion
 from veil.obfuscate.noise import Obfuscator
 
@@ -69,7 +69,7 @@ def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, 
                device: str | torch.device = "cpu") -> tuple[Bank, Bank]:
     """(train, held-out) banks of zoomed crops (and their mirror images) of the photos under ``dirs``.
 
-    FDDB is refused by :class:`~veil.data.images.ImageCrops`. The last ``held_out`` fraction of the
+    FDDB is refused by :class:`~veil.obfuscate.crops.ImageCrops`. The last ``held_out`` fraction of the
     *photos* (not crops) is held out, so the held-out distortion measures generalisation to new photos.
     """
     data = ImageCrops(dirs, crop=crop, scale_range=scale_range, crops_per_image=crops_per_image, seed=seed)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from veil import assets
-from veil.obfuscate import NoiseFileError, load_obfuscator, read_metadata
+from veil.obfuscate import NoiseFileError, load_obfuscator, noise_path, read_metadata
 from veil.weights import REFERENCE_SHA256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +33,8 @@ def test_shipped_noise_loads_for_the_reference_weights_only(alpha, empty_cache):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the noise-file sanity checks accept it as a fit for this ALPHA
         obf, meta = load_obfuscator(alpha, weights_sha256=REFERENCE_SHA256)
-    path = assets.noise_file(alpha)
-    assert path is not None and path.stat().st_size < 64_000, "a few KB each"
+    path = noise_path(alpha, assets.NOISE_DIR)
+    assert path.is_file() and path.stat().st_size < 64_000, "ships, a few KB each"
     assert meta["alpha"] == alpha and meta["weights_sha256"] == REFERENCE_SHA256
     assert obf.channels == 128 and torch.isfinite(obf.log_sigma).all()
     text = str(meta["data"]) + meta["command"]
@@ -60,7 +60,7 @@ def test_shipped_noise_grows_with_alpha():
     """Higher ALPHA = more obfuscation: the fitted noise power relative to the signal rises."""
     nsr = []
     for a in assets.SHIPPED_ALPHAS:
-        obf, _ = load_obfuscator(a, noise=assets.noise_file(a))
+        obf, _ = load_obfuscator(a, noise=noise_path(a, assets.NOISE_DIR))
         nsr.append(float(((2 * obf.log_sigma).exp().sum() / obf.signal_power.sum()).log10()))
     assert all(b > a for a, b in zip(nsr, nsr[1:])), nsr
 

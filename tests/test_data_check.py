@@ -7,7 +7,7 @@ import shutil
 
 from veil.cli.main import main
 from veil.data.check import FDDB_FOLD_SHA256, check_fddb, check_fit_images
-from veil.weights import sha256_file
+from veil.digest import sha256_file
 
 
 def test_the_real_copy_is_usable_and_says_what_is_missing(fddb_dir, capsys):

@@ -205,6 +205,21 @@ def test_cli_errors_are_clear(fddb_dir, tmp_path, monkeypatch):
     assert rc == 2 and "--workers" in err
 
 
+def test_dataset_defaults_to_veil_dataset_and_neither_is_a_clear_error(subset, weights_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("VEIL_DATASET", str(subset))
+    out = tmp_path / "r.json"
+    rc, _, stderr = run_cli("evaluate", "--weights", weights_path, "--json", out, "--scale", 1, "--no-progress")
+    assert rc == 0, stderr
+    assert json.loads(out.read_text())["images"] == 3  # the subset named by $VEIL_DATASET was evaluated
+    monkeypatch.setenv("VEIL_DATASET", str(tmp_path / "nope"))
+    rc, _, err = run_cli("evaluate", "--dataset", subset, "--weights", weights_path, "--json", tmp_path / "s.json",
+                         "--scale", 1, "--no-progress")
+    assert rc == 0, "--dataset wins over $VEIL_DATASET"
+    monkeypatch.delenv("VEIL_DATASET")
+    rc, _, err = run_cli("evaluate", "--weights", weights_path)
+    assert rc == 2 and "--dataset" in err and "VEIL_DATASET" in err
+
+
 def test_noisy_shards_merge_to_the_single_run_with_summed_nsr(subset, detector, tmp_path):
     """Seeded noise is drawn per image, so shards reproduce the one-shot run; NSR sums add up."""
     from dataclasses import replace

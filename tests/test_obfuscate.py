@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from veil.data.images import ImageCrops, list_images
+from veil.data.images import list_images
 from veil.models.faceboxes import SPLIT_POINT
 from veil.obfuscate import (
     NoiseFileError,
@@ -26,6 +26,7 @@ from veil.obfuscate import (
     save_obfuscator,
 )
 from veil.obfuscate.artifact import expected_nsr_db
+from veil.obfuscate.crops import ImageCrops
 from veil.weights import REFERENCE_SHA256
 
 

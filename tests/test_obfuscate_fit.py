@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from veil.data.images import ImageCrops
 from veil.obfuscate import nsr_report, nsr_sums
+from veil.obfuscate.crops import ImageCrops
 from veil.obfuscate.fit import FitConfig, activation_bank, fit_noise
 from veil.weights import load_faceboxes
 

@@ -91,13 +91,9 @@ def export_repository(model, weights_sha256: str, out: Path) -> Path:
     return out / "python"
 
 
-def _describe_noise(alpha: float, noise: str | Path | None, meta: dict) -> str:
-    from veil.obfuscate import noise_dir, noise_filename
-
-    where = noise or (noise_dir() / noise_filename(alpha) if (noise_dir() / noise_filename(alpha)).is_file()
-                      else assets.noise_file(alpha))
-    fit = meta.get("fit", {})
-    return f"{where} (ALPHA {meta['alpha']:g}, {fit.get('steps', '?')} steps on {meta.get('data', {}).get('images', '?')} non-FDDB images)"
+def _describe_noise(path: Path, meta: dict) -> str:
+    fit, images = meta.get("fit", {}), meta.get("data", {}).get("images", "?")
+    return f"{path} (ALPHA {meta['alpha']:g}, {fit.get('steps', '?')} steps on {images} non-FDDB images)"
 
 
 def _describe_decoder(dec) -> str | None:
@@ -130,7 +126,7 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
              protocol: str = "grpc", fp16: bool = True, timeout: float = 180.0,
              log=print) -> DemoReport:
     """Run the demo into ``out`` (created); return its report. The server is always stopped."""
-    from veil.obfuscate import load_obfuscator
+    from veil.obfuscate import find_noise_file, load_obfuscator
     from veil.privacy.decoders import load_decoder, reconstruct
     from veil.serving.client import TritonDetector
     from veil.serving.repository import model_name
@@ -144,12 +140,13 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
     (out / "boxes").mkdir(parents=True, exist_ok=True)
     photos = _load(images, log)
     det = Detector.from_weights(weights)
-    det.obfuscator, meta = load_obfuscator(alpha, noise=noise, weights_sha256=det.weights_sha256)
+    noise_file = find_noise_file(alpha, noise, weights_sha256=det.weights_sha256)  # named in the report
+    det.obfuscator, meta = load_obfuscator(alpha, noise=noise_file, weights_sha256=det.weights_sha256)
     dec = load_decoder(decoder)
     log(f"exporting the tail for Triton → {out / 'triton-repo'}")
     repo = export_repository(det.model, det.weights_sha256, out / "triton-repo")
     served = model_name(noisy=True, fp16=fp16)
-    report = DemoReport(alpha=alpha, weights_sha256=det.weights_sha256, noise=_describe_noise(alpha, noise, meta),
+    report = DemoReport(alpha=alpha, weights_sha256=det.weights_sha256, noise=_describe_noise(noise_file, meta),
                         decoder=_describe_decoder(dec),
                         server="", protocol=protocol, seconds=0.0)
     log(f"starting tritonserver on loopback ({served}) ...")

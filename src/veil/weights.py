@@ -9,7 +9,6 @@ SHA-256 before use, unless the caller opts out (``verify_sha=False``) for weight
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import urllib.error
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from veil import assets
+from veil.digest import sha256_file
 from veil.models.faceboxes import FaceBoxes
 from veil.settings import settings
 
@@ -36,15 +36,6 @@ class WeightsError(RuntimeError):
 def cache_dir() -> Path:
     """The cache directory (``$VEIL_CACHE_DIR`` or ``~/.cache/veil``)."""
     return settings().cache_dir
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_weights(path: str | Path | None = None) -> Path:

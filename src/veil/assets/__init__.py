@@ -30,12 +30,6 @@ SHIPPED_ALPHAS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
 DEFAULT_ALPHA = 0.8
 
 
-def noise_file(alpha: float) -> Path | None:
-    """The shipped noise file for ALPHA, or ``None`` if none ships for it."""
-    p = NOISE_DIR / f"alpha-{float(alpha):g}.safetensors"
-    return p if p.is_file() else None
-
-
 def decoder_file() -> Path | None:
     """The shipped reference decoder, or ``None`` in an installation without it."""
     return DECODER if DECODER.is_file() else None

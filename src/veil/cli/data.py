@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from veil.cli.errors import CLIError
 from veil.data.check import FDDB_ARCHIVES, FDDB_URL
 
 
@@ -42,7 +43,6 @@ def _print(rep, as_json: bool) -> int:
 
 
 def _check_fddb(args: argparse.Namespace) -> int:
-    from veil.cli.main import CLIError
     from veil.data.check import check_fddb
     from veil.settings import settings
 

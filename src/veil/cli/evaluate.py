@@ -10,8 +10,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from veil.cli.main import CLIError
-from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args
+from veil.cli.errors import CLIError
+from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, fddb_dir
 from veil.evaluation import EvalResult, Shard, evaluate_fddb, merge_results, write_partial
 from veil.evaluation.merge import partial_filename
 from veil.evaluation.runner import SHARD_INDEX_ENV, cores
@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", required=True, metavar="DIR", help="FDDB root holding FDDB-folds/ and originalPics/")
+    p.add_argument("--dataset", metavar="DIR",
+                   help="FDDB root holding FDDB-folds/ and originalPics/ (default: $VEIL_DATASET; check it with "
+                        "`veil data check fddb DIR`)")
     add_model_args(p)
     p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
     p.add_argument(
@@ -82,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _noisy_setup(args: argparse.Namespace, detector: Any) -> dict[str, Any]:
     """Load the fitted noise into the detector; return the settings that identify it (shards compare them)."""
-    from veil.weights import sha256_file
+    from veil.digest import sha256_file
 
     meta, path = attach_noise(args, detector)
     return {
@@ -144,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     from veil.data import read_fddb
     from veil.detector import Detector
 
-    dataset = read_fddb(args.dataset)  # fail on a bad dataset before loading anything else
+    dataset = read_fddb(fddb_dir(args.dataset))  # fail on a bad dataset before loading anything else
     outputs = [Path(p) for p in (args.json, args.roc) if p]
     if args.out_partial:
         index, count = (shard.index, shard.count) if shard else (0, 1)

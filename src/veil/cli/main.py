@@ -9,14 +9,11 @@ import sys
 
 import veil
 import veil.cli
+from veil.cli.errors import CLIError  # also re-exported: cli/defend.py imports it from here
 from veil.cli.threads import COMPUTE_COMMANDS, add_threads_arg, set_threads
 
 #: Order in ``--help``: the data's path first, then operations. Unlisted modules follow.
 _ORDER = ["demo", "weights", "data", "detect", "evaluate", "noise", "sweep", "audit", "triton", "k8s"]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

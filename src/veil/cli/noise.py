@@ -5,23 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from veil.cli.main import CLIError
-from veil.data.images import DEFAULT_CROP, DEFAULT_SCALE_RANGE
+from veil.cli.errors import CLIError
+from veil.cli.options import alpha_arg
 from veil.jsonio import write_json
-from veil.obfuscate.artifact import noise_dir, noise_filename
+from veil.obfuscate.artifact import noise_path
+from veil.obfuscate.crops import DEFAULT_CROP, DEFAULT_SCALE_RANGE
 from veil.obfuscate.fit import FitConfig
 from veil.obfuscate.noise import FAMILIES
-
-
-def alpha_value(text: str) -> float:
-    """argparse type: ALPHA in [0, 1)."""
-    try:
-        a = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ALPHA must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= a < 1.0:
-        raise argparse.ArgumentTypeError(f"ALPHA must be in [0, 1), got {a}")
-    return a
 
 
 def add_fit_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(e.g. the WIDER FACE validation images; see `veil data check fit DIR`), never FDDB; "
                     "default: $VEIL_FIT_IMAGES. Writes a safetensors file with metadata (ALPHA, weights SHA-256, split point, "
                     "activation statistics, fitting data and settings, loss log).")
-    p.add_argument("--alpha", type=alpha_value, required=True, help="obfuscation strength in [0, 1)")
+    p.add_argument("--alpha", type=alpha_arg, required=True, help="obfuscation strength in [0, 1)")
     p.add_argument("--images", nargs="+", metavar="DIR",
                    help="folders of unlabeled photos, not FDDB (default: $VEIL_FIT_IMAGES, ':'-separated)")
     p.add_argument("--out", help="output file (default: NOISE_DIR/alpha-<A>.safetensors)")
@@ -88,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from veil.weights import load_faceboxes
 
     images = fit_images(args.images)
-    out = Path(args.out) if args.out else Path(args.noise_dir or noise_dir()) / noise_filename(args.alpha)
+    out = Path(args.out) if args.out else noise_path(args.alpha, args.noise_dir)
     if out.suffix != ".safetensors":
         raise CLIError(f"--out must end in .safetensors, got {out}")
     model, digest = load_faceboxes(args.weights)

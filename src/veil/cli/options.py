@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from veil.cli.errors import CLIError
 from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS
 
 
@@ -71,7 +72,11 @@ def alpha_arg(text: str) -> float:
     from veil.obfuscate.alpha import check_alpha
 
     try:
-        return check_alpha(float(text))
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ALPHA must be a number in [0, 1), got {text!r}") from None
+    try:
+        return check_alpha(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -85,8 +90,6 @@ def _sha256(text: str) -> str:
 
 def check_noise_args(args: argparse.Namespace) -> None:
     """Refuse flag combinations that would silently do something else than asked."""
-    from veil.cli.main import CLIError
-
     seed = getattr(args, "seed", None)
     if args.noisy and args.alpha is None and args.noise is None:
         raise CLIError("--noisy needs --alpha A (or --noise FILE): which fitted noise to use")
@@ -99,7 +102,6 @@ def check_noise_args(args: argparse.Namespace) -> None:
 
 def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any], Path]:
     """Load the fitted noise the flags name into ``detector.obfuscator``; return its metadata and file."""
-    from veil.cli.main import CLIError
     from veil.obfuscate import find_noise_file, load_obfuscator
     from veil.settings import settings
 
@@ -131,10 +133,19 @@ def _sha256_or_error(text: str, error: type[Exception]) -> str:
         raise error(f"$VEIL_NOISE_SHA256: {exc}") from None
 
 
+def fddb_dir(given: str | None) -> str:
+    """``--dataset``, else ``$VEIL_DATASET``; a clear error naming both when neither is set."""
+    from veil.settings import settings
+
+    dataset = given or settings().dataset
+    if dataset is None:
+        raise CLIError("no FDDB directory: pass --dataset DIR or set VEIL_DATASET (download and check it: "
+                       "`veil data check fddb DIR`)")
+    return str(dataset)
+
+
 def check_unique_stems(images: list[str]) -> None:
     """Outputs are named after the input's file name: refuse inputs whose outputs would overwrite each other."""
-    from veil.cli.main import CLIError
-
     seen: dict[str, str] = {}
     for p in images:
         stem = Path(p).stem

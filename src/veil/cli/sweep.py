@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from veil.cli.main import CLIError
-from veil.cli.noise import add_fit_args, alpha_value, fit_config, fit_images
-from veil.obfuscate.artifact import NoiseFileError, noise_dir, noise_filename
-from veil.obfuscate.sweep import DEFAULT_ALPHAS
+from veil.cli.errors import CLIError
+from veil.cli.noise import add_fit_args, fit_config, fit_images
+from veil.cli.options import alpha_arg, fddb_dir
+from veil.evaluation.sweep import DEFAULT_ALPHAS
+from veil.obfuscate.artifact import NoiseFileError, find_noise_file, noise_path
 
 
 def _alphas(text: str) -> list[float]:
     try:
-        values = [alpha_value(t) for t in text.split(",") if t.strip()]
+        values = [alpha_arg(t) for t in text.split(",") if t.strip()]
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"--alphas: {exc}") from None
     if not values:
@@ -24,15 +25,16 @@ def _alphas(text: str) -> list[float]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="mAP against ALPHA: fit/reuse noise per ALPHA, evaluate on FDDB",
-        description="For each ALPHA: reuse NOISE_DIR/alpha-<A>.safetensors if it was fitted for these weights "
-                    "(else fit it on --images), evaluate FDDB with the learned noise and with isotropic Gaussian "
-                    "noise of the same total power, and write sweep.md (the reference design's table plus mAP "
-                    "drop, noise-to-signal ratio, isotropic baseline and published reference mAP), sweep.json "
-                    "and sweep.png (mAP vs ALPHA and vs NSR) into --out. With --fits N --draws M, each ALPHA is fitted N "
-                    "times afresh (fit seeds --fit-seed, +1, …) and each fit evaluated with M fresh noise draws (OS "
-                    "seeds, recorded): repeats.md/json give mean ± sd and range. Example:\n  veil sweep --dataset FDDB "
-                    "--images PHOTOS/ --noise-dir runs/noise --out runs/sweep\n  veil sweep --alphas 0.8 --fits 5 "
-                    "--draws 2 --out runs/repeats")
+        description="For each ALPHA: reuse NOISE_DIR/alpha-<A>.safetensors (without --noise-dir, else the noise "
+                    "shipped for the reference weights; a file fitted for other weights is refused: --refit), or fit "
+                    "it on --images; evaluate FDDB with the learned noise and with isotropic Gaussian noise of the "
+                    "same total power, and write sweep.md (the reference design's table plus mAP drop, "
+                    "noise-to-signal ratio, isotropic baseline and published reference mAP), sweep.json and "
+                    "sweep.png (mAP vs ALPHA and vs NSR) into --out. With --fits N --draws M, each ALPHA is fitted "
+                    "N times afresh (fit seeds --fit-seed, +1, …) and each fit evaluated with M fresh noise draws "
+                    "(OS seeds, recorded): repeats.md/json give mean ± sd and range. Example:\n  veil sweep "
+                    "--dataset FDDB --images PHOTOS/ --noise-dir runs/noise --out runs/sweep\n  veil sweep "
+                    "--alphas 0.8 --fits 5 --draws 2 --out runs/repeats")
     p.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS),
                    help="comma-separated ALPHA values in [0, 1), run in this order (default: %(default)s)")
     p.add_argument("--dataset", metavar="DIR",
@@ -61,17 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from veil.evaluation.sweep import CachedHeadDetector, run_sweep, write_outputs
     from veil.obfuscate.artifact import load_obfuscator
     from veil.obfuscate.recipe import fit_and_save
-    from veil.obfuscate.sweep import CachedHeadDetector, run_sweep, write_outputs
+    from veil.settings import settings
     from veil.weights import load_faceboxes
 
-    from veil.settings import settings
-
-    dataset = args.dataset or settings().dataset
-    if dataset is None:
-        raise CLIError("no FDDB directory: pass --dataset DIR or set VEIL_DATASET (download and check it: "
-                       "`veil data check fddb DIR`)")
+    dataset = fddb_dir(args.dataset)
     if args.fits < 1 or args.draws < 1:
         raise CLIError(f"--fits and --draws must be ≥ 1, got {args.fits} and {args.draws}")
     if args.fits > 1 or args.draws > 1:
@@ -81,18 +79,19 @@ def run(args: argparse.Namespace) -> int:
         from veil.privacy.report import load_reports
 
         reports = load_reports(args.audits)
-    ndir = Path(args.noise_dir) if args.noise_dir else noise_dir()
     model, digest = load_faceboxes(args.weights)
     det = CachedHeadDetector(model=model, weights_sha256=digest)
-    missing = [a for a in args.alphas if args.refit or not (ndir / noise_filename(a)).is_file()]
+    found = {} if args.refit else {a: p for a in args.alphas if (p := _fitted(a, args.noise_dir, digest))}
+    missing = [a for a in args.alphas if a not in found]
     images = args.images or [str(p) for p in settings().fit_images]
     if missing and not images:
-        raise CLIError(f"no fitted noise in {ndir} for ALPHA {', '.join(f'{a:g}' for a in missing)}: "
-                       "pass --images DIR… or set VEIL_FIT_IMAGES (unlabeled photos, not FDDB) to fit it")
+        raise CLIError(f"no fitted noise in {noise_path(missing[0], args.noise_dir).parent} for ALPHA "
+                       f"{', '.join(f'{a:g}' for a in missing)}: pass --images DIR… or set VEIL_FIT_IMAGES "
+                       "(unlabeled photos, not FDDB) to fit it")
     bank_cache: dict = {}
 
     def get_noise(alpha: float):
-        path = ndir / noise_filename(alpha)
+        path = found.get(alpha) or noise_path(alpha, args.noise_dir)
         if alpha in missing:
             fit_and_save(model, digest, images, path, fit_config(args, alpha), crop=args.crop,
                          scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
@@ -120,11 +119,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fitted(alpha: float, noise_dir: str | None, weights_sha256: str) -> Path | None:
+    """The noise file the sweep reuses for ALPHA (the one lookup: ``noise_dir``, else the default
+    directory, then the noise shipped for the reference weights), or None: it is fitted."""
+    try:
+        return find_noise_file(alpha, None, noise_dir, weights_sha256)
+    except NoiseFileError:
+        return None
+
+
 def _run_repeats(args: argparse.Namespace, dataset) -> int:
     """``--fits N --draws M``: mean ± spread over fresh fits and fresh draws, every seed recorded."""
     from veil.evaluation.repeats import run_repeats, write
+    from veil.evaluation.sweep import CachedHeadDetector
     from veil.obfuscate.recipe import fit_and_save
-    from veil.obfuscate.sweep import CachedHeadDetector
     from veil.weights import load_faceboxes
 
     if args.audits:

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from veil.cli.main import CLIError
+from veil.cli.errors import CLIError
 from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
 from veil.jsonio import write_json
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from veil.data.fddb import FDDB_TOTAL_IMAGES
 from veil.data.images import IMAGE_SUFFIXES, looks_like_fddb
+from veil.digest import sha256_file
 
 FDDB_URL = "http://vis-www.cs.umass.edu/fddb/"
 FDDB_ARCHIVES = ("FDDB-folds.tgz", "originalPics.tar.gz")
@@ -72,12 +73,6 @@ class CheckReport:
         return "\n".join([f"{self.what}: {verdict}", *[f"  {ln}" for ln in self.lines]]) + "\n"
 
 
-def _sha256(path: Path) -> str:
-    from veil.weights import sha256_file  # one streamed hasher for every file veil verifies
-
-    return sha256_file(path)
-
-
 def check_fddb(root: str | Path, max_listed: int = 10) -> CheckReport:
     """Verify an FDDB copy: fold files present and identical to the official ones, images per fold.
 
@@ -102,7 +97,7 @@ def check_fddb(root: str | Path, max_listed: int = 10) -> CheckReport:
         p = folds_dir / name
         if not p.is_file():
             rep.missing.append(f"FDDB-folds/{name}")
-        elif _sha256(p) != digest:
+        elif sha256_file(p) != digest:
             bad.append(name)
     n_fold_files = len(FDDB_FOLD_SHA256) - sum(m.startswith("FDDB-folds/") for m in rep.missing)
     rep.counts["fold_files"] = n_fold_files

@@ -1,30 +1,15 @@
-"""Unlabeled image folders for fitting (noise, attackers): random zoomed crops, network-ready.
+"""Image folders for fitting (noise, attackers): listed once, FDDB refused.
 
-Faces in the deployed path are large: FDDB's protocol upscales ×3, so its faces are
-about 180–750 px (median ≈ 380 px) at the network input, while the WIDER subset's
-faces are small (median ≈ 11 px in its 416×416 stretched frames) and the dlib photos'
-are medium. Each sample is therefore the image resized by a random factor drawn
-log-uniformly from ``scale_range`` and cropped to ``crop``×``crop``: at the default
-×2–×6 WIDER faces become ≈ 20–650 px and dlib faces ≈ 120–600 px, covering the sizes
-the tail sees on FDDB. FDDB itself is evaluation data and is refused here.
+The network-ready random crops drawn from them are :class:`veil.obfuscate.crops.ImageCrops` (above
+preprocessing, where turning pixels into network input belongs); this module only finds the files.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.data import Dataset
-
-from veil.preprocess import ImageReadError, load_image, prepare
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-DEFAULT_SCALE_RANGE = (2.0, 6.0)
-DEFAULT_CROP = 512
 
 
 def looks_like_fddb(path: Path) -> bool:
@@ -49,55 +34,3 @@ def list_images(dirs: Sequence[str | Path]) -> list[Path]:
             raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {d}")
         files += found
     return files
-
-
-class ImageCrops(Dataset):
-    """``crops_per_image`` random zoomed crops per image: ``[3, crop, crop]`` mean-subtracted BGR tensors.
-
-    Crops are a fixed function of ``(seed, index)``, so a fit's data is reproducible and
-    recorded by its settings. Corrupt images are reported once and skipped.
-    """
-
-    def __init__(self, dirs: Sequence[str | Path], crop: int = DEFAULT_CROP,
-                 scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE, crops_per_image: int = 1,
-                 seed: int = 0) -> None:
-        if crop < 32 or crop % 32:
-            raise ValueError(f"crop must be a positive multiple of 32 (the head's stride), got {crop}")
-        lo, hi = scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale range must satisfy 0 < low <= high, got {scale_range}")
-        self.files: list[Path] = []
-        for f in list_images(dirs):
-            try:  # decode once up front so a corrupt file is reported, not a crash mid-fit
-                load_image(f)
-                self.files.append(f)
-            except ImageReadError as exc:
-                print(f"skipped: {exc}", file=sys.stderr)
-        if not self.files:
-            raise ValueError("no readable images to fit on")
-        self.crop, self.scale_range = crop, (float(lo), float(hi))
-        self.crops_per_image, self.seed = int(crops_per_image), int(seed)
-
-    def __len__(self) -> int:
-        return len(self.files) * self.crops_per_image
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, i])
-        image = load_image(self.files[i // self.crops_per_image])
-        lo, hi = self.scale_range
-        scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        t = prepare(image, scale).tensor[0]
-        c = self.crop
-        _, h, w = t.shape
-        # Pad with zeros (= the mean colour after mean subtraction) when the image is smaller than the crop.
-        if h < c or w < c:
-            t = torch.nn.functional.pad(t, (0, max(0, c - w), 0, max(0, c - h)))
-            _, h, w = t.shape
-        y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        return t[:, y:y + c, x:x + c].contiguous()
-
-    def describe(self) -> dict:
-        """What the fit saw, for the artifact's metadata."""
-        return {"images": len(self.files),
-                "crop": self.crop, "scale_range": list(self.scale_range),
-                "crops_per_image": self.crops_per_image, "seed": self.seed}

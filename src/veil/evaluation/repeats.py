@@ -18,6 +18,7 @@ from typing import Any
 
 from veil.evaluation.runner import evaluate_fddb
 from veil.jsonio import write_json
+from veil.obfuscate.artifact import noise_path
 from veil.obfuscate.fit import FitConfig
 from veil.obfuscate.noise import isotropic_like
 
@@ -35,7 +36,7 @@ def run_repeats(detector: Any, dataset: Any, alphas: Sequence[float], fit: Calla
     """For each ALPHA: ``fits`` fits (``fit(config, path)`` writes a noise file and returns the
     obfuscator) × ``draws`` evaluations with recorded OS seeds; plus one isotropic baseline per fit.
 
-    ``detector`` should cache clean head activations (:class:`veil.obfuscate.sweep.CachedHeadDetector`):
+    ``detector`` should cache clean head activations (:class:`veil.evaluation.sweep.CachedHeadDetector`):
     only noise and tail then run per draw.
     """
     if fits < 1 or draws < 1:
@@ -48,16 +49,16 @@ def run_repeats(detector: Any, dataset: Any, alphas: Sequence[float], fit: Calla
         runs = []
         for i in range(fits):
             cfg = replace(config, alpha=alpha, seed=config.seed + i)
-            path = Path(noise_out) / f"alpha-{alpha:g}-fit{cfg.seed}.safetensors"
+            path = noise_path(alpha, Path(noise_out) / f"fit{cfg.seed}")  # each fit<seed>/ is a noise directory
             obf = fit(cfg, path)
             for _ in range(draws):
                 seed = secrets.randbits(31)  # unpredictable, recorded: the draw can be replayed
                 detector.obfuscator = obf
                 r = evaluate_fddb(detector, dataset, progress=progress, nsr=True, seed=seed)
-                runs.append({"fit_seed": cfg.seed, "draw_seed": seed, "mAP": r.mAP, "nsr_db": r.nsr["nsr_db"],
+                runs.append({"fit_seed": cfg.seed, "draw_seed": seed, "mAP": r.mAP, "nsr_db": r.noisy_nsr["nsr_db"],
                              "noise_file": str(path)})
                 log(f"ALPHA {alpha:g} fit {cfg.seed} draw {seed}: mAP {r.mAP:.4f} "
-                    f"(drop {100 * (clean.mAP - r.mAP):.2f} points), NSR {r.nsr['nsr_db']:+.2f} dB")
+                    f"(drop {100 * (clean.mAP - r.mAP):.2f} points), NSR {r.noisy_nsr['nsr_db']:+.2f} dB")
             detector.obfuscator = isotropic_like(obf)
             iso_seed = secrets.randbits(31)
             iso = evaluate_fddb(detector, dataset, progress=progress, nsr=True, seed=iso_seed)

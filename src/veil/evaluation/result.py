@@ -94,6 +94,13 @@ class EvalResult:
         return str(self.settings.get("mode", "clean"))
 
     @property
+    def noisy_nsr(self) -> dict[str, Any]:
+        """The noise-to-signal report of a noisy run (``nsr=True``); a clean run has none: ``ValueError``."""
+        if self.nsr is None:
+            raise ValueError("this result has no noise-to-signal ratio (a clean run, or one without nsr=True)")
+        return self.nsr
+
+    @property
     def folds_present(self) -> list[int]:
         """Folds with at least one evaluated face: the ones that get an AP."""
         return [k for k, f in sorted(self.folds.items()) if f.faces > 0]

@@ -12,9 +12,9 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from veil.data.images import DEFAULT_CROP, DEFAULT_SCALE_RANGE, ImageCrops
 from veil.models.faceboxes import FaceBoxes
 from veil.obfuscate.artifact import save_obfuscator
+from veil.obfuscate.crops import DEFAULT_CROP, DEFAULT_SCALE_RANGE, ImageCrops
 from veil.obfuscate.fit import FitConfig, FitResult, activation_bank, fit_noise
 
 #: Random crops taken from each fitting photo.

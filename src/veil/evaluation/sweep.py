@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from veil.detector import Detector
+from veil.evaluation.runner import evaluate_fddb
 from veil.jsonio import write_json
 from veil.obfuscate.noise import isotropic_like
 from veil.preprocess import Prepared
@@ -33,11 +34,18 @@ DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
 
 @dataclass
 class CachedHeadDetector(Detector):
-    """A :class:`Detector` that remembers each image's clean head activation (keyed by pixel hash)."""
+    """A :class:`Detector` that remembers each image's clean head activation (keyed by pixel hash).
+
+    Only :meth:`client_side` changes: the clean activation comes from the cache when the same pixels
+    were seen before, and the obfuscator (drawn fresh per call) is applied on top as usual. An already
+    :class:`Prepared` input is not cached (its pixels are gone): it takes the stock path.
+    """
 
     _cache: dict[str, tuple[torch.Tensor, Prepared]] = field(default_factory=dict, repr=False)
 
-    def client_side(self, image: np.ndarray, obfuscate: bool = True) -> tuple[torch.Tensor, Prepared]:
+    def client_side(self, image: np.ndarray | Prepared, obfuscate: bool = True) -> tuple[torch.Tensor, Prepared]:
+        if isinstance(image, Prepared):
+            return Detector.client_side(self, image, obfuscate=obfuscate)
         key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
         hit = self._cache.get(key)
         if hit is None:
@@ -69,15 +77,13 @@ class SweepRow:
 def run_sweep(detector: CachedHeadDetector, dataset: Any, alphas: Sequence[float],
               get_noise: Callable[[float], tuple[Any, dict, str]], seed: int | None = None,
               progress: bool = True, log: Callable[[str], None] = print,
-              on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              on_row: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
     """Evaluate clean, then learned and isotropic noise per ALPHA; return the sweep's JSON document.
 
     ALPHAs run in the order given; the document's rows are sorted by ALPHA. ``on_row`` gets the
     document so far after each ALPHA (the CLI writes its files then, so a long sweep that is
     stopped keeps its finished rows).
     """
-    from veil.evaluation import evaluate_fddb  # evaluation is only needed here
-
     detector.obfuscator = None
     clean = evaluate_fddb(detector, dataset, progress=progress)
     log(f"clean: mAP {clean.mAP:.4f} on {clean.images} images, {clean.faces} faces")
@@ -89,9 +95,10 @@ def run_sweep(detector: CachedHeadDetector, dataset: Any, alphas: Sequence[float
         detector.obfuscator = isotropic_like(obf)
         iso = evaluate_fddb(detector, dataset, progress=progress, nsr=True, seed=seed)
         detector.obfuscator = None
-        row = SweepRow(alpha=alpha, mAP=learned.mAP, nsr_db=learned.nsr["nsr_db"],
-                       nsr_min_db=learned.nsr["channels"]["min"], nsr_median_db=learned.nsr["channels"]["median"],
-                       iso_mAP=iso.mAP, iso_nsr_min_db=iso.nsr["channels"]["min"],
+        nsr = learned.noisy_nsr
+        row = SweepRow(alpha=alpha, mAP=learned.mAP, nsr_db=nsr["nsr_db"],
+                       nsr_min_db=nsr["channels"]["min"], nsr_median_db=nsr["channels"]["median"],
+                       iso_mAP=iso.mAP, iso_nsr_min_db=iso.noisy_nsr["channels"]["min"],
                        reference_mAP=REFERENCE_MAP.get(round(alpha, 6)), noise_file=str(path))
         rows.append(row)
         log(f"ALPHA {alpha:g}: mAP {row.mAP:.4f} (drop {100 * (clean.mAP - row.mAP):.2f} points), "

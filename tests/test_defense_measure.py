@@ -23,3 +23,33 @@ def test_observed_head_applies_the_defense_after_the_head(detector):
     wrapped = ObservedHead(head, lambda a: a * 0 + 1)
     with torch.no_grad():
         assert torch.equal(wrapped(x), torch.ones_like(head(x)))
+
+
+class _Exact(torch.nn.Module):
+    """A 'decoder' that returns its input image (the head is the identity): a perfect reconstruction."""
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        from veil.privacy.decoders import PIXEL_SCALE
+
+        return a / PIXEL_SCALE
+
+
+class _Grey(torch.nn.Module):
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(a)  # mean-subtracted zero = the mean colour everywhere
+
+
+def test_identity_leak_scores_perfect_and_blank_reconstructions(fddb_dir):
+    pytest.importorskip("dlib")
+    from veil.defenses.measure import grey_reference, identity_leak
+    from veil.privacy.audit import select_fddb_faces
+
+    faces = select_fddb_faces(fddb_dir, max_faces=8)
+    head = torch.nn.Identity()
+    exact = identity_leak(faces, head, lambda a: a, _Exact(), scale=1.0, ks=(1, 2), progress=False)
+    assert exact["n_faces"] == 8 and exact["k1"]["rank1"] == 1.0 and exact["k2"]["rank1"] == 1.0
+    lo, hi = exact["k1"]["rank1_ci95"]
+    assert lo < 1.0 <= hi + 1e-9
+    blank = identity_leak(faces, head, lambda a: a, _Grey(), scale=1.0, ks=(1,), progress=False)
+    grey = grey_reference(faces)
+    assert blank["k1"]["rank1"] <= 0.5 and blank["k1"]["rank1"] == grey["rank1"]

@@ -56,18 +56,27 @@ class DemoReport:
     images: list[DemoImage] = field(default_factory=list)
 
     def markdown(self) -> str:
-        lines = [f"# veil demo: ALPHA {self.alpha:g}", "",
-                 f"Triton server on {self.server} ({self.protocol}), started and stopped by the demo; it received "
-                 "only the obfuscated head activation of each photo, as binary tensor data.", "",
-                 f"- weights SHA-256 `{self.weights_sha256}`", f"- noise `{self.noise}`",
-                 f"- decoder `{self.decoder or 'none (no reconstruction panel)'}`",
-                 f"- {len(self.images)} photos in {self.seconds:.1f} s", "",
-                 f"| photo | faces, clean (local) | faces, obfuscated (Triton) | bytes sent | picture |",
-                 "|---|---:|---:|---:|---|"]
+        lines = [
+            f"# veil demo: ALPHA {self.alpha:g}",
+            "",
+            f"Triton server on {self.server} ({self.protocol}), started and stopped by the demo; it received "
+            "only the obfuscated head activation of each photo, as binary tensor data.",
+            "",
+            f"- weights SHA-256 `{self.weights_sha256}`",
+            f"- noise `{self.noise}`",
+            f"- decoder `{self.decoder or 'none (no reconstruction panel)'}`",
+            f"- {len(self.images)} photos in {self.seconds:.1f} s",
+            "",
+            "| photo | faces, clean (local) | faces, obfuscated (Triton) | bytes sent | picture |",
+            "|---|---:|---:|---:|---|",
+        ]
         for im in self.images:
             lines.append(f"| {im.name} | {im.faces_clean} | {im.faces_obfuscated} | {im.bytes_sent} | {im.picture} |")
-        lines += ["", f"Faces: boxes with score ≥ {MIN_SCORE}. Panels: clean detection | obfuscated detection | "
-                      "decoder's reconstruction of what was sent."]
+        lines += [
+            "",
+            f"Faces: boxes with score ≥ {MIN_SCORE}. Panels: clean detection | obfuscated detection | "
+            "decoder's reconstruction of what was sent.",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -121,10 +130,18 @@ def _load(images: list[str | Path] | None, log) -> dict[str, np.ndarray]:
     return photos
 
 
-def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[str | Path] | None = None,
-             weights: str | Path | None = None, noise: str | Path | None = None, decoder: str | Path | None = None,
-             protocol: str = "grpc", fp16: bool = True, timeout: float = 180.0,
-             log=print) -> DemoReport:
+def run_demo(
+    out: str | Path,
+    alpha: float = assets.DEFAULT_ALPHA,
+    images: list[str | Path] | None = None,
+    weights: str | Path | None = None,
+    noise: str | Path | None = None,
+    decoder: str | Path | None = None,
+    protocol: str = "grpc",
+    fp16: bool = True,
+    timeout: float = 180.0,
+    log=print,
+) -> DemoReport:
     """Run the demo into ``out`` (created); return its report. The server is always stopped."""
     from veil.obfuscate import find_noise_file, load_obfuscator
     from veil.privacy.decoders import load_decoder, reconstruct
@@ -146,9 +163,15 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
     log(f"exporting the tail for Triton → {out / 'triton-repo'}")
     repo = export_repository(det.model, det.weights_sha256, out / "triton-repo")
     served = model_name(noisy=True, fp16=fp16)
-    report = DemoReport(alpha=alpha, weights_sha256=det.weights_sha256, noise=_describe_noise(noise_file, meta),
-                        decoder=_describe_decoder(dec),
-                        server="", protocol=protocol, seconds=0.0)
+    report = DemoReport(
+        alpha=alpha,
+        weights_sha256=det.weights_sha256,
+        noise=_describe_noise(noise_file, meta),
+        decoder=_describe_decoder(dec),
+        server="",
+        protocol=protocol,
+        seconds=0.0,
+    )
     log(f"starting tritonserver on loopback ({served}) ...")
     server = TritonServer(repo, models=[served], log_file=out / "tritonserver.log")
     try:
@@ -172,15 +195,30 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
                 rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in boxes]
                 bfile = out / "boxes" / f"{name}.json"
                 nbytes = sent.numel() * sent.element_size()
-                bfile.write_text(json.dumps({"image": name, "alpha": alpha, "server": report.server,
-                                             "sent": {"shape": list(sent.shape), "dtype": str(sent.dtype).split(".")[-1],
-                                                      "bytes": nbytes},
-                                             "detections": rows}, indent=1))
+                bfile.write_text(
+                    json.dumps(
+                        {
+                            "image": name,
+                            "alpha": alpha,
+                            "server": report.server,
+                            "sent": {
+                                "shape": list(sent.shape),
+                                "dtype": str(sent.dtype).split(".")[-1],
+                                "bytes": nbytes,
+                            },
+                            "detections": rows,
+                        },
+                        indent=1,
+                    )
+                )
                 n_clean, n_obf = int((clean[:, 4] >= MIN_SCORE).sum()), int((boxes[:, 4] >= MIN_SCORE).sum())
-                report.images.append(DemoImage(name, n_clean, n_obf, nbytes, list(sent.shape),
-                                               pic.name, str(bfile.relative_to(out))))
-                log(f"{name}: {faces(n_clean)} clean, {faces(n_obf)} obfuscated through Triton; "
-                    f"sent {nbytes} bytes {tuple(sent.shape)} → {pic}")
+                report.images.append(
+                    DemoImage(name, n_clean, n_obf, nbytes, list(sent.shape), pic.name, str(bfile.relative_to(out)))
+                )
+                log(
+                    f"{name}: {faces(n_clean)} clean, {faces(n_obf)} obfuscated through Triton; "
+                    f"sent {nbytes} bytes {tuple(sent.shape)} → {pic}"
+                )
     finally:
         server.stop()  # always, also when a photo fails
     log("tritonserver stopped")
@@ -190,4 +228,4 @@ def run_demo(out: str | Path, alpha: float = assets.DEFAULT_ALPHA, images: list[
     return report
 
 
-__all__ = ["DemoImage", "DemoReport", "MIN_SCORE", "export_repository", "faces", "run_demo"]
+__all__ = ["MIN_SCORE", "DemoImage", "DemoReport", "export_repository", "faces", "run_demo"]

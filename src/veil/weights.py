@@ -54,7 +54,8 @@ def resolve_weights(path: str | Path | None = None) -> Path:
     raise WeightsError(
         f"no FaceBoxes weights found (looked at --weights, $VEIL_WEIGHTS, {cached} and the package's "
         f"{assets.WEIGHTS}, which this installation lacks). Run `veil weights fetch` to download them, "
-        "or `veil weights import PATH` for a local copy.")
+        "or `veil weights import PATH` for a local copy."
+    )
 
 
 def verify(path: str | Path, expected: str = REFERENCE_SHA256) -> str:
@@ -63,7 +64,8 @@ def verify(path: str | Path, expected: str = REFERENCE_SHA256) -> str:
     if digest != expected:
         raise WeightsError(
             f"{path} is not the reference FaceBoxes checkpoint: SHA-256 {digest} != expected {expected}. "
-            "The file is corrupt, truncated or a different model; fetch it again with `veil weights fetch`.")
+            "The file is corrupt, truncated or a different model; fetch it again with `veil weights fetch`."
+        )
     return digest
 
 
@@ -71,7 +73,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint safely (tensors only) and strip a ``module.`` prefix if present."""
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:  # torch raises many types for bad files; re-raised as WeightsError
         raise WeightsError(f"cannot read weights {path}: {exc.__class__.__name__}: {exc}") from exc
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
@@ -112,7 +114,8 @@ def fetch(url: str = REFERENCE_URL, timeout: float = 30.0) -> Path:
             Path(tmp.name).unlink(missing_ok=True)
             raise WeightsError(
                 f"could not download the weights from {url} ({exc}). Offline? Copy FaceBoxesProd.pth "
-                "here by other means and run `veil weights import PATH`.") from exc
+                "here by other means and run `veil weights import PATH`."
+            ) from exc
     try:
         return install(tmp.name)
     finally:

@@ -10,24 +10,33 @@ from veil.data.check import FDDB_ARCHIVES, FDDB_URL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="check a downloaded FDDB copy or photo folders for fitting",
-                       description="Data you fetch yourself. FDDB (evaluation only): download "
-                                   f"{' and '.join(FDDB_ARCHIVES)} from {FDDB_URL} and unpack both into one "
-                                   "directory (DIR/FDDB-folds/, DIR/originalPics/). Fitting photos (noise fitting, "
-                                   "attacker training): any folders of photos with faces that are not the "
-                                   "evaluation set, e.g. WIDER FACE validation images; never FDDB. Exit status 0 "
-                                   "when usable, 1 when not.")
+    p = sub.add_parser(
+        "data",
+        help="check a downloaded FDDB copy or photo folders for fitting",
+        description="Data you fetch yourself. FDDB (evaluation only): download "
+        f"{' and '.join(FDDB_ARCHIVES)} from {FDDB_URL} and unpack both into one "
+        "directory (DIR/FDDB-folds/, DIR/originalPics/). Fitting photos (noise fitting, "
+        "attacker training): any folders of photos with faces that are not the "
+        "evaluation set, e.g. WIDER FACE validation images; never FDDB. Exit status 0 "
+        "when usable, 1 when not.",
+    )
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="verify a dataset and list what is missing")
     csub = c.add_subparsers(dest="kind", metavar="KIND", required=True)
-    f = csub.add_parser("fddb", help="fold files (official SHA-256) and images per fold",
-                        description="Verify an FDDB copy: the 20 fold files against the official SHA-256, the "
-                                    "images each fold lists. Default DIR: $VEIL_DATASET.")
+    f = csub.add_parser(
+        "fddb",
+        help="fold files (official SHA-256) and images per fold",
+        description="Verify an FDDB copy: the 20 fold files against the official SHA-256, the "
+        "images each fold lists. Default DIR: $VEIL_DATASET.",
+    )
     f.add_argument("dir", nargs="?", help="FDDB root (default: $VEIL_DATASET)")
     f.add_argument("--json", action="store_true", help="print the report as JSON")
     f.set_defaults(func=_check_fddb)
-    g = csub.add_parser("fit", help="photo folders for noise fitting and attacker training",
-                        description="Count readable photos, refuse FDDB. Default: $VEIL_FIT_IMAGES.")
+    g = csub.add_parser(
+        "fit",
+        help="photo folders for noise fitting and attacker training",
+        description="Count readable photos, refuse FDDB. Default: $VEIL_FIT_IMAGES.",
+    )
     g.add_argument("dirs", nargs="*", help="photo folders (default: $VEIL_FIT_IMAGES)")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
     g.set_defaults(func=_check_fit)
@@ -35,8 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _print(rep, as_json: bool) -> int:
     if as_json:
-        print(json.dumps({"what": rep.what, "ok": rep.ok, "complete": rep.complete, "counts": rep.counts,
-                          "missing": rep.missing, "lines": rep.lines}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "what": rep.what,
+                    "ok": rep.ok,
+                    "complete": rep.complete,
+                    "counts": rep.counts,
+                    "missing": rep.missing,
+                    "lines": rep.lines,
+                },
+                indent=1,
+            )
+        )
     else:
         print(rep.text(), end="")
     return 0 if rep.ok else 1

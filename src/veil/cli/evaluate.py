@@ -41,9 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", metavar="DIR",
-                   help="FDDB root holding FDDB-folds/ and originalPics/ (default: $VEIL_DATASET; check it with "
-                        "`veil data check fddb DIR`)")
+    p.add_argument(
+        "--dataset",
+        metavar="DIR",
+        help="FDDB root holding FDDB-folds/ and originalPics/ (default: $VEIL_DATASET; check it with "
+        "`veil data check fddb DIR`)",
+    )
     add_model_args(p)
     p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
     p.add_argument(

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="veil",
         description="Confidential face detection: run the detector's head locally, obfuscate its "
-                    "activation with learned noise, and send only that to the tail.",
+        "activation with learned noise, and send only that to the tail.",
     )
     parser.add_argument("--version", action="version", version=f"veil {veil.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -22,18 +22,36 @@ def add_fit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="crops per step (default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate for log σ (default: %(default)s)")
     g.add_argument("--family", choices=FAMILIES, default=d.family, help="noise distribution (default: %(default)s)")
-    g.add_argument("--privacy-weight", type=float, default=d.privacy_weight,
-                   help="scale of the privacy term against the distortion term (default: %(default)s)")
-    g.add_argument("--channel-weight", type=float, default=d.channel_weight,
-                   help="privacy blend: 1 = mean per-channel log NSR, 0 = overall log NSR (default: %(default)s)")
+    g.add_argument(
+        "--privacy-weight",
+        type=float,
+        default=d.privacy_weight,
+        help="scale of the privacy term against the distortion term (default: %(default)s)",
+    )
+    g.add_argument(
+        "--channel-weight",
+        type=float,
+        default=d.channel_weight,
+        help="privacy blend: 1 = mean per-channel log NSR, 0 = overall log NSR (default: %(default)s)",
+    )
     g.add_argument("--crop", type=int, default=DEFAULT_CROP, help="crop side in network pixels (default: %(default)s)")
-    g.add_argument("--scale-range", type=float, nargs=2, default=list(DEFAULT_SCALE_RANGE), metavar=("LO", "HI"),
-                   help="images are resized by a factor drawn log-uniformly from [LO, HI] before cropping, so "
-                        "faces reach the sizes FDDB's ×3 protocol shows the tail (default: %(default)s)")
+    g.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        default=list(DEFAULT_SCALE_RANGE),
+        metavar=("LO", "HI"),
+        help="images are resized by a factor drawn log-uniformly from [LO, HI] before cropping, so "
+        "faces reach the sizes FDDB's ×3 protocol shows the tail (default: %(default)s)",
+    )
     g.add_argument("--crops-per-image", type=int, default=1, help="random crops per image (default: %(default)s)")
-    g.add_argument("--fit-seed", type=int, default=d.seed,
-                   help="seed of the fitting data and of the noise drawn *during fitting* (default: %(default)s); "
-                        "the saved noise is always drawn fresh from the OS at use")
+    g.add_argument(
+        "--fit-seed",
+        type=int,
+        default=d.seed,
+        help="seed of the fitting data and of the noise drawn *during fitting* (default: %(default)s); "
+        "the saved noise is always drawn fresh from the OS at use",
+    )
 
 
 def fit_images(given: list[str] | None) -> list[str]:
@@ -42,31 +60,50 @@ def fit_images(given: list[str] | None) -> list[str]:
 
     images = list(given or []) or [str(p) for p in settings().fit_images]
     if not images:
-        raise CLIError("no fitting photos: pass --images DIR… or set VEIL_FIT_IMAGES (any folders of photos with "
-                       "faces that are not the evaluation set, e.g. WIDER FACE; never FDDB)")
+        raise CLIError(
+            "no fitting photos: pass --images DIR… or set VEIL_FIT_IMAGES (any folders of photos with "
+            "faces that are not the evaluation set, e.g. WIDER FACE; never FDDB)"
+        )
     return images
 
 
 def fit_config(args: argparse.Namespace, alpha: float) -> FitConfig:
-    return FitConfig(alpha=alpha, steps=args.steps, batch_size=args.batch_size, lr=args.lr, family=args.family,
-                     privacy_weight=args.privacy_weight, channel_weight=args.channel_weight, seed=args.fit_seed)
+    return FitConfig(
+        alpha=alpha,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        family=args.family,
+        privacy_weight=args.privacy_weight,
+        channel_weight=args.channel_weight,
+        seed=args.fit_seed,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "fit-noise", help="fit the obfuscation noise for one ALPHA (no labels needed)",
+        "fit-noise",
+        help="fit the obfuscation noise for one ALPHA (no labels needed)",
         description="Fit the per-channel noise (μ, σ) applied to the head's activation, for one ALPHA in [0, 1): "
-                    "higher ALPHA = more noise. Only μ and σ learn; the detector is frozen. Fits on unlabeled "
-                    "photos that are not the evaluation set — any folder of photos with faces at various sizes "
-                    "(e.g. the WIDER FACE validation images; see `veil data check fit DIR`), never FDDB; "
-                    "default: $VEIL_FIT_IMAGES. Writes a safetensors file with metadata (ALPHA, weights SHA-256, split point, "
-                    "activation statistics, fitting data and settings, loss log).")
+        "higher ALPHA = more noise. Only μ and σ learn; the detector is frozen. Fits on unlabeled "
+        "photos that are not the evaluation set — any folder of photos with faces at various sizes "
+        "(e.g. the WIDER FACE validation images; see `veil data check fit DIR`), never FDDB; "
+        "default: $VEIL_FIT_IMAGES. Writes a safetensors file with metadata (ALPHA, weights SHA-256, "
+        "split point, "
+        "activation statistics, fitting data and settings, loss log).",
+    )
     p.add_argument("--alpha", type=alpha_arg, required=True, help="obfuscation strength in [0, 1)")
-    p.add_argument("--images", nargs="+", metavar="DIR",
-                   help="folders of unlabeled photos, not FDDB (default: $VEIL_FIT_IMAGES, ':'-separated)")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="DIR",
+        help="folders of unlabeled photos, not FDDB (default: $VEIL_FIT_IMAGES, ':'-separated)",
+    )
     p.add_argument("--out", help="output file (default: NOISE_DIR/alpha-<A>.safetensors)")
-    p.add_argument("--noise-dir", help="noise directory when --out is not given (default: $VEIL_NOISE_DIR, "
-                                       "else noise/ in the veil cache)")
+    p.add_argument(
+        "--noise-dir",
+        help="noise directory when --out is not given (default: $VEIL_NOISE_DIR, else noise/ in the veil cache)",
+    )
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the shipped ones)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_fit_args(p)
@@ -82,13 +119,23 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".safetensors":
         raise CLIError(f"--out must end in .safetensors, got {out}")
     model, digest = load_faceboxes(args.weights)
-    result, meta = fit_and_save(model, digest, images, out, fit_config(args, args.alpha), crop=args.crop,
-                                scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
-                                progress=not args.quiet)
+    result, meta = fit_and_save(
+        model,
+        digest,
+        images,
+        out,
+        fit_config(args, args.alpha),
+        crop=args.crop,
+        scale_range=tuple(args.scale_range),
+        crops_per_image=args.crops_per_image,
+        progress=not args.quiet,
+    )
     first, last = result.log[0], result.log[-1]
-    print(f"fitted ALPHA {args.alpha:g} in {result.seconds:.0f} s on {meta['data']['images']} images: "
-          f"loss {first['loss']:.4f} → {last['loss']:.4f}, distortion {first['distortion']:.4f} → "
-          f"{last['distortion']:.4f}, NSR on the fitting data {last['nsr_db']:+.2f} dB")
+    print(
+        f"fitted ALPHA {args.alpha:g} in {result.seconds:.0f} s on {meta['data']['images']} images: "
+        f"loss {first['loss']:.4f} → {last['loss']:.4f}, distortion {first['distortion']:.4f} → "
+        f"{last['distortion']:.4f}, NSR on the fitting data {last['nsr_db']:+.2f} dB"
+    )
     print(f"wrote {out}")
     log_path = out.with_suffix(".log.json")
     write_json(log_path, result.log)

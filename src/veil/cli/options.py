@@ -16,18 +16,33 @@ from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--weights``, ``--scale`` and ``--max-pixels``."""
-    p.add_argument("--weights",
-                   help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
-    p.add_argument("--scale", type=float, default=FDDB_SCALE,
-                   help="resize factor before the network (default: %(default)s, the FDDB test protocol)")
-    p.add_argument("--max-pixels", type=_positive_int, default=MAX_INPUT_PIXELS, metavar="N",
-                   help="skip (and report) images whose network input, after --scale, exceeds N pixels "
-                        "(default: %(default)s = 4096x4096; memory grows with it)")
-    p.add_argument("--backend", type=_backend, default="auto", metavar="{auto,fp32,bf16,onnx}",
-                   help="how head and tail are computed: fp32 (eager PyTorch, the reference), bf16 (autocast, "
-                        "CPUs with native BF16), onnx (onnxruntime; exported once per weights and checked "
-                        "against fp32), auto (the fastest within 0.1 mAP point of fp32 that this CPU runs, "
-                        "see docs/evaluation.md; default)")
+    p.add_argument(
+        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=FDDB_SCALE,
+        help="resize factor before the network (default: %(default)s, the FDDB test protocol)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=MAX_INPUT_PIXELS,
+        metavar="N",
+        help="skip (and report) images whose network input, after --scale, exceeds N pixels "
+        "(default: %(default)s = 4096x4096; memory grows with it)",
+    )
+    p.add_argument(
+        "--backend",
+        type=_backend,
+        default="auto",
+        metavar="{auto,fp32,bf16,onnx}",
+        help="how head and tail are computed: fp32 (eager PyTorch, the reference), bf16 (autocast, "
+        "CPUs with native BF16), onnx (onnxruntime; exported once per weights and checked "
+        "against fp32), auto (the fastest within 0.1 mAP point of fp32 that this CPU runs, "
+        "see docs/evaluation.md; default)",
+    )
 
 
 def _backend(text: str) -> str:
@@ -51,18 +66,29 @@ def add_noise_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     """The reference design's ``--noisy --alpha A``, plus where the fitted noise lives."""
     g = p.add_argument_group("obfuscation (as in the reference design: --noisy --alpha A)")
     g.add_argument("--noisy", action="store_true", help="obfuscate the head's activation with the fitted noise")
-    g.add_argument("--alpha", type=alpha_arg, metavar="A",
-                   help="obfuscation strength ALPHA of the fitted noise, in [0, 1)")
+    g.add_argument(
+        "--alpha", type=alpha_arg, metavar="A", help="obfuscation strength ALPHA of the fitted noise, in [0, 1)"
+    )
     g.add_argument("--noise", metavar="FILE", help="fitted noise file (default: NOISE_DIR/alpha-A.safetensors)")
-    g.add_argument("--noise-dir", metavar="DIR",
-                   help="where fitted noise lives (default: $VEIL_NOISE_DIR, else the veil cache's noise/, "
-                        "then the noise shipped with veil)")
-    g.add_argument("--noise-key", metavar="FILE",
-                   help="keyed noise: the same image always gets the same noise, so averaging repeated queries "
-                        "gains nothing; FILE holds the client's secret key (`veil noise-key new FILE`, mode 0600, "
-                        "never leaves this machine; default: $VEIL_NOISE_KEY_FILE, else fresh noise per call)")
-    g.add_argument("--noise-sha256", metavar="HEX", type=_sha256,
-                   help="refuse the noise file unless its SHA-256 is HEX (default: $VEIL_NOISE_SHA256)")
+    g.add_argument(
+        "--noise-dir",
+        metavar="DIR",
+        help="where fitted noise lives (default: $VEIL_NOISE_DIR, else the veil cache's noise/, "
+        "then the noise shipped with veil)",
+    )
+    g.add_argument(
+        "--noise-key",
+        metavar="FILE",
+        help="keyed noise: the same image always gets the same noise, so averaging repeated queries "
+        "gains nothing; FILE holds the client's secret key (`veil noise-key new FILE`, mode 0600, "
+        "never leaves this machine; default: $VEIL_NOISE_KEY_FILE, else fresh noise per call)",
+    )
+    g.add_argument(
+        "--noise-sha256",
+        metavar="HEX",
+        type=_sha256,
+        help="refuse the noise file unless its SHA-256 is HEX (default: $VEIL_NOISE_SHA256)",
+    )
     if seed:
         g.add_argument("--seed", type=int, help="reproducible noise (experiments only; default: fresh OS randomness)")
 
@@ -114,14 +140,22 @@ def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any
     if sha is not None:
         sha = _sha256_or_error(sha, CLIError)
     path = find_noise_file(args.alpha, args.noise, args.noise_dir, detector.weights_sha256)
-    obf, meta = load_obfuscator(args.alpha, noise=path, weights_sha256=detector.weights_sha256, seed=seed,
-                                key=Path(key) if key is not None else None, sha256=sha)
+    obf, meta = load_obfuscator(
+        args.alpha,
+        noise=path,
+        weights_sha256=detector.weights_sha256,
+        seed=seed,
+        key=Path(key) if key is not None else None,
+        sha256=sha,
+    )
     meta = {**meta, "noise_mode": obf.mode, **({"noise_key_id": obf.key_id} if obf.key_id else {})}
     from veil.models.faceboxes import HEAD_CHANNELS
 
     if getattr(obf, "channels", HEAD_CHANNELS) != HEAD_CHANNELS:  # refuse at load, not at the first image
-        raise CLIError(f"{path} holds noise for {obf.channels} channels, but the head's activation has "
-                       f"{HEAD_CHANNELS}; it was not fitted for this model")
+        raise CLIError(
+            f"{path} holds noise for {obf.channels} channels, but the head's activation has "
+            f"{HEAD_CHANNELS}; it was not fitted for this model"
+        )
     detector.obfuscator = obf
     return meta, path
 
@@ -139,8 +173,10 @@ def fddb_dir(given: str | None) -> str:
 
     dataset = given or settings().dataset
     if dataset is None:
-        raise CLIError("no FDDB directory: pass --dataset DIR or set VEIL_DATASET (download and check it: "
-                       "`veil data check fddb DIR`)")
+        raise CLIError(
+            "no FDDB directory: pass --dataset DIR or set VEIL_DATASET (download and check it: "
+            "`veil data check fddb DIR`)"
+        )
     return str(dataset)
 
 
@@ -150,6 +186,7 @@ def check_unique_stems(images: list[str]) -> None:
     for p in images:
         stem = Path(p).stem
         if stem in seen and seen[stem] != p:
-            raise CLIError(f"{seen[stem]} and {p} would both write {stem}.jpg/.json into --out: "
-                           "rename one or run them separately")
+            raise CLIError(
+                f"{seen[stem]} and {p} would both write {stem}.jpg/.json into --out: rename one or run them separately"
+            )
         seen[stem] = p

@@ -24,39 +24,69 @@ def _alphas(text: str) -> list[float]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sweep", help="mAP against ALPHA: fit/reuse noise per ALPHA, evaluate on FDDB",
+        "sweep",
+        help="mAP against ALPHA: fit/reuse noise per ALPHA, evaluate on FDDB",
         description="For each ALPHA: reuse NOISE_DIR/alpha-<A>.safetensors (without --noise-dir, else the noise "
-                    "shipped for the reference weights; a file fitted for other weights is refused: --refit), or fit "
-                    "it on --images; evaluate FDDB with the learned noise and with isotropic Gaussian noise of the "
-                    "same total power, and write sweep.md (the reference design's table plus mAP drop, "
-                    "noise-to-signal ratio, isotropic baseline and published reference mAP), sweep.json and "
-                    "sweep.png (mAP vs ALPHA and vs NSR) into --out. With --fits N --draws M, each ALPHA is fitted "
-                    "N times afresh (fit seeds --fit-seed, +1, …) and each fit evaluated with M fresh noise draws "
-                    "(OS seeds, recorded): repeats.md/json give mean ± sd and range. Example:\n  veil sweep "
-                    "--dataset FDDB --images PHOTOS/ --noise-dir runs/noise --out runs/sweep\n  veil sweep "
-                    "--alphas 0.8 --fits 5 --draws 2 --out runs/repeats")
-    p.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS),
-                   help="comma-separated ALPHA values in [0, 1), run in this order (default: %(default)s)")
-    p.add_argument("--dataset", metavar="DIR",
-                   help="FDDB directory (FDDB-folds/, originalPics/; default: $VEIL_DATASET; check it with "
-                        "`veil data check fddb DIR`)")
-    p.add_argument("--images", nargs="+", metavar="DIR",
-                   help="unlabeled photos (not FDDB) to fit missing noise on (default: $VEIL_FIT_IMAGES); needed "
-                        "unless every ALPHA is fitted")
-    p.add_argument("--noise-dir", help="where noise is reused from and saved to (default: $VEIL_NOISE_DIR, else "
-                                       "noise/ in the veil cache)")
-    p.add_argument("--fits", type=int, default=1, metavar="N",
-                   help="fit each ALPHA N times afresh and report mean ± sd (default: %(default)s: one fit, reused)")
-    p.add_argument("--draws", type=int, default=1, metavar="M",
-                   help="evaluate each fit with M fresh noise draws (default: %(default)s)")
+        "shipped for the reference weights; a file fitted for other weights is refused: --refit), or fit "
+        "it on --images; evaluate FDDB with the learned noise and with isotropic Gaussian noise of the "
+        "same total power, and write sweep.md (the reference design's table plus mAP drop, "
+        "noise-to-signal ratio, isotropic baseline and published reference mAP), sweep.json and "
+        "sweep.png (mAP vs ALPHA and vs NSR) into --out. With --fits N --draws M, each ALPHA is fitted "
+        "N times afresh (fit seeds --fit-seed, +1, …) and each fit evaluated with M fresh noise draws "
+        "(OS seeds, recorded): repeats.md/json give mean ± sd and range. Example:\n  veil sweep "
+        "--dataset FDDB --images PHOTOS/ --noise-dir runs/noise --out runs/sweep\n  veil sweep "
+        "--alphas 0.8 --fits 5 --draws 2 --out runs/repeats",
+    )
+    p.add_argument(
+        "--alphas",
+        type=_alphas,
+        default=list(DEFAULT_ALPHAS),
+        help="comma-separated ALPHA values in [0, 1), run in this order (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="DIR",
+        help="FDDB directory (FDDB-folds/, originalPics/; default: $VEIL_DATASET; check it with "
+        "`veil data check fddb DIR`)",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="DIR",
+        help="unlabeled photos (not FDDB) to fit missing noise on (default: $VEIL_FIT_IMAGES); needed "
+        "unless every ALPHA is fitted",
+    )
+    p.add_argument(
+        "--noise-dir",
+        help="where noise is reused from and saved to (default: $VEIL_NOISE_DIR, else noise/ in the veil cache)",
+    )
+    p.add_argument(
+        "--fits",
+        type=int,
+        default=1,
+        metavar="N",
+        help="fit each ALPHA N times afresh and report mean ± sd (default: %(default)s: one fit, reused)",
+    )
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        metavar="M",
+        help="evaluate each fit with M fresh noise draws (default: %(default)s)",
+    )
     p.add_argument("--refit", action="store_true", help="fit every ALPHA again even if a noise file exists")
     p.add_argument("--out", default="runs/sweep", help="output directory for sweep.md/json/png (default: %(default)s)")
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the shipped ones)")
-    p.add_argument("--seed", type=int,
-                   help="seed the evaluation noise (a reproducible experiment; default: fresh OS randomness)")
-    p.add_argument("--audits", nargs="+", metavar="PATH",
-                   help="`veil audit` report.json files or folders: add privacy columns (worst-attacker rank-1 "
-                        "per ALPHA) as frontier.md/json and a frontier plot (mAP against worst-attacker rank-1)")
+    p.add_argument(
+        "--seed", type=int, help="seed the evaluation noise (a reproducible experiment; default: fresh OS randomness)"
+    )
+    p.add_argument(
+        "--audits",
+        nargs="+",
+        metavar="PATH",
+        help="`veil audit` report.json files or folders: add privacy columns (worst-attacker rank-1 "
+        "per ALPHA) as frontier.md/json and a frontier plot (mAP against worst-attacker rank-1)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_fit_args(p)
     p.set_defaults(func=run)
@@ -85,17 +115,28 @@ def run(args: argparse.Namespace) -> int:
     missing = [a for a in args.alphas if a not in found]
     images = args.images or [str(p) for p in settings().fit_images]
     if missing and not images:
-        raise CLIError(f"no fitted noise in {noise_path(missing[0], args.noise_dir).parent} for ALPHA "
-                       f"{', '.join(f'{a:g}' for a in missing)}: pass --images DIR… or set VEIL_FIT_IMAGES "
-                       "(unlabeled photos, not FDDB) to fit it")
+        raise CLIError(
+            f"no fitted noise in {noise_path(missing[0], args.noise_dir).parent} for ALPHA "
+            f"{', '.join(f'{a:g}' for a in missing)}: pass --images DIR… or set VEIL_FIT_IMAGES "
+            "(unlabeled photos, not FDDB) to fit it"
+        )
     bank_cache: dict = {}
 
     def get_noise(alpha: float):
         path = found.get(alpha) or noise_path(alpha, args.noise_dir)
         if alpha in missing:
-            fit_and_save(model, digest, images, path, fit_config(args, alpha), crop=args.crop,
-                         scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
-                         progress=not args.quiet, bank_cache=bank_cache)
+            fit_and_save(
+                model,
+                digest,
+                images,
+                path,
+                fit_config(args, alpha),
+                crop=args.crop,
+                scale_range=tuple(args.scale_range),
+                crops_per_image=args.crops_per_image,
+                progress=not args.quiet,
+                bank_cache=bank_cache,
+            )
             print(f"fitted {path}")
         else:
             print(f"reusing {path}")
@@ -105,8 +146,15 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{exc} (or run the sweep with --refit)") from exc
         return obf, meta, path
 
-    doc = run_sweep(det, dataset, args.alphas, get_noise, seed=args.seed, progress=not args.quiet,
-                    on_row=lambda partial: write_outputs(partial, args.out))
+    doc = run_sweep(
+        det,
+        dataset,
+        args.alphas,
+        get_noise,
+        seed=args.seed,
+        progress=not args.quiet,
+        on_row=lambda partial: write_outputs(partial, args.out),
+    )
     paths = write_outputs(doc, args.out)
     print(paths["md"].read_text(), end="")
     print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
@@ -143,13 +191,31 @@ def _run_repeats(args: argparse.Namespace, dataset) -> int:
     bank_cache: dict = {}
 
     def fit(cfg, path):
-        result, _ = fit_and_save(model, digest, images, path, cfg, crop=args.crop,
-                                 scale_range=tuple(args.scale_range), crops_per_image=args.crops_per_image,
-                                 progress=not args.quiet, bank_cache=bank_cache)
+        result, _ = fit_and_save(
+            model,
+            digest,
+            images,
+            path,
+            cfg,
+            crop=args.crop,
+            scale_range=tuple(args.scale_range),
+            crops_per_image=args.crops_per_image,
+            progress=not args.quiet,
+            bank_cache=bank_cache,
+        )
         return result.obfuscator
 
-    doc = run_repeats(det, dataset, args.alphas, fit, fit_config(args, args.alphas[0]), args.fits, args.draws,
-                      Path(args.out) / "noise", progress=not args.quiet)
+    doc = run_repeats(
+        det,
+        dataset,
+        args.alphas,
+        fit,
+        fit_config(args, args.alphas[0]),
+        args.fits,
+        args.draws,
+        Path(args.out) / "noise",
+        progress=not args.quiet,
+    )
     paths = write(doc, args.out)
     print(paths["md"].read_text(), end="")
     print(f"wrote {paths['md']}, {paths['json']} (fitted noise in {Path(args.out) / 'noise'})")

@@ -14,8 +14,18 @@ import argparse
 #: Threads per process when ``--threads`` is not given.
 DEFAULT_THREADS = 1
 #: Top-level commands that run the network (and get ``--threads`` if their module did not add it).
-COMPUTE_COMMANDS = ("detect", "evaluate", "fit-noise", "sweep", "audit", "train-decoder", "leak-scale",
-                    "export-triton", "infer", "demo")
+COMPUTE_COMMANDS = (
+    "detect",
+    "evaluate",
+    "fit-noise",
+    "sweep",
+    "audit",
+    "train-decoder",
+    "leak-scale",
+    "export-triton",
+    "infer",
+    "demo",
+)
 
 
 def threads_value(text: str) -> int:
@@ -33,9 +43,14 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
     """Add ``--threads N`` to a command's parser (once)."""
     if any("--threads" in a.option_strings for a in p._actions):
         return
-    p.add_argument("--threads", type=threads_value, default=None, metavar="N",
-                   help=f"torch CPU threads in this process (default: {DEFAULT_THREADS}, so processes never "
-                        "oversubscribe the cores; with --workers, each worker process gets cores/workers)")
+    p.add_argument(
+        "--threads",
+        type=threads_value,
+        default=None,
+        metavar="N",
+        help=f"torch CPU threads in this process (default: {DEFAULT_THREADS}, so processes never "
+        "oversubscribe the cores; with --workers, each worker process gets cores/workers)",
+    )
 
 
 def set_threads(args: argparse.Namespace) -> int | None:

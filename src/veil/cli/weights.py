@@ -8,11 +8,14 @@ from veil import weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("weights", help="download, import or locate the FaceBoxes weights",
-                       description="The reference FaceBoxes checkpoint ships inside veil (MIT; used when nothing else "
-                                   "is given). Weights are looked up at --weights, then $VEIL_WEIGHTS, then the cache "
-                                   "($VEIL_CACHE_DIR or ~/.cache/veil, filled by fetch/import), then the shipped "
-                                   "file; every one is checked against the reference SHA-256.")
+    p = sub.add_parser(
+        "weights",
+        help="download, import or locate the FaceBoxes weights",
+        description="The reference FaceBoxes checkpoint ships inside veil (MIT; used when nothing else "
+        "is given). Weights are looked up at --weights, then $VEIL_WEIGHTS, then the cache "
+        "($VEIL_CACHE_DIR or ~/.cache/veil, filled by fetch/import), then the shipped "
+        "file; every one is checked against the reference SHA-256.",
+    )
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     f = wsub.add_parser("fetch", help="download the reference checkpoint from its public source and verify it")
     f.add_argument("--url", default=weights.REFERENCE_URL, help="source URL (default: %(default)s)")
@@ -20,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = wsub.add_parser("import", help="verify a local FaceBoxesProd.pth and install it into the cache")
     i.add_argument("path", help="path to FaceBoxesProd.pth")
     i.set_defaults(func=_import)
-    w = wsub.add_parser("path", help="print which weights file would be used (the shipped one if none other), and verify it")
+    w = wsub.add_parser(
+        "path", help="print which weights file would be used (the shipped one if none other), and verify it"
+    )
     w.add_argument("--weights", help="explicit weights path")
     w.set_defaults(func=_path)
 

@@ -83,7 +83,7 @@ def check_fddb(root: str | Path, max_listed: int = 10) -> CheckReport:
 
     root = Path(root).expanduser()
     rep = CheckReport(what=f"FDDB at {root}", ok=False, complete=False)
-    get = (f"download {' and '.join(FDDB_ARCHIVES)} from {FDDB_URL} and unpack both into {root}")
+    get = f"download {' and '.join(FDDB_ARCHIVES)} from {FDDB_URL} and unpack both into {root}"
     if not root.is_dir():
         rep.lines += [f"{root} is not a directory", get]
         rep.missing.append(str(root))
@@ -101,14 +101,19 @@ def check_fddb(root: str | Path, max_listed: int = 10) -> CheckReport:
             bad.append(name)
     n_fold_files = len(FDDB_FOLD_SHA256) - sum(m.startswith("FDDB-folds/") for m in rep.missing)
     rep.counts["fold_files"] = n_fold_files
-    rep.lines.append(f"fold files: {n_fold_files} of {len(FDDB_FOLD_SHA256)} present, "
-                     f"{n_fold_files - len(bad)} match the official SHA-256")
+    rep.lines.append(
+        f"fold files: {n_fold_files} of {len(FDDB_FOLD_SHA256)} present, "
+        f"{n_fold_files - len(bad)} match the official SHA-256"
+    )
     if bad:
-        rep.lines.append(f"differ from the official files (corrupt or edited; unpack FDDB-folds.tgz again): "
-                         f"{', '.join(bad)}")
+        rep.lines.append(
+            f"differ from the official files (corrupt or edited; unpack FDDB-folds.tgz again): {', '.join(bad)}"
+        )
     if rep.missing and (not folds_dir.is_dir() or not pics.is_dir()):
-        rep.lines.append(f"missing: {', '.join(rep.missing[:max_listed])}"
-                         + (f" and {len(rep.missing) - max_listed} more" if len(rep.missing) > max_listed else ""))
+        rep.lines.append(
+            f"missing: {', '.join(rep.missing[:max_listed])}"
+            + (f" and {len(rep.missing) - max_listed} more" if len(rep.missing) > max_listed else "")
+        )
         rep.lines.append(get)
         return rep
     try:
@@ -128,17 +133,22 @@ def check_fddb(root: str | Path, max_listed: int = 10) -> CheckReport:
         elif c["missing"]:
             rep.lines.append(f"  fold {fold:2d}: {c['present']} of {c['annotated_images']} images present")
     missing_images = [f"originalPics/{im.name}.jpg" for im, ok in zip(ds.images, ds.present) if not ok]
-    empty = [f"originalPics/{im.name}.jpg" for im, ok in zip(ds.images, ds.present) if ok and im.path.stat().st_size == 0]
+    empty = [
+        f"originalPics/{im.name}.jpg" for im, ok in zip(ds.images, ds.present) if ok and im.path.stat().st_size == 0
+    ]
     rep.missing += missing_images + [f"{e} (empty file)" for e in empty]
     if rep.missing:
         shown = rep.missing[:max_listed]
-        rep.lines.append(f"missing ({len(rep.missing)}): {', '.join(shown)}"
-                         + (f" and {len(rep.missing) - len(shown)} more" if len(rep.missing) > len(shown) else ""))
+        rep.lines.append(
+            f"missing ({len(rep.missing)}): {', '.join(shown)}"
+            + (f" and {len(rep.missing) - len(shown)} more" if len(rep.missing) > len(shown) else "")
+        )
     rep.ok = not bad and n_fold_files == len(FDDB_FOLD_SHA256) and present > 0 and not empty
     rep.complete = rep.ok and not rep.missing
     if rep.ok and not rep.complete:
-        rep.lines.append(f"evaluation will run on the {present} images present and report that it did; "
-                         f"for the full benchmark: {get}")
+        rep.lines.append(
+            f"evaluation will run on the {present} images present and report that it did; for the full benchmark: {get}"
+        )
     elif not rep.ok:
         rep.lines.append(get)
     return rep
@@ -150,8 +160,10 @@ def check_fit_images(dirs: Sequence[str | Path]) -> CheckReport:
 
     rep = CheckReport(what=f"fitting photos in {', '.join(map(str, dirs)) or '(none given)'}", ok=False, complete=False)
     if not dirs:
-        rep.lines.append("no folders given: pass DIR… or set VEIL_FIT_IMAGES (any folders of photos with faces "
-                         "that are not the evaluation set, e.g. WIDER FACE validation images)")
+        rep.lines.append(
+            "no folders given: pass DIR… or set VEIL_FIT_IMAGES (any folders of photos with faces "
+            "that are not the evaluation set, e.g. WIDER FACE validation images)"
+        )
         return rep
     total, unreadable, problems = 0, [], []
     for d in map(Path, dirs):

@@ -56,7 +56,7 @@ class FDDBDataset:
     present: list[bool]
 
     @classmethod
-    def open(cls, root: str | Path) -> "FDDBDataset":
+    def open(cls, root: str | Path) -> FDDBDataset:
         """Read the fold annotations under ``root``; raise :class:`DatasetError` saying what is missing."""
         return read_fddb(root)
 
@@ -120,7 +120,8 @@ def read_fddb(root: str | Path) -> FDDBDataset:
         raise DatasetError(
             f"{root} does not hold the FDDB layout: missing {' and '.join(missing)} "
             "(expected FDDB-folds/FDDB-fold-NN-ellipseList.txt and originalPics/<name>.jpg, "
-            "as unpacked from FDDB-folds.tgz and originalPics.tar.gz; see docs/evaluation.md)")
+            "as unpacked from FDDB-folds.tgz and originalPics.tar.gz; see docs/evaluation.md)"
+        )
     lists = sorted((int(m.group(1)), p) for p in folds_dir.iterdir() if (m := _FOLD_RE.match(p.name)))
     if not lists:
         raise DatasetError(f"no FDDB-fold-NN-ellipseList.txt files in {folds_dir}")
@@ -129,7 +130,9 @@ def read_fddb(root: str | Path) -> FDDBDataset:
         fold_images = _parse_ellipse_list(path, fold, pics)
         listing = folds_dir / f"FDDB-fold-{fold:02d}.txt"
         if listing.is_file():  # the plain list must name the same images, in the same order
-            names = [ln.strip() for ln in listing.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+            names = [
+                ln.strip() for ln in listing.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()
+            ]
             if names != [im.name for im in fold_images]:
                 raise DatasetError(f"{listing} and {path.name} disagree on the images of fold {fold}")
         images.extend(fold_images)

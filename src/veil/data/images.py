@@ -27,8 +27,10 @@ def list_images(dirs: Sequence[str | Path]) -> list[Path]:
         if not d.exists():
             raise FileNotFoundError(f"image folder not found: {d}")
         if looks_like_fddb(d):
-            raise ValueError(f"{d} looks like FDDB (originalPics / FDDB-folds): FDDB is evaluation data "
-                             "and is never used for fitting; use the WIDER subset, dlib photos or other images")
+            raise ValueError(
+                f"{d} looks like FDDB (originalPics / FDDB-folds): FDDB is evaluation data "
+                "and is never used for fitting; use the WIDER subset, dlib photos or other images"
+            )
         found = [d] if d.is_file() else sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {d}")

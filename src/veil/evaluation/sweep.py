@@ -27,8 +27,16 @@ from veil.preprocess import Prepared
 
 #: The reference design's (NetApp/Protopia) published FDDB mAP per ALPHA, and clean.
 REFERENCE_CLEAN_MAP = 0.9337
-REFERENCE_MAP = {0.05: 0.9029, 0.1: 0.9024, 0.2: 0.9082, 0.4: 0.9073, 0.6: 0.8848, 0.8: 0.8841,
-                 0.9: 0.8455, 0.95: 0.8455}
+REFERENCE_MAP = {
+    0.05: 0.9029,
+    0.1: 0.9024,
+    0.2: 0.9082,
+    0.4: 0.9073,
+    0.6: 0.8848,
+    0.8: 0.8841,
+    0.9: 0.8455,
+    0.95: 0.8455,
+}
 DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
 
 
@@ -74,10 +82,16 @@ class SweepRow:
     noise_file: str
 
 
-def run_sweep(detector: CachedHeadDetector, dataset: Any, alphas: Sequence[float],
-              get_noise: Callable[[float], tuple[Any, dict, str]], seed: int | None = None,
-              progress: bool = True, log: Callable[[str], None] = print,
-              on_row: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
+def run_sweep(
+    detector: CachedHeadDetector,
+    dataset: Any,
+    alphas: Sequence[float],
+    get_noise: Callable[[float], tuple[Any, dict, str]],
+    seed: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_row: Callable[[dict[str, Any]], object] | None = None,
+) -> dict[str, Any]:
     """Evaluate clean, then learned and isotropic noise per ALPHA; return the sweep's JSON document.
 
     ALPHAs run in the order given; the document's rows are sorted by ALPHA. ``on_row`` gets the
@@ -89,20 +103,30 @@ def run_sweep(detector: CachedHeadDetector, dataset: Any, alphas: Sequence[float
     log(f"clean: mAP {clean.mAP:.4f} on {clean.images} images, {clean.faces} faces")
     rows: list[SweepRow] = []
     for alpha in alphas:
-        obf, meta, path = get_noise(alpha)
+        obf, _meta, path = get_noise(alpha)
         detector.obfuscator = obf
         learned = evaluate_fddb(detector, dataset, progress=progress, nsr=True, seed=seed)
         detector.obfuscator = isotropic_like(obf)
         iso = evaluate_fddb(detector, dataset, progress=progress, nsr=True, seed=seed)
         detector.obfuscator = None
         nsr = learned.noisy_nsr
-        row = SweepRow(alpha=alpha, mAP=learned.mAP, nsr_db=nsr["nsr_db"],
-                       nsr_min_db=nsr["channels"]["min"], nsr_median_db=nsr["channels"]["median"],
-                       iso_mAP=iso.mAP, iso_nsr_min_db=iso.noisy_nsr["channels"]["min"],
-                       reference_mAP=REFERENCE_MAP.get(round(alpha, 6)), noise_file=str(path))
+        row = SweepRow(
+            alpha=alpha,
+            mAP=learned.mAP,
+            nsr_db=nsr["nsr_db"],
+            nsr_min_db=nsr["channels"]["min"],
+            nsr_median_db=nsr["channels"]["median"],
+            iso_mAP=iso.mAP,
+            iso_nsr_min_db=iso.noisy_nsr["channels"]["min"],
+            reference_mAP=REFERENCE_MAP.get(round(alpha, 6)),
+            noise_file=str(path),
+        )
         rows.append(row)
-        log(f"ALPHA {alpha:g}: mAP {row.mAP:.4f} (drop {100 * (clean.mAP - row.mAP):.2f} points), "
-            f"NSR {row.nsr_db:+.2f} dB (min channel {row.nsr_min_db:+.2f}); isotropic same power: mAP {row.iso_mAP:.4f}")
+        log(
+            f"ALPHA {alpha:g}: mAP {row.mAP:.4f} (drop {100 * (clean.mAP - row.mAP):.2f} points), "
+            f"NSR {row.nsr_db:+.2f} dB (min channel {row.nsr_min_db:+.2f}); "
+            f"isotropic same power: mAP {row.iso_mAP:.4f}"
+        )
         if on_row is not None:
             on_row(_document(clean, rows, seed))
     return _document(clean, rows, seed)
@@ -111,25 +135,37 @@ def run_sweep(detector: CachedHeadDetector, dataset: Any, alphas: Sequence[float
 def _document(clean: Any, rows: list[SweepRow], seed: int | None) -> dict[str, Any]:
     rows = sorted(rows, key=lambda r: r.alpha)
     return {
-        "clean_mAP": clean.mAP, "images": clean.images, "faces": clean.faces,
+        "clean_mAP": clean.mAP,
+        "images": clean.images,
+        "faces": clean.faces,
         "reference_clean_mAP": REFERENCE_CLEAN_MAP,
         "noise": "fresh OS randomness per call" if seed is None else f"seeded (reproducible experiment), seed {seed}",
         "settings": {k: v for k, v in clean.settings.items() if k != "mode"},
-        "rows": [{**vars(r), "drop_points": round(100 * (clean.mAP - r.mAP), 2),
-                  "iso_drop_points": round(100 * (clean.mAP - r.iso_mAP), 2)} for r in rows],
+        "rows": [
+            {
+                **vars(r),
+                "drop_points": round(100 * (clean.mAP - r.mAP), 2),
+                "iso_drop_points": round(100 * (clean.mAP - r.iso_mAP), 2),
+            }
+            for r in rows
+        ],
     }
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
     """The reference design's table (obfuscation, ALPHA, mAP) with our extra columns."""
-    lines = ["| obfuscation | ALPHA | mAP | mAP drop (points) | NSR dB (overall / min channel) | "
-             "isotropic noise, same power: mAP | reference design mAP |",
-             "|---|---|---|---|---|---|---|",
-             f"| no | – | {doc['clean_mAP']:.4f} | – | – | – | {doc['reference_clean_mAP']:.4f} |"]
+    lines = [
+        "| obfuscation | ALPHA | mAP | mAP drop (points) | NSR dB (overall / min channel) | "
+        "isotropic noise, same power: mAP | reference design mAP |",
+        "|---|---|---|---|---|---|---|",
+        f"| no | – | {doc['clean_mAP']:.4f} | – | – | – | {doc['reference_clean_mAP']:.4f} |",
+    ]
     for r in doc["rows"]:
         ref = f"{r['reference_mAP']:.4f}" if r["reference_mAP"] is not None else "–"
-        lines.append(f"| yes | {r['alpha']:g} | {r['mAP']:.4f} | {r['drop_points']:.2f} | "
-                     f"{r['nsr_db']:+.2f} / {r['nsr_min_db']:+.2f} | {r['iso_mAP']:.4f} | {ref} |")
+        lines.append(
+            f"| yes | {r['alpha']:g} | {r['mAP']:.4f} | {r['drop_points']:.2f} | "
+            f"{r['nsr_db']:+.2f} / {r['nsr_min_db']:+.2f} | {r['iso_mAP']:.4f} | {ref} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -157,8 +193,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     bx.plot(nsr, [r["mAP"] for r in rows], "o-", label="learned (per-channel μ, σ)")
     bx.plot(nsr, [r["iso_mAP"] for r in rows], "s--", label="isotropic, same power")
     for r in rows:
-        bx.annotate(f"α={r['alpha']:g}", (r["nsr_db"], r["mAP"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
+        bx.annotate(f"α={r['alpha']:g}", (r["nsr_db"], r["mAP"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     bx.axvline(0.0, color="gray", lw=0.8, ls=":")
     bx.set_xlabel("noise-to-signal ratio, dB (noise power / activation power)")
     bx.set_title("mAP vs noise-to-signal ratio", fontsize=10)

@@ -34,9 +34,14 @@ class ImageCrops(Dataset):
     recorded by its settings. Corrupt images are reported once and skipped.
     """
 
-    def __init__(self, dirs: Sequence[str | Path], crop: int = DEFAULT_CROP,
-                 scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE, crops_per_image: int = 1,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        dirs: Sequence[str | Path],
+        crop: int = DEFAULT_CROP,
+        scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+        crops_per_image: int = 1,
+        seed: int = 0,
+    ) -> None:
         if crop < 32 or crop % 32:
             raise ValueError(f"crop must be a positive multiple of 32 (the head's stride), got {crop}")
         lo, hi = scale_range
@@ -70,10 +75,14 @@ class ImageCrops(Dataset):
             t = torch.nn.functional.pad(t, (0, max(0, c - w), 0, max(0, c - h)))
             _, h, w = t.shape
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        return t[:, y:y + c, x:x + c].contiguous()
+        return t[:, y : y + c, x : x + c].contiguous()
 
     def describe(self) -> dict:
         """What the fit saw, for the artifact's metadata."""
-        return {"images": len(self.files),
-                "crop": self.crop, "scale_range": list(self.scale_range),
-                "crops_per_image": self.crops_per_image, "seed": self.seed}
+        return {
+            "images": len(self.files),
+            "crop": self.crop,
+            "scale_range": list(self.scale_range),
+            "crops_per_image": self.crops_per_image,
+            "seed": self.seed,
+        }

@@ -21,18 +21,24 @@ from veil.obfuscate.fit import FitConfig, FitResult, activation_bank, fit_noise
 DEFAULT_CROPS_PER_IMAGE = 1
 
 
-def fit_and_save(model: FaceBoxes, weights_sha256: str, images: Sequence[str | Path], out: str | Path,
-                 config: FitConfig, crop: int = DEFAULT_CROP,
-                 scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
-                 crops_per_image: int = DEFAULT_CROPS_PER_IMAGE, progress: bool = True,
-                 bank_cache: dict | None = None) -> tuple[FitResult, dict[str, Any]]:
+def fit_and_save(
+    model: FaceBoxes,
+    weights_sha256: str,
+    images: Sequence[str | Path],
+    out: str | Path,
+    config: FitConfig,
+    crop: int = DEFAULT_CROP,
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+    crops_per_image: int = DEFAULT_CROPS_PER_IMAGE,
+    progress: bool = True,
+    bank_cache: dict | None = None,
+) -> tuple[FitResult, dict[str, Any]]:
     """Fit ``config.alpha`` on zoomed crops of ``images`` (never FDDB) and write ``out``; return result, metadata.
 
     ``bank_cache`` (a dict the caller keeps) reuses the clean activations between calls
     with the same data settings, as a sweep over ALPHA does.
     """
-    data = ImageCrops(images, crop=crop, scale_range=scale_range, crops_per_image=crops_per_image,
-                      seed=config.seed)
+    data = ImageCrops(images, crop=crop, scale_range=scale_range, crops_per_image=crops_per_image, seed=config.seed)
     key = (tuple(map(str, images)), crop, tuple(scale_range), crops_per_image, config.seed)
     bank = (bank_cache or {}).get(key)
     if bank is None:
@@ -44,7 +50,7 @@ def fit_and_save(model: FaceBoxes, weights_sha256: str, images: Sequence[str | P
     meta = {
         "alpha": config.alpha,
         "weights_sha256": weights_sha256,
-        "fit": {k: v for k, v in vars(config).items()},
+        "fit": dict(vars(config)),
         "fit_seconds": round(result.seconds, 1),
         "data": {**data.describe(), "dirs": [str(Path(d)) for d in images]},
         "activation_stats": result.activation_stats,

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import re
-import tomllib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from veil import assets
-from veil.obfuscate import NoiseFileError, load_obfuscator, noise_path, read_metadata
+from veil.obfuscate import NoiseFileError, load_obfuscator, noise_path
 from veil.weights import REFERENCE_SHA256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_users_own_noise_takes_precedence(empty_cache):
     own.write_bytes(b"not a noise file")
     with pytest.raises(NoiseFileError, match="not a readable noise file"):  # the cache is read first
         load_obfuscator(0.8, weights_sha256=REFERENCE_SHA256)
-    with pytest.raises(NoiseFileError, match="no noise fitted for ALPHA 0.3"):  # none ships for 0.3
+    with pytest.raises(NoiseFileError, match=r"no noise fitted for ALPHA 0\.3"):  # none ships for 0.3
         load_obfuscator(0.3, weights_sha256=REFERENCE_SHA256)
 
 
@@ -62,7 +63,7 @@ def test_shipped_noise_grows_with_alpha():
     for a in assets.SHIPPED_ALPHAS:
         obf, _ = load_obfuscator(a, noise=noise_path(a, assets.NOISE_DIR))
         nsr.append(float(((2 * obf.log_sigma).exp().sum() / obf.signal_power.sum()).log10()))
-    assert all(b > a for a, b in zip(nsr, nsr[1:])), nsr
+    assert all(b > a for a, b in itertools.pairwise(nsr)), nsr
 
 
 def test_shipped_decoder_reconstructs_a_photo_better_than_grey(empty_cache, detector):
@@ -94,8 +95,11 @@ def test_sample_photos_are_dependency_data_with_faces(detector):
 
 def test_package_data_ships_every_asset():
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["veil"]
-    files = [p.relative_to(ROOT / "src" / "veil").as_posix() for p in assets.ROOT.rglob("*")
-             if p.is_file() and p.suffix not in (".py", ".pyc")]
+    files = [
+        p.relative_to(ROOT / "src" / "veil").as_posix()
+        for p in assets.ROOT.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    ]
     assert any(f.endswith("FaceBoxesProd.pth") for f in files)
     for f in files:
         assert any(fnmatch.fnmatch(f, pat) for pat in patterns), f"{f} would be left out of the wheel"
@@ -104,6 +108,6 @@ def test_package_data_ships_every_asset():
 def test_no_shipped_default_names_a_developers_layout():
     """Help texts, defaults and notebook cells name no path outside the user's own (no ../shared)."""
     bad = re.compile(r"\.\./shared|/work/shared|shared/data|shared/models")
-    offenders = [str(p.relative_to(ROOT)) for p in [*(ROOT / "src").rglob("*.py"), *(ROOT / "notebooks").glob("*.ipynb")]
-                 if bad.search(p.read_text(encoding="utf-8"))]
+    shipped = [*(ROOT / "src").rglob("*.py"), *(ROOT / "notebooks").glob("*.ipynb")]
+    offenders = [str(p.relative_to(ROOT)) for p in shipped if bad.search(p.read_text(encoding="utf-8"))]
     assert not offenders, offenders

@@ -60,4 +60,3 @@ def test_check_without_a_directory_says_where_to_get_fddb(monkeypatch, capsys):
     monkeypatch.delenv("VEIL_DATASET", raising=False)
     assert main(["data", "check", "fddb"]) == 2
     assert "vis-www.cs.umass.edu/fddb" in capsys.readouterr().err
-

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from veil.defenses import files
-from veil.defenses.bottleneck import (BottleneckSpec, as_decoder_input, deterministic_copy, fit_bottleneck,
-                                      load_bottleneck, save_bottleneck)
+from veil.defenses.bottleneck import (
+    BottleneckSpec,
+    as_decoder_input,
+    deterministic_copy,
+    fit_bottleneck,
+    load_bottleneck,
+    save_bottleneck,
+)
 from veil.defenses.distill import DistillConfig, build_bank
 
 

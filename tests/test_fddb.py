@@ -69,7 +69,7 @@ def test_missing_directory_and_missing_layout_are_named(tmp_path):
     with pytest.raises(DatasetError, match="missing FDDB-folds/"):
         read_fddb(tmp_path)
     (tmp_path / "FDDB-folds").mkdir()
-    with pytest.raises(DatasetError, match="no FDDB-fold-NN-ellipseList.txt"):
+    with pytest.raises(DatasetError, match=r"no FDDB-fold-NN-ellipseList\.txt"):
         read_fddb(tmp_path)
 
 
@@ -87,13 +87,21 @@ def test_malformed_annotations_and_inconsistent_lists_are_refused(tmp_path):
 
 def test_partial_copy_counts_present_and_missing_per_fold(tmp_path, fddb_image_paths):
     src = fddb_image_paths[0]
-    ds = read_fddb(make_fddb(tmp_path / "d", {
-        1: [("a/img_1", [[20, 10, 1.5, 30, 30]]), ("a/img_2", [[20, 10, 1.5, 30, 30]] * 2)],
-        3: [("b/img_3", [[20, 10, -1.5, 30, 30]])]},
-        {"a/img_2": src, "b/img_3": src}))
+    ds = read_fddb(
+        make_fddb(
+            tmp_path / "d",
+            {
+                1: [("a/img_1", [[20, 10, 1.5, 30, 30]]), ("a/img_2", [[20, 10, 1.5, 30, 30]] * 2)],
+                3: [("b/img_3", [[20, 10, -1.5, 30, 30]])],
+            },
+            {"a/img_2": src, "b/img_3": src},
+        )
+    )
     assert ds.folds == [1, 3]
-    assert ds.fold_counts() == {1: {"annotated_images": 2, "annotated_faces": 3, "present": 1, "missing": 1},
-                                3: {"annotated_images": 1, "annotated_faces": 1, "present": 1, "missing": 0}}
+    assert ds.fold_counts() == {
+        1: {"annotated_images": 2, "annotated_faces": 3, "present": 1, "missing": 1},
+        3: {"annotated_images": 1, "annotated_faces": 1, "present": 1, "missing": 0},
+    }
     assert [im.name for im in ds.available()] == ["a/img_2", "b/img_3"]
     assert np.allclose(ds.available()[1].ellipses, [[20, 10, -1.5, 30, 30]])
     fp = ds.fingerprint()

@@ -84,10 +84,14 @@ def test_a_second_writer_of_the_same_path_is_refused_and_the_lock_dies_with_its_
 
 def test_write_lock_refusal_from_another_interpreter(tmp_path):
     path = tmp_path / "r.json"
-    code = ("import sys; from veil.jsonio import WriteLock, ResultBusyError\n"
-            "try:\n    WriteLock(sys.argv[1]).acquire()\nexcept ResultBusyError as e:\n    print(e); sys.exit(3)\n")
+    code = (
+        "import sys; from veil.jsonio import WriteLock, ResultBusyError\n"
+        "try:\n    WriteLock(sys.argv[1]).acquire()\nexcept ResultBusyError as e:\n    print(e); sys.exit(3)\n"
+    )
     with WriteLock(path):
-        r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
     assert r.returncode == 3 and "is writing" in r.stdout
-    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0

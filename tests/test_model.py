@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from veil import weights as W
 from veil.models.faceboxes import FaceBoxes
 from veil.postprocess import decode, nms, postprocess, prior_boxes
 from veil.preprocess import ImageReadError, load_image, prepare, to_image
-from veil import weights as W
 
 
 def test_checkpoint_loads_strict_and_matches_sha(weights_path):
@@ -115,7 +115,8 @@ def test_shipped_checkpoint_is_verified_like_any_other(tmp_path, monkeypatch):
     from veil import assets
 
     assert W.verify(assets.WEIGHTS) == W.REFERENCE_SHA256
-    assert "MIT License" in assets.WEIGHTS_LICENSE.read_text() and W.REFERENCE_SHA256 in assets.WEIGHTS_LICENSE.read_text()
+    license_text = assets.WEIGHTS_LICENSE.read_text()
+    assert "MIT License" in license_text and W.REFERENCE_SHA256 in license_text
     altered = tmp_path / "FaceBoxesProd.pth"
     data = bytearray(assets.WEIGHTS.read_bytes())
     data[-1] ^= 1
@@ -145,6 +146,7 @@ def test_wrong_architecture_refused(tmp_path):
 def _reference_priors(h: int, w: int) -> np.ndarray:
     """The anchor layout written out cell by cell, as the FaceBoxes paper describes it."""
     import math
+
     from veil.postprocess import MIN_SIZES, STEPS
 
     out = []

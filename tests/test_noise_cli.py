@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from veil.cli.main import main
-from veil.obfuscate import Obfuscator, save_obfuscator
 from veil.digest import sha256_file
+from veil.obfuscate import Obfuscator, save_obfuscator
 
 # The fixture's noise is weaker than a real ALPHA 0.8 fit (so detections survive isotropic noise): expected warning.
 pytestmark = pytest.mark.filterwarnings("ignore::veil.obfuscate.artifact.NoiseFileWarning")

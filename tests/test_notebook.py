@@ -1,4 +1,5 @@
-"""Scenario 1: the notebook executes headless on what ships with veil, with a real Triton server, and draws its figures."""
+"""Scenario 1: the notebook executes headless on what ships with veil, with a real Triton server, and draws its
+figures."""
 
 from __future__ import annotations
 
@@ -26,8 +27,15 @@ def test_notebook_is_clean_and_uses_the_library():
     code = "\n".join("".join(c["source"]) for c in cells)
     for forbidden in ("subprocess", "os.system", "\n!", "%%bash", "%%sh", "os.environ", "shared", "../"):
         assert forbidden not in "\n" + code, forbidden  # settings() reads VEIL_*; no path outside the user's own
-    for api in ("settings()", "assets.sample_images", "Detector.from_weights", "load_obfuscator", "load_decoder",
-                "reconstruct", "TritonDetector"):
+    for api in (
+        "settings()",
+        "assets.sample_images",
+        "Detector.from_weights",
+        "load_obfuscator",
+        "load_decoder",
+        "reconstruct",
+        "TritonDetector",
+    ):
         assert api in code, api
 
 

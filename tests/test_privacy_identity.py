@@ -32,7 +32,7 @@ def test_a_face_identifies_itself(dlib_faces):
     # A degraded copy (JPEG quality 40, slight blur) must still find its own face among all 25.
     probes = []
     for img, bx in zip(images, boxes):
-        ok, buf = cv2.imencode(".jpg", cv2.GaussianBlur(img, (3, 3), 0.8), [cv2.IMWRITE_JPEG_QUALITY, 40])
+        _, buf = cv2.imencode(".jpg", cv2.GaussianBlur(img, (3, 3), 0.8), [cv2.IMWRITE_JPEG_QUALITY, 40])
         probes.append(identity.embed_faces(cv2.imdecode(buf, cv2.IMREAD_COLOR), bx))
     probes = np.concatenate(probes)
     assert metrics.rank1_rate(orig, probes) >= 0.9

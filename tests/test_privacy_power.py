@@ -46,9 +46,7 @@ def test_enlarged_copies_reach_the_large_bin(faces):  # noqa: PLR0914
     """At ×1 every face is below 192 px at the network, so each gets an enlarged copy at 288 px; the
     copy still identifies its own face (the reference 'original' probe), and the ≥ 192 bin holds every face once."""
     pytest.importorskip("dlib", reason="the identity metric needs the privacy extra (dlib-bin)")
-    from veil.privacy.audit import LARGE_BIN, gallery_for, make_views, references, summarize
-
-    from veil.privacy.audit import FaceSet
+    from veil.privacy.audit import LARGE_BIN, FaceSet, gallery_for, make_views, references, summarize
 
     faces = FaceSet(faces.images[:3], faces.boxes[:3], faces.names[:3])  # 4 faces: dlib runs ~3× per probe
     views = make_views(faces, 1.0)
@@ -72,9 +70,9 @@ def test_enlarged_copies_reach_the_large_bin(faces):  # noqa: PLR0914
 
 
 def test_near_duplicates(detector):
-    from veil.privacy.audit import NEAR_DUPLICATE_KINDS, near_duplicate
-
     import skimage.data as sd
+
+    from veil.privacy.audit import NEAR_DUPLICATE_KINDS, near_duplicate
 
     img = np.ascontiguousarray(sd.astronaut()[:, :, ::-1])
     rng = np.random.default_rng(0)

@@ -41,7 +41,7 @@ def test_channel_weights_follow_noise():
     obf = Obfuscator(4, seed=0)
     with torch.no_grad():
         obf.log_sigma.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
-    mu, w = channel_weights(obf)
+    _, w = channel_weights(obf)
     assert torch.all(w[:-1] > w[1:])  # noisier channels are trusted less
     _, w16 = channel_weights(obf, averaged=16)
     assert w16[-1] / w16[0] > w[-1] / w[0]  # averaging makes noisy channels more useful

@@ -34,9 +34,11 @@ def tiny_fddb(fddb_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fddb")
     (root / "FDDB-folds").mkdir()
     for k in (1, 2):
-        text = "".join(f"{im.name}\n{im.n_faces}\n" + "".join(" ".join(f"{v:.6f}" for v in e) + "  1\n"
-                                                            for e in im.ellipses)
-                       for im in chosen if im.fold == k)
+        text = "".join(
+            f"{im.name}\n{im.n_faces}\n" + "".join(" ".join(f"{v:.6f}" for v in e) + "  1\n" for e in im.ellipses)
+            for im in chosen
+            if im.fold == k
+        )
         (root / "FDDB-folds" / f"FDDB-fold-{k:02d}-ellipseList.txt").write_text(text)
     for im in chosen:
         dst = root / "originalPics" / f"{im.name}.jpg"
@@ -67,8 +69,19 @@ def fit_images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def noise_dir(fit_images, weights_path, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("noise")
-    rc, out, err = run_cli("fit-noise", "--alpha", "0.8", "--images", fit_images, "--noise-dir", d,
-                           "--weights", weights_path, "--quiet", *FAST_FIT)
+    rc, out, err = run_cli(
+        "fit-noise",
+        "--alpha",
+        "0.8",
+        "--images",
+        fit_images,
+        "--noise-dir",
+        d,
+        "--weights",
+        weights_path,
+        "--quiet",
+        *FAST_FIT,
+    )
     assert rc == 0, err
     assert "fitted ALPHA 0.8" in out and (d / "alpha-0.8.safetensors").is_file()
     return d
@@ -84,8 +97,17 @@ def test_fit_noise_writes_a_complete_artifact(noise_dir, fit_images):
 
 
 def test_fit_noise_refuses_fddb_and_bad_alpha(fddb_dir, tmp_path, weights_path):
-    rc, _, err = run_cli("fit-noise", "--alpha", "0.5", "--images", fddb_dir, "--out", tmp_path / "n.safetensors",
-                         "--weights", weights_path)
+    rc, _, err = run_cli(
+        "fit-noise",
+        "--alpha",
+        "0.5",
+        "--images",
+        fddb_dir,
+        "--out",
+        tmp_path / "n.safetensors",
+        "--weights",
+        weights_path,
+    )
     assert rc == 2 and "FDDB" in err
     with pytest.raises(SystemExit):
         run_cli("fit-noise", "--alpha", "1.5", "--images", tmp_path)
@@ -93,13 +115,35 @@ def test_fit_noise_refuses_fddb_and_bad_alpha(fddb_dir, tmp_path, weights_path):
 
 def test_detect_noisy(noise_dir, tiny_fddb, weights_path, tmp_path):
     image = sorted((tiny_fddb / "originalPics").rglob("*.jpg"))[0]
-    rc, out, err = run_cli("detect", image, "--out", tmp_path, "--noisy", "--alpha", "0.8", "--noise-dir", noise_dir,
-                           "--weights", weights_path)
+    rc, out, err = run_cli(
+        "detect",
+        image,
+        "--out",
+        tmp_path,
+        "--noisy",
+        "--alpha",
+        "0.8",
+        "--noise-dir",
+        noise_dir,
+        "--weights",
+        weights_path,
+    )
     assert rc == 0, err
     doc = json.loads((tmp_path / f"{image.stem}.json").read_text())
     assert doc["mode"] == "noisy" and doc["alpha"] == 0.8 and "nsr_db" in doc and "NSR" in out
-    rc, _, err = run_cli("detect", image, "--out", tmp_path, "--noisy", "--alpha", "0.3", "--noise-dir", noise_dir,
-                         "--weights", weights_path)
+    rc, _, err = run_cli(
+        "detect",
+        image,
+        "--out",
+        tmp_path,
+        "--noisy",
+        "--alpha",
+        "0.3",
+        "--noise-dir",
+        noise_dir,
+        "--weights",
+        weights_path,
+    )
     assert rc == 2 and "no noise fitted for ALPHA 0.3" in err
     rc, _, err = run_cli("detect", image, "--out", tmp_path, "--alpha", "0.8")
     assert rc == 2 and "only apply with --noisy" in err
@@ -110,9 +154,23 @@ def test_evaluate_noisy_end_to_end(noise_dir, tiny_fddb, weights_path, tmp_path)
     outs = []
     for k in range(2):
         out = tmp_path / f"noisy{k}.json"
-        rc, stdout, err = run_cli("evaluate", "--dataset", tiny_fddb, "--noisy", "--alpha", "0.8",
-                                  "--noise", noise_dir / "alpha-0.8.safetensors", "--weights", weights_path,
-                                  "--seed", "7", "--json", out, "--no-progress")
+        rc, stdout, err = run_cli(
+            "evaluate",
+            "--dataset",
+            tiny_fddb,
+            "--noisy",
+            "--alpha",
+            "0.8",
+            "--noise",
+            noise_dir / "alpha-0.8.safetensors",
+            "--weights",
+            weights_path,
+            "--seed",
+            "7",
+            "--json",
+            out,
+            "--no-progress",
+        )
         assert rc == 0, err
         assert "mAP" in stdout
         outs.append(json.loads(out.read_text()))
@@ -124,9 +182,23 @@ def test_evaluate_noisy_end_to_end(noise_dir, tiny_fddb, weights_path, tmp_path)
 
 def test_sweep_fits_then_reuses(noise_dir, fit_images, tiny_fddb, weights_path, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
-    rc, stdout, err = run_cli("sweep", "--alphas", "0.1,0.8", "--dataset", tiny_fddb, "--images", fit_images,
-                              "--noise-dir", noise_dir, "--out", out, "--weights", weights_path, "--quiet",
-                              *FAST_FIT)
+    rc, stdout, err = run_cli(
+        "sweep",
+        "--alphas",
+        "0.1,0.8",
+        "--dataset",
+        tiny_fddb,
+        "--images",
+        fit_images,
+        "--noise-dir",
+        noise_dir,
+        "--out",
+        out,
+        "--weights",
+        weights_path,
+        "--quiet",
+        *FAST_FIT,
+    )
     assert rc == 0, err
     assert "reusing" in stdout and "fitted" in stdout  # 0.8 existed, 0.1 was fitted
     doc = json.loads((out / "sweep.json").read_text())
@@ -140,12 +212,36 @@ def test_sweep_fits_then_reuses(noise_dir, fit_images, tiny_fddb, weights_path, 
     assert md.count("\n| yes |") == 2 and "| no |" in md
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     # Everything fitted now: a rerun needs no images.
-    rc, stdout, err = run_cli("sweep", "--alphas", "0.1", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
-                              "--out", out, "--weights", weights_path, "--quiet")
+    rc, stdout, err = run_cli(
+        "sweep",
+        "--alphas",
+        "0.1",
+        "--dataset",
+        tiny_fddb,
+        "--noise-dir",
+        noise_dir,
+        "--out",
+        out,
+        "--weights",
+        weights_path,
+        "--quiet",
+    )
     assert rc == 0 and "fitted" not in stdout, err
     monkeypatch.delenv("VEIL_FIT_IMAGES", raising=False)  # nothing to fit on: a clear error
-    rc, _, err = run_cli("sweep", "--alphas", "0.4", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
-                         "--out", out, "--weights", weights_path, "--quiet")
+    rc, _, err = run_cli(
+        "sweep",
+        "--alphas",
+        "0.4",
+        "--dataset",
+        tiny_fddb,
+        "--noise-dir",
+        noise_dir,
+        "--out",
+        out,
+        "--weights",
+        weights_path,
+        "--quiet",
+    )
     assert rc == 2 and "--images" in err and "VEIL_FIT_IMAGES" in err
 
 
@@ -156,12 +252,30 @@ def test_sweep_with_audits_shows_utility_and_leakage_side_by_side(noise_dir, tin
     for alpha, worst in ((0.0, 0.5), (0.8, 0.1)):
         d = audits / f"alpha-{alpha:g}"
         d.mkdir(parents=True)
-        rep = {"alpha": alpha, "chance_rank1": 0.025, "clean_baseline": {"naive": m(0.5)},
-               "attackers": {"naive": m(worst / 2), "adaptive": m(worst), "whitebox": m(worst / 4)}}
+        rep = {
+            "alpha": alpha,
+            "chance_rank1": 0.025,
+            "clean_baseline": {"naive": m(0.5)},
+            "attackers": {"naive": m(worst / 2), "adaptive": m(worst), "whitebox": m(worst / 4)},
+        }
         (d / "report.json").write_text(json.dumps(rep))
     out = tmp_path / "sweep"
-    rc, stdout, err = run_cli("sweep", "--alphas", "0.8", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
-                              "--out", out, "--weights", weights_path, "--quiet", "--audits", audits)
+    rc, stdout, err = run_cli(
+        "sweep",
+        "--alphas",
+        "0.8",
+        "--dataset",
+        tiny_fddb,
+        "--noise-dir",
+        noise_dir,
+        "--out",
+        out,
+        "--weights",
+        weights_path,
+        "--quiet",
+        "--audits",
+        audits,
+    )
     assert rc == 0, err
     rows = json.loads((out / "frontier.json").read_text())
     sweep = json.loads((out / "sweep.json").read_text())
@@ -169,13 +283,26 @@ def test_sweep_with_audits_shows_utility_and_leakage_side_by_side(noise_dir, tin
     assert rows[0]["map"] == sweep["clean_mAP"] and rows[1]["map"] == sweep["rows"][0]["mAP"]
     assert rows[1]["worst_attacker"] == "adaptive" and rows[1]["worst_rank1_x_chance"] == 4.0
     assert "worst rank-1" in stdout and (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    rc, _, err = run_cli("sweep", "--alphas", "0.8", "--dataset", tiny_fddb, "--noise-dir", noise_dir,
-                         "--out", out, "--weights", weights_path, "--quiet", "--audits", tmp_path / "none")
+    rc, _, err = run_cli(
+        "sweep",
+        "--alphas",
+        "0.8",
+        "--dataset",
+        tiny_fddb,
+        "--noise-dir",
+        noise_dir,
+        "--out",
+        out,
+        "--weights",
+        weights_path,
+        "--quiet",
+        "--audits",
+        tmp_path / "none",
+    )
     assert rc == 2 and "veil audit" in err
 
 
-def test_sweep_fits_times_draws_reports_the_spread_with_replayable_seeds(fit_images, tiny_fddb, weights_path,
-                                                                         tmp_path):
+def test_sweep_fits_times_draws_reports_the_spread_with_replayable_seeds(fit_images, tiny_fddb, weights_path, tmp_path):
     """--fits N --draws M: N fresh fits × M fresh draws; mean ± sd over them; every draw replays from its seed."""
     import statistics
 
@@ -184,8 +311,25 @@ def test_sweep_fits_times_draws_reports_the_spread_with_replayable_seeds(fit_ima
     from veil.obfuscate import load_obfuscator
 
     out = tmp_path / "rep"
-    rc, stdout, err = run_cli("sweep", "--alphas", "0.8", "--fits", "2", "--draws", "2", "--dataset", tiny_fddb,
-                              "--images", fit_images, "--out", out, "--weights", weights_path, "--quiet", *FAST_FIT)
+    rc, stdout, err = run_cli(
+        "sweep",
+        "--alphas",
+        "0.8",
+        "--fits",
+        "2",
+        "--draws",
+        "2",
+        "--dataset",
+        tiny_fddb,
+        "--images",
+        fit_images,
+        "--out",
+        out,
+        "--weights",
+        weights_path,
+        "--quiet",
+        *FAST_FIT,
+    )
     assert rc == 0, err
     doc = json.loads((out / "repeats.json").read_text())
     (row,) = doc["rows"]

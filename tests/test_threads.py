@@ -13,8 +13,11 @@ from veil.cli.threads import COMPUTE_COMMANDS, DEFAULT_THREADS, set_threads
 
 def test_every_compute_command_has_threads():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    missing = [c for c in COMPUTE_COMMANDS if c in sub.choices
-               and not any("--threads" in a.option_strings for a in sub.choices[c]._actions)]
+    missing = [
+        c
+        for c in COMPUTE_COMMANDS
+        if c in sub.choices and not any("--threads" in a.option_strings for a in sub.choices[c]._actions)
+    ]
     assert not missing and set(COMPUTE_COMMANDS) <= set(sub.choices), missing
     assert "--threads" in sub.choices["evaluate"].format_help()
 

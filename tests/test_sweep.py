@@ -245,6 +245,24 @@ def test_sweep_fits_then_reuses(noise_dir, fit_images, tiny_fddb, weights_path, 
     assert rc == 2 and "--images" in err and "VEIL_FIT_IMAGES" in err
 
 
+def test_sweep_noise_reuses_what_is_fitted_and_refuses_up_front_what_it_cannot_fit(noise_dir, weights_path):
+    """The library's fit-or-reuse policy: a fitted ALPHA is reused; one with no noise and no photos is an error
+    before anything runs, naming the directory and the ALPHA, and no command-line flag."""
+    from veil.evaluation.sweep import MissingNoiseError, sweep_noise
+    from veil.obfuscate.fit import FitConfig
+    from veil.weights import load_faceboxes
+
+    model, digest = load_faceboxes(weights_path)
+    with pytest.raises(MissingNoiseError, match=r"ALPHA 0\.3\b") as info:
+        sweep_noise(model, digest, [0.8, 0.3], FitConfig(alpha=0.0), noise_dir=noise_dir, log=lambda _: None)
+    assert str(noise_dir) in str(info.value) and "--" not in str(info.value)
+    logged: list[str] = []
+    get_noise = sweep_noise(model, digest, [0.8], FitConfig(alpha=0.0), noise_dir=noise_dir, log=logged.append)
+    obf, meta, path = get_noise(0.8)
+    assert path == noise_dir / "alpha-0.8.safetensors" and meta["alpha"] == 0.8 and obf.channels == 128
+    assert logged == [f"reusing {path}"]
+
+
 def test_sweep_with_audits_shows_utility_and_leakage_side_by_side(noise_dir, tiny_fddb, weights_path, tmp_path):
     """`--audits` joins audit reports on ALPHA: the table gains worst-attacker rank-1, plus a frontier plot."""
     m = lambda r: {"ssim": 0.2, "psnr": 12.0, "face_ssim": 0.2, "rank1": r, "tar_at_far1": r / 2}  # noqa: E731

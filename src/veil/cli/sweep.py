@@ -9,7 +9,7 @@ from veil.cli.errors import CLIError
 from veil.cli.noise import add_fit_args, fit_config, fit_images
 from veil.cli.options import alpha_arg, fddb_dir
 from veil.evaluation.sweep import DEFAULT_ALPHAS
-from veil.obfuscate.artifact import NoiseFileError, find_noise_file, noise_path
+from veil.obfuscate.artifact import NoiseFileError
 
 
 def _alphas(text: str) -> list[float]:
@@ -93,9 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from veil.evaluation.sweep import CachedHeadDetector, run_sweep, write_outputs
-    from veil.obfuscate.artifact import load_obfuscator
-    from veil.obfuscate.recipe import fit_and_save
+    from veil.evaluation.sweep import CachedHeadDetector, MissingNoiseError, run_sweep, sweep_noise, write_outputs
     from veil.settings import settings
     from veil.weights import load_faceboxes
 
@@ -111,40 +109,28 @@ def run(args: argparse.Namespace) -> int:
         reports = load_reports(args.audits)
     model, digest = load_faceboxes(args.weights)
     det = CachedHeadDetector(model=model, weights_sha256=digest)
-    found = {} if args.refit else {a: p for a in args.alphas if (p := _fitted(a, args.noise_dir, digest))}
-    missing = [a for a in args.alphas if a not in found]
-    images = args.images or [str(p) for p in settings().fit_images]
-    if missing and not images:
-        raise CLIError(
-            f"no fitted noise in {noise_path(missing[0], args.noise_dir).parent} for ALPHA "
-            f"{', '.join(f'{a:g}' for a in missing)}: pass --images DIR… or set VEIL_FIT_IMAGES "
-            "(unlabeled photos, not FDDB) to fit it"
+    try:
+        source = sweep_noise(
+            model,
+            digest,
+            args.alphas,
+            fit_config(args, args.alphas[0]),
+            images=args.images or [str(p) for p in settings().fit_images],
+            noise_dir=args.noise_dir,
+            refit=args.refit,
+            crop=args.crop,
+            scale_range=tuple(args.scale_range),
+            crops_per_image=args.crops_per_image,
+            progress=not args.quiet,
         )
-    bank_cache: dict = {}
+    except MissingNoiseError as exc:
+        raise CLIError(f"{exc}: pass --images DIR… or set VEIL_FIT_IMAGES") from exc
 
     def get_noise(alpha: float):
-        path = found.get(alpha) or noise_path(alpha, args.noise_dir)
-        if alpha in missing:
-            fit_and_save(
-                model,
-                digest,
-                images,
-                path,
-                fit_config(args, alpha),
-                crop=args.crop,
-                scale_range=tuple(args.scale_range),
-                crops_per_image=args.crops_per_image,
-                progress=not args.quiet,
-                bank_cache=bank_cache,
-            )
-            print(f"fitted {path}")
-        else:
-            print(f"reusing {path}")
         try:
-            obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=digest)
+            return source(alpha)
         except NoiseFileError as exc:
             raise CLIError(f"{exc} (or run the sweep with --refit)") from exc
-        return obf, meta, path
 
     doc = run_sweep(
         det,
@@ -165,15 +151,6 @@ def run(args: argparse.Namespace) -> int:
         print(md, end="")
         print(f"wrote {Path(args.out) / 'frontier.md'}, frontier.json, frontier.png")
     return 0
-
-
-def _fitted(alpha: float, noise_dir: str | None, weights_sha256: str) -> Path | None:
-    """The noise file the sweep reuses for ALPHA (the one lookup: ``noise_dir``, else the default
-    directory, then the noise shipped for the reference weights), or None: it is fitted."""
-    try:
-        return find_noise_file(alpha, None, noise_dir, weights_sha256)
-    except NoiseFileError:
-        return None
 
 
 def _run_repeats(args: argparse.Namespace, dataset) -> int:

@@ -1,4 +1,5 @@
-"""The ALPHA sweep: fit (or reuse) noise per ALPHA, evaluate on FDDB, compare with isotropic noise.
+"""The ALPHA sweep: fit or reuse noise per ALPHA (:func:`sweep_noise`), evaluate on FDDB, compare with isotropic
+noise.
 
 For each ALPHA the table holds the learned noise's mAP and noise-to-signal ratio, and
 plain isotropic Gaussian noise (one σ for all channels, μ = 0) of the *same total noise
@@ -22,7 +23,11 @@ import torch
 from veil.detector import Detector
 from veil.evaluation.runner import evaluate_fddb
 from veil.jsonio import write_json
+from veil.obfuscate.artifact import NoiseFileError, find_noise_file, load_obfuscator, noise_path
+from veil.obfuscate.crops import DEFAULT_CROP, DEFAULT_SCALE_RANGE
+from veil.obfuscate.fit import FitConfig
 from veil.obfuscate.noise import isotropic_like
+from veil.obfuscate.recipe import DEFAULT_CROPS_PER_IMAGE, fit_and_save
 from veil.preprocess import Prepared
 
 #: The reference design's (NetApp/Protopia) published FDDB mAP per ALPHA, and clean.
@@ -67,6 +72,71 @@ class CachedHeadDetector(Detector):
             with torch.inference_mode():
                 a = self.obfuscator(a)
         return a, prep
+
+
+class MissingNoiseError(ValueError):
+    """ALPHAs of a sweep have no fitted noise and no photos were given to fit it."""
+
+
+def sweep_noise(
+    model: Any,
+    weights_sha256: str,
+    alphas: Sequence[float],
+    config: FitConfig,
+    images: Sequence[str | Path] = (),
+    noise_dir: str | Path | None = None,
+    refit: bool = False,
+    crop: int = DEFAULT_CROP,
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+    crops_per_image: int = DEFAULT_CROPS_PER_IMAGE,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Callable[[float], tuple[Any, dict, Path]]:
+    """The sweep's fit-or-reuse policy: ``get_noise(alpha) -> (obfuscator, metadata, path)`` for :func:`run_sweep`.
+
+    Each ALPHA reuses the file :func:`~veil.obfuscate.find_noise_file` finds (``noise_dir``, else the
+    default directory and then the noise shipped for the reference weights), unless ``refit``; the others
+    are fitted on ``images`` with ``config`` (its ALPHA replaced) and saved at
+    :func:`~veil.obfuscate.noise_path`. Decided up front: with ALPHAs to fit and no ``images``,
+    :class:`MissingNoiseError` before anything runs. The clean activations of the fitting crops are
+    computed once for all fits.
+    """
+    found: dict[float, Path] = {}
+    for alpha in [] if refit else alphas:
+        try:
+            found[alpha] = find_noise_file(alpha, None, noise_dir, weights_sha256)
+        except NoiseFileError:
+            pass  # not fitted yet: fitted below
+    missing = [a for a in alphas if a not in found]
+    if missing and not images:
+        raise MissingNoiseError(
+            f"no fitted noise in {noise_path(missing[0], noise_dir).parent} for ALPHA "
+            f"{', '.join(f'{a:g}' for a in missing)}, and no photos (unlabeled, not FDDB) to fit it on"
+        )
+    bank_cache: dict = {}
+
+    def get_noise(alpha: float) -> tuple[Any, dict, Path]:
+        path = found.get(alpha) or noise_path(alpha, noise_dir)
+        if alpha in missing:
+            fit_and_save(
+                model,
+                weights_sha256,
+                list(images),
+                path,
+                replace(config, alpha=alpha),
+                crop=crop,
+                scale_range=scale_range,
+                crops_per_image=crops_per_image,
+                progress=progress,
+                bank_cache=bank_cache,
+            )
+            log(f"fitted {path}")
+        else:
+            log(f"reusing {path}")
+        obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=weights_sha256)
+        return obf, meta, path
+
+    return get_noise
 
 
 @dataclass

@@ -40,11 +40,11 @@ def cache_dir() -> Path:
 
 def resolve_weights(path: str | Path | None = None) -> Path:
     """Find the weights file: ``path``, then ``$VEIL_WEIGHTS``, then the cache, then the shipped checkpoint."""
-    for candidate, origin in ((path, "--weights"), (settings().weights, "$VEIL_WEIGHTS")):
+    for candidate, origin in ((path, ""), (settings().weights, " (given by $VEIL_WEIGHTS)")):
         if candidate:
             p = Path(candidate).expanduser()
             if not p.is_file():
-                raise WeightsError(f"weights file given by {origin} does not exist: {p}")
+                raise WeightsError(f"weights file does not exist{origin}: {p}")
             return p
     cached = cache_dir() / WEIGHTS_FILENAME
     if cached.is_file():
@@ -52,7 +52,7 @@ def resolve_weights(path: str | Path | None = None) -> Path:
     if assets.WEIGHTS.is_file():
         return assets.WEIGHTS
     raise WeightsError(
-        f"no FaceBoxes weights found (looked at --weights, $VEIL_WEIGHTS, {cached} and the package's "
+        f"no FaceBoxes weights found (none given; looked at $VEIL_WEIGHTS, {cached} and the package's "
         f"{assets.WEIGHTS}, which this installation lacks). Run `veil weights fetch` to download them, "
         "or `veil weights import PATH` for a local copy."
     )

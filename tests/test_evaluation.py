@@ -224,9 +224,13 @@ def test_pipelined_run_equals_the_sequential_one(detector, fddb_dir):
     from veil.detector import Detector
     from veil.evaluation import evaluate_fddb
 
+    import cv2
+
     small = Detector(detector.model, detector.weights_sha256, scale=1.0)
+    cv_threads = cv2.getNumThreads()
     seq = evaluate_fddb(small, fddb_dir, shard="0/20", progress=False, prefetch=False)
     pipe = evaluate_fddb(small, fddb_dir, shard="0/20", progress=False, prefetch=True)
+    assert cv2.getNumThreads() == cv_threads  # OpenCV runs on one thread only while the pipeline runs
     assert seq.images == pipe.images >= 10
     assert [r.name for r in seq.records] == [r.name for r in pipe.records]
     for a, b in zip(seq.records, pipe.records):

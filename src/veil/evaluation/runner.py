@@ -162,27 +162,36 @@ def load_ahead(detector: Any, image: FDDBImage, prepare: bool) -> Any:
 
 def pipelined(detector: Any, jobs: list[tuple[int, FDDBImage]], depth: int = PREFETCH_DEPTH):
     """Yield ``(index, image, loaded)`` in order, decoding/preprocessing up to ``depth`` images ahead
-    in one thread (OpenCV and the network release the GIL, so they overlap)."""
+    in one thread (OpenCV and the network release the GIL, so they overlap). OpenCV runs on one
+    thread meanwhile: the prefetch thread is one core's worth of work beside the network's threads,
+    not a second pool competing with them."""
+    import cv2
+
     prepare = prepares_ahead(detector)
-    with ThreadPoolExecutor(1, thread_name_prefix="veil-prefetch") as pool:
-        pending: deque[tuple[int, FDDBImage, Future]] = deque()
-        it = iter(jobs)
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="veil-prefetch") as pool:
+            pending: deque[tuple[int, FDDBImage, Future]] = deque()
+            it = iter(jobs)
 
-        def submit() -> None:
-            job = next(it, None)
-            if job is not None:
-                pending.append((*job, pool.submit(load_ahead, detector, job[1], prepare)))
+            def submit() -> None:
+                job = next(it, None)
+                if job is not None:
+                    pending.append((*job, pool.submit(load_ahead, detector, job[1], prepare)))
 
-        for _ in range(depth):
-            submit()
-        try:
-            while pending:
-                index, image, fut = pending.popleft()
+            for _ in range(depth):
                 submit()
-                yield index, image, fut.result()
-        finally:
-            for *_, fut in pending:
-                fut.cancel()
+            try:
+                while pending:
+                    index, image, fut = pending.popleft()
+                    submit()
+                    yield index, image, fut.result()
+            finally:
+                for *_, fut in pending:
+                    fut.cancel()
+    finally:
+        cv2.setNumThreads(cv_threads)
 
 
 # -- worker processes ------------------------------------------------------------------------

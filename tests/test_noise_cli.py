@@ -110,10 +110,10 @@ def test_pinned_noise_hash_by_flag_or_environment(setup, monkeypatch):
     assert rc == 0, err
     wrong = "ab" * 32
     rc, err, _ = _detect(setup, "p2", "--noise-sha256", wrong)
-    assert rc == 2 and f"SHA-256 {good}, but {wrong} is pinned" in err
+    assert rc == 2 and f"SHA-256 {good}, but {wrong} is pinned" in err and "(pinned by --noise-sha256)" in err
     monkeypatch.setenv("VEIL_NOISE_SHA256", wrong.upper())
     rc, err, _ = _detect(setup, "p3")
-    assert rc == 2 and f"but {wrong} is pinned" in err
+    assert rc == 2 and f"but {wrong} is pinned" in err and "(pinned by $VEIL_NOISE_SHA256)" in err
     monkeypatch.setenv("VEIL_NOISE_SHA256", "not-a-hash")
     rc, err, _ = _detect(setup, "p4")
     assert rc == 2 and "64 hex digits" in err

@@ -128,7 +128,7 @@ def check_noise_args(args: argparse.Namespace) -> None:
 
 def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any], Path]:
     """Load the fitted noise the flags name into ``detector.obfuscator``; return its metadata and file."""
-    from veil.obfuscate import find_noise_file, load_obfuscator
+    from veil.obfuscate import NoiseHashError, find_noise_file, load_obfuscator
     from veil.settings import settings
 
     env = settings()
@@ -140,14 +140,18 @@ def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any
     if sha is not None:
         sha = _sha256_or_error(sha, CLIError)
     path = find_noise_file(args.alpha, args.noise, args.noise_dir, detector.weights_sha256)
-    obf, meta = load_obfuscator(
-        args.alpha,
-        noise=path,
-        weights_sha256=detector.weights_sha256,
-        seed=seed,
-        key=Path(key) if key is not None else None,
-        sha256=sha,
-    )
+    try:
+        obf, meta = load_obfuscator(
+            args.alpha,
+            noise=path,
+            weights_sha256=detector.weights_sha256,
+            seed=seed,
+            key=Path(key) if key is not None else None,
+            sha256=sha,
+        )
+    except NoiseHashError as exc:  # say where the pin came from
+        origin = "--noise-sha256" if getattr(args, "noise_sha256", None) else "$VEIL_NOISE_SHA256"
+        raise CLIError(f"{exc} (pinned by {origin})") from exc
     meta = {**meta, "noise_mode": obf.mode, **({"noise_key_id": obf.key_id} if obf.key_id else {})}
     from veil.models.faceboxes import HEAD_CHANNELS
 

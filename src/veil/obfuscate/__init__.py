@@ -10,6 +10,7 @@ from veil.obfuscate.alpha import check_alpha
 from veil.obfuscate.artifact import (
     NoiseFileError,
     NoiseFileWarning,
+    NoiseHashError,
     find_noise_file,
     load_noise_file,
     load_obfuscator,
@@ -27,6 +28,7 @@ __all__ = [
     "FAMILIES",
     "NoiseFileError",
     "NoiseFileWarning",
+    "NoiseHashError",
     "NoiseKey",
     "NoiseKeyError",
     "Obfuscator",

@@ -66,6 +66,10 @@ class NoiseFileError(ValueError):
     """A noise file is missing, corrupt, or fitted for another model or split point."""
 
 
+class NoiseHashError(NoiseFileError):
+    """A noise file's SHA-256 differs from the one pinned for it."""
+
+
 class NoiseFileWarning(UserWarning):
     """A noise file whose NSR is accepted but far from what the default fit gives at its ALPHA."""
 
@@ -149,9 +153,9 @@ def _read(path: Path, sha256: str | None = None) -> bytes:
         want = sha256.strip().lower()
         got = hashlib.sha256(data).hexdigest()
         if got != want:
-            raise NoiseFileError(
-                f"{path} has SHA-256 {got}, but {want} is pinned ($VEIL_NOISE_SHA256 or "
-                "--noise-sha256): the noise file was changed or is another one; refusing it"
+            raise NoiseHashError(
+                f"{path} has SHA-256 {got}, but {want} is pinned: the noise file was changed or is another "
+                "one; refusing it"
             )
     return data
 

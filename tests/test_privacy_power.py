@@ -247,6 +247,7 @@ def test_independence_refuses_shared_seeds():
         check_independence(dec, {"adversary": '{"seed": 1, "data_order_seed": 2, "weights_sha256": "aa"}'})
     assert check_independence(dec, {"adversary": {"seed": 1, "data_order_seed": 2}}) == []
     assert check_independence(dec, {}) == []
+    assert check_independence(dec, {"adversary_weight": 0.0}) == []  # no adversary was used
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         notes = check_independence({"old": {}}, {"adversary": {"seed": 1}})

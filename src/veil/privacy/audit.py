@@ -620,8 +620,8 @@ def defense_adversaries(noise_meta: dict) -> list[dict]:
         elif isinstance(v, list):
             out.extend(x for x in v if isinstance(x, dict))
     flat = {k.removeprefix("adversary_"): noise_meta[k] for k in noise_meta if k.startswith("adversary_")}
-    if flat:
-        out.append(flat)
+    if flat and not (flat.get("weight") in (0, 0.0) and not {"seed", "data_order_seed", "weights_sha256"} & set(flat)):
+        out.append(flat)  # (an ``adversary_weight`` of 0 alone says no adversary was used)
     return out
 
 

@@ -65,3 +65,27 @@ def test_noise_to_signal_rises_monotonically_with_alpha(bank, fits):
 def test_bad_alpha_is_refused():
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         FitConfig(alpha=1.0)
+
+
+def test_detect_with_nsr_is_detect_with_the_same_noise_plus_its_nsr(weights_path, dlib_dir):
+    """The one noisy pass (clean activation → NSR sums → noise → tail) gives exactly the boxes of
+    ``Detector.detect`` with the same noise draw, and the NSR of that activation."""
+    import numpy as np
+
+    from veil.detector import Detector
+    from veil.obfuscate import detect_with_nsr, load_obfuscator
+    from veil.preprocess import load_image
+
+    det = Detector.from_weights(weights_path, scale=1.0)
+    image = load_image(sorted(dlib_dir.glob("*.jpg"))[0])
+    with pytest.raises(ValueError, match="obfuscator"):
+        detect_with_nsr(det, image)
+    det.obfuscator, _ = load_obfuscator(0.8, weights_sha256=det.weights_sha256, seed=3)  # the shipped noise
+    boxes, sums = detect_with_nsr(det, image)
+    det.obfuscator.reseed(3)
+    assert np.array_equal(boxes, det.detect(image))
+    a, _ = det.client_side(image, obfuscate=False)
+    assert np.allclose(sums, nsr_sums(a, det.obfuscator))
+    assert nsr_report(sums)["nsr_db"] > -10.0  # ALPHA 0.8 noise is strong (about +3 dB on FDDB)
+    det.obfuscator.reseed(4)
+    assert not np.array_equal(detect_with_nsr(det, image)[0], boxes), "another draw, other boxes"

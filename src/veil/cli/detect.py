@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import torch
 from tqdm import tqdm
 
 from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
@@ -39,12 +38,10 @@ def run(args: argparse.Namespace) -> int:
     check_unique_stems(args.images)
     det = Detector.from_weights(args.weights, scale=args.scale, max_pixels=args.max_pixels, backend=args.backend)
     mode: dict = {"mode": "clean"}
-    obfuscator = None
     if args.noisy:
-        from veil.obfuscate import nsr_report, nsr_sums
+        from veil.obfuscate.nsr import detect_with_nsr, nsr_report
 
         meta, _ = attach_noise(args, det)
-        obfuscator = det.obfuscator
         mode = {
             "mode": "noisy",
             "alpha": meta["alpha"],
@@ -58,12 +55,9 @@ def run(args: argparse.Namespace) -> int:
     for path in tqdm(args.images, desc="detect", unit="img", disable=len(args.images) < 2):
         try:
             image = load_image(path, max_pixels=args.max_pixels)
-            if obfuscator is not None:
-                # One head pass: the clean activation gives the NSR, the noise goes on top of it.
-                a, prep = det.client_side(image, obfuscate=False)
-                extra = {**mode, **nsr_report(nsr_sums(a, obfuscator))}
-                with torch.inference_mode():
-                    boxes = det.boxes_from_activation(obfuscator(a), prep)
+            if args.noisy:
+                boxes, sums = detect_with_nsr(det, image)
+                extra = {**mode, **nsr_report(sums)}
             else:
                 extra = mode
                 boxes = det.detect(image)

@@ -22,7 +22,7 @@ from veil.obfuscate.artifact import (
 )
 from veil.obfuscate.keystream import NoiseKey, NoiseKeyError, new_key_file, read_key_file
 from veil.obfuscate.noise import FAMILIES, Obfuscator, isotropic_like
-from veil.obfuscate.nsr import nsr_report, nsr_sums
+from veil.obfuscate.nsr import detect_with_nsr, nsr_report, nsr_sums
 
 __all__ = [
     "FAMILIES",
@@ -33,6 +33,7 @@ __all__ = [
     "NoiseKeyError",
     "Obfuscator",
     "check_alpha",
+    "detect_with_nsr",
     "find_noise_file",
     "isotropic_like",
     "load_noise_file",

@@ -10,6 +10,7 @@ per-channel spread, since an average can hide channels left almost clean.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,24 @@ def nsr_sums(a: torch.Tensor, obfuscator: nn.Module) -> np.ndarray:
         d = (obfuscator(a) - a).transpose(0, 1).reshape(a.shape[1], -1).double()
         var = d.var(1, unbiased=False)
     return torch.stack([var * per_channel, signal]).cpu().numpy()
+
+
+def detect_with_nsr(detector: Any, image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy detection and its NSR sums from one head pass: ``(boxes [K,5], sums [2, C])``.
+
+    The clean activation gives the signal power, ``detector.obfuscator`` goes on top of it, and the
+    tail sees only the obfuscated activation: the boxes are those :meth:`Detector.detect` gives with
+    the same noise. ``detector`` is a :class:`veil.detector.Detector` (or anything with its
+    ``client_side``/``boxes_from_activation``/``obfuscator``); ``image`` a BGR array or its ``Prepared``.
+    """
+    obfuscator = detector.obfuscator
+    if obfuscator is None:
+        raise ValueError("detect_with_nsr needs a detector with an obfuscator (noisy mode)")
+    a, prep = detector.client_side(image, obfuscate=False)
+    sums = nsr_sums(a, obfuscator)
+    with torch.inference_mode():
+        boxes = detector.boxes_from_activation(obfuscator(a), prep)
+    return boxes, sums
 
 
 def nsr_report(sums: np.ndarray) -> dict:

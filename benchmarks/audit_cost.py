@@ -65,7 +65,7 @@ def main() -> None:
         raise SystemExit("no FDDB dataset: pass --dataset DIR or set VEIL_DATASET")
     faces = select_fddb_faces(dataset, args.faces)
     views = make_views(faces, args.scale)
-    obf, nmeta = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=sha)
+    obf, _nmeta = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=sha)
     nsha = sha256_file(args.noise)[:16]
     d = Path(args.decoders)
     suffix = "" if args.scale == 3.0 else f"-x{args.scale:g}"
@@ -75,9 +75,9 @@ def main() -> None:
            "perceptual": read_decoder(d / f"adaptive-perceptual-{nsha}{suffix}.safetensors")}
     setup_s = time.monotonic() - t0
     cache = Path(tempfile.mkdtemp(prefix="veil-audit-cost-"))
-    base = dict(head=model.head, naive=dec["naive"], perceptual_clean=dec["perceptual_clean"],
-                whitebox_steps=args.whitebox_steps, whitebox_faces=args.whitebox_faces, ks=tuple(args.ks),
-                dup_ks=tuple(args.dup_ks))
+    base = {"head": model.head, "naive": dec["naive"], "perceptual_clean": dec["perceptual_clean"],
+                "whitebox_steps": args.whitebox_steps, "whitebox_faces": args.whitebox_faces, "ks": tuple(args.ks),
+                "dup_ks": tuple(args.dup_ks)}
     decoders_meta = {k: v.meta for k, v in dec.items()}
     runs = []
     modes = list(args.modes)

@@ -45,12 +45,13 @@ def main() -> None:
     model.to(args.device)
     obf.to(torch.device(args.device))
     feats = FaceFeatures(model)
-    common = dict(train_dirs=args.images, batch=args.batch, progress=False, scale=args.scale, device=args.device)
+    common = {"train_dirs": args.images, "batch": args.batch, "progress": False, "scale": args.scale,
+              "device": args.device}
     plan = [("naive", {}, args.budget[0]),
-            ("adaptive", dict(obfuscator=obf, noise_sha256=nsha, alpha=nmeta["alpha"]), args.budget[1]),
-            ("perceptual_clean", dict(loss="perceptual", features=feats), args.budget[2]),
-            ("perceptual", dict(obfuscator=obf, noise_sha256=nsha, alpha=nmeta["alpha"], loss="perceptual",
-                                features=feats), args.budget[3])]
+            ("adaptive", {"obfuscator": obf, "noise_sha256": nsha, "alpha": nmeta["alpha"]}, args.budget[1]),
+            ("perceptual_clean", {"loss": "perceptual", "features": feats}, args.budget[2]),
+            ("perceptual", {"obfuscator": obf, "noise_sha256": nsha, "alpha": nmeta["alpha"], "loss": "perceptual",
+                                "features": feats}, args.budget[3])]
     out = {"device": torch.cuda.get_device_name(0) if str(args.device).startswith("cuda") else str(args.device),
            "noise_sha256": nsha, "decoders": {}}
     for name, kw, seconds in plan:

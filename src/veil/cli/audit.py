@@ -48,8 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "repeats get the same noise, near-duplicates fresh noise")
     p.add_argument("--train-images", nargs="+", help="non-FDDB photo folders for decoders and noise fitting "
                                                       "(default: $VEIL_FIT_IMAGES)")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
-    p.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale of the deployed path (default: %(default)s)")
+    p.add_argument("--weights",
+                   help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
+    p.add_argument("--scale", type=float, default=FDDB_SCALE,
+                   help="input scale of the deployed path (default: %(default)s)")
     p.set_defaults(func=run_audit)
 
     f = sub.add_parser("frontier", help="privacy–utility frontier: join a sweep with audit reports",
@@ -143,7 +145,7 @@ def run_audit(args: argparse.Namespace) -> int:
     print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images ({len(views) - len(faces.images)} "
           f"enlarged copies) at scale ×{args.scale:g}", file=sys.stderr)
     feats = None if args.no_perceptual else FaceFeatures(model)
-    train = dict(progress=True, scale=args.scale)
+    train = {"progress": True, "scale": args.scale}
     naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, **train)
     naive_p = None if feats is None else ensure_decoder(model.head, sha, args.decoder_minutes, dirs, loss="perceptual",
                                                         features=feats, **train)
@@ -224,7 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
     model.to(args.device)
     dirs = require_training_dirs(args.train_images)
     feats = FaceFeatures(model) if args.loss == "perceptual" else None
-    kw = dict(batch=args.batch, scale=args.scale, loss=args.loss, features=feats, device=args.device)
+    kw = {"batch": args.batch, "scale": args.scale, "loss": args.loss, "features": feats, "device": args.device}
     if args.alpha is None:
         dec = ensure_decoder(model.head, sha, args.minutes, dirs, **kw)
     else:
@@ -253,7 +255,8 @@ def run_leak_scale(args: argparse.Namespace) -> int:
     res = blur_leak_by_scale(faces, tuple(args.scales))
     print(f"{faces.n_faces} faces, chance rank-1 {1 / faces.n_faces:.4f}")
     for s, m in res.items():
-        print(f"scale ×{s:g}: rank-1 {m['rank1']:.3f}, TAR@1%FAR {m['tar_at_far1']:.3f}, face SSIM {m['face_ssim']:.3f}")
+        print(f"scale ×{s:g}: rank-1 {m['rank1']:.3f}, TAR@1%FAR {m['tar_at_far1']:.3f}, "
+              f"face SSIM {m['face_ssim']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
     return 0

@@ -41,7 +41,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -184,7 +183,7 @@ def make_views(faces: FaceSet, scale: float, enlarge: bool = True, target: float
             h, w = sizes[i]
             m = ENLARGE_CONTEXT * side
             x0, y0 = max(0, int(b[0] - m)), max(0, int(b[1] - m))
-            x1, y1 = min(w, int(math.ceil(b[2] + m))), min(h, int(math.ceil(b[3] + m)))
+            x1, y1 = min(w, math.ceil(b[2] + m)), min(h, math.ceil(b[3] + m))
             f = target / (side * scale)
             box = (b[:4] - np.array([x0, y0, x0, y0])) * f
             views.append(View(i, np.array([first[i] + j]), box[None], "enlarged", (x0, y0, x1, y1), f))
@@ -231,7 +230,7 @@ def near_duplicate(image: np.ndarray, rng: np.random.Generator, kind: str | None
         raise ValueError(f"unknown near-duplicate kind {kind!r}; choose one of {', '.join(NEAR_DUPLICATE_KINDS)}")
     h, w = image.shape[:2]
     if kind == "jpeg":
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         return cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if kind in ("shift", "crop"):  # a shift of the photo, or of the crop window (video): both move content 1-2 px
         dx, dy = (int(rng.integers(1, 3)) * int(rng.choice([-1, 1])) for _ in range(2))
@@ -277,8 +276,8 @@ def _to_view(rec: np.ndarray, prep_hw: tuple[int, int], view_hw: tuple[int, int]
 def _clip_box(b: np.ndarray, hw: tuple[int, int], margin: float = 0.0) -> tuple[int, int, int, int]:
     x1, y1, x2, y2 = b[:4]
     mx, my = margin * (x2 - x1), margin * (y2 - y1)
-    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(hw[1], int(math.ceil(x2 + mx))),
-            min(hw[0], int(math.ceil(y2 + my))))
+    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(hw[1], math.ceil(x2 + mx)),
+            min(hw[0], math.ceil(y2 + my)))
 
 
 @dataclass
@@ -340,7 +339,7 @@ class Leak:
                                    else np.zeros((0, _GRID_CELL, _GRID_CELL, 3), np.uint8))}
 
     @classmethod
-    def from_arrays(cls, z, prefix: str) -> "Leak":
+    def from_arrays(cls, z, prefix: str) -> Leak:
         g = z[f"{prefix}.grid"]
         return cls(face=z[f"{prefix}.face"].tolist(), net_px=z[f"{prefix}.net_px"].tolist(),
                    kind=[str(k) for k in z[f"{prefix}.kind"]], emb=[z[f"{prefix}.emb"]],
@@ -397,7 +396,7 @@ def run_attacks(faces: FaceSet, views: list[View], attacks: Attacks, scale: floa
         with _stage("noise"):
             obs = attacks.obfuscator(a) if noisy else a
 
-        def dec(model: nn.Module, act: torch.Tensor) -> np.ndarray:
+        def dec(model: nn.Module, act: torch.Tensor, phw=phw, vhw=vhw) -> np.ndarray:
             with _stage("decode"):
                 return _to_view(to_image(decode(model, act)), phw, vhw)
 
@@ -453,8 +452,8 @@ def _whitebox(faces: FaceSet, views: list[View], items: list[_WBItem], attacks: 
         sy, sx = it.prep_hw[0] / vhw[0], it.prep_hw[1] / vhw[1]
         py1, px1 = min(r1 * 32, it.prep_hw[0]), min(c1 * 32, it.prep_hw[1])
         patch = to_image(patches[i])[: py1 - r0 * 32, : px1 - c0 * 32]
-        y0, x0 = int(round(r0 * 32 / sy)), int(round(c0 * 32 / sx))
-        y1, x1 = int(round(py1 / sy)), int(round(px1 / sx))
+        y0, x0 = round(r0 * 32 / sy), round(c0 * 32 / sx)
+        y1, x1 = round(py1 / sy), round(px1 / sx)
         rec = np.full_like(img, BGR_MEAN, dtype=np.uint8)  # grey outside the inverted window: no original pixels
         rec[y0:y1, x0:x1] = cv2.resize(patch, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
         out.add(v, scale, img, rec, sel=[it.face], region=(x0, y0, x1, y1), grid_faces=grid_faces)
@@ -480,7 +479,7 @@ def gallery_for(faces: FaceSet, far: float = 0.01) -> Gallery:
 
 
 def _rate(hits: np.ndarray) -> dict:
-    k, n = int(hits.sum()), int(len(hits))
+    k, n = int(hits.sum()), len(hits)
     lo, hi = metrics.wilson_interval(k, n)
     return {"rate": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)], "k": k, "n": n}
 

@@ -91,7 +91,7 @@ def read_decoder(path: str | Path) -> Decoder:
         with safe_open(str(p), "pt") as f:
             md = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
         state = load_file(str(p))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
+    except Exception as exc:  # safetensors raises several types for bad files
         raise ValueError(f"{p} is not a readable decoder file: {exc}") from exc
     if md.get("split_point") != SPLIT_POINT:
         raise ValueError(f"{p} was trained for split point {md.get('split_point')!r}, not {SPLIT_POINT!r}")

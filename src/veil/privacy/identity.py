@@ -22,7 +22,7 @@ def _models_dir() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the identity metric needs `pip install dlib-bin face-recognition-models`")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
 @lru_cache(maxsize=1)
@@ -43,7 +43,7 @@ def embed_faces(image_bgr: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
     out = np.zeros((len(boxes), EMBEDDING_DIM))
     for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, dtype=float)[:, :4]):
-        rect = dlib.rectangle(int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
+        rect = dlib.rectangle(round(x1), round(y1), round(x2), round(y2))
         shape = sp(rgb, rect)
         out[i] = np.asarray(rec.compute_face_descriptor(rgb, shape))
     return out

@@ -21,8 +21,8 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 def face_grid(faces, clean: dict, noisy: dict, n: int = 6) -> np.ndarray | None:
     """Rows = the first faces; columns = original, then each attacker on the clean and on the obfuscated
     activation (a grey cell where an attacker did not attack that face). ``clean``/``noisy``: name → Leak."""
-    from veil.privacy.audit import _crop_cell
     from veil.preprocess import load_image
+    from veil.privacy.audit import _crop_cell
 
     cols = []
     for name in _ORDER:
@@ -219,7 +219,8 @@ def load_reports(paths: list[str | Path]) -> list[dict]:
 
 
 def write_frontier(sweep: dict, reports: list[dict], out: str | Path) -> tuple[list[dict], str]:
-    """Join a sweep with audit reports (see :func:`load_reports`); write ``frontier.json``, ``frontier.md`` and ``frontier.png`` in ``out``.
+    """Join a sweep with audit reports (see :func:`load_reports`); write ``frontier.json``,
+    ``frontier.md`` and ``frontier.png`` in ``out``.
 
     Returns the rows and the Markdown table (utility and leakage side by side per ALPHA).
     """

@@ -21,7 +21,6 @@ dependency), so its features respond to facial structure rather than to pixel no
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 import time
 from pathlib import Path
@@ -311,7 +310,7 @@ def ensure_decoder(head: nn.Module, weights_sha256: str, minutes: float, train_d
     dirs = require_training_dirs(train_dirs)
     sampler = seeded_sampler(training_images(dirs), crop=crop, scale=scale)
     init = None
-    common = dict(crop=crop, batch=batch, progress=progress, scale=scale, plateau=None, device=device)
+    common = {"crop": crop, "batch": batch, "progress": progress, "scale": scale, "plateau": None, "device": device}
     if loss != "l1":
         init = ensure_decoder(head, weights_sha256, minutes, dirs, obfuscator=obfuscator, noise_sha256=noise_sha256,
                               alpha=alpha, **common)

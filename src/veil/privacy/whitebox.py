@@ -43,8 +43,10 @@ def tv(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def cell_window(box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25, context: int = 1) -> tuple[int, int, int, int]:
-    """Activation cells ``(r0, r1, c0, c1)`` covering a box (input pixels) plus ``margin``·size and ``context`` cells."""
+def cell_window(box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25,
+                context: int = 1) -> tuple[int, int, int, int]:
+    """Activation cells ``(r0, r1, c0, c1)`` covering a box (input pixels) plus ``margin``·size and
+    ``context`` cells."""
     x1, y1, x2, y2 = (float(v) for v in box[:4])
     mx, my = margin * (x2 - x1), margin * (y2 - y1)
     h, w = act_hw

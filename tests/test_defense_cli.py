@@ -33,3 +33,40 @@ def test_fit_bottleneck_refuses_fddb(weights_path, fddb_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "FDDB" in err
     assert not (tmp_path / "b.safetensors").exists()
+
+
+@pytest.fixture()
+def few_photos(wider_dir, tmp_path):
+    """Six real WIDER photos in a folder of their own (a fast, real training set)."""
+    import shutil
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    for p in sorted((wider_dir / "images").rglob("*.jpg"))[:6]:
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def test_distill_tail_and_fit_bottleneck_write_files_that_load(weights_path, few_photos, tmp_path, capsys):
+    import torch
+
+    from veil.defenses.bottleneck import load_bottleneck
+    from veil.defenses.robust_tail import load_robust_tail
+    from veil.obfuscate.artifact import save_obfuscator
+    from veil.obfuscate.noise import Obfuscator
+    from veil.weights import load_faceboxes
+
+    model, digest = load_faceboxes(weights_path)
+    obf = Obfuscator(128, init_sigma=torch.full((128,), 0.5))
+    obf.signal_power.fill_(0.025)  # +10 dB on its own statistics, like a fitted ALPHA 0.9 file
+    noise = save_obfuscator(obf, tmp_path / "n.safetensors", {"alpha": 0.9, "weights_sha256": digest})
+    common = ["--weights", str(weights_path), "--images", str(few_photos), "--steps", "2", "--batch-size", "2",
+              "--crop", "128", "--crops-per-image", "1", "--threads", "1", "--quiet"]
+    assert main(["distill-tail", "--alpha", "0.9", "--noise", str(noise), "--out", str(tmp_path / "t.safetensors"),
+                 *common]) == 0
+    assert "held-out distortion" in capsys.readouterr().out
+    _, meta = load_robust_tail(tmp_path / "t.safetensors", model, weights_sha256=digest, alpha=0.9)
+    assert meta["distill"]["steps"] == 2 and meta["data"]["crop"] == 128
+    assert main(["fit-bottleneck", "--alpha", "0.8", "--out", str(tmp_path / "b.safetensors"), *common]) == 0
+    fitted, meta = load_bottleneck(tmp_path / "b.safetensors", model, weights_sha256=digest, alpha=0.8)
+    assert meta["spec"]["channels"] == fitted.spec.channels == 6

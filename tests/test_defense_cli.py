@@ -57,8 +57,8 @@ def test_distill_tail_and_fit_bottleneck_write_files_that_load(weights_path, few
     from veil.weights import load_faceboxes
 
     model, digest = load_faceboxes(weights_path)
-    obf = Obfuscator(128, init_sigma=torch.full((128,), 0.5))
-    obf.signal_power.fill_(0.025)  # +10 dB on its own statistics, like a fitted ALPHA 0.9 file
+    obf = Obfuscator(128, init_sigma=torch.full((128,), 2.43))
+    obf.signal_power.fill_(0.59)  # the head's total power (≈ 75) and +10 dB on it, like a fitted ALPHA 0.9 file
     noise = save_obfuscator(obf, tmp_path / "n.safetensors", {"alpha": 0.9, "weights_sha256": digest})
     common = ["--weights", str(weights_path), "--images", str(few_photos), "--steps", "2", "--batch-size", "2",
               "--crop", "128", "--crops-per-image", "1", "--threads", "1", "--quiet"]

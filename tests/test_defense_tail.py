@@ -30,7 +30,9 @@ def banks(model, wider_dir):
 def heavy_noise(bank) -> Obfuscator:
     """Per-channel noise at +10 dB of each channel's power: the tail's outputs are badly hurt."""
     power = bank.acts.transpose(0, 1).reshape(bank.acts.shape[1], -1).pow(2).mean(1).clamp_min(1e-6)
-    return Obfuscator(bank.acts.shape[1], init_sigma=(power * 10).sqrt()).eval().requires_grad_(False)
+    obf = Obfuscator(bank.acts.shape[1], init_sigma=(power * 10).sqrt())
+    obf.signal_power.copy_(power)  # its own statistics, as a fitted file records them
+    return obf.eval().requires_grad_(False)
 
 
 def test_bank_holds_out_photos_and_mirrors(banks):

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 from _common import DATASET, WEIGHTS, machine, uptime, write
-from triton_load import MODES, activation_1024, run_round, wire_bytes
+from triton_load import activation_1024, run_round, wire_bytes
 
 from veil.detector import Detector
-from veil.serving.export import export_torchscript
+from veil.export import export_torchscript
 from veil.serving.repository import BASE_MODEL, write_repository
 from veil.serving.server import TritonServer
 
@@ -110,8 +110,8 @@ def main() -> None:
             for s in servers.values():
                 s.start()
             lat = {(v, w, c): [] for v in variants for w in WIRE for c in args.clients}
-            wall = {k: 0.0 for k in lat}
-            errors = {k: 0 for k in lat}
+            wall = dict.fromkeys(lat, 0.0)
+            errors = dict.fromkeys(lat, 0)
             loads = [uptime()]
             deadline = time.monotonic() + args.max_seconds
             for r in range(args.rounds):

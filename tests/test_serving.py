@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from veil.export import check_onnx, reference_outputs
 from veil.preprocess import load_image
 from veil.serving.client import InferenceError, ServerUnavailableError, TritonDetector
-from veil.serving.export import check_onnx, reference_outputs
 from veil.serving.repository import ALL_MODELS, BASE_MODEL, NOISY_MODEL, model_name, write_repository
 from veil.serving.server import TritonServer, free_port, free_ports, unsupported_reason
 

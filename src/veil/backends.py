@@ -10,7 +10,7 @@ never see a difference in dtype.
   reason, on a CPU without it (emulated BF16 is slower than FP32 and no more accurate).
 - ``onnx``: head and tail exported to ONNX once per weights file (cached under the veil cache,
   keyed by the weights' SHA-256), each export checked against eager FP32 before it is used
-  (the tail with :func:`veil.serving.export.check_onnx`, as ``veil export-triton`` checks it).
+  (the tail with :func:`veil.export.check_onnx`, as ``veil export-triton`` checks it).
 - ``auto``: :data:`AUTO_ORDER`'s first backend this machine runs: the fastest whose FDDB mAP is
   within 0.1 point of FP32 (measured in docs/evaluation.md, benchmarks/backends.py), falling back
   to the next when onnxruntime is missing or the CPU has no native BF16.
@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from veil.models.faceboxes import FaceBoxes
@@ -44,7 +42,6 @@ SCORE_TOLERANCE = {"fp32": 0.0, "bf16": 0.03, "onnx": 1e-4}
 ACTIVATION_TOLERANCE = {"fp32": 0.0, "bf16": 0.02, "onnx": 1e-4}
 #: Export format version: bump when the exported graphs change, so stale cached files are not reused.
 ONNX_CACHE_VERSION = 1
-HEAD_INPUT, HEAD_OUTPUT = "image", "activation"
 
 
 class BackendError(ValueError):
@@ -69,8 +66,9 @@ def bf16_unsupported_reason() -> str | None:
         pass
     native = " avx512_bf16" in flags or " amx_bf16" in flags
     if not native:
-        return ("this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo); "
-                "use --backend fp32 or onnx")
+        return (
+            "this CPU has no native BF16 (no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo); use --backend fp32 or onnx"
+        )
     has_kernels = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     if not torch.backends.mkldnn.is_available() or not has_kernels():
         return "this PyTorch build has no oneDNN BF16 kernels; use --backend fp32 or onnx"
@@ -150,34 +148,6 @@ def onnx_dir(key: str) -> Path:
     return cache_dir() / "onnx" / f"{key[:16]}-v{ONNX_CACHE_VERSION}"
 
 
-def _export_head(model: FaceBoxes, path: Path) -> None:
-    import copy
-
-    head = copy.deepcopy(model).eval().head.eval()  # a private copy: export never touches the caller's model
-    dyn = {HEAD_INPUT: {0: "batch", 2: "height", 3: "width"}, HEAD_OUTPUT: {0: "batch", 2: "h32", 3: "w32"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(head, (torch.rand(1, 3, 96, 128) * 255 - 120,), str(path), dynamo=False,
-                          input_names=[HEAD_INPUT], output_names=[HEAD_OUTPUT], dynamic_axes=dyn, opset_version=17)
-
-
-def _check_head(model: FaceBoxes, sess, path: Path, atol: float = 1e-3) -> float:
-    """Compare the ONNX head with the eager head on two sizes (pixel-range input); raise if off."""
-    gen = torch.Generator().manual_seed(0)  # a fixed test input, not noise
-    worst = 0.0
-    for shape in ((1, 3, 160, 224), (2, 3, 100, 70)):
-        x = torch.rand(shape, generator=gen) * 255 - 120
-        with torch.inference_mode():
-            ref = model.head(x).numpy()
-        got = sess.run([HEAD_OUTPUT], {HEAD_INPUT: x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise RuntimeError(f"{path}: head output shape {got.shape} != eager {ref.shape}")
-        worst = max(worst, float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max()))))
-    if worst > atol:
-        raise RuntimeError(f"{path}: ONNX head differs from the eager head by {worst:.3g} (relative) > {atol}")
-    return worst
-
-
 class OnnxRuntime:
     """Head and tail in onnxruntime, exported once per weights and checked against eager FP32."""
 
@@ -186,7 +156,16 @@ class OnnxRuntime:
     def __init__(self, model: FaceBoxes, weights_sha256: str = "", threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from veil.serving.export import INPUT_NAME, OUTPUT_NAMES, check_onnx, export_onnx
+        from veil.export import (
+            HEAD_INPUT,
+            HEAD_OUTPUT,
+            INPUT_NAME,
+            OUTPUT_NAMES,
+            check_head_onnx,
+            check_onnx,
+            export_head_onnx,
+            export_onnx,
+        )
 
         model = model.eval()
         d = onnx_dir(weights_key(model, weights_sha256))
@@ -203,18 +182,19 @@ class OnnxRuntime:
         fresh = not (head_path.is_file() and tail_path.is_file())
         if fresh:  # write to temporary names, check, then rename: a half-written export is never reused
             tmp_head, tmp_tail = d / f"head.{os.getpid()}.tmp", d / f"tail.{os.getpid()}.tmp"
-            _export_head(model, tmp_head)
+            export_head_onnx(model, tmp_head)
             export_onnx(model, tmp_tail)
-            _check_head(model, session(tmp_head), tmp_head)
+            check_head_onnx(model, tmp_head)
             check_onnx(model, tmp_tail)
             os.replace(tmp_head, head_path)
             os.replace(tmp_tail, tail_path)
         self._head, self._tail = session(head_path), session(tail_path)
         self._in, self._out = INPUT_NAME, list(OUTPUT_NAMES)
+        self._head_in, self._head_out = HEAD_INPUT, [HEAD_OUTPUT]
         self.files = (head_path, tail_path)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._head.run([HEAD_OUTPUT], {HEAD_INPUT: x.detach().numpy()})[0])
+        return torch.from_numpy(self._head.run(self._head_out, {self._head_in: x.detach().numpy()})[0])
 
     def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, conf = self._tail.run(self._out, {self._in: a.detach().float().contiguous().numpy()})
@@ -229,4 +209,3 @@ def make_backend(name: str, model: FaceBoxes, weights_sha256: str = "") -> Backe
     if name == "bf16":
         return EagerBF16(model)
     return OnnxRuntime(model, weights_sha256)
-

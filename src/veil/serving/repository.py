@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veil import export
 from veil.jsonio import write_json
 from veil.models.faceboxes import HEAD_CHANNELS, FaceBoxes
-from veil.serving import export
 from veil.serving.pbtxt import Enum, dumps, map_entries
 
 BASE_MODEL = "face_detection_base"

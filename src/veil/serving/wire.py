@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from veil.serving.export import INPUT_NAME, OUTPUT_NAMES
+from veil.export import INPUT_NAME, OUTPUT_NAMES
 
 
 def encode_input(protocol: str, activation: np.ndarray, fp16: bool = False, binary: bool = True):

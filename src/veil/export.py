@@ -1,6 +1,9 @@
-"""The FaceBoxes tail as files a Triton backend can load: ONNX and TorchScript.
+"""The FaceBoxes tail as files an inference runtime loads (ONNX, TorchScript), each checked numerically.
 
-Both are exported from a private deep copy of the model in eval mode, so exporting never
+Below :mod:`veil.backends` (whose ``onnx`` backend runs these exports in-process) and
+:mod:`veil.serving` (whose Triton repositories hold them), so both use the one export and check.
+
+Each file is exported from a private deep copy of the model in eval mode, so exporting never
 changes the caller's model (``torch.onnx.export`` restores the *training* flag of the module
 it is given, and the tail view is not a registered child of ``FaceBoxes``).
 An FP16 variant takes a half-precision activation (half the bytes on the wire) and casts it
@@ -22,6 +25,8 @@ from veil.models.faceboxes import HEAD_CHANNELS, FaceBoxes
 
 INPUT_NAME = "INPUT_0"
 OUTPUT_NAMES = ("OUTPUT_0", "OUTPUT_1")  # loc (box offsets) [N,P,4], conf (softmax scores) [N,P,2]
+#: The head's ONNX graph (the ``onnx`` backend of :mod:`veil.backends` runs it): image → activation.
+HEAD_INPUT, HEAD_OUTPUT = "image", "activation"
 
 
 class ServedTail(nn.Module):
@@ -123,4 +128,48 @@ def _check(model: FaceBoxes, run, fp16: bool, atol: float, path) -> float:
             worst = max(worst, float(np.abs(r - g).max()))
     if worst > atol:
         raise RuntimeError(f"{path}: outputs differ from the in-process tail by {worst:.3g} > {atol}")
+    return worst
+
+
+def export_head_onnx(model: FaceBoxes, path: str | Path, opset: int = 17) -> Path:
+    """Write the head as ONNX with dynamic batch, height and width (pixel-range FP32 input)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = copy.deepcopy(model).eval().head.eval()  # a private copy: export never touches the caller's model
+    dyn = {HEAD_INPUT: {0: "batch", 2: "height", 3: "width"}, HEAD_OUTPUT: {0: "batch", 2: "h32", 3: "w32"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            head,
+            (torch.rand(1, 3, 96, 128) * 255 - 120,),
+            str(path),
+            dynamo=False,
+            input_names=[HEAD_INPUT],
+            output_names=[HEAD_OUTPUT],
+            dynamic_axes=dyn,
+            opset_version=opset,
+        )
+    return path
+
+
+def check_head_onnx(model: FaceBoxes, path: str | Path, atol: float = 1e-3) -> float:
+    """Compare the ONNX head with the eager head on two sizes (pixel-range input); return the max error.
+
+    The error is relative to the activation's largest value; raises ``RuntimeError`` above ``atol``.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)  # a fixed test input, not noise
+    worst = 0.0
+    for shape in ((1, 3, 160, 224), (2, 3, 100, 70)):
+        x = torch.rand(shape, generator=gen) * 255 - 120
+        with torch.inference_mode():
+            ref = model.head(x).numpy()
+        got = sess.run([HEAD_OUTPUT], {HEAD_INPUT: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise RuntimeError(f"{path}: head output shape {got.shape} != eager {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max()))))
+    if worst > atol:
+        raise RuntimeError(f"{path}: ONNX head differs from the eager head by {worst:.3g} (relative) > {atol}")
     return worst

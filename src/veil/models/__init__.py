@@ -1,0 +1,1 @@
+"""Network definitions: FaceBoxes split into a trust-zone head and a server-side tail (:mod:`veil.models.faceboxes`)."""

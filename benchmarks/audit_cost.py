@@ -43,8 +43,13 @@ def main() -> None:
     ap.add_argument("--whitebox-faces", type=int, default=40)
     ap.add_argument("--whitebox-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", nargs="+", default=["fresh", "keyed"], choices=("fresh", "keyed"),
-                    help="noise modes audited, in order (default: %(default)s); the first one pays the clean pass")
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fresh", "keyed"],
+        choices=("fresh", "keyed"),
+        help="noise modes audited, in order (default: %(default)s); the first one pays the clean pass",
+    )
     ap.add_argument("--ks", type=int, nargs="*", default=[4, 16], help="exact-repeat averaging K")
     ap.add_argument("--dup-ks", type=int, nargs="*", default=[16], help="near-duplicate averaging K")
     ap.add_argument("--out", required=True, help="folder for the audit reports")
@@ -69,15 +74,23 @@ def main() -> None:
     nsha = sha256_file(args.noise)[:16]
     d = Path(args.decoders)
     suffix = "" if args.scale == 3.0 else f"-x{args.scale:g}"
-    dec = {"naive": read_decoder(d / f"naive{suffix}.safetensors"),
-           "perceptual_clean": read_decoder(d / f"naive-perceptual{suffix}.safetensors"),
-           "adaptive": read_decoder(d / f"adaptive-{nsha}{suffix}.safetensors"),
-           "perceptual": read_decoder(d / f"adaptive-perceptual-{nsha}{suffix}.safetensors")}
+    dec = {
+        "naive": read_decoder(d / f"naive{suffix}.safetensors"),
+        "perceptual_clean": read_decoder(d / f"naive-perceptual{suffix}.safetensors"),
+        "adaptive": read_decoder(d / f"adaptive-{nsha}{suffix}.safetensors"),
+        "perceptual": read_decoder(d / f"adaptive-perceptual-{nsha}{suffix}.safetensors"),
+    }
     setup_s = time.monotonic() - t0
     cache = Path(tempfile.mkdtemp(prefix="veil-audit-cost-"))
-    base = {"head": model.head, "naive": dec["naive"], "perceptual_clean": dec["perceptual_clean"],
-                "whitebox_steps": args.whitebox_steps, "whitebox_faces": args.whitebox_faces, "ks": tuple(args.ks),
-                "dup_ks": tuple(args.dup_ks)}
+    base = {
+        "head": model.head,
+        "naive": dec["naive"],
+        "perceptual_clean": dec["perceptual_clean"],
+        "whitebox_steps": args.whitebox_steps,
+        "whitebox_faces": args.whitebox_faces,
+        "ks": tuple(args.ks),
+        "dup_ks": tuple(args.dup_ks),
+    }
     decoders_meta = {k: v.meta for k, v in dec.items()}
     runs = []
     modes = list(args.modes)
@@ -87,19 +100,53 @@ def main() -> None:
                 obf.set_key(secrets.token_bytes(32))
             att = Attacks(**base, adaptive=dec["adaptive"], perceptual=dec["perceptual"], obfuscator=obf)
             load0 = _load()
-            rep = audit(faces, att, args.alpha, args.scale, out_dir=Path(args.out) / f"alpha-{args.alpha:g}-{mode}",
-                        views=views, weights_sha256=sha, cache_dir=cache, progress=True,
-                        meta={"decoders": decoders_meta, "noise_mode": mode, "noise_file": str(args.noise)})
-            runs.append({"config": f"alpha {args.alpha:g}, {mode} noise", "clean_pass_cached": rep["clean_pass_cached"],
-                         "seconds": rep["seconds"], "timing_s": rep["timing_s"], "load_before": load0,
-                         "load_after": _load(), "worst": rep["worst_attacker"], "worst_rank1": rep["worst_rank1"]})
+            rep = audit(
+                faces,
+                att,
+                args.alpha,
+                args.scale,
+                out_dir=Path(args.out) / f"alpha-{args.alpha:g}-{mode}",
+                views=views,
+                weights_sha256=sha,
+                cache_dir=cache,
+                progress=True,
+                meta={"decoders": decoders_meta, "noise_mode": mode, "noise_file": str(args.noise)},
+            )
+            runs.append(
+                {
+                    "config": f"alpha {args.alpha:g}, {mode} noise",
+                    "clean_pass_cached": rep["clean_pass_cached"],
+                    "seconds": rep["seconds"],
+                    "timing_s": rep["timing_s"],
+                    "load_before": load0,
+                    "load_after": _load(),
+                    "worst": rep["worst_attacker"],
+                    "worst_rank1": rep["worst_rank1"],
+                }
+            )
             print(json.dumps(runs[-1]), flush=True)
             if mode == "keyed":
                 obf.set_key(None)
-        rep0 = audit(faces, Attacks(**base), 0.0, args.scale, out_dir=Path(args.out) / "alpha-0", views=views,
-                     weights_sha256=sha, cache_dir=cache, progress=False, meta={"decoders": decoders_meta})
-        runs.append({"config": "clean (ALPHA 0)", "clean_pass_cached": rep0["clean_pass_cached"],
-                     "seconds": rep0["seconds"], "timing_s": rep0["timing_s"]})
+        rep0 = audit(
+            faces,
+            Attacks(**base),
+            0.0,
+            args.scale,
+            out_dir=Path(args.out) / "alpha-0",
+            views=views,
+            weights_sha256=sha,
+            cache_dir=cache,
+            progress=False,
+            meta={"decoders": decoders_meta},
+        )
+        runs.append(
+            {
+                "config": "clean (ALPHA 0)",
+                "clean_pass_cached": rep0["clean_pass_cached"],
+                "seconds": rep0["seconds"],
+                "timing_s": rep0["timing_s"],
+            }
+        )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     cold, warm = runs[0], (runs[1] if len(runs) > 2 else None)
@@ -107,19 +154,28 @@ def main() -> None:
     per_config_cpu = (warm or cold)["timing_s"]["obfuscated_pass_cpu"]
     out = {
         "what": "one privacy audit of one configuration: wall and process-CPU seconds per stage",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": args.threads,
-                    "note": "shared 2-core machine, other jobs running (see load); CPU seconds are what the audit "
-                            "itself used"},
-        "faces": faces.n_faces, "images": len(faces.images), "views": len(views),
-        "enlarged": sum(v.kind == "enlarged" for v in views), "whitebox_faces": args.whitebox_faces,
-        "whitebox_steps": args.whitebox_steps, "setup_s": round(setup_s, 1), "runs": runs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch_threads": args.threads,
+            "note": "shared 2-core machine, other jobs running (see load); CPU seconds are what the audit itself used",
+        },
+        "faces": faces.n_faces,
+        "images": len(faces.images),
+        "views": len(views),
+        "enlarged": sum(v.kind == "enlarged" for v in views),
+        "whitebox_faces": args.whitebox_faces,
+        "whitebox_steps": args.whitebox_steps,
+        "setup_s": round(setup_s, 1),
+        "runs": runs,
         "first_run_cpu_s_per_view_by_stage": per_view,
         "estimate_idle_2core_s": {
             "clean_pass_once": cold["timing_s"]["clean_pass_cpu"] / args.threads,
             "one_configuration_with_cached_clean_pass": per_config_cpu / args.threads,
             "one_configuration_cold": (cold["timing_s"]["clean_pass_cpu"] + per_config_cpu) / args.threads,
             "assumption": "CPU seconds / torch threads (perfect use of 2 idle cores); an upper bound is the CPU "
-                          "seconds themselves (one core)"},
+            "seconds themselves (one core)",
+        },
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

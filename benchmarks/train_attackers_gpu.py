@@ -28,8 +28,13 @@ def main() -> None:
     ap.add_argument("--images", nargs="+", required=True, help="non-FDDB photo folders")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--budget", type=float, nargs=4, default=[110, 90, 60, 60],
-                    help="seconds: naive, adaptive, naive perceptual, adaptive perceptual")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        nargs=4,
+        default=[110, 90, 60, 60],
+        help="seconds: naive, adaptive, naive perceptual, adaptive perceptual",
+    )
     ap.add_argument("--scale", type=float, default=3.0)
     ap.add_argument("--out", required=True, help="JSON with every decoder's metadata and learning curve")
     args = ap.parse_args()
@@ -45,20 +50,40 @@ def main() -> None:
     model.to(args.device)
     obf.to(torch.device(args.device))
     feats = FaceFeatures(model)
-    common = {"train_dirs": args.images, "batch": args.batch, "progress": False, "scale": args.scale,
-              "device": args.device}
-    plan = [("naive", {}, args.budget[0]),
-            ("adaptive", {"obfuscator": obf, "noise_sha256": nsha, "alpha": nmeta["alpha"]}, args.budget[1]),
-            ("perceptual_clean", {"loss": "perceptual", "features": feats}, args.budget[2]),
-            ("perceptual", {"obfuscator": obf, "noise_sha256": nsha, "alpha": nmeta["alpha"], "loss": "perceptual",
-                                "features": feats}, args.budget[3])]
-    out = {"device": torch.cuda.get_device_name(0) if str(args.device).startswith("cuda") else str(args.device),
-           "noise_sha256": nsha, "decoders": {}}
+    common = {
+        "train_dirs": args.images,
+        "batch": args.batch,
+        "progress": False,
+        "scale": args.scale,
+        "device": args.device,
+    }
+    plan = [
+        ("naive", {}, args.budget[0]),
+        ("adaptive", {"obfuscator": obf, "noise_sha256": nsha, "alpha": nmeta["alpha"]}, args.budget[1]),
+        ("perceptual_clean", {"loss": "perceptual", "features": feats}, args.budget[2]),
+        (
+            "perceptual",
+            {"obfuscator": obf, "noise_sha256": nsha, "alpha": nmeta["alpha"], "loss": "perceptual", "features": feats},
+            args.budget[3],
+        ),
+    ]
+    out = {
+        "device": torch.cuda.get_device_name(0) if str(args.device).startswith("cuda") else str(args.device),
+        "noise_sha256": nsha,
+        "decoders": {},
+    }
     for name, kw, seconds in plan:
         dec = ensure_decoder(model.head, sha, seconds / 60.0, **common, **kw)
         out["decoders"][name] = dec.meta
-        print(json.dumps({"decoder": name, **{k: dec.meta.get(k) for k in
-                                              ("steps", "stop_reason", "seconds", "final_l1_px", "seed")}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "decoder": name,
+                    **{k: dec.meta.get(k) for k in ("steps", "stop_reason", "seconds", "final_l1_px", "seed")},
+                }
+            ),
+            flush=True,
+        )
     out["seconds"] = round(time.monotonic() - t0, 1)
     Path(args.out).write_text(json.dumps(out, indent=1))
 

@@ -30,10 +30,36 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
     prev = torch.get_num_threads()
     torch.set_num_threads(1)  # small work: extra threads only add contention on a shared 2-core machine
     try:
-        rc = main(["audit", "--alpha", "0", "0.5", "--noise-dir", str(noise_dir), "--dataset", str(fddb_dir),
-                   "--out", str(out), "--max-faces", "2", "--decoder-minutes", "0.02", "--whitebox-steps", "3",
-                   "--whitebox-faces", "1", "--train-images", str(dlib_dir), "--weights", str(weights_path),
-                   "--ks", "2", "--dup-ks", "2"])
+        rc = main(
+            [
+                "audit",
+                "--alpha",
+                "0",
+                "0.5",
+                "--noise-dir",
+                str(noise_dir),
+                "--dataset",
+                str(fddb_dir),
+                "--out",
+                str(out),
+                "--max-faces",
+                "2",
+                "--decoder-minutes",
+                "0.02",
+                "--whitebox-steps",
+                "3",
+                "--whitebox-faces",
+                "1",
+                "--train-images",
+                str(dlib_dir),
+                "--weights",
+                str(weights_path),
+                "--ks",
+                "2",
+                "--dup-ks",
+                "2",
+            ]
+        )
     finally:
         torch.set_num_threads(prev)
     assert rc == 0
@@ -46,8 +72,16 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
     assert rep["chance_rank1"] == pytest.approx(1 / 2, abs=1e-4)
     for group in ("attackers", "clean_baseline"):
         for name in ("naive", "adaptive", "whitebox", "adaptive_avg2", "adaptive_dup2", "perceptual"):
-            assert set(rep[group][name]) >= {"ssim", "psnr", "face_ssim", "rank1", "tar_at_far1", "rank1_ci95",
-                                             "tar_ci95", "bins"}
+            assert set(rep[group][name]) >= {
+                "ssim",
+                "psnr",
+                "face_ssim",
+                "rank1",
+                "tar_at_far1",
+                "rank1_ci95",
+                "tar_ci95",
+                "bins",
+            }
             lo, hi = rep[group][name]["rank1_ci95"]
             assert 0.0 <= lo <= rep[group][name]["rank1"] <= hi <= 1.0
     assert rep["faces_digest"] and rep["clean_pass_cached"]  # the ALPHA 0 audit computed it first
@@ -69,17 +103,23 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
 
 
 def test_privacy_columns_and_frontier(tmp_path):
-    from veil.privacy.audit import privacy_columns
     from veil.privacy.report import frontier_plot
+    from veil.privacy.verdict import privacy_columns
 
     m = lambda r: {"ssim": 0.1, "psnr": 10.0, "face_ssim": 0.1, "rank1": r, "tar_at_far1": r}  # noqa: E731
-    rep = {"chance_rank1": 0.02, "attackers": {"naive": m(0.1), "adaptive": m(0.3), "whitebox": m(0.2)},
-           "clean_baseline": {"naive": m(0.5)}}
+    rep = {
+        "chance_rank1": 0.02,
+        "attackers": {"naive": m(0.1), "adaptive": m(0.3), "whitebox": m(0.2)},
+        "clean_baseline": {"naive": m(0.5)},
+    }
     cols = privacy_columns(rep)
     assert cols["worst_attacker"] == "adaptive" and cols["worst_rank1_x_chance"] == 15.0
     assert cols["attacker_competent"]
-    p = frontier_plot([{"alpha": 0.0, "map": 0.93, "worst_rank1": 0.6}, {"alpha": 0.8, "map": 0.9, "worst_rank1": 0.1}],
-                      tmp_path / "f.png", chance=0.02)
+    p = frontier_plot(
+        [{"alpha": 0.0, "map": 0.93, "worst_rank1": 0.6}, {"alpha": 0.8, "map": 0.9, "worst_rank1": 0.1}],
+        tmp_path / "f.png",
+        chance=0.02,
+    )
     assert p.stat().st_size > 1000
     from veil.privacy.report import frontier_markdown, frontier_rows
 
@@ -90,17 +130,46 @@ def test_privacy_columns_and_frontier(tmp_path):
 
 
 def test_missing_noise_is_a_clear_error(tmp_path, weights_path, fddb_dir, capsys):
-    rc = main(["audit", "--alpha", "0.3", "--noise", str(tmp_path / "nope.safetensors"), "--dataset", str(fddb_dir),
-               "--out", str(tmp_path / "o"), "--max-faces", "2", "--weights", str(weights_path),
-               "--decoder-minutes", "0.01", "--train-images", str(tmp_path)])
+    rc = main(
+        [
+            "audit",
+            "--alpha",
+            "0.3",
+            "--noise",
+            str(tmp_path / "nope.safetensors"),
+            "--dataset",
+            str(fddb_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--max-faces",
+            "2",
+            "--weights",
+            str(weights_path),
+            "--decoder-minutes",
+            "0.01",
+            "--train-images",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2
     assert "noise file not found" in capsys.readouterr().err
 
 
 def test_missing_dataset_names_flag_and_variable(tmp_path, monkeypatch, weights_path, capsys):
     monkeypatch.delenv("VEIL_DATASET", raising=False)
-    rc = main(["audit", "--alpha", "0", "--out", str(tmp_path / "o"), "--weights", str(weights_path),
-               "--train-images", str(tmp_path)])
+    rc = main(
+        [
+            "audit",
+            "--alpha",
+            "0",
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            str(weights_path),
+            "--train-images",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "--dataset" in err and "VEIL_DATASET" in err

@@ -37,7 +37,7 @@ def test_trained_decoder_beats_constant_image(head, trained, wider_dir):
     with torch.no_grad():
         rec = decode(trained, head(x))
     err = (rec - x).abs().mean().item()
-    best_constant = (x - x.median(dim=0, keepdim=True).values.median(2, True).values.median(3, True).values)
+    best_constant = x - x.median(dim=0, keepdim=True).values.median(2, True).values.median(3, True).values
     const_err = min(x.abs().mean().item(), best_constant.abs().mean().item())  # BGR mean, or per-channel median
     print(f"decoder L1 {err:.1f} vs best constant {const_err:.1f} (network-input units)")
     assert err < 0.9 * const_err, (err, const_err)
@@ -92,8 +92,9 @@ def test_decoder_cache_is_keyed_by_input_scale(tmp_path, monkeypatch, trained, h
 
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path))
     sha = sha256_file(weights_path)
-    save_decoder(trained, tmp_path / "attackers" / "naive.safetensors",
-                 {"kind": "naive", "weights_sha256": sha, "scale": 3.0})
+    save_decoder(
+        trained, tmp_path / "attackers" / "naive.safetensors", {"kind": "naive", "weights_sha256": sha, "scale": 3.0}
+    )
     reused = ensure_decoder(head, sha, 0.01, [dlib_dir], progress=False)
     assert reused.meta["kind"] == "naive" and "steps" not in reused.meta  # from the cache, not retrained
     prev = torch.get_num_threads()

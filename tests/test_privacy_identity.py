@@ -18,8 +18,15 @@ from veil.privacy import identity, metrics
 def dlib_faces(dlib_dir):
     images, boxes = [], []
     for im in ET.parse(dlib_dir / "testing.xml").getroot().iter("image"):
-        bx = [[int(b.get("left")), int(b.get("top")), int(b.get("left")) + int(b.get("width")),
-               int(b.get("top")) + int(b.get("height"))] for b in im.iter("box")]
+        bx = [
+            [
+                int(b.get("left")),
+                int(b.get("top")),
+                int(b.get("left")) + int(b.get("width")),
+                int(b.get("top")) + int(b.get("height")),
+            ]
+            for b in im.iter("box")
+        ]
         images.append(load_image(dlib_dir / im.get("file")))
         boxes.append(np.asarray(bx, float))
     emb = np.concatenate([identity.embed_faces(i, b) for i, b in zip(images, boxes)])

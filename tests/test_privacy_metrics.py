@@ -30,8 +30,9 @@ def test_ssim_matches_skimage(sigma):
     rng = np.random.default_rng(1)
     a = skimage_data.astronaut()[100:260, 150:330]
     b = np.clip(a + rng.normal(0, sigma, a.shape), 0, 255).astype(np.uint8)
-    ref = structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False, data_range=255)
+    ref = structural_similarity(
+        a, b, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
     assert metrics.ssim(a, b) == pytest.approx(ref, abs=1e-6)
     assert metrics.ssim(a, b) < 0.99
 

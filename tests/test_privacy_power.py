@@ -10,8 +10,9 @@ import torch
 from veil.privacy import metrics
 
 
-@pytest.mark.parametrize("k,n,lo,hi", [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611),
-                                       (1, 29, 0.0061, 0.1718)])
+@pytest.mark.parametrize(
+    "k,n,lo,hi", [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)]
+)
 def test_wilson_interval_matches_newcombe(k, n, lo, hi):
     # Newcombe (1998), Stat. Med. 17:857, Table I, method 3 (score interval without continuity correction).
     a, b = metrics.wilson_interval(k, n)
@@ -22,8 +23,15 @@ def test_wilson_interval_matches_newcombe(k, n, lo, hi):
 def test_bins():
     from veil.privacy.audit import face_bin
 
-    assert [face_bin(x) for x in (40, 48, 95.9, 96, 191, 192, 400)] == [None, "48-96", "48-96", "96-192", "96-192",
-                                                                         ">=192", ">=192"]
+    assert [face_bin(x) for x in (40, 48, 95.9, 96, 191, 192, 400)] == [
+        None,
+        "48-96",
+        "48-96",
+        "96-192",
+        "96-192",
+        ">=192",
+        ">=192",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,8 @@ def test_enlarged_copies_reach_the_large_bin(faces):  # noqa: PLR0914
     """At ×1 every face is below 192 px at the network, so each gets an enlarged copy at 288 px; the
     copy still identifies its own face (the reference 'original' probe), and the ≥ 192 bin holds every face once."""
     pytest.importorskip("dlib", reason="the identity metric needs the privacy extra (dlib-bin)")
-    from veil.privacy.audit import LARGE_BIN, FaceSet, gallery_for, make_views, references, summarize
+    from veil.privacy.audit import FaceSet, gallery_for, make_views, references, summarize
+    from veil.privacy.verdict import LARGE_BIN
 
     faces = FaceSet(faces.images[:3], faces.boxes[:3], faces.names[:3])  # 4 faces: dlib runs ~3× per probe
     views = make_views(faces, 1.0)
@@ -84,8 +93,11 @@ def test_near_duplicates(detector):
         p = metrics.psnr(img, d)
         assert 15.0 < p < 60.0, (kind, p)
         if kind in ("shift", "crop"):  # an integer translation of 1-2 px: some shift undoes it exactly inside
-            inner = [np.array_equal(np.roll(d, (-dy, -dx), (0, 1))[4:-4, 4:-4], img[4:-4, 4:-4])
-                     for dx in (-2, -1, 1, 2) for dy in (-2, -1, 1, 2)]
+            inner = [
+                np.array_equal(np.roll(d, (-dy, -dx), (0, 1))[4:-4, 4:-4], img[4:-4, 4:-4])
+                for dx in (-2, -1, 1, 2)
+                for dy in (-2, -1, 1, 2)
+            ]
             assert any(inner)
         with torch.no_grad():
             a = detector.head(torch.from_numpy(d.astype(np.float32).transpose(2, 0, 1)[None] - 117.0))
@@ -210,10 +222,18 @@ def test_decoder_records_seed_data_order_and_curve(detector, dlib_dir):
 
     imgs = training_images([dlib_dir])[:5]
     torch.set_num_threads(1)
-    d1 = train_decoder(detector.head, seeded_sampler(imgs, 64, 3.0, seed=5), max_steps=3, batch=2, seed=11,
-                       progress=False, plateau=Plateau())
-    d2 = train_decoder(detector.head, seeded_sampler(imgs, 64, 3.0, seed=5), max_steps=3, batch=2, seed=11,
-                       progress=False)
+    d1 = train_decoder(
+        detector.head,
+        seeded_sampler(imgs, 64, 3.0, seed=5),
+        max_steps=3,
+        batch=2,
+        seed=11,
+        progress=False,
+        plateau=Plateau(),
+    )
+    d2 = train_decoder(
+        detector.head, seeded_sampler(imgs, 64, 3.0, seed=5), max_steps=3, batch=2, seed=11, progress=False
+    )
     d3 = train_decoder(detector.head, seeded_sampler(imgs, 64, 3.0, seed=6), max_steps=0, batch=2, progress=False)
     m = d1.meta
     assert m["seed"] == 11 and m["data_order_seed"] == 5 and m["stop_reason"] == "max_steps"

@@ -37,6 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -47,22 +48,16 @@ from tqdm import tqdm
 from veil.preprocess import BGR_MEAN, FDDB_SCALE, ImageReadError, load_image, prepare, to_image
 from veil.privacy import identity, metrics
 from veil.privacy.decoders import decode
+from veil.privacy.report import GRID_CELL, clip_box, crop_cell, face_grid, learning_curves_plot, write_markdown
+from veil.privacy.verdict import BINS, competence, privacy_columns
 from veil.privacy.whitebox import cell_window, channel_weights, invert_windows
 
-#: Attackers whose worst case is the privacy column of the sweep.
-WORST_OF = ("naive", "adaptive", "perceptual", "whitebox", "adaptive_avg4", "adaptive_avg16", "adaptive_dup4",
-            "adaptive_dup16")
-COMPETENCE_FACTOR = 10.0
-#: Face-size bins: face box side at the network input, px, ``[lo, hi)``.
-BINS: dict[str, tuple[float, float]] = {"48-96": (48.0, 96.0), "96-192": (96.0, 192.0), ">=192": (192.0, math.inf)}
-LARGE_BIN = ">=192"
 #: Faces smaller than this at the network input get an enlarged copy …
 LARGE_PX = 192.0
 #: … reaching the network at this size (inside the 200–400 px the issue asks for).
 ENLARGE_TARGET = 288.0
 #: Context kept around a face in its enlarged crop, in face sides on each side.
 ENLARGE_CONTEXT = 1.0
-_GRID_CELL = 112
 #: Wall and CPU seconds per stage of the current audit (see :func:`_stage`), for the cost benchmark.
 STAGES: dict[str, list[float]] = {}
 
@@ -191,7 +186,8 @@ def make_views(faces: FaceSet, scale: float, enlarge: bool = True, target: float
 
 
 def _image_hw(path: Path) -> tuple[int, int]:
-    return load_image(path).shape[:2]
+    h, w = load_image(path).shape[:2]
+    return h, w
 
 
 def view_image(image: np.ndarray, view: View) -> np.ndarray:
@@ -234,7 +230,7 @@ def near_duplicate(image: np.ndarray, rng: np.random.Generator, kind: str | None
         return cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if kind in ("shift", "crop"):  # a shift of the photo, or of the crop window (video): both move content 1-2 px
         dx, dy = (int(rng.integers(1, 3)) * int(rng.choice([-1, 1])) for _ in range(2))
-        m = np.float32([[1, 0, dx], [0, 1, dy]])
+        m = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
     else:
         s = float(rng.uniform(0.97, 1.03))
         while abs(s - 1.0) < 0.005:
@@ -273,13 +269,6 @@ def _to_view(rec: np.ndarray, prep_hw: tuple[int, int], view_hw: tuple[int, int]
     return cv2.resize(rec, (view_hw[1], view_hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def _clip_box(b: np.ndarray, hw: tuple[int, int], margin: float = 0.0) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = b[:4]
-    mx, my = margin * (x2 - x1), margin * (y2 - y1)
-    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(hw[1], math.ceil(x2 + mx)),
-            min(hw[0], math.ceil(y2 + my)))
-
-
 @dataclass
 class Leak:
     """What one attacker recovered, per probe (one face in one view) and per whole-image view.
@@ -296,8 +285,16 @@ class Leak:
     psnr: list[float] = field(default_factory=list)
     grid: dict[int, np.ndarray] = field(default_factory=dict)
 
-    def add(self, view: View, scale: float, original: np.ndarray, rec: np.ndarray, sel: list[int] | None = None,
-            region: tuple[int, int, int, int] | None = None, grid_faces: int = 0) -> None:
+    def add(
+        self,
+        view: View,
+        scale: float,
+        original: np.ndarray,
+        rec: np.ndarray,
+        sel: list[int] | None = None,
+        region: tuple[int, int, int, int] | None = None,
+        grid_faces: int = 0,
+    ) -> None:
         """Score reconstruction ``rec`` of ``original`` (view pixels) at the view's faces ``sel``.
 
         ``region`` (x0, y0, x1, y1) limits whole-image SSIM/PSNR to what was reconstructed.
@@ -308,49 +305,66 @@ class Leak:
         with _stage("identity+ssim"):
             self._add(view, scale, original, rec, sel, region, grid_faces)
 
-    def _add(self, view: View, scale: float, original: np.ndarray, rec: np.ndarray, sel: list[int],
-             region: tuple[int, int, int, int] | None, grid_faces: int) -> None:
+    def _add(
+        self,
+        view: View,
+        scale: float,
+        original: np.ndarray,
+        rec: np.ndarray,
+        sel: list[int],
+        region: tuple[int, int, int, int] | None,
+        grid_faces: int,
+    ) -> None:
         bx = view.boxes[sel]
         self.emb.append(identity.embed_faces(rec, bx))
         px = view.net_px(scale)
         for j, b in zip(sel, bx):
-            x1, y1, x2, y2 = _clip_box(b, original.shape[:2])
+            x1, y1, x2, y2 = clip_box(b, (original.shape[0], original.shape[1]))
             self.face.append(int(view.faces[j]))
             self.net_px.append(float(px[j]))
             self.kind.append(view.kind)
             self.face_ssim.append(metrics.ssim(original[y1:y2, x1:x2], rec[y1:y2, x1:x2]))
             if view.kind == "base" and int(view.faces[j]) < grid_faces:
-                self.grid[int(view.faces[j])] = _crop_cell(rec, b)
+                self.grid[int(view.faces[j])] = crop_cell(rec, b)
         if view.kind == "base":
-            sl = (slice(None), slice(None)) if region is None else (slice(region[1], region[3]),
-                                                                     slice(region[0], region[2]))
+            sl = (
+                (slice(None), slice(None))
+                if region is None
+                else (slice(region[1], region[3]), slice(region[0], region[2]))
+            )
             self.ssim.append(metrics.ssim(original[sl], rec[sl]))
             self.psnr.append(metrics.psnr(original[sl], rec[sl]))
 
     # -- persistence (npz, no pickle) --
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         ids = sorted(self.grid)
-        return {f"{prefix}.face": np.asarray(self.face, np.int64), f"{prefix}.net_px": np.asarray(self.net_px),
-                f"{prefix}.kind": np.asarray(self.kind, dtype="U8"),
-                f"{prefix}.emb": np.concatenate(self.emb) if self.emb else np.zeros((0, identity.EMBEDDING_DIM)),
-                f"{prefix}.face_ssim": np.asarray(self.face_ssim), f"{prefix}.ssim": np.asarray(self.ssim),
-                f"{prefix}.psnr": np.asarray(self.psnr), f"{prefix}.grid_ids": np.asarray(ids, np.int64),
-                f"{prefix}.grid": (np.stack([self.grid[i] for i in ids]) if ids
-                                   else np.zeros((0, _GRID_CELL, _GRID_CELL, 3), np.uint8))}
+        return {
+            f"{prefix}.face": np.asarray(self.face, np.int64),
+            f"{prefix}.net_px": np.asarray(self.net_px),
+            f"{prefix}.kind": np.asarray(self.kind, dtype="U8"),
+            f"{prefix}.emb": np.concatenate(self.emb) if self.emb else np.zeros((0, identity.EMBEDDING_DIM)),
+            f"{prefix}.face_ssim": np.asarray(self.face_ssim),
+            f"{prefix}.ssim": np.asarray(self.ssim),
+            f"{prefix}.psnr": np.asarray(self.psnr),
+            f"{prefix}.grid_ids": np.asarray(ids, np.int64),
+            f"{prefix}.grid": (
+                np.stack([self.grid[i] for i in ids]) if ids else np.zeros((0, GRID_CELL, GRID_CELL, 3), np.uint8)
+            ),
+        }
 
     @classmethod
     def from_arrays(cls, z, prefix: str) -> Leak:
         g = z[f"{prefix}.grid"]
-        return cls(face=z[f"{prefix}.face"].tolist(), net_px=z[f"{prefix}.net_px"].tolist(),
-                   kind=[str(k) for k in z[f"{prefix}.kind"]], emb=[z[f"{prefix}.emb"]],
-                   face_ssim=z[f"{prefix}.face_ssim"].tolist(), ssim=z[f"{prefix}.ssim"].tolist(),
-                   psnr=z[f"{prefix}.psnr"].tolist(),
-                   grid={int(i): g[k] for k, i in enumerate(z[f"{prefix}.grid_ids"])})
-
-
-def _crop_cell(img: np.ndarray, box: np.ndarray, margin: float = 0.25) -> np.ndarray:
-    x1, y1, x2, y2 = _clip_box(box, img.shape[:2], margin)
-    return cv2.resize(img[y1:y2, x1:x2], (_GRID_CELL, _GRID_CELL), interpolation=cv2.INTER_AREA)
+        return cls(
+            face=z[f"{prefix}.face"].tolist(),
+            net_px=z[f"{prefix}.net_px"].tolist(),
+            kind=[str(k) for k in z[f"{prefix}.kind"]],
+            emb=[z[f"{prefix}.emb"]],
+            face_ssim=z[f"{prefix}.face_ssim"].tolist(),
+            ssim=z[f"{prefix}.ssim"].tolist(),
+            psnr=z[f"{prefix}.psnr"].tolist(),
+            grid={int(i): g[k] for k, i in enumerate(z[f"{prefix}.grid_ids"])},
+        )
 
 
 def _activation(head: nn.Module, image: np.ndarray, scale: float) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -369,12 +383,25 @@ class _WBItem:
     prep_hw: tuple[int, int]
 
 
-def run_attacks(faces: FaceSet, views: list[View], attacks: Attacks, scale: float, noisy: bool,
-                progress: bool = True, desc: str = "", grid_faces: int = 6) -> dict[str, Leak]:
+def run_attacks(
+    faces: FaceSet,
+    views: list[View],
+    attacks: Attacks,
+    scale: float,
+    noisy: bool,
+    progress: bool = True,
+    desc: str = "",
+    grid_faces: int = 6,
+) -> dict[str, Leak]:
     """Every attacker on every view (clean or obfuscated activations); returns name → :class:`Leak`."""
     leaks: dict[str, Leak] = {}
     wb_items: list[_WBItem] = []
     adaptive = attacks.adaptive if attacks.adaptive is not None else attacks.naive
+    noise: nn.Module = nn.Identity()
+    if noisy:
+        if attacks.obfuscator is None:
+            raise ValueError("an obfuscated pass needs the obfuscator (Attacks.obfuscator)")
+        noise = attacks.obfuscator
     rng = np.random.default_rng()
     cache: dict[int, np.ndarray] = {}
 
@@ -387,14 +414,15 @@ def run_attacks(faces: FaceSet, views: list[View], attacks: Attacks, scale: floa
     def leak(name: str) -> Leak:
         return leaks.setdefault(name, Leak())
 
-    for vi, v in enumerate(tqdm(views, desc=desc or ("attack obfuscated" if noisy else "attack clean"), unit="view",
-                                disable=not progress)):
+    for vi, v in enumerate(
+        tqdm(views, desc=desc or ("attack obfuscated" if noisy else "attack clean"), unit="view", disable=not progress)
+    ):
         with _stage("load"):
             img = original(v)
         vhw = img.shape[:2]
         a, phw = _activation(attacks.head, img, scale)
         with _stage("noise"):
-            obs = attacks.obfuscator(a) if noisy else a
+            obs = noise(a)
 
         def dec(model: nn.Module, act: torch.Tensor, phw=phw, vhw=vhw) -> np.ndarray:
             with _stage("decode"):
@@ -408,40 +436,69 @@ def run_attacks(faces: FaceSet, views: list[View], attacks: Attacks, scale: floa
             with torch.no_grad():
                 for k in attacks.ks:
                     with _stage("noise"):
-                        avg = torch.stack([attacks.obfuscator(a) for _ in range(k)]).mean(0)
+                        avg = torch.stack([noise(a) for _ in range(k)]).mean(0)
                     leak(f"adaptive_avg{k}").add(v, scale, img, dec(adaptive, avg), grid_faces=grid_faces)
                 for k in attacks.dup_ks:
                     with _stage("near-duplicates"):
-                        acts = [obs] + [attacks.obfuscator(_activation(attacks.head, near_duplicate(img, rng),
-                                                                       scale)[0]) for _ in range(k - 1)]
-                    leak(f"adaptive_dup{k}").add(v, scale, img, dec(adaptive, torch.stack(acts).mean(0)),
-                                                  grid_faces=grid_faces)
+                        acts = [obs] + [
+                            noise(_activation(attacks.head, near_duplicate(img, rng), scale)[0]) for _ in range(k - 1)
+                        ]
+                    leak(f"adaptive_dup{k}").add(
+                        v, scale, img, dec(adaptive, torch.stack(acts).mean(0)), grid_faces=grid_faces
+                    )
         for j, f in enumerate(v.faces):
             if f < attacks.whitebox_faces:
-                wb_items.append(_WBItem(vi, j, cell_window(v.boxes[j] * scale, (a.shape[2], a.shape[3])),
-                                        (a.shape[2], a.shape[3]), obs, phw))
+                wb_items.append(
+                    _WBItem(
+                        vi,
+                        j,
+                        cell_window(v.boxes[j] * scale, (a.shape[2], a.shape[3])),
+                        (a.shape[2], a.shape[3]),
+                        obs,
+                        phw,
+                    )
+                )
     if wb_items:
         leaks["whitebox"] = _whitebox(faces, views, wb_items, attacks, scale, noisy, original, progress, grid_faces)
     return leaks
 
 
-def _whitebox(faces: FaceSet, views: list[View], items: list[_WBItem], attacks: Attacks, scale: float, noisy: bool,
-              original, progress: bool, grid_faces: int) -> Leak:
+def _whitebox(
+    faces: FaceSet,
+    views: list[View],
+    items: list[_WBItem],
+    attacks: Attacks,
+    scale: float,
+    noisy: bool,
+    original,
+    progress: bool,
+    grid_faces: int,
+) -> Leak:
     """Invert every white-box face window, ``whitebox_batch`` at a time (similar sizes together); score each
     face on its own window, mapped back to view pixels."""
     mu, wt = channel_weights(attacks.obfuscator if noisy else None)
     out = Leak()
-    order = sorted(range(len(items)), key=lambda i: (items[i].window[1] - items[i].window[0]) *
-                   (items[i].window[3] - items[i].window[2]))
+    order = sorted(
+        range(len(items)),
+        key=lambda i: (items[i].window[1] - items[i].window[0]) * (items[i].window[3] - items[i].window[2]),
+    )
     patches: dict[int, torch.Tensor] = {}
     bs = max(1, attacks.whitebox_batch)
     for start in tqdm(range(0, len(order), bs), desc="white-box", unit="batch", disable=not progress):
-        chunk = [items[i] for i in order[start:start + bs]]
+        chunk = [items[i] for i in order[start : start + bs]]
         with _stage("whitebox-inversion"):
-            res = invert_windows(attacks.head, [c.target for c in chunk], [c.window for c in chunk],
-                                 [c.act_hw for c in chunk], steps=attacks.whitebox_steps,
-                                 tv_weight=attacks.tv_weight, mu=mu, weight=wt, upscale=scale)
-        for i, p in zip(order[start:start + bs], res):
+            res = invert_windows(
+                attacks.head,
+                [c.target for c in chunk],
+                [c.window for c in chunk],
+                [c.act_hw for c in chunk],
+                steps=attacks.whitebox_steps,
+                tv_weight=attacks.tv_weight,
+                mu=mu,
+                weight=wt,
+                upscale=scale,
+            )
+        for i, p in zip(order[start : start + bs], res):
             patches[i] = p
     for i, it in enumerate(items):
         v = views[it.view]
@@ -496,17 +553,25 @@ def summarize(leak: Leak, gallery: Gallery) -> dict:
     base = kind == "base"
     fs = np.asarray(leak.face_ssim)
     finite = [p for p in leak.psnr if math.isfinite(p)]
-    out = {"ssim": round(float(np.mean(leak.ssim)), 4) if leak.ssim else None,
-           "psnr": round(float(np.mean(finite)), 2) if finite else None,
-           "face_ssim": round(float(fs[base].mean()), 4) if base.any() else None}
+    out: dict[str, Any] = {
+        "ssim": round(float(np.mean(leak.ssim)), 4) if leak.ssim else None,
+        "psnr": round(float(np.mean(finite)), 2) if finite else None,
+        "face_ssim": round(float(fs[base].mean()), 4) if base.any() else None,
+    }
     r, t = _rate(r1[base]), _rate(ta[base])
     out.update(rank1=r["rate"], rank1_ci95=r["ci95"], tar_at_far1=t["rate"], tar_ci95=t["ci95"], n_probes=r["n"])
-    bins = {}
+    bins: dict[str, dict[str, Any]] = {}
     for name in BINS:
         m = np.asarray([face_bin(p) == name for p in px], bool)
         rb, tb = _rate(r1[m]), _rate(ta[m])
-        bins[name] = {"n": rb["n"], "rank1": rb["rate"], "rank1_ci95": rb["ci95"], "tar_at_far1": tb["rate"],
-                      "tar_ci95": tb["ci95"], "n_enlarged": int((m & ~base).sum())}
+        bins[name] = {
+            "n": rb["n"],
+            "rank1": rb["rate"],
+            "rank1_ci95": rb["ci95"],
+            "tar_at_far1": tb["rate"],
+            "tar_ci95": tb["ci95"],
+            "n_enlarged": int((m & ~base).sum()),
+        }
     out["bins"] = bins
     if (~base).any():
         re = _rate(r1[~base])
@@ -522,9 +587,22 @@ def cache_key(faces: FaceSet, weights_sha256: str, scale: float, attacks: Attack
     from veil.privacy.train import state_sha256
 
     decs = {k: state_sha256(m) for k, m in (("naive", attacks.naive), ("perceptual", attacks.perceptual_clean)) if m}
-    return hashlib.sha256(json.dumps([faces.digest(), weights_sha256, float(scale), decs, attacks.whitebox_steps,
-                                      attacks.whitebox_faces, attacks.tv_weight, enlarge, ENLARGE_TARGET],
-                                     sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(
+        json.dumps(
+            [
+                faces.digest(),
+                weights_sha256,
+                float(scale),
+                decs,
+                attacks.whitebox_steps,
+                attacks.whitebox_faces,
+                attacks.tv_weight,
+                enlarge,
+                ENLARGE_TARGET,
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:20]
 
 
 def save_leaks(path: Path, leaks: dict[str, Leak], gallery: Gallery | None = None) -> Path:
@@ -533,8 +611,13 @@ def save_leaks(path: Path, leaks: dict[str, Leak], gallery: Gallery | None = Non
     for name, lk in leaks.items():
         arrs.update(lk.arrays(name))
     if gallery is not None:
-        arrs.update({"gallery.emb": gallery.emb, "gallery.threshold": np.asarray(gallery.threshold),
-                     "gallery.far": np.asarray(gallery.far)})
+        arrs.update(
+            {
+                "gallery.emb": gallery.emb,
+                "gallery.threshold": np.asarray(gallery.threshold),
+                "gallery.far": np.asarray(gallery.far),
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.npz")
     np.savez_compressed(tmp, **arrs)
@@ -545,13 +628,23 @@ def save_leaks(path: Path, leaks: dict[str, Leak], gallery: Gallery | None = Non
 def load_leaks(path: Path) -> tuple[dict[str, Leak], Gallery | None]:
     with np.load(path, allow_pickle=False) as z:
         leaks = {str(n): Leak.from_arrays(z, str(n)) for n in z["names"]}
-        g = (Gallery(z["gallery.emb"], float(z["gallery.threshold"]), float(z["gallery.far"]))
-             if "gallery.emb" in z.files else None)
+        g = (
+            Gallery(z["gallery.emb"], float(z["gallery.threshold"]), float(z["gallery.far"]))
+            if "gallery.emb" in z.files
+            else None
+        )
     return leaks, g
 
 
-def clean_pass(faces: FaceSet, views: list[View], attacks: Attacks, scale: float, key: str | None = None,
-               cache_dir: Path | None = None, progress: bool = True) -> tuple[dict[str, Leak], Gallery, bool]:
+def clean_pass(
+    faces: FaceSet,
+    views: list[View],
+    attacks: Attacks,
+    scale: float,
+    key: str | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Leak], Gallery, bool]:
     """Clean-activation leaks, the references and the gallery, from the cache when ``key`` is there.
 
     Returns ``(leaks, gallery, from_cache)``. References (``ref:original``, ``ref:constant``,
@@ -564,8 +657,9 @@ def clean_pass(faces: FaceSet, views: list[View], attacks: Attacks, scale: float
             return leaks, gallery, True
     with _stage("gallery"):
         gallery = gallery_for(faces)
-    clean_attacks = Attacks(**{**attacks.__dict__, "obfuscator": None, "adaptive": None,
-                               "perceptual": attacks.perceptual_clean})
+    clean_attacks = Attacks(
+        **{**attacks.__dict__, "obfuscator": None, "adaptive": None, "perceptual": attacks.perceptual_clean}
+    )
     leaks = run_attacks(faces, views, clean_attacks, scale, noisy=False, progress=progress)
     leaks.update(references(faces, views, scale))
     if path is not None:
@@ -638,8 +732,10 @@ def check_independence(decoders: dict[str, dict], noise_meta: dict) -> list[str]
                 if a is None or d is None:
                     notes.append(f"cannot verify {key} of {name} against the defense's adversary (not recorded)")
                 elif int(a) == int(d):
-                    raise IndependenceError(f"scoring attacker {name} has {key} {d}, the same as the adversary used "
-                                            f"inside the defense's fitting: retrain it (another seed) to score fairly")
+                    raise IndependenceError(
+                        f"scoring attacker {name} has {key} {d}, the same as the adversary used "
+                        f"inside the defense's fitting: retrain it (another seed) to score fairly"
+                    )
             w = adv.get("weights_sha256")
             if w and w in (md.get("init_sha256"), md.get("state_sha256")):
                 raise IndependenceError(f"scoring attacker {name} starts from the defense's own adversary weights")
@@ -654,10 +750,21 @@ def check_independence(decoders: dict[str, dict], noise_meta: dict) -> list[str]
 # -- the audit ------------------------------------------------------------------------------------------------
 
 
-def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SCALE, grid_faces: int = 6,
-          out_dir: str | Path | None = None, progress: bool = True, meta: dict | None = None,
-          clean: tuple[dict[str, Leak], Gallery] | None = None, views: list[View] | None = None,
-          weights_sha256: str = "", cache_dir: Path | None = None, enlarge: bool = True) -> dict:
+def audit(
+    faces: FaceSet,
+    attacks: Attacks,
+    alpha: float,
+    scale: float = FDDB_SCALE,
+    grid_faces: int = 6,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+    clean: tuple[dict[str, Leak], Gallery] | None = None,
+    views: list[View] | None = None,
+    weights_sha256: str = "",
+    cache_dir: Path | None = None,
+    enlarge: bool = True,
+) -> dict:
     """Run every attacker on ``faces``, clean and (if an obfuscator is given) obfuscated; return the report.
 
     The clean pass (and the originals' embeddings) comes from ``clean`` or the cache in
@@ -678,8 +785,20 @@ def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SC
     timing["clean_pass"] = round(time.monotonic() - t0, 1)
     timing["clean_pass_cpu"] = round(time.process_time() - c0, 1)
     t1, c1 = time.monotonic(), time.process_time()
-    n_leaks = run_attacks(faces, views, attacks, scale, noisy=True, progress=progress,
-                          desc=f"attack α={alpha:g}", grid_faces=grid_faces) if noisy else {}
+    n_leaks = (
+        run_attacks(
+            faces,
+            views,
+            attacks,
+            scale,
+            noisy=True,
+            progress=progress,
+            desc=f"attack α={alpha:g}",
+            grid_faces=grid_faces,
+        )
+        if noisy
+        else {}
+    )
     timing["obfuscated_pass"] = round(time.monotonic() - t1, 1)
     timing["obfuscated_pass_cpu"] = round(time.process_time() - c1, 1)
     t2 = time.monotonic()
@@ -696,19 +815,30 @@ def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SC
     n = faces.n_faces
     chance = 1.0 / n
     report = {
-        "alpha": alpha, "scale": scale,
+        "alpha": alpha,
+        "scale": scale,
         "preprocessing": f"bilinear resize ×{scale:g}, BGR minus mean {BGR_MEAN}; scored at the view's size",
-        "n_faces": n, "n_images": len(faces.images), "faces_digest": faces.digest(),
-        "n_views": len(views), "n_enlarged": sum(v.kind == "enlarged" for v in views),
-        "enlarge_target_px": ENLARGE_TARGET if enlarge else None, "bins_px": {k: list(v) for k, v in BINS.items()},
+        "n_faces": n,
+        "n_images": len(faces.images),
+        "faces_digest": faces.digest(),
+        "n_views": len(views),
+        "n_enlarged": sum(v.kind == "enlarged" for v in views),
+        "enlarge_target_px": ENLARGE_TARGET if enlarge else None,
+        "bins_px": {k: list(v) for k, v in BINS.items()},
         "chance_rank1": round(chance, 5),
         "chance_definition": "every probe is matched against the gallery of all N original faces: chance = 1/N "
-                             "overall and in every face-size bin",
-        "far": gallery.far, "far_threshold": round(gallery.threshold, 4),
-        "attackers": attackers, "clean_baseline": clean_s, "references": refs,
-        "whitebox_steps": attacks.whitebox_steps, "whitebox_faces": min(attacks.whitebox_faces, n),
-        "averaging_k": [1, *attacks.ks], "near_duplicate_k": list(attacks.dup_ks),
-        "clean_pass_cached": bool(from_cache), "timing_s": timing,
+        "overall and in every face-size bin",
+        "far": gallery.far,
+        "far_threshold": round(gallery.threshold, 4),
+        "attackers": attackers,
+        "clean_baseline": clean_s,
+        "references": refs,
+        "whitebox_steps": attacks.whitebox_steps,
+        "whitebox_faces": min(attacks.whitebox_faces, n),
+        "averaging_k": [1, *attacks.ks],
+        "near_duplicate_k": list(attacks.dup_ks),
+        "clean_pass_cached": bool(from_cache),
+        "timing_s": timing,
         **(meta or {}),
     }
     report.update(competence(report))
@@ -717,8 +847,6 @@ def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SC
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        from veil.privacy.report import face_grid, learning_curves_plot, write_markdown
-
         grid = face_grid(faces, c_leaks, n_leaks, grid_faces)
         if grid is not None:
             cv2.imwrite(str(out / "grid_faces.png"), grid)
@@ -728,42 +856,6 @@ def audit(faces: FaceSet, attacks: Attacks, alpha: float, scale: float = FDDB_SC
         (out / "report.json").write_text(json.dumps(report, indent=1))
         (out / "report.md").write_text(write_markdown(report))
     return report
-
-
-def competence(report: dict) -> dict:
-    """The recipe is competent when its best clean attacker reaches ≥ 10× chance in the large-face bin."""
-    chance = report["chance_rank1"]
-    best = max(((v["bins"][LARGE_BIN]["rank1"] or 0.0, k) for k, v in report["clean_baseline"].items()
-                if v["bins"][LARGE_BIN]["n"]), default=(0.0, None))
-    return {"competent": bool(best[0] >= COMPETENCE_FACTOR * chance), "competence_attacker": best[1],
-            "competence_rank1_large": best[0]}
-
-
-def privacy_columns(report: dict) -> dict:
-    """Columns for the ALPHA sweep table: worst-attacker rank-1 (and who) over all faces and per bin,
-    ratios to chance, competence, and whether every bin is at most 2× chance."""
-    atk = {k: v for k, v in report["attackers"].items() if k in WORST_OF}
-    worst = max(atk, key=lambda k: (atk[k]["rank1"], atk[k]["tar_at_far1"]))
-    chance = report["chance_rank1"]
-    cols = {"worst_attacker": worst, "worst_rank1": atk[worst]["rank1"],
-            "worst_rank1_ci95": atk[worst].get("rank1_ci95"),
-            "worst_rank1_x_chance": round(atk[worst]["rank1"] / chance, 2),
-            "worst_tar_at_far1": max(v["tar_at_far1"] for v in atk.values())}
-    if "competent" in report:
-        cols["attacker_competent"] = report["competent"]
-    else:
-        cols["attacker_competent"] = bool(report["clean_baseline"]["naive"]["rank1"] >= COMPETENCE_FACTOR * chance)
-    per_bin = {}
-    for b in BINS:
-        vals = [(v["bins"][b]["rank1"], k) for k, v in atk.items() if "bins" in v and v["bins"][b]["n"]]
-        if vals:
-            r, k = max(vals)
-            per_bin[b] = {"worst_attacker": k, "rank1": r, "x_chance": round(r / chance, 2),
-                          "rank1_ci95": atk[k]["bins"][b]["rank1_ci95"], "n": atk[k]["bins"][b]["n"]}
-    if per_bin:
-        cols["worst_per_bin"] = per_bin
-        cols["passes_every_bin"] = bool(all(v["x_chance"] <= 2.0 for v in per_bin.values()))
-    return cols
 
 
 def blur_leak_by_scale(faces: FaceSet, scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)) -> dict[float, dict]:

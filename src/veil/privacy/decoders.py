@@ -56,8 +56,9 @@ class Decoder(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (128, 64, 32, 16)) -> None:
         super().__init__()
         self.widths = tuple(widths)
-        self.inp = nn.Sequential(nn.BatchNorm2d(HEAD_CHANNELS), nn.Conv2d(HEAD_CHANNELS, widths[0], 3, padding=1),
-                                 nn.ReLU())
+        self.inp = nn.Sequential(
+            nn.BatchNorm2d(HEAD_CHANNELS), nn.Conv2d(HEAD_CHANNELS, widths[0], 3, padding=1), nn.ReLU()
+        )
         self.ups = nn.Sequential(*[_Up(a, b) for a, b in zip((widths[0],) + widths[:-1], widths)])
         self.out = nn.Sequential(nn.Conv2d(widths[-1], 3 * 4, 3, padding=1), nn.PixelShuffle(2))
         self.meta: dict[str, str] = {}

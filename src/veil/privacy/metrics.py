@@ -56,8 +56,9 @@ def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0))
 
 
-def rank1_rate(originals: np.ndarray, probes: np.ndarray, valid: np.ndarray | None = None,
-               labels: np.ndarray | None = None) -> float:
+def rank1_rate(
+    originals: np.ndarray, probes: np.ndarray, valid: np.ndarray | None = None, labels: np.ndarray | None = None
+) -> float:
     """Fraction of probes whose nearest original (among all originals) is their own.
 
     Probe ``i`` belongs to original ``labels[i]`` (default: ``i``, one probe per original).
@@ -84,8 +85,13 @@ def far_threshold(originals: np.ndarray, far: float = 0.01) -> float:
     return float(np.quantile(impostor, far))
 
 
-def tar_at_far(originals: np.ndarray, probes: np.ndarray, threshold: float,
-               valid: np.ndarray | None = None, labels: np.ndarray | None = None) -> float:
+def tar_at_far(
+    originals: np.ndarray,
+    probes: np.ndarray,
+    threshold: float,
+    valid: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> float:
     """True-accept rate: fraction of probes within ``threshold`` of their own original (``labels`` as in rank-1)."""
     own = originals if labels is None else originals[np.asarray(labels)]
     d = np.sqrt(((own - probes) ** 2).sum(1))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-_CELL = 112
+from veil.privacy.verdict import BINS, privacy_columns
+
+#: Side of one cell of the face grid, px.
+GRID_CELL = 112
 _ORDER = ("naive", "perceptual", "adaptive", "adaptive_avg4", "adaptive_avg16", "adaptive_dup16", "whitebox")
 
 
@@ -18,11 +23,23 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+def clip_box(b: np.ndarray, hw: tuple[int, int], margin: float = 0.0) -> tuple[int, int, int, int]:
+    """Box ``b`` (x1, y1, x2, y2) grown by ``margin`` face sides, as integer pixels inside an image of size ``hw``."""
+    x1, y1, x2, y2 = (float(v) for v in b[:4])
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(hw[1], math.ceil(x2 + mx)), min(hw[0], math.ceil(y2 + my)))
+
+
+def crop_cell(img: np.ndarray, box: np.ndarray, margin: float = 0.25) -> np.ndarray:
+    """One grid cell: the face with ``margin`` context, resized (area) to ``GRID_CELL`` px square."""
+    x1, y1, x2, y2 = clip_box(box, (img.shape[0], img.shape[1]), margin)
+    return cv2.resize(img[y1:y2, x1:x2], (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA)
+
+
 def face_grid(faces, clean: dict, noisy: dict, n: int = 6) -> np.ndarray | None:
     """Rows = the first faces; columns = original, then each attacker on the clean and on the obfuscated
     activation (a grey cell where an attacker did not attack that face). ``clean``/``noisy``: name → Leak."""
     from veil.preprocess import load_image
-    from veil.privacy.audit import _crop_cell
 
     cols = []
     for name in _ORDER:
@@ -30,7 +47,7 @@ def face_grid(faces, clean: dict, noisy: dict, n: int = 6) -> np.ndarray | None:
             cols.append((f"{name} clean", clean[name]))
         if name in noisy:
             cols.append((f"{name} obf", noisy[name]))
-    rows = []
+    rows: list[np.ndarray] = []
     first = faces.first_index()
     for i, bx in enumerate(faces.boxes):
         img = None
@@ -39,9 +56,9 @@ def face_grid(faces, clean: dict, noisy: dict, n: int = 6) -> np.ndarray | None:
             if len(rows) >= n:
                 break
             img = load_image(faces.images[i]) if img is None else img
-            cells = [_label(_crop_cell(img, b), "original" if not rows else "")]
+            cells = [_label(crop_cell(img, b), "original" if not rows else "")]
             for title, lk in cols:
-                cell = lk.grid.get(f, np.full((_CELL, _CELL, 3), 128, np.uint8))
+                cell = lk.grid.get(f, np.full((GRID_CELL, GRID_CELL, 3), 128, np.uint8))
                 cells.append(_label(cell, title if not rows else ""))
             rows.append(np.hstack(cells))
         if len(rows) >= n:
@@ -61,10 +78,14 @@ def learning_curves_plot(curves: dict[str, list[float]], out: str | Path, smooth
         y = np.asarray(c, float)
         if not len(y):
             continue
-        line, = ax.plot(y, alpha=0.2)
+        (line,) = ax.plot(y, alpha=0.2)
         k = max(1, min(smooth, len(y)))
-        ax.plot(np.arange(k - 1, len(y)), np.convolve(y, np.ones(k) / k, mode="valid"), color=line.get_color(),
-                label=f"{name} ({len(y)} steps)")
+        ax.plot(
+            np.arange(k - 1, len(y)),
+            np.convolve(y, np.ones(k) / k, mode="valid"),
+            color=line.get_color(),
+            label=f"{name} ({len(y)} steps)",
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel("L1 per pixel (0-255 units)")
     ax.grid(alpha=0.3)
@@ -88,51 +109,69 @@ def _ci(m: dict, key: str = "rank1_ci95") -> str:
 def write_markdown(report: dict) -> str:
     """report.md: settings, the leak table (obfuscated and clean) with 95 % intervals, per-bin rank-1,
     references, competence and the verdict."""
-    from veil.privacy.audit import BINS
-
     chance = report["chance_rank1"]
-    lines = [f"# Privacy audit, ALPHA = {report['alpha']:g}" + (f" ({report['noise_mode']} noise)"
-                                                                  if report.get("noise_mode") else ""), "",
-             f"- faces: {report['n_faces']} in {report['n_images']} FDDB images (digest {report['faces_digest']}); "
-             f"{report.get('n_enlarged', 0)} enlarged copies reach the network at "
-             f"{report.get('enlarge_target_px')} px; chance rank-1 = 1/N = {chance:.4f} overall and in every bin",
-             f"- preprocessing: {report['preprocessing']}",
-             f"- identity: dlib ResNet embedding at the annotated boxes; TAR at FAR {report['far']:.0%} "
-             f"(distance < {report['far_threshold']}, set on pairs of different original faces)",
-             f"- white-box: {report['whitebox_steps']} Adam steps per face window, first {report['whitebox_faces']} "
-             f"faces; averaging K = {report['averaging_k']}, near-duplicates K = {report.get('near_duplicate_k')}",
-             f"- intervals: Wilson 95 %; timing (s): {report.get('timing_s')}",
-             "", "| attacker | activation | SSIM | PSNR | face SSIM | rank-1 [95 % CI] | × chance "
-                 "| TAR@FAR1% [95 % CI] | "
-             + " | ".join(f"rank-1 {b} px (n)" for b in BINS) + " |",
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(BINS)]
+    lines = [
+        f"# Privacy audit, ALPHA = {report['alpha']:g}"
+        + (f" ({report['noise_mode']} noise)" if report.get("noise_mode") else ""),
+        "",
+        f"- faces: {report['n_faces']} in {report['n_images']} FDDB images (digest {report['faces_digest']}); "
+        f"{report.get('n_enlarged', 0)} enlarged copies reach the network at "
+        f"{report.get('enlarge_target_px')} px; chance rank-1 = 1/N = {chance:.4f} overall and in every bin",
+        f"- preprocessing: {report['preprocessing']}",
+        f"- identity: dlib ResNet embedding at the annotated boxes; TAR at FAR {report['far']:.0%} "
+        f"(distance < {report['far_threshold']}, set on pairs of different original faces)",
+        f"- white-box: {report['whitebox_steps']} Adam steps per face window, first {report['whitebox_faces']} "
+        f"faces; averaging K = {report['averaging_k']}, near-duplicates K = {report.get('near_duplicate_k')}",
+        f"- intervals: Wilson 95 %; timing (s): {report.get('timing_s')}",
+        "",
+        "| attacker | activation | SSIM | PSNR | face SSIM | rank-1 [95 % CI] | × chance "
+        "| TAR@FAR1% [95 % CI] | " + " | ".join(f"rank-1 {b} px (n)" for b in BINS) + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(BINS),
+    ]
 
     def row(name: str, label: str, m: dict) -> str:
-        bins = " | ".join(f"{_fmt(m['bins'][b]['rank1'])}{_ci(m['bins'][b])} ({m['bins'][b]['n']})"
-                          if m.get("bins") and m["bins"][b]["n"] else "–" for b in BINS)
-        return (f"| {name} | {label} | {_fmt(m['ssim'])} | {_fmt(m['psnr'])} | {_fmt(m['face_ssim'])} | "
-                f"{_fmt(m['rank1'])}{_ci(m)} | {m['rank1'] / chance:.1f} | {_fmt(m['tar_at_far1'])}"
-                f"{_ci(m, 'tar_ci95')} | {bins} |")
+        bins = " | ".join(
+            f"{_fmt(m['bins'][b]['rank1'])}{_ci(m['bins'][b])} ({m['bins'][b]['n']})"
+            if m.get("bins") and m["bins"][b]["n"]
+            else "–"
+            for b in BINS
+        )
+        return (
+            f"| {name} | {label} | {_fmt(m['ssim'])} | {_fmt(m['psnr'])} | {_fmt(m['face_ssim'])} | "
+            f"{_fmt(m['rank1'])}{_ci(m)} | {m['rank1'] / chance:.1f} | {_fmt(m['tar_at_far1'])}"
+            f"{_ci(m, 'tar_ci95')} | {bins} |"
+        )
 
-    for label, group in (("obfuscated" if report["alpha"] else "clean", report["attackers"]),
-                         ("clean", report["clean_baseline"] if report["alpha"] else {})):
+    for label, group in (
+        ("obfuscated" if report["alpha"] else "clean", report["attackers"]),
+        ("clean", report["clean_baseline"] if report["alpha"] else {}),
+    ):
         for name, m in group.items():
             lines.append(row(name, label, m))
     for name, m in report["references"].items():
         lines.append(row(f"*{name}*", "reference", m))
-    lines += ["", f"Worst attacker: **{report['worst_attacker']}**, rank-1 {report['worst_rank1']:.4f} "
-              f"({report['worst_rank1_x_chance']}× chance)."]
+    lines += [
+        "",
+        f"Worst attacker: **{report['worst_attacker']}**, rank-1 {report['worst_rank1']:.4f} "
+        f"({report['worst_rank1_x_chance']}× chance).",
+    ]
     for b, w in report.get("worst_per_bin", {}).items():
-        lines.append(f"- bin {b} px: worst {w['worst_attacker']} {w['rank1']:.3f} "
-                     f"[{w['rank1_ci95'][0]:.3f}, {w['rank1_ci95'][1]:.3f}] = {w['x_chance']}× chance (n = {w['n']})")
+        lines.append(
+            f"- bin {b} px: worst {w['worst_attacker']} {w['rank1']:.3f} "
+            f"[{w['rank1_ci95'][0]:.3f}, {w['rank1_ci95'][1]:.3f}] = {w['x_chance']}× chance (n = {w['n']})"
+        )
     if "passes_every_bin" in report:
         lines.append(f"- at most 2× chance in every bin: **{'yes' if report['passes_every_bin'] else 'no'}**")
-    lines.append(f"- competence (best clean attacker in the ≥ 192 px bin ≥ 10× chance): "
-                 f"{report.get('competence_attacker')} {report.get('competence_rank1_large', 0):.3f} → "
-                 f"{'competent' if report['competent'] else 'FAILED'}")
+    lines.append(
+        f"- competence (best clean attacker in the ≥ 192 px bin ≥ 10× chance): "
+        f"{report.get('competence_attacker')} {report.get('competence_rank1_large', 0):.3f} → "
+        f"{'competent' if report['competent'] else 'FAILED'}"
+    )
     if not report["competent"]:
-        lines.append("\n**The attacker recipe failed** (clean rank-1 in the large-face bin below 10× chance): "
-                     "no privacy claim is made.")
+        lines.append(
+            "\n**The attacker recipe failed** (clean rank-1 in the large-face bin below 10× chance): "
+            "no privacy claim is made."
+        )
     for n in report.get("independence_notes", []):
         lines.append(f"- independence: {n}")
     lines += ["", "![faces](grid_faces.png)", "", "![learning curves](learning_curves.png)", ""]
@@ -151,8 +190,9 @@ def frontier_plot(rows: list[dict], out: str | Path, chance: float | None = None
     ys = [r["map"] for r in rows]
     ax.plot(xs, ys, "o-")
     for r in rows:
-        ax.annotate(f"α={r['alpha']:g}", (r["worst_rank1"], r["map"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
+        ax.annotate(
+            f"α={r['alpha']:g}", (r["worst_rank1"], r["map"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
     if chance:
         ax.axvline(chance, ls=":", c="gray", label="chance")
         ax.axvline(2 * chance, ls="--", c="gray", label="2× chance")
@@ -172,31 +212,46 @@ def frontier_rows(sweep: dict, reports: list[dict]) -> list[dict]:
 
     ALPHA 0 takes the sweep's clean mAP. Audits without a sweep row are kept with ``map`` None.
     """
-    from veil.privacy.audit import privacy_columns
-
     maps = {round(float(r["alpha"]), 6): (r["mAP"], r.get("drop_points")) for r in sweep.get("rows", [])}
     maps[0.0] = (sweep.get("clean_mAP"), 0.0)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rep in sorted(reports, key=lambda r: r["alpha"]):
         m, drop = maps.get(round(float(rep["alpha"]), 6), (None, None))
-        rows.append({"alpha": rep["alpha"], "map": m, "drop_points": drop, "chance_rank1": rep["chance_rank1"],
-                     **privacy_columns(rep),
-                     **{f"rank1_{k}": v["rank1"] for k, v in rep["attackers"].items()}})
+        rows.append(
+            {
+                "alpha": rep["alpha"],
+                "map": m,
+                "drop_points": drop,
+                "chance_rank1": rep["chance_rank1"],
+                **privacy_columns(rep),
+                **{f"rank1_{k}": v["rank1"] for k, v in rep["attackers"].items()},
+            }
+        )
     return rows
 
 
 def frontier_markdown(rows: list[dict]) -> str:
     """The privacy–utility table: mAP (drop) beside every attacker's rank-1 and the worst one."""
     names = [k.removeprefix("rank1_") for k in rows[0] if k.startswith("rank1_")] if rows else []
-    head = "| ALPHA | mAP | drop (points) | " + " | ".join(f"rank-1 {n}" for n in names) + \
-           " | worst rank-1 (× chance) | done-when (≤ 2× chance, drop ≤ 2) |"
+    head = (
+        "| ALPHA | mAP | drop (points) | "
+        + " | ".join(f"rank-1 {n}" for n in names)
+        + " | worst rank-1 (× chance) | done-when (≤ 2× chance, drop ≤ 2) |"
+    )
     lines = [head, "|" + "---|" * (5 + len(names))]
     for r in rows:
-        ok = (r["map"] is not None and r["drop_points"] is not None and r["drop_points"] <= 2.0
-              and r["worst_rank1_x_chance"] <= 2.0 and r["attacker_competent"])
-        lines.append(f"| {r['alpha']:g} | {_fmt(r['map'])} | {_fmt(r['drop_points'])} | "
-                     + " | ".join(f"{r['rank1_' + n]:.3f}" for n in names)
-                     + f" | {r['worst_rank1']:.3f} ({r['worst_rank1_x_chance']}×) | {'yes' if ok else 'no'} |")
+        ok = (
+            r["map"] is not None
+            and r["drop_points"] is not None
+            and r["drop_points"] <= 2.0
+            and r["worst_rank1_x_chance"] <= 2.0
+            and r["attacker_competent"]
+        )
+        lines.append(
+            f"| {r['alpha']:g} | {_fmt(r['map'])} | {_fmt(r['drop_points'])} | "
+            + " | ".join(f"{r['rank1_' + n]:.3f}" for n in names)
+            + f" | {r['worst_rank1']:.3f} ({r['worst_rank1_x_chance']}×) | {'yes' if ok else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

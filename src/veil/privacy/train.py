@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from veil.models.faceboxes import FaceBoxes
 from veil.preprocess import BGR_MEAN, FDDB_SCALE, ImageReadError, load_image
 from veil.privacy.decoders import PIXEL_SCALE, Decoder, save_decoder
 
@@ -39,7 +41,7 @@ _EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
 LOSSES = ("l1", "perceptual")
 
 
-def training_images(dirs: list[str | Path] | None = None, max_side: int = 640) -> list[np.ndarray]:
+def training_images(dirs: Sequence[str | Path] | None = None, max_side: int = 640) -> list[np.ndarray]:
     """Load the training photos (BGR uint8): images under ``dirs`` plus scikit-image's colour samples.
 
     Refuses any path containing ``fddb`` (case-insensitive): FDDB is evaluation data only.
@@ -75,12 +77,21 @@ def training_images(dirs: list[str | Path] | None = None, max_side: int = 640) -
 class CropSampler:
     """Random crops at the deployed scale: ``crop`` px after a ×``scale`` (jittered) bilinear resize."""
 
-    def __init__(self, images: list[np.ndarray], crop: int = 384, scale: float = FDDB_SCALE,
-                 jitter: float = 0.25, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        crop: int = 384,
+        scale: float = FDDB_SCALE,
+        jitter: float = 0.25,
+        rng: np.random.Generator | None = None,
+        seed: int | None = None,
+    ) -> None:
         if crop % 32:
             raise ValueError("crop must be a multiple of 32")
         self.images, self.crop, self.scale, self.jitter = images, crop, scale, jitter
-        self.rng = rng or np.random.default_rng()
+        #: the data-order seed, recorded in the decoder's metadata (None: not known, e.g. a caller's ``rng``)
+        self.seed = seed
+        self.rng = rng or np.random.default_rng(seed)
 
     def one(self) -> np.ndarray:
         img = self.images[self.rng.integers(len(self.images))]
@@ -92,7 +103,7 @@ class CropSampler:
             img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
             h, w = img.shape[:2]
         y, x = self.rng.integers(0, h - src + 1), self.rng.integers(0, w - src + 1)
-        patch = cv2.resize(img[y:y + src, x:x + src], None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+        patch = cv2.resize(img[y : y + src, x : x + src], None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
         patch = patch[: self.crop, : self.crop]
         if self.rng.random() < 0.5:
             patch = patch[:, ::-1]
@@ -107,7 +118,9 @@ class CropSampler:
 class FaceFeatures(nn.Module):
     """Frozen FaceBoxes features at three depths (stride 4, 32 and 32 after three Inception blocks)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    model: FaceBoxes
+
+    def __init__(self, model: FaceBoxes) -> None:
         super().__init__()
         object.__setattr__(self, "model", model)  # not a child: its weights are not the decoder's
         for p in model.parameters():
@@ -141,7 +154,7 @@ class Plateau:
     def update(self, losses: list[float]) -> bool:
         if len(losses) % self.window or len(losses) < self.window:
             return False
-        cur = float(np.mean(losses[-self.window:]))
+        cur = float(np.mean(losses[-self.window :]))
         if self._prev is not None:
             self._flat = self._flat + 1 if (self._prev - cur) < self.tol * self._prev else 0
         self._prev = cur
@@ -157,12 +170,25 @@ def state_sha256(dec: nn.Module) -> str:
     return h.hexdigest()
 
 
-def train_decoder(head: nn.Module, sampler: CropSampler, minutes: float = 15.0, obfuscator: nn.Module | None = None,
-                  init: Decoder | None = None, batch: int = 6, lr: float = 2e-3, max_steps: int | None = None,
-                  out: str | Path | None = None, meta: dict | None = None, progress: bool = True,
-                  seed: int | None = None, loss: str = "l1", features: FaceFeatures | None = None,
-                  perceptual_weight: float = 1.0, plateau: Plateau | None = None,
-                  device: str | torch.device = "cpu") -> Decoder:
+def train_decoder(
+    head: nn.Module,
+    sampler: CropSampler,
+    minutes: float = 15.0,
+    obfuscator: nn.Module | None = None,
+    init: Decoder | None = None,
+    batch: int = 6,
+    lr: float = 2e-3,
+    max_steps: int | None = None,
+    out: str | Path | None = None,
+    meta: dict | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    loss: str = "l1",
+    features: FaceFeatures | None = None,
+    perceptual_weight: float = 1.0,
+    plateau: Plateau | None = None,
+    device: str | torch.device = "cpu",
+) -> Decoder:
     """Train a decoder until its loss plateaus (``plateau``), ``minutes`` of wall time pass or
     ``max_steps`` are done; L1 in pixel space, plus the feature term for ``loss="perceptual"``.
 
@@ -184,9 +210,14 @@ def train_decoder(head: nn.Module, sampler: CropSampler, minutes: float = 15.0, 
     head.eval()
     budget = minutes * 60.0
     t0 = time.monotonic()
-    step, ema, curve, reason = 0, None, [], "budget"
-    bar = tqdm(total=int(budget) if max_steps is None else max_steps, desc=f"train decoder ({loss})",
-               unit="s" if max_steps is None else "step", disable=not progress)
+    step, ema, reason = 0, None, "budget"
+    curve: list[float] = []
+    bar = tqdm(
+        total=int(budget) if max_steps is None else max_steps,
+        desc=f"train decoder ({loss})",
+        unit="s" if max_steps is None else "step",
+        disable=not progress,
+    )
     dec.train()
     while True:
         elapsed = time.monotonic() - t0
@@ -209,7 +240,11 @@ def train_decoder(head: nn.Module, sampler: CropSampler, minutes: float = 15.0, 
                 a = obfuscator(a)
         rec = dec(a)
         l1 = F.l1_loss(rec, x / PIXEL_SCALE)
-        total = l1 if loss == "l1" else l1 + perceptual_weight * perceptual_loss(features, rec * PIXEL_SCALE, x)
+        total = (
+            l1
+            if loss == "l1" or features is None
+            else l1 + perceptual_weight * perceptual_loss(features, rec * PIXEL_SCALE, x)
+        )
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -225,11 +260,23 @@ def train_decoder(head: nn.Module, sampler: CropSampler, minutes: float = 15.0, 
     bar.close()
     dec.eval().cpu()
     info = dict(meta or {})
-    info.update(steps=step, seconds=round(time.monotonic() - t0, 1), batch=batch, crop=sampler.crop,
-                scale=sampler.scale, final_l1_px=round(float(ema or 0) * PIXEL_SCALE, 2), seed=seed,
-                data_order_seed=getattr(sampler, "seed", None), loss=loss, stop_reason=reason,
-                budget_minutes=minutes, lr=lr, curve_l1_px=curve,
-                init_sha256=state_sha256(init) if init is not None else None, device=str(device))
+    info.update(
+        steps=step,
+        seconds=round(time.monotonic() - t0, 1),
+        batch=batch,
+        crop=sampler.crop,
+        scale=sampler.scale,
+        final_l1_px=round(float(ema or 0) * PIXEL_SCALE, 2),
+        seed=seed,
+        data_order_seed=sampler.seed,
+        loss=loss,
+        stop_reason=reason,
+        budget_minutes=minutes,
+        lr=lr,
+        curve_l1_px=curve,
+        init_sha256=state_sha256(init) if init is not None else None,
+        device=str(device),
+    )
     if loss == "perceptual":
         info["perceptual_weight"] = perceptual_weight
     if plateau is not None:
@@ -244,9 +291,7 @@ def train_decoder(head: nn.Module, sampler: CropSampler, minutes: float = 15.0, 
 def seeded_sampler(images: list[np.ndarray], crop: int, scale: float, seed: int | None = None) -> CropSampler:
     """A crop sampler whose data order comes from its own recorded seed (OS-drawn unless given)."""
     seed = secrets.randbits(31) if seed is None else int(seed)
-    s = CropSampler(images, crop=crop, scale=scale, rng=np.random.default_rng(seed))
-    s.seed = seed
-    return s
+    return CropSampler(images, crop=crop, scale=scale, seed=seed)
 
 
 def _clone(dec: Decoder) -> Decoder:
@@ -262,12 +307,16 @@ def default_training_dirs() -> list[Path]:
     return [Path(d) for d in settings().fit_images]
 
 
-def require_training_dirs(dirs: list[str | Path] | None, flag: str = "--train-images") -> list[Path]:
-    """``dirs`` if given, else ``VEIL_FIT_IMAGES``; a clear error naming both when neither is set."""
+def require_training_dirs(dirs: Sequence[str | Path] | None, flag: str | None = None) -> list[Path]:
+    """``dirs`` if given, else ``VEIL_FIT_IMAGES``; a clear error naming both when neither is set
+    (``flag``: the command-line option that gives ``dirs``, named in that error by a CLI caller)."""
     out = [Path(d) for d in dirs] if dirs else default_training_dirs()
     if not out:
-        raise FileNotFoundError(f"no training photos for the attackers: pass {flag} DIR [DIR ...] (non-FDDB photos) "
-                                "or set VEIL_FIT_IMAGES (folders separated by ':')")
+        how = f"pass {flag} DIR [DIR ...]" if flag else "give training photo folders"
+        raise FileNotFoundError(
+            f"no training photos for the attackers: {how} (non-FDDB photos) "
+            "or set VEIL_FIT_IMAGES (folders separated by ':')"
+        )
     return out
 
 
@@ -285,11 +334,23 @@ def decoder_path(kind: str, scale: float, noise_sha256: str | None = None, loss:
     return attackers_dir() / f"adaptive{tag}-{noise_sha256[:16]}{suffix}.safetensors"
 
 
-def ensure_decoder(head: nn.Module, weights_sha256: str, minutes: float, train_dirs: list[str | Path] | None = None,
-                   obfuscator: nn.Module | None = None, noise_sha256: str | None = None, alpha: float | None = None,
-                   crop: int = 384, batch: int = 8, progress: bool = True, scale: float = FDDB_SCALE,
-                   loss: str = "l1", features: FaceFeatures | None = None, plateau: Plateau | None = None,
-                   device: str | torch.device = "cpu") -> Decoder:
+def ensure_decoder(
+    head: nn.Module,
+    weights_sha256: str,
+    minutes: float,
+    train_dirs: Sequence[str | Path] | None = None,
+    obfuscator: nn.Module | None = None,
+    noise_sha256: str | None = None,
+    alpha: float | None = None,
+    crop: int = 384,
+    batch: int = 8,
+    progress: bool = True,
+    scale: float = FDDB_SCALE,
+    loss: str = "l1",
+    features: FaceFeatures | None = None,
+    plateau: Plateau | None = None,
+    device: str | torch.device = "cpu",
+) -> Decoder:
     """The cached naive (or, with ``obfuscator``, adaptive) decoder for these weights, input scale
     and loss; train and cache it if absent.
 
@@ -309,15 +370,48 @@ def ensure_decoder(head: nn.Module, weights_sha256: str, minutes: float, train_d
         print(f"{path} was trained for other weights or another scale; retraining")
     dirs = require_training_dirs(train_dirs)
     sampler = seeded_sampler(training_images(dirs), crop=crop, scale=scale)
+
+    def l1_decoder(obf: nn.Module | None, nsha: str | None, a: float | None) -> Decoder:
+        """The L1 decoder this one warm-starts from (same settings, its own default plateau)."""
+        return ensure_decoder(
+            head,
+            weights_sha256,
+            minutes,
+            dirs,
+            obfuscator=obf,
+            noise_sha256=nsha,
+            alpha=a,
+            crop=crop,
+            batch=batch,
+            progress=progress,
+            scale=scale,
+            device=device,
+        )
+
     init = None
-    common = {"crop": crop, "batch": batch, "progress": progress, "scale": scale, "plateau": None, "device": device}
     if loss != "l1":
-        init = ensure_decoder(head, weights_sha256, minutes, dirs, obfuscator=obfuscator, noise_sha256=noise_sha256,
-                              alpha=alpha, **common)
+        init = l1_decoder(obfuscator, noise_sha256, alpha)
     elif obfuscator is not None:
-        init = ensure_decoder(head, weights_sha256, minutes, dirs, **common)
-    meta = {"kind": "adaptive" if obfuscator is not None else "naive", "alpha": alpha, "weights_sha256": weights_sha256,
-            "noise_sha256": noise_sha256, "sources": [str(d) for d in dirs] + ["skimage.data"]}
-    return train_decoder(head, sampler, minutes=minutes, obfuscator=obfuscator, init=init, batch=batch, out=path,
-                         meta=meta, progress=progress, loss=loss, features=features,
-                         plateau=plateau if plateau is not None else Plateau(), device=device)
+        init = l1_decoder(None, None, None)
+    meta = {
+        "kind": "adaptive" if obfuscator is not None else "naive",
+        "alpha": alpha,
+        "weights_sha256": weights_sha256,
+        "noise_sha256": noise_sha256,
+        "sources": [str(d) for d in dirs] + ["skimage.data"],
+    }
+    return train_decoder(
+        head,
+        sampler,
+        minutes=minutes,
+        obfuscator=obfuscator,
+        init=init,
+        batch=batch,
+        out=path,
+        meta=meta,
+        progress=progress,
+        loss=loss,
+        features=features,
+        plateau=plateau if plateau is not None else Plateau(),
+        device=device,
+    )

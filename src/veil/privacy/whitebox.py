@@ -27,11 +27,12 @@ _UNIT = 64.0
 
 def channel_weights(obfuscator: nn.Module | None, averaged: int = 1) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per-channel ``(μ, weight)`` an attacker derives from a public obfuscator (None, None if clean)."""
-    if obfuscator is None or not hasattr(obfuscator, "sigma"):
+    mu_p, sigma_p = getattr(obfuscator, "mu", None), getattr(obfuscator, "sigma", None)
+    if not (isinstance(mu_p, torch.Tensor) and isinstance(sigma_p, torch.Tensor)):
         return None, None
     with torch.no_grad():
-        mu = obfuscator.mu.detach().float()
-        var = obfuscator.sigma.detach().float() ** 2 / max(averaged, 1)
+        mu = mu_p.detach().float()
+        var = sigma_p.detach().float() ** 2 / max(averaged, 1)
         sig = getattr(obfuscator, "signal_power", None)
         tau2 = 1e-2 * (float(sig.mean()) if sig is not None else 1.0)
         w = 1.0 / (var + tau2)
@@ -43,8 +44,9 @@ def tv(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def cell_window(box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25,
-                context: int = 1) -> tuple[int, int, int, int]:
+def cell_window(
+    box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25, context: int = 1
+) -> tuple[int, int, int, int]:
     """Activation cells ``(r0, r1, c0, c1)`` covering a box (input pixels) plus ``margin``·size and
     ``context`` cells."""
     x1, y1, x2, y2 = (float(v) for v in box[:4])
@@ -57,15 +59,35 @@ def cell_window(box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25,
     return r0, r1, c0, c1
 
 
-def invert_window(head: nn.Module, target: torch.Tensor, window: tuple[int, int, int, int], act_hw: tuple[int, int],
-                  steps: int = 100, lr: float = 0.08, tv_weight: float = 0.05, upscale: float = 1.0,
-                  mu: torch.Tensor | None = None, weight: torch.Tensor | None = None,
-                  history: list[float] | None = None) -> torch.Tensor:
+def invert_window(
+    head: nn.Module,
+    target: torch.Tensor,
+    window: tuple[int, int, int, int],
+    act_hw: tuple[int, int],
+    steps: int = 100,
+    lr: float = 0.08,
+    tv_weight: float = 0.05,
+    upscale: float = 1.0,
+    mu: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    history: list[float] | None = None,
+) -> torch.Tensor:
     """Invert the activation cells ``window`` of ``target [1,C,h,w]``; return the patch ``[1,3,H,W]`` (input units).
 
     One face of :func:`invert_windows` (see there)."""
-    return invert_windows(head, [target], [window], [act_hw], steps=steps, lr=lr, tv_weight=tv_weight,
-                          upscale=upscale, mu=mu, weight=weight, history=history)[0]
+    return invert_windows(
+        head,
+        [target],
+        [window],
+        [act_hw],
+        steps=steps,
+        lr=lr,
+        tv_weight=tv_weight,
+        upscale=upscale,
+        mu=mu,
+        weight=weight,
+        history=history,
+    )[0]
 
 
 def _window_mask(window: tuple[int, int, int, int], act_hw: tuple[int, int], rows: int, cols: int) -> torch.Tensor:
@@ -92,10 +114,19 @@ def _window_mask(window: tuple[int, int, int, int], act_hw: tuple[int, int], row
     return mask
 
 
-def invert_windows(head: nn.Module, targets: list[torch.Tensor], windows: list[tuple[int, int, int, int]],
-                   act_hws: list[tuple[int, int]], steps: int = 100, lr: float = 0.08, tv_weight: float = 0.05,
-                   upscale: float = 1.0, mu: torch.Tensor | None = None, weight: torch.Tensor | None = None,
-                   history: list[float] | None = None) -> list[torch.Tensor]:
+def invert_windows(
+    head: nn.Module,
+    targets: list[torch.Tensor],
+    windows: list[tuple[int, int, int, int]],
+    act_hws: list[tuple[int, int]],
+    steps: int = 100,
+    lr: float = 0.08,
+    tv_weight: float = 0.05,
+    upscale: float = 1.0,
+    mu: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    history: list[float] | None = None,
+) -> list[torch.Tensor]:
     """Invert several faces at once: window ``i`` of ``targets[i] [1,C,h,w]``; return each patch ``[1,3,H_i,W_i]``.
 
     The windows are padded to the largest one and run through the head as one batch (one
@@ -135,7 +166,7 @@ def invert_windows(head: nn.Module, targets: list[torch.Tensor], windows: list[t
         x = render(z)
         a = head(x * _UNIT)
         data = ((a - y) ** 2 * wt * mask).mean(dim=(1, 2, 3)) / norm
-        prior = torch.stack([tv(x[i:i + 1, :, :rh, :rw]) for i, (rh, rw) in enumerate(regions)])
+        prior = torch.stack([tv(x[i : i + 1, :, :rh, :rw]) for i, (rh, rw) in enumerate(regions)])
         loss = (data + tv_weight * prior).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,8 +176,9 @@ def invert_windows(head: nn.Module, targets: list[torch.Tensor], windows: list[t
         if history is not None:
             history.append(float(data.detach().mean()))
     full = render(z.detach()) * _UNIT
-    return [full[i:i + 1, :, : (w[1] - w[0]) * HEAD_STRIDE, : (w[3] - w[2]) * HEAD_STRIDE]
-            for i, w in enumerate(windows)]
+    return [
+        full[i : i + 1, :, : (w[1] - w[0]) * HEAD_STRIDE, : (w[3] - w[2]) * HEAD_STRIDE] for i, w in enumerate(windows)
+    ]
 
 
 def invert_patch_image(patch: torch.Tensor) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from veil.preprocess import FDDB_SCALE
@@ -12,62 +11,100 @@ from veil.preprocess import FDDB_SCALE
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "audit", help="attack the (obfuscated) activation and measure what leaks",
+        "audit",
+        help="attack the (obfuscated) activation and measure what leaks",
         description="Privacy audit on FDDB faces at the deployed scale: naive and adaptive decoders, "
-                    "white-box inversion of the public head, and the averaging attack; SSIM/PSNR and "
-                    "identity (dlib ResNet rank-1 and TAR at 1%% FAR). Writes report.json, report.md "
-                    "and image grids into --out (one sub-folder per ALPHA when several are given). "
-                    "Decoders train on non-FDDB photos and are cached under the veil cache.")
-    p.add_argument("--alpha", type=float, nargs="+", required=True,
-                   help="ALPHA(s) to audit; 0 audits clean activations only")
+        "white-box inversion of the public head, and the averaging attack; SSIM/PSNR and "
+        "identity (dlib ResNet rank-1 and TAR at 1% FAR). Writes report.json, report.md "
+        "and image grids into --out (one sub-folder per ALPHA when several are given). "
+        "Decoders train on non-FDDB photos and are cached under the veil cache.",
+    )
+    p.add_argument(
+        "--alpha", type=float, nargs="+", required=True, help="ALPHA(s) to audit; 0 audits clean activations only"
+    )
     p.add_argument("--noise", help="fitted noise file (single ALPHA); default: the noise directory, else fit it")
     p.add_argument("--noise-dir", help="directory of alpha-<A>.safetensors (default: the veil cache)")
     p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-faces", type=int,
-                   help="FDDB faces to evaluate, in fold order (default: every qualifying face present)")
+    p.add_argument(
+        "--max-faces", type=int, help="FDDB faces to evaluate, in fold order (default: every qualifying face present)"
+    )
     p.add_argument("--min-face", type=float, default=48.0, help="smallest face box side in px (default: %(default)s)")
-    p.add_argument("--decoder-minutes", type=float, default=15.0,
-                   help="wall-time budget of a decoder that is not cached yet; it stops earlier when its loss "
-                        "plateaus (default: %(default)s)")
+    p.add_argument(
+        "--decoder-minutes",
+        type=float,
+        default=15.0,
+        help="wall-time budget of a decoder that is not cached yet; it stops earlier when its loss "
+        "plateaus (default: %(default)s)",
+    )
     p.add_argument("--whitebox-steps", type=int, default=100, help="Adam steps per face (default: %(default)s)")
-    p.add_argument("--whitebox-faces", type=int, default=40,
-                   help="faces the white-box attacker inverts (the first ones, with their enlarged copies; "
-                        "default: %(default)s)")
+    p.add_argument(
+        "--whitebox-faces",
+        type=int,
+        default=40,
+        help="faces the white-box attacker inverts (the first ones, with their enlarged copies; default: %(default)s)",
+    )
     p.add_argument("--whitebox-batch", type=int, default=8, help="faces inverted together (default: %(default)s)")
-    p.add_argument("--ks", type=int, nargs="+", default=[4, 16],
-                   help="averaging attack: obfuscations averaged per image (default: %(default)s; K=1 is 'adaptive')")
-    p.add_argument("--dup-ks", type=int, nargs="*", default=[16],
-                   help="near-duplicate averaging: obfuscated near-duplicates (JPEG q90, 1-2 px shifts, ±3%% zoom) "
-                        "averaged per image (default: %(default)s; none: off)")
+    p.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        default=[4, 16],
+        help="averaging attack: obfuscations averaged per image (default: %(default)s; K=1 is 'adaptive')",
+    )
+    p.add_argument(
+        "--dup-ks",
+        type=int,
+        nargs="*",
+        default=[16],
+        help="near-duplicate averaging: obfuscated near-duplicates (JPEG q90, 1-2 px shifts, ±3%% zoom) "
+        "averaged per image (default: %(default)s; none: off)",
+    )
     p.add_argument("--no-perceptual", action="store_true", help="leave out the perceptual-loss decoder")
-    p.add_argument("--no-enlarged", action="store_true",
-                   help="leave out the enlarged copies of faces below 192 px at the network (not a full audit)")
-    p.add_argument("--keyed", action="store_true",
-                   help="also audit keyed noise (ε from HMAC(key, activation); a random key for the audit): exact "
-                        "repeats get the same noise, near-duplicates fresh noise")
-    p.add_argument("--train-images", nargs="+", help="non-FDDB photo folders for decoders and noise fitting "
-                                                      "(default: $VEIL_FIT_IMAGES)")
-    p.add_argument("--weights",
-                   help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
-    p.add_argument("--scale", type=float, default=FDDB_SCALE,
-                   help="input scale of the deployed path (default: %(default)s)")
+    p.add_argument(
+        "--no-enlarged",
+        action="store_true",
+        help="leave out the enlarged copies of faces below 192 px at the network (not a full audit)",
+    )
+    p.add_argument(
+        "--keyed",
+        action="store_true",
+        help="also audit keyed noise (ε from HMAC(key, activation); a random key for the audit): exact "
+        "repeats get the same noise, near-duplicates fresh noise",
+    )
+    p.add_argument(
+        "--train-images",
+        nargs="+",
+        help="non-FDDB photo folders for decoders and noise fitting (default: $VEIL_FIT_IMAGES)",
+    )
+    p.add_argument(
+        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
+    )
+    p.add_argument(
+        "--scale", type=float, default=FDDB_SCALE, help="input scale of the deployed path (default: %(default)s)"
+    )
     p.set_defaults(func=run_audit)
 
-    f = sub.add_parser("frontier", help="privacy–utility frontier: join a sweep with audit reports",
-                       description="Join `veil sweep`'s sweep.json (mAP per ALPHA) with `veil audit` reports "
-                                   "(worst-attacker rank-1 per ALPHA); write frontier.md, frontier.json and "
-                                   "frontier.png (mAP against worst-attacker rank-1).")
+    f = sub.add_parser(
+        "frontier",
+        help="privacy–utility frontier: join a sweep with audit reports",
+        description="Join `veil sweep`'s sweep.json (mAP per ALPHA) with `veil audit` reports "
+        "(worst-attacker rank-1 per ALPHA); write frontier.md, frontier.json and "
+        "frontier.png (mAP against worst-attacker rank-1).",
+    )
     f.add_argument("--sweep", required=True, help="sweep.json written by `veil sweep`")
     f.add_argument("--audits", nargs="+", required=True, help="report.json files or folders holding them")
     f.add_argument("--out", required=True, help="output directory")
     f.set_defaults(func=run_frontier)
 
-    g = sub.add_parser("leak-scale", help="identity held by the activation grid alone, per input scale",
-                       description="For each input scale, reduce the FDDB originals to the head's stride-32 grid "
-                                   "resolution and back, and score identity (rank-1, TAR at 1%% FAR) like an "
-                                   "attacker: what a perfect decoder could at most recover from the grid's "
-                                   "resolution. Cheap (no training).")
+    g = sub.add_parser(
+        "leak-scale",
+        help="identity held by the activation grid alone, per input scale",
+        description="For each input scale, reduce the FDDB originals to the head's stride-32 grid "
+        "resolution and back, and score identity (rank-1, TAR at 1% FAR) like an "
+        "attacker: what a perfect decoder could at most recover from the grid's "
+        "resolution. Cheap (no training).",
+    )
     g.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
     g.add_argument("--max-faces", type=int, help="faces, in fold order (default: every qualifying face)")
     g.add_argument("--min-face", type=float, default=48.0, help="smallest face box side in px (default: %(default)s)")
@@ -75,18 +112,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", help="write the result here")
     g.set_defaults(func=run_leak_scale)
 
-    t = sub.add_parser("train-decoder", help="train (and cache) a reconstruction decoder",
-                       description="Train the naive decoder (clean activations) or, with --alpha, the adaptive "
-                                   "one (activations obfuscated with that ALPHA's fitted noise) on non-FDDB photos "
-                                   "until the loss plateaus or a wall-time budget ends; cached under the veil "
-                                   "cache's attackers/ with its seeds and learning curve.")
+    t = sub.add_parser(
+        "train-decoder",
+        help="train (and cache) a reconstruction decoder",
+        description="Train the naive decoder (clean activations) or, with --alpha, the adaptive "
+        "one (activations obfuscated with that ALPHA's fitted noise) on non-FDDB photos "
+        "until the loss plateaus or a wall-time budget ends; cached under the veil "
+        "cache's attackers/ with its seeds and learning curve.",
+    )
     t.add_argument("--alpha", type=float, help="train the adaptive decoder for this ALPHA's noise")
     t.add_argument("--noise", help="fitted noise file (default: the noise directory)")
     t.add_argument("--noise-dir", help="directory of alpha-<A>.safetensors")
-    t.add_argument("--minutes", type=float, default=15.0,
-                   help="wall-time budget; training stops earlier when the loss plateaus (default: %(default)s)")
-    t.add_argument("--loss", choices=("l1", "perceptual"), default="l1",
-                   help="l1 (pixels) or perceptual (pixels + the frozen detector's features; default: %(default)s)")
+    t.add_argument(
+        "--minutes",
+        type=float,
+        default=15.0,
+        help="wall-time budget; training stops earlier when the loss plateaus (default: %(default)s)",
+    )
+    t.add_argument(
+        "--loss",
+        choices=("l1", "perceptual"),
+        default="l1",
+        help="l1 (pixels) or perceptual (pixels + the frozen detector's features; default: %(default)s)",
+    )
     t.add_argument("--batch", type=int, default=8, help="crops per step (default: %(default)s)")
     t.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale (default: %(default)s)")
     t.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
@@ -95,146 +143,126 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
 
-def _noise(alpha: float, args: argparse.Namespace, model, sha: str, fit_dirs: list) -> tuple:
-    """Load the noise for ALPHA, fitting it (``veil fit-noise``'s defaults) when none exists yet."""
-    from veil.obfuscate import NoiseFileError, load_obfuscator, noise_dir, noise_filename
-    from veil.weights import sha256_file
-
-    path = Path(args.noise) if args.noise else Path(args.noise_dir or noise_dir()) / noise_filename(alpha)
-    if not path.is_file():
-        if args.noise:
-            raise NoiseFileError(f"noise file not found: {path}")
-        if not fit_dirs:
-            raise NoiseFileError(f"no noise for ALPHA {alpha:g} at {path} and no --train-images to fit it on")
-        print(f"fitting noise for ALPHA {alpha:g} → {path}", file=sys.stderr)
-        from veil.obfuscate.fit import FitConfig
-        from veil.obfuscate.recipe import fit_and_save
-
-        fit_and_save(model, sha, fit_dirs, path, FitConfig(alpha=alpha))
-    obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=sha)
-    return obf, meta, sha256_file(path), path
-
-
 def _dataset(args: argparse.Namespace) -> Path:
     """--dataset, else $VEIL_DATASET; a clear error naming both when neither is given."""
     from veil.settings import settings
 
     d = args.dataset or settings().dataset
     if d is None:
-        raise ValueError("no FDDB dataset: pass --dataset DIR or set VEIL_DATASET (FDDB root with FDDB-folds/ and "
-                         "originalPics/)")
+        raise ValueError(
+            "no FDDB dataset: pass --dataset DIR or set VEIL_DATASET (FDDB root with FDDB-folds/ and originalPics/)"
+        )
     return Path(d)
 
 
+def _training_dirs(args: argparse.Namespace) -> list[Path]:
+    from veil.privacy.train import require_training_dirs
+
+    return require_training_dirs(args.train_images, flag="--train-images")
+
+
 def run_audit(args: argparse.Namespace) -> int:
-    from veil.privacy.audit import Attacks, audit, check_independence, make_views, select_fddb_faces
-    from veil.privacy.decoders import attackers_dir
-    from veil.privacy.train import FaceFeatures, ensure_decoder, require_training_dirs
+    from veil.privacy.audit import select_fddb_faces
+    from veil.privacy.campaign import AuditSettings, audit_alphas
     from veil.weights import load_faceboxes
 
     if args.noise and len(args.alpha) > 1:
         raise ValueError("--noise names one file: give a single --alpha with it")
     if any(k < 2 for k in args.ks + args.dup_ks):
         raise ValueError("--ks/--dup-ks values must be ≥ 2 (K = 1 is the adaptive attacker itself)")
-    dirs = require_training_dirs(args.train_images)
+    dirs = _training_dirs(args)
     faces = select_fddb_faces(_dataset(args), args.max_faces, args.min_face)
     model, sha = load_faceboxes(args.weights)
-    # Noise first (cheap, may fail on a bad file) so a mistake surfaces before any training.
-    noises = {alpha: _noise(alpha, args, model, sha, dirs) for alpha in args.alpha if alpha > 0}
-    views = make_views(faces, args.scale, enlarge=not args.no_enlarged)
-    print(f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images ({len(views) - len(faces.images)} "
-          f"enlarged copies) at scale ×{args.scale:g}", file=sys.stderr)
-    feats = None if args.no_perceptual else FaceFeatures(model)
-    train = {"progress": True, "scale": args.scale}
-    naive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, **train)
-    naive_p = None if feats is None else ensure_decoder(model.head, sha, args.decoder_minutes, dirs, loss="perceptual",
-                                                        features=feats, **train)
-    base = Attacks(model.head, naive, perceptual_clean=naive_p, whitebox_steps=args.whitebox_steps,
-                   whitebox_faces=args.whitebox_faces, whitebox_batch=args.whitebox_batch, ks=tuple(args.ks),
-                   dup_ks=tuple(args.dup_ks))
-    out = Path(args.out)
-    rows = []
-    cache = attackers_dir() / "audit-cache"
-    for alpha in args.alpha:
-        modes = ["fresh", "keyed"] if (alpha > 0 and args.keyed) else ["fresh"]
-        for mode in modes:
-            dest = out if (len(args.alpha) == 1 and len(modes) == 1) else \
-                out / (f"alpha-{alpha:g}" + ("" if mode == "fresh" else "-keyed"))
-            decs = {"naive": naive.meta, **({"perceptual_clean": naive_p.meta} if naive_p is not None else {})}
-            att = base
-            meta: dict = {"decoders": decs}
-            if alpha > 0:
-                obf, nmeta, nsha, npath = noises[alpha]
-                adaptive = ensure_decoder(model.head, sha, args.decoder_minutes, dirs, obfuscator=obf,
-                                          noise_sha256=nsha, alpha=alpha, **train)
-                perc = None if feats is None else ensure_decoder(model.head, sha, args.decoder_minutes, dirs,
-                                                                 obfuscator=obf, noise_sha256=nsha, alpha=alpha,
-                                                                 loss="perceptual", features=feats, **train)
-                decs["adaptive"] = adaptive.meta
-                if perc is not None:
-                    decs["perceptual"] = perc.meta
-                if mode == "keyed":
-                    _set_key(obf)
-                att = Attacks(**{**base.__dict__, "adaptive": adaptive, "obfuscator": obf, "perceptual": perc})
-                meta.update(noise_file=str(npath), noise_sha256=nsha, noise_mode=mode,
-                            independence_notes=check_independence(decs, nmeta))
-            rep = audit(faces, att, alpha, args.scale, out_dir=dest, meta=meta, views=views, weights_sha256=sha,
-                        cache_dir=cache, enlarge=not args.no_enlarged)
-            if mode == "keyed":
-                obf.set_key(None)
-            rows.append(rep)
-            _print_summary(rep, dest)
-    if len(rows) > 1:
-        from veil.privacy.audit import privacy_columns
-
-        (out / "summary.json").write_text(json.dumps([{"alpha": r["alpha"], "noise_mode": r.get("noise_mode", "fresh"),
-                                                       **privacy_columns(r)} for r in rows], indent=1))
+    settings = AuditSettings(
+        scale=args.scale,
+        decoder_minutes=args.decoder_minutes,
+        whitebox_steps=args.whitebox_steps,
+        whitebox_faces=args.whitebox_faces,
+        whitebox_batch=args.whitebox_batch,
+        ks=tuple(args.ks),
+        dup_ks=tuple(args.dup_ks),
+        perceptual=not args.no_perceptual,
+        enlarge=not args.no_enlarged,
+        keyed=args.keyed,
+    )
+    audit_alphas(
+        model,
+        sha,
+        faces,
+        args.alpha,
+        args.out,
+        dirs,
+        settings,
+        noise=args.noise,
+        noise_dir=args.noise_dir,
+        on_report=_print_summary,
+    )
     return 0
-
-
-def _set_key(obf) -> None:
-    """Switch an obfuscator to keyed noise under a random audit key (the attacker never knows it)."""
-    import secrets
-
-    if not hasattr(obf, "set_key"):
-        raise ValueError("--keyed needs keyed noise in veil.obfuscate (Obfuscator.set_key), not in this version")
-    obf.set_key(secrets.token_bytes(32))
 
 
 def _print_summary(rep: dict, dest: Path) -> None:
     chance = rep["chance_rank1"]
-    print(f"ALPHA {rep['alpha']:g} ({rep.get('noise_mode', 'fresh')} noise): {rep['n_faces']} faces, chance rank-1 "
-          f"{chance:.4f}; clean pass {'cached' if rep['clean_pass_cached'] else 'computed'}; {rep['timing_s']}")
+    print(
+        f"ALPHA {rep['alpha']:g} ({rep.get('noise_mode', 'fresh')} noise): {rep['n_faces']} faces, chance rank-1 "
+        f"{chance:.4f}; clean pass {'cached' if rep['clean_pass_cached'] else 'computed'}; {rep['timing_s']}"
+    )
     for k, v in rep["attackers"].items():
         lo, hi = v["rank1_ci95"]
         bins = ", ".join(f"{b}: {m['rank1']:.3f} (n={m['n']})" for b, m in v["bins"].items() if m["n"])
-        print(f"  {k:16s} rank-1 {v['rank1']:.3f} [{lo:.3f}, {hi:.3f}] ({v['rank1'] / chance:.1f}× chance), "
-              f"TAR {v['tar_at_far1']:.3f} [{v['tar_ci95'][0]:.3f}, {v['tar_ci95'][1]:.3f}]; {bins}")
-    print(f"  worst {rep['worst_attacker']} ({rep['worst_rank1_x_chance']}× chance); every bin ≤ 2× chance: "
-          f"{rep.get('passes_every_bin')}; competent: {rep['competent']} ({rep['competence_attacker']} "
-          f"{rep['competence_rank1_large']:.3f} in the large-face bin)")
+        print(
+            f"  {k:16s} rank-1 {v['rank1']:.3f} [{lo:.3f}, {hi:.3f}] ({v['rank1'] / chance:.1f}× chance), "
+            f"TAR {v['tar_at_far1']:.3f} [{v['tar_ci95'][0]:.3f}, {v['tar_ci95'][1]:.3f}]; {bins}"
+        )
+    print(
+        f"  worst {rep['worst_attacker']} ({rep['worst_rank1_x_chance']}× chance); every bin ≤ 2× chance: "
+        f"{rep.get('passes_every_bin')}; competent: {rep['competent']} ({rep['competence_attacker']} "
+        f"{rep['competence_rank1_large']:.3f} in the large-face bin)"
+    )
     print(f"  → {dest / 'report.md'}")
 
 
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from veil.privacy.train import FaceFeatures, ensure_decoder, require_training_dirs
+    from veil.privacy.campaign import audit_noise
+    from veil.privacy.train import FaceFeatures, ensure_decoder
     from veil.weights import load_faceboxes
 
     model, sha = load_faceboxes(args.weights)
-    model.to(args.device)
-    dirs = require_training_dirs(args.train_images)
-    feats = FaceFeatures(model) if args.loss == "perceptual" else None
-    kw = {"batch": args.batch, "scale": args.scale, "loss": args.loss, "features": feats, "device": args.device}
+    dirs = _training_dirs(args)
     if args.alpha is None:
-        dec = ensure_decoder(model.head, sha, args.minutes, dirs, **kw)
-    else:
-        obf, _meta, nsha, _p = _noise(args.alpha, args, model.cpu(), sha, dirs)
         model.to(args.device)
-        obf.to(torch.device(args.device))
-        dec = ensure_decoder(model.head, sha, args.minutes, dirs, obfuscator=obf, noise_sha256=nsha, alpha=args.alpha,
-                             **kw)
+        feats = FaceFeatures(model) if args.loss == "perceptual" else None
+        dec = ensure_decoder(
+            model.head,
+            sha,
+            args.minutes,
+            dirs,
+            batch=args.batch,
+            scale=args.scale,
+            loss=args.loss,
+            features=feats,
+            device=args.device,
+        )
+    else:
+        nz = audit_noise(args.alpha, model, sha, dirs, noise=args.noise, noise_dir=args.noise_dir)
+        model.to(args.device)
+        nz.obfuscator.to(torch.device(args.device))
+        feats = FaceFeatures(model) if args.loss == "perceptual" else None
+        dec = ensure_decoder(
+            model.head,
+            sha,
+            args.minutes,
+            dirs,
+            obfuscator=nz.obfuscator,
+            noise_sha256=nz.sha256,
+            alpha=args.alpha,
+            batch=args.batch,
+            scale=args.scale,
+            loss=args.loss,
+            features=feats,
+            device=args.device,
+        )
     md = {k: v for k, v in dec.meta.items() if k != "curve_l1_px"}
     print(json.dumps(md, indent=1))
     return 0
@@ -255,8 +283,9 @@ def run_leak_scale(args: argparse.Namespace) -> int:
     res = blur_leak_by_scale(faces, tuple(args.scales))
     print(f"{faces.n_faces} faces, chance rank-1 {1 / faces.n_faces:.4f}")
     for s, m in res.items():
-        print(f"scale ×{s:g}: rank-1 {m['rank1']:.3f}, TAR@1%FAR {m['tar_at_far1']:.3f}, "
-              f"face SSIM {m['face_ssim']:.3f}")
+        print(
+            f"scale ×{s:g}: rank-1 {m['rank1']:.3f}, TAR@1%FAR {m['tar_at_far1']:.3f}, face SSIM {m['face_ssim']:.3f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
     return 0

@@ -1,0 +1,225 @@
+"""The audit over several ALPHAs: which noise to attack, which decoders to train, where to cache.
+
+:func:`veil.privacy.audit.audit` scores one configuration. This module holds the policy around it
+that ``veil audit`` and ``veil train-decoder`` share, so any caller gets the same behaviour:
+
+- **noise** (:func:`audit_noise`): the given noise file, else the noise directory's file for that
+  ALPHA, else fit it on the training photos (``veil fit-noise``'s defaults) and save it there;
+- **decoders**: the naive (and perceptual) decoder once, the adaptive ones per noise file, all
+  cached under the veil cache's ``attackers/`` (:func:`veil.privacy.train.ensure_decoder`);
+- **the reconstruction cache** (:func:`audit_cache_dir`): the clean pass, shared by every ALPHA;
+- **the loop** (:func:`audit_alphas`): one report per ALPHA (and per noise mode with ``keyed``).
+
+Errors name the library's arguments, not command-line flags.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veil.models.faceboxes import FaceBoxes
+from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, noise_path
+from veil.preprocess import FDDB_SCALE
+from veil.privacy.audit import Attacks, FaceSet, audit, check_independence, make_views
+from veil.privacy.decoders import Decoder, attackers_dir
+from veil.privacy.train import FaceFeatures, ensure_decoder
+from veil.privacy.verdict import privacy_columns
+
+NOISE_MODES = ("fresh", "keyed")
+
+
+@dataclass
+class AuditNoise:
+    """The noise one ALPHA is audited against, with the file it came from."""
+
+    obfuscator: Obfuscator
+    meta: dict[str, Any]
+    sha256: str
+    path: Path
+
+
+@dataclass
+class AuditSettings:
+    """The attackers' budgets and the audit's options (``veil audit``'s defaults)."""
+
+    scale: float = FDDB_SCALE
+    #: wall-time budget of each decoder not cached yet (it stops earlier when its loss plateaus)
+    decoder_minutes: float = 15.0
+    whitebox_steps: int = 100
+    whitebox_faces: int = 40
+    whitebox_batch: int = 8
+    #: averaging attack: obfuscations averaged per image (each ≥ 2; K = 1 is the adaptive attacker)
+    ks: tuple[int, ...] = (4, 16)
+    #: near-duplicate averaging: obfuscated near-duplicates averaged per image (empty: off)
+    dup_ks: tuple[int, ...] = (16,)
+    perceptual: bool = True
+    #: the enlarged copies of faces below 192 px at the network (off: not a full audit)
+    enlarge: bool = True
+    #: also audit keyed noise under a random audit key
+    keyed: bool = False
+
+    def check(self) -> None:
+        if any(k < 2 for k in (*self.ks, *self.dup_ks)):
+            raise ValueError("averaging K values (ks, dup_ks) must be ≥ 2 (K = 1 is the adaptive attacker itself)")
+
+
+def audit_cache_dir() -> Path:
+    """Where the clean pass (reconstructions' scores and the originals' embeddings) is cached."""
+    return attackers_dir() / "audit-cache"
+
+
+def audit_noise(
+    alpha: float,
+    model: FaceBoxes,
+    weights_sha256: str,
+    fit_dirs: Sequence[str | Path],
+    noise: str | Path | None = None,
+    noise_dir: str | Path | None = None,
+    progress: bool = True,
+) -> AuditNoise:
+    """The noise for ALPHA: the file ``noise``, else the one in ``noise_dir`` (default: the veil cache);
+    when that does not exist yet, fit it on ``fit_dirs`` with the default recipe and save it there.
+
+    A missing explicit ``noise`` file is an error, never a reason to fit.
+    """
+    from veil.weights import sha256_file
+
+    path = Path(noise) if noise is not None else noise_path(alpha, noise_dir)
+    if not path.is_file():
+        if noise is not None:
+            raise NoiseFileError(f"noise file not found: {path}")
+        if not fit_dirs:
+            raise NoiseFileError(f"no noise for ALPHA {alpha:g} at {path} and no training photos to fit it on")
+        if progress:
+            print(f"fitting noise for ALPHA {alpha:g} → {path}", file=sys.stderr)
+        from veil.obfuscate.fit import FitConfig
+        from veil.obfuscate.recipe import fit_and_save
+
+        fit_and_save(model, weights_sha256, fit_dirs, path, FitConfig(alpha=alpha), progress=progress)
+    obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=weights_sha256)
+    return AuditNoise(obf, meta, sha256_file(path), path)
+
+
+def audit_alphas(
+    model: FaceBoxes,
+    weights_sha256: str,
+    faces: FaceSet,
+    alphas: Sequence[float],
+    out: str | Path,
+    train_dirs: Sequence[str | Path],
+    settings: AuditSettings | None = None,
+    noise: str | Path | None = None,
+    noise_dir: str | Path | None = None,
+    progress: bool = True,
+    on_report: Callable[[dict[str, Any], Path], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Audit every ALPHA in ``alphas`` (0: clean activations only) on ``faces``; return the reports.
+
+    Reports go to ``out`` (one sub-folder ``alpha-<A>[-keyed]`` each when there are several, and a
+    ``summary.json`` of the privacy columns). All noise is loaded (or fitted) first, so a bad file
+    fails before any training; ``on_report(report, folder)`` is called after each report.
+    """
+    s = settings or AuditSettings()
+    s.check()
+    if noise is not None and len(alphas) > 1:
+        raise ValueError("one noise file names one ALPHA: give a single ALPHA with it")
+    noises = {a: audit_noise(a, model, weights_sha256, train_dirs, noise, noise_dir, progress) for a in alphas if a > 0}
+    views = make_views(faces, s.scale, enlarge=s.enlarge)
+    if progress:
+        print(
+            f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images ({len(views) - len(faces.images)} "
+            f"enlarged copies) at scale ×{s.scale:g}",
+            file=sys.stderr,
+        )
+    feats = FaceFeatures(model) if s.perceptual else None
+
+    def decoder(obf: AuditNoise | None = None, alpha: float | None = None, perceptual: bool = False) -> Decoder:
+        return ensure_decoder(
+            model.head,
+            weights_sha256,
+            s.decoder_minutes,
+            train_dirs,
+            obfuscator=None if obf is None else obf.obfuscator,
+            noise_sha256=None if obf is None else obf.sha256,
+            alpha=alpha,
+            loss="perceptual" if perceptual else "l1",
+            features=feats if perceptual else None,
+            progress=progress,
+            scale=s.scale,
+        )
+
+    naive = decoder()
+    naive_p = decoder(perceptual=True) if feats is not None else None
+    base = Attacks(
+        model.head,
+        naive,
+        perceptual_clean=naive_p,
+        whitebox_steps=s.whitebox_steps,
+        whitebox_faces=s.whitebox_faces,
+        whitebox_batch=s.whitebox_batch,
+        ks=tuple(s.ks),
+        dup_ks=tuple(s.dup_ks),
+    )
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    for alpha in alphas:
+        modes = NOISE_MODES if (alpha > 0 and s.keyed) else NOISE_MODES[:1]
+        for mode in modes:
+            single = len(alphas) == 1 and len(modes) == 1
+            dest = out if single else out / (f"alpha-{alpha:g}" + ("" if mode == "fresh" else "-keyed"))
+            decs: dict[str, Any] = {"naive": naive.meta}
+            if naive_p is not None:
+                decs["perceptual_clean"] = naive_p.meta
+            att = base
+            meta: dict[str, Any] = {"decoders": decs}
+            nz = noises.get(alpha)
+            if nz is not None:
+                adaptive = decoder(nz, alpha)
+                perc = decoder(nz, alpha, perceptual=True) if feats is not None else None
+                decs["adaptive"] = adaptive.meta
+                if perc is not None:
+                    decs["perceptual"] = perc.meta
+                att = Attacks(
+                    **{**base.__dict__, "adaptive": adaptive, "obfuscator": nz.obfuscator, "perceptual": perc}
+                )
+                meta.update(
+                    noise_file=str(nz.path),
+                    noise_sha256=nz.sha256,
+                    noise_mode=mode,
+                    independence_notes=check_independence(decs, nz.meta),
+                )
+                # keyed: ε from HMAC(key, activation) under a random key the attacker never knows
+                nz.obfuscator.set_key(secrets.token_bytes(32) if mode == "keyed" else None)
+            try:
+                rep = audit(
+                    faces,
+                    att,
+                    alpha,
+                    s.scale,
+                    out_dir=dest,
+                    meta=meta,
+                    views=views,
+                    weights_sha256=weights_sha256,
+                    cache_dir=audit_cache_dir(),
+                    enlarge=s.enlarge,
+                    progress=progress,
+                )
+            finally:
+                if nz is not None:
+                    nz.obfuscator.set_key(None)
+            rows.append(rep)
+            if on_report is not None:
+                on_report(rep, dest)
+    if len(rows) > 1:
+        import json
+
+        summary = [
+            {"alpha": r["alpha"], "noise_mode": r.get("noise_mode", "fresh"), **privacy_columns(r)} for r in rows
+        ]
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return rows

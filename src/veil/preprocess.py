@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -54,18 +55,20 @@ def _header_size(p: Path) -> tuple[int, int] | None:
         Image.MAX_IMAGE_PIXELS = bomb_limit
 
 
-def check_pixels(height: int, width: int, scale: float = 1.0, max_pixels: int | None = MAX_INPUT_PIXELS,
-                 what: str = "image") -> None:
+def check_pixels(
+    height: int, width: int, scale: float = 1.0, max_pixels: int | None = MAX_INPUT_PIXELS, what: str = "image"
+) -> None:
     """Refuse a ``height×width`` image whose network input (×``scale``) exceeds ``max_pixels``
     pixels or :data:`MAX_INPUT_SIDE` per side: before any memory is asked for it."""
     if max_pixels is None:
         return
     h, w = round(height * scale), round(width * scale)
-    side = max(MAX_INPUT_SIDE, int(max_pixels ** 0.5))
+    side = max(MAX_INPUT_SIDE, int(max_pixels**0.5))
     if h * w > max_pixels or max(h, w) > side:
         raise ImageTooLargeError(
             f"{what} is {width}×{height} px, ×{scale:g} = {w}×{h} = {h * w / 1e6:.1f} Mpx at the network input, over "
-            f"the limit of {max_pixels / 1e6:.1f} Mpx ({side} px a side); skipped (raise --max-pixels to allow it)")
+            f"the limit of {max_pixels / 1e6:.1f} Mpx ({side} px a side); skipped (raise --max-pixels to allow it)"
+        )
 
 
 def load_image(path: str | Path, max_pixels: int | None = MAX_INPUT_PIXELS) -> np.ndarray:
@@ -125,7 +128,8 @@ def prepare(image: np.ndarray, scale: float = FDDB_SCALE, max_pixels: int | None
             plane = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         if out is None:
             out = np.empty((1, 3, *plane.shape), dtype=np.float32)
-        cv2.subtract(plane, BGR_MEAN[ch], dst=out[0, ch], dtype=cv2.CV_32F)
+        mean: Any = BGR_MEAN[ch]  # a scalar, which OpenCV broadcasts (its type stubs list only arrays)
+        cv2.subtract(plane, mean, dst=out[0, ch], dtype=cv2.CV_32F)
     return Prepared(tensor=torch.from_numpy(out), scale=scale, orig_size=(image.shape[0], image.shape[1]))
 
 

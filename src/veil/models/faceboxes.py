@@ -11,6 +11,8 @@ while the expensive multi-scale layers stay on the server.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +27,7 @@ HEAD_STRIDE = 32
 class BasicConv2d(nn.Module):
     """Conv → BatchNorm → ReLU, bias-free as in the reference implementation."""
 
-    def __init__(self, in_channels: int, out_channels: int, **kwargs: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
         self.bn = nn.BatchNorm2d(out_channels, eps=1e-5)
@@ -37,7 +39,7 @@ class BasicConv2d(nn.Module):
 class CRelu(nn.Module):
     """Concatenated ReLU: doubles channels cheaply (``relu([x, -x])``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, **kwargs: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
         self.bn = nn.BatchNorm2d(out_channels, eps=1e-5)
@@ -84,11 +86,31 @@ class FaceBoxesHead(nn.Module):
 class FaceBoxesTail(nn.Module):
     """Runs on the server: activation → ``(loc [N,P,4], conf [N,P,2] softmax scores)``."""
 
-    def __init__(self, parent: "FaceBoxes") -> None:
+    # The parent's submodules, shared (set in __init__); declared so type checkers know them.
+    inception1: Inception
+    inception2: Inception
+    inception3: Inception
+    conv3_1: BasicConv2d
+    conv3_2: BasicConv2d
+    conv4_1: BasicConv2d
+    conv4_2: BasicConv2d
+    loc: nn.ModuleList
+    conf: nn.ModuleList
+
+    def __init__(self, parent: FaceBoxes) -> None:
         super().__init__()
         # Share the parent's submodules (no copies) so weights stay in one place.
-        for name in ("inception1", "inception2", "inception3", "conv3_1", "conv3_2",
-                     "conv4_1", "conv4_2", "loc", "conf"):
+        for name in (
+            "inception1",
+            "inception2",
+            "inception3",
+            "conv3_1",
+            "conv3_2",
+            "conv4_1",
+            "conv4_2",
+            "loc",
+            "conf",
+        ):
             setattr(self, name, getattr(parent, name))
 
     def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +121,8 @@ class FaceBoxesTail(nn.Module):
         x = self.conv4_2(self.conv4_1(x))
         sources.append(x)
         n = a.shape[0]
-        loc = torch.cat([l(s).permute(0, 2, 3, 1).reshape(n, -1) for s, l in zip(sources, self.loc)], 1)
-        conf = torch.cat([c(s).permute(0, 2, 3, 1).reshape(n, -1) for s, c in zip(sources, self.conf)], 1)
+        loc = torch.cat([lc(s).permute(0, 2, 3, 1).reshape(n, -1) for s, lc in zip(sources, self.loc, strict=True)], 1)
+        conf = torch.cat([c(s).permute(0, 2, 3, 1).reshape(n, -1) for s, c in zip(sources, self.conf, strict=True)], 1)
         return loc.view(n, -1, 4), F.softmax(conf.view(n, -1, 2), dim=-1)
 
 
@@ -109,6 +131,10 @@ class FaceBoxes(nn.Module):
 
     ``forward(x) == tail(head(x))`` exactly, by construction.
     """
+
+    # Views onto this model's weights, set with object.__setattr__ in __init__ (not registered children).
+    head: FaceBoxesHead
+    tail: FaceBoxesTail
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,17 +148,17 @@ class FaceBoxes(nn.Module):
         self.conv4_1 = BasicConv2d(256, 128, kernel_size=1, stride=1, padding=0)
         self.conv4_2 = BasicConv2d(128, 256, kernel_size=3, stride=2, padding=1)
         # 21 anchors per cell on the first map (4x4 + 2x2 + 1 densified), 1 on the others.
-        self.loc = nn.ModuleList([nn.Conv2d(128, 21 * 4, 3, padding=1),
-                                  nn.Conv2d(256, 4, 3, padding=1),
-                                  nn.Conv2d(256, 4, 3, padding=1)])
-        self.conf = nn.ModuleList([nn.Conv2d(128, 21 * 2, 3, padding=1),
-                                   nn.Conv2d(256, 2, 3, padding=1),
-                                   nn.Conv2d(256, 2, 3, padding=1)])
+        self.loc = nn.ModuleList(
+            [nn.Conv2d(128, 21 * 4, 3, padding=1), nn.Conv2d(256, 4, 3, padding=1), nn.Conv2d(256, 4, 3, padding=1)]
+        )
+        self.conf = nn.ModuleList(
+            [nn.Conv2d(128, 21 * 2, 3, padding=1), nn.Conv2d(256, 2, 3, padding=1), nn.Conv2d(256, 2, 3, padding=1)]
+        )
         # Not registered as children (would duplicate state_dict keys).
         object.__setattr__(self, "head", FaceBoxesHead(self.conv1, self.conv2))
         object.__setattr__(self, "tail", FaceBoxesTail(self))
 
-    def train(self, mode: bool = True) -> "FaceBoxes":
+    def train(self, mode: bool = True) -> FaceBoxes:
         """Also flip the unregistered ``head``/``tail`` views, so code that saves and restores
         their mode (``torch.onnx.export(model.tail)``) never turns shared BatchNorm to training."""
         super().train(mode)

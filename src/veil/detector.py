@@ -51,7 +51,7 @@ class Detector:
         return self._runner
 
     @classmethod
-    def from_weights(cls, path: str | Path | None = None, **kwargs) -> "Detector":
+    def from_weights(cls, path: str | Path | None = None, **kwargs) -> Detector:
         """Load verified weights (see :func:`veil.weights.resolve_weights`)."""
         model, digest = load_faceboxes(path)
         return cls(model=model, weights_sha256=digest, **kwargs)
@@ -73,10 +73,19 @@ class Detector:
         return prepare(image, self.scale, self.max_pixels)
 
     @torch.inference_mode()
+    def head_activation(self, image: np.ndarray | Prepared) -> tuple[torch.Tensor, Prepared]:
+        """The clean head activation and the network input it came from.
+
+        The head is deterministic, so this is the step a subclass may cache (the ALPHA sweep
+        reuses each image's activation for every noise); the noise is added after it, fresh.
+        """
+        prep = image if isinstance(image, Prepared) else self.preprocess(image)
+        return self.runner.head(prep.tensor), prep
+
+    @torch.inference_mode()
     def client_side(self, image: np.ndarray | Prepared, obfuscate: bool = True) -> tuple[torch.Tensor, Prepared]:
         """Everything that runs in the trust zone: the (obfuscated) activation that may leave it."""
-        prep = image if isinstance(image, Prepared) else self.preprocess(image)
-        a = self.runner.head(prep.tensor)
+        a, prep = self.head_activation(image)
         if obfuscate and self.obfuscator is not None:
             a = self.obfuscator(a)
         return a, prep

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from veil.data.fddb import FDDBDataset, FDDBImage, read_fddb
 from veil.evaluation.metrics import IOU_THRESHOLD, match_image
 from veil.evaluation.result import EvalResult, ImageRecord, summarise
+from veil.obfuscate.nsr import detect_with_nsr
 from veil.preprocess import MAX_INPUT_PIXELS, ImageReadError, load_image
 
 #: Kubernetes Indexed Jobs give each pod its index in this variable.
@@ -47,7 +48,7 @@ class Shard:
         return f"{self.index}/{self.count}"
 
     @classmethod
-    def parse(cls, spec: str) -> "Shard":
+    def parse(cls, spec: str) -> Shard:
         """``"i/N"``, or ``"auto/N"`` taking ``i`` from ``$JOB_COMPLETION_INDEX`` (Kubernetes Indexed Job)."""
         try:
             index_s, count_s = spec.split("/")
@@ -67,7 +68,7 @@ class Shard:
 
     def select(self, images: list[FDDBImage]) -> list[FDDBImage]:
         """This shard's deterministic share: every ``count``-th image, so each shard spans all folds."""
-        return images[self.index::self.count]
+        return images[self.index :: self.count]
 
 
 def detector_settings(detector: Any) -> dict[str, Any]:
@@ -90,8 +91,9 @@ def _image_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") >> 1
 
 
-def evaluate_image(detector: Any, image: FDDBImage, index: int, nsr: bool = False, seed: int | None = None,
-                   loaded: Any = None) -> tuple[ImageRecord | None, dict | None, np.ndarray | None]:
+def evaluate_image(
+    detector: Any, image: FDDBImage, index: int, nsr: bool = False, seed: int | None = None, loaded: Any = None
+) -> tuple[ImageRecord | None, dict | None, np.ndarray | None]:
     """Detect and match one image → (record, None, nsr sums) or (None, skip note, None) if it failed.
 
     Any failure of one image (unreadable, over the pixel limit, out of memory, a cv2 or server
@@ -111,22 +113,20 @@ def evaluate_image(detector: Any, image: FDDBImage, index: int, nsr: bool = Fals
     return None, {"index": index, "fold": image.fold, "image": image.name, "reason": reason}, None
 
 
-def _evaluate_image(detector: Any, image: FDDBImage, index: int, nsr: bool,
-                    seed: int | None, loaded: Any = None) -> tuple[ImageRecord, None, np.ndarray | None]:
-    img = loaded if loaded is not None else load_image(image.path, max_pixels=getattr(detector, "max_pixels",
-                                                                                      MAX_INPUT_PIXELS))
+def _evaluate_image(
+    detector: Any, image: FDDBImage, index: int, nsr: bool, seed: int | None, loaded: Any = None
+) -> tuple[ImageRecord, None, np.ndarray | None]:
+    img = (
+        loaded
+        if loaded is not None
+        else load_image(image.path, max_pixels=getattr(detector, "max_pixels", MAX_INPUT_PIXELS))
+    )
     sums = None
     obf = getattr(detector, "obfuscator", None)
     if seed is not None and obf is not None and hasattr(obf, "reseed"):
         obf.reseed(_image_seed(seed, image.name))
     if nsr and obf is not None:
-        from veil.obfuscate.nsr import nsr_sums  # noisy runs only: the obfuscation package
-
-        # One head pass serves both: the clean activation for the NSR, then the noise on top of it.
-        a, prep = detector.client_side(img, obfuscate=False)
-        sums = nsr_sums(a, obf)
-        with torch.inference_mode():
-            boxes = detector.boxes_from_activation(obf(a), prep)
+        boxes, sums = detect_with_nsr(detector, img)  # the one noisy path `veil detect --nsr` also takes
     else:
         boxes = detector.detect(img)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 5)
@@ -143,11 +143,16 @@ PREFETCH_DEPTH = 2
 
 def prepares_ahead(detector: Any) -> bool:
     """Whether the pipeline may also preprocess ahead: a :class:`~veil.detector.Detector` whose
-    ``client_side`` is the stock one (a subclass that overrides it, e.g. a cache keyed by the
-    image's pixels, gets the decoded image)."""
+    ``client_side`` and ``head_activation`` are the stock ones (a subclass that overrides them, e.g.
+    a cache keyed by the image's pixels, gets the decoded image)."""
     from veil.detector import Detector
 
-    return isinstance(detector, Detector) and type(detector).client_side is Detector.client_side
+    kind = type(detector)
+    return (
+        isinstance(detector, Detector)
+        and kind.client_side is Detector.client_side
+        and kind.head_activation is Detector.head_activation
+    )
 
 
 def load_ahead(detector: Any, image: FDDBImage, prepare: bool) -> Any:
@@ -216,9 +221,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def evaluate_fddb(detector: Any, dataset: FDDBDataset | str | Path, workers: int = 1, shard: Shard | str | None = None,
-                  progress: bool = True, nsr: bool = False, seed: int | None = None,
-                  settings: dict[str, Any] | None = None, prefetch: bool = True) -> EvalResult:
+def evaluate_fddb(
+    detector: Any,
+    dataset: FDDBDataset | str | Path,
+    workers: int = 1,
+    shard: Shard | str | None = None,
+    progress: bool = True,
+    nsr: bool = False,
+    seed: int | None = None,
+    settings: dict[str, Any] | None = None,
+    prefetch: bool = True,
+) -> EvalResult:
     """Evaluate ``detector`` on the FDDB images present under ``dataset`` (or this ``shard`` of them).
 
     ``nsr=True`` (noisy mode, a :class:`~veil.detector.Detector` with an ``obfuscator``) also sums
@@ -240,9 +253,15 @@ def evaluate_fddb(detector: Any, dataset: FDDBDataset | str | Path, workers: int
         todo = shard.select(todo)
     jobs = [(index_of[id(im)], im) for im in todo]
     if not ds.available():
-        raise FileNotFoundError(f"none of the {len(ds.images)} annotated FDDB images is under {ds.root / 'originalPics'}")
-    all_settings = {"mode": "clean", **detector_settings(detector), **(settings or {}),
-                    "dataset_fingerprint": ds.fingerprint()}
+        raise FileNotFoundError(
+            f"none of the {len(ds.images)} annotated FDDB images is under {ds.root / 'originalPics'}"
+        )
+    all_settings = {
+        "mode": "clean",
+        **detector_settings(detector),
+        **(settings or {}),
+        "dataset_fingerprint": ds.fingerprint(),
+    }
     records: list[ImageRecord] = []
     skipped: list[dict] = []
     sums_total: np.ndarray | None = None
@@ -279,10 +298,17 @@ def evaluate_fddb(detector: Any, dataset: FDDBDataset | str | Path, workers: int
     finally:
         bar.close()
         obf = getattr(detector, "obfuscator", None)
-        if seed is not None and hasattr(obf, "reseed"):
+        if seed is not None and obf is not None and hasattr(obf, "reseed"):
             obf.reseed(None)  # a seeded run must not leave the caller's obfuscator predictable
     wall = time.perf_counter() - t0
     if nsr and sums_total is None:
         raise RuntimeError("no image could be evaluated, so the noise-to-signal ratio is undefined")
-    return summarise(records, ds.fold_counts(), all_settings, skipped, sums_total, wall_s=wall,
-                     shard=None if shard is None else (shard.index, shard.count))
+    return summarise(
+        records,
+        ds.fold_counts(),
+        all_settings,
+        skipped,
+        sums_total,
+        wall_s=wall,
+        shard=None if shard is None else (shard.index, shard.count),
+    )

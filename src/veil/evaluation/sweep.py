@@ -49,29 +49,26 @@ DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
 class CachedHeadDetector(Detector):
     """A :class:`Detector` that remembers each image's clean head activation (keyed by pixel hash).
 
-    Only :meth:`client_side` changes: the clean activation comes from the cache when the same pixels
-    were seen before, and the obfuscator (drawn fresh per call) is applied on top as usual. An already
-    :class:`Prepared` input is not cached (its pixels are gone): it takes the stock path.
+    Only :meth:`~veil.detector.Detector.head_activation` changes: the clean activation comes from the
+    cache when the same pixels were seen before; the obfuscator (drawn fresh per call) is applied on
+    top by the stock ``client_side``. An already :class:`Prepared` input is not cached (its pixels are
+    gone): it takes the stock path.
     """
 
     _cache: dict[str, tuple[torch.Tensor, Prepared]] = field(default_factory=dict, repr=False)
 
-    def client_side(self, image: np.ndarray | Prepared, obfuscate: bool = True) -> tuple[torch.Tensor, Prepared]:
+    def head_activation(self, image: np.ndarray | Prepared) -> tuple[torch.Tensor, Prepared]:
         if isinstance(image, Prepared):
-            return Detector.client_side(self, image, obfuscate=obfuscate)
+            return super().head_activation(image)
         key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
         hit = self._cache.get(key)
         if hit is None:
-            a, prep = Detector.client_side(self, image, obfuscate=False)
+            a, prep = super().head_activation(image)
             # Keep the activation, not the ×3 network input (25× larger): post-processing only
             # needs the input's shape, so a zero-stride view of one element stands in for it.
             hit = (a, replace(prep, tensor=prep.tensor.new_zeros(1).expand(prep.tensor.shape)))
             self._cache[key] = hit
-        a, prep = hit
-        if obfuscate and self.obfuscator is not None:
-            with torch.inference_mode():
-                a = self.obfuscator(a)
-        return a, prep
+        return hit
 
 
 class MissingNoiseError(ValueError):

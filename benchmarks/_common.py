@@ -22,7 +22,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def uptime() -> str:
     """``uptime``'s line (load averages): every result records how busy the machine was."""
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -30,26 +30,43 @@ def uptime() -> str:
 def machine() -> dict[str, Any]:
     flags = ""
     try:
-        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln for ln in fh if ln.startswith("flags")), "")
     except OSError:
         pass
-    return {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "avx512_bf16": " avx512_bf16" in flags, "amx_bf16": " amx_bf16" in flags}
+    return {
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "avx512_bf16": " avx512_bf16" in flags,
+        "amx_bf16": " amx_bf16" in flags,
+    }
 
 
 def summary(samples: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
     """Median (ms) and ratio to ``baseline``'s median of each alternative's per-item seconds."""
     base = statistics.median(samples[baseline])
-    return {k: {"median_ms": round(1000 * statistics.median(v), 2), "ratio": round(statistics.median(v) / base, 3),
-                "min_ms": round(1000 * min(v), 2), "n": len(v)} for k, v in samples.items()}
+    return {
+        k: {
+            "median_ms": round(1000 * statistics.median(v), 2),
+            "ratio": round(statistics.median(v) / base, 3),
+            "min_ms": round(1000 * min(v), 2),
+            "n": len(v),
+        }
+        for k, v in samples.items()
+    }
 
 
 def print_table(title: str, table: dict[str, dict[str, float]], baseline: str) -> None:
     print(title)
     print(f"{'alternative':<44} {'median ms':>10} {'min ms':>9} {'ratio':>7}")
     for k, r in table.items():
-        print(f"{k:<44} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} {r['ratio']:>7.3f}{'  (baseline)' if k == baseline else ''}")
+        print(
+            f"{k:<44} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} {r['ratio']:>7.3f}"
+            + ("  (baseline)" if k == baseline else "")
+        )
 
 
 def write(name: str, result: dict[str, Any], out: str | None = None) -> Path:

@@ -37,7 +37,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=str(DATASET))
     p.add_argument("--weights", default=str(WEIGHTS))
-    p.add_argument("--images", type=int, default=12, help="FDDB images, every k-th of the present ones (default: %(default)s)")
+    p.add_argument(
+        "--images", type=int, default=12, help="FDDB images, every k-th of the present ones (default: %(default)s)"
+    )
     p.add_argument("--rounds", type=int, default=2, help="passes over the images (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default: %(default)s)")
     p.add_argument("--out", help="JSON result (default: benchmarks/results/backends-<threads>t.json)")
@@ -55,7 +57,7 @@ def main() -> None:
     alts: dict[str, list[float]] = {"preprocess float32 (before)": [], "preprocess fused uint8 (prepare)": []}
     for n in names:
         alts.update({f"head {n}": [], f"tail {n}": [], f"head+tail {n}": []})
-    worst = {n: 0.0 for n in names}
+    worst = dict.fromkeys(names, 0.0)
     with torch.inference_mode():
         for x in (prepare(images[0]).tensor,):  # warm-up
             for r in runners.values():
@@ -91,15 +93,30 @@ def main() -> None:
     for part in ("head", "tail"):  # each part's ratio against its own FP32
         for n in names:
             t_net[f"{part} {n}"]["ratio_to_fp32_part"] = round(
-                t_net[f"{part} {n}"]["median_ms"] / t_net[f"{part} fp32"]["median_ms"], 3)
-    title = f"{len(images)} FDDB images x{FDDB_SCALE:g}, {args.rounds} rounds, {args.threads} threads; load {loads[0]} ... {loads[-1]}"
+                t_net[f"{part} {n}"]["median_ms"] / t_net[f"{part} fp32"]["median_ms"], 3
+            )
+    title = (
+        f"{len(images)} FDDB images x{FDDB_SCALE:g}, {args.rounds} rounds, {args.threads} threads; "
+        f"load {loads[0]} ... {loads[-1]}"
+    )
     print_table("preprocessing (1 OpenCV thread); " + title, t_pre, "preprocess float32 (before)")
     print_table("network; " + title, t_net, "head+tail fp32")
     print("largest softmax-score difference from fp32: " + ", ".join(f"{n} {w:.2g}" for n, w in worst.items()))
-    write(f"backends-{args.threads}t", {"benchmark": "backends", "images": len(images), "rounds": args.rounds,
-                                          "threads": args.threads, "preprocess": t_pre, "network": t_net,
-                                          "max_score_diff_vs_fp32": worst, "uptime": loads, "machine": machine()},
-          args.out)
+    write(
+        f"backends-{args.threads}t",
+        {
+            "benchmark": "backends",
+            "images": len(images),
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "preprocess": t_pre,
+            "network": t_net,
+            "max_score_diff_vs_fp32": worst,
+            "uptime": loads,
+            "machine": machine(),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -34,16 +34,24 @@ SHARED = Path(os.environ.get("VEIL_SHARED", ROOT.parent / "shared"))
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=str(SHARED / "data" / "fddb"), help="FDDB root (default: %(default)s)")
-    p.add_argument("--weights", default=str(SHARED / "models" / "faceboxes" / "FaceBoxesProd.pth"),
-                   help="FaceBoxes weights (default: %(default)s)")
-    p.add_argument("--images", type=int, default=40, help="FDDB images to time, in dataset order (default: %(default)s)")
+    p.add_argument(
+        "--weights",
+        default=str(SHARED / "models" / "faceboxes" / "FaceBoxesProd.pth"),
+        help="FaceBoxes weights (default: %(default)s)",
+    )
+    p.add_argument(
+        "--images", type=int, default=40, help="FDDB images to time, in dataset order (default: %(default)s)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="passes over those images (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed images first (default: %(default)s)")
     p.add_argument("--scale", type=float, default=FDDB_SCALE, help="input upscale (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--backend", default="fp32", help="head/tail backend: fp32, bf16, onnx, auto (default: %(default)s)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detection_throughput.json"),
-                   help="JSON result (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "detection_throughput.json"),
+        help="JSON result (default: %(default)s)",
+    )
     return p.parse_args()
 
 
@@ -56,7 +64,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     det = Detector.from_weights(args.weights, scale=args.scale, backend=args.backend)
-    det.runner  # an ONNX export (once per weights) is not timed
+    _ = det.runner  # an ONNX export (once per weights) is not timed
     items = read_fddb(args.dataset).available()[: args.images]
     if not items:
         raise SystemExit(f"no FDDB images under {args.dataset}")
@@ -95,23 +103,40 @@ def main() -> None:
     shape = [img.shape[:2] for img in images]
     result = {
         "benchmark": "detection_throughput",
-        "settings": {"backend": det.backend, "scale": det.scale, "confidence": det.post.confidence, "nms_iou": det.post.nms_iou,
-                     "images": len(images), "repeats": args.repeats, "dataset": "FDDB originalPics (first N present)",
-                     "median_input_hw": [int(statistics.median(h for h, _ in shape) * det.scale),
-                                         int(statistics.median(w for _, w in shape) * det.scale)]},
+        "settings": {
+            "backend": det.backend,
+            "scale": det.scale,
+            "confidence": det.post.confidence,
+            "nms_iou": det.post.nms_iou,
+            "images": len(images),
+            "repeats": args.repeats,
+            "dataset": "FDDB originalPics (first N present)",
+            "median_input_hw": [
+                int(statistics.median(h for h, _ in shape) * det.scale),
+                int(statistics.median(w for _, w in shape) * det.scale),
+            ],
+        },
         "images_per_s": round(statistics.median(pass_rates), 3),
         "images_per_s_per_pass": [round(r, 3) for r in pass_rates],
         "detect_ms_median": ms(end_to_end),
         "stage_ms_median": {k: ms(v) for k, v in stages.items()},
         "stage_share": {k: round(ms(v) / total, 3) for k, v in stages.items()},
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(),
-                    "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
-                    "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "loadavg_1m_before": round(load_before[0], 2),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+            "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
+        },
     }
-    print(f"backend {det.backend}; FaceBoxes detection at FDDB settings (x{det.scale:g}, conf {det.post.confidence}, NMS {det.post.nms_iou}), "
-          f"{len(images)} images x {args.repeats} passes, {torch.get_num_threads()} torch threads")
+    print(
+        f"backend {det.backend}; FaceBoxes detection at FDDB settings "
+        f"(x{det.scale:g}, conf {det.post.confidence}, NMS {det.post.nms_iou}), "
+        f"{len(images)} images x {args.repeats} passes, {torch.get_num_threads()} torch threads"
+    )
     print(f"{'stage':<12} {'median ms':>10} {'share':>7}")
     for k, v in result["stage_ms_median"].items():
         print(f"{k:<12} {v:>10.2f} {result['stage_share'][k]:>7.1%}")

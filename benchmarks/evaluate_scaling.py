@@ -58,13 +58,23 @@ def main() -> None:
     args = p.parse_args()
     n_cores = cores()
     veil = [sys.executable, "-m", "veil"]
-    has_threads = "--threads" in subprocess.run(veil + ["evaluate", "--help"], capture_output=True, text=True).stdout
+    has_threads = (
+        "--threads" in subprocess.run(veil + ["evaluate", "--help"], capture_output=True, text=True, check=False).stdout
+    )
 
     with tempfile.TemporaryDirectory(prefix="veil-scaling-") as tmp:
         tmp = Path(tmp)
         n = subset_tree(Path(args.dataset), args.every, tmp / "fddb")
-        base = veil + ["evaluate", "--dataset", str(tmp / "fddb"), "--weights", args.weights,
-                       "--backend", args.backend, "--no-progress"]
+        base = veil + [
+            "evaluate",
+            "--dataset",
+            str(tmp / "fddb"),
+            "--weights",
+            args.weights,
+            "--backend",
+            args.backend,
+            "--no-progress",
+        ]
 
         def threads(t: int) -> list[str]:
             return ["--threads", str(t)] if has_threads else []
@@ -73,12 +83,17 @@ def main() -> None:
             def go() -> float:
                 out = tmp / f"{key}.json"
                 t0 = time.perf_counter()
-                subprocess.run(base + ["--workers", str(w), "--json", str(out)] + threads(t),
-                               check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(t)})
+                subprocess.run(
+                    base + ["--workers", str(w), "--json", str(out)] + threads(t),
+                    check=True,
+                    capture_output=True,
+                    env={**os.environ, "OMP_NUM_THREADS": str(t)},
+                )
                 dt = time.perf_counter() - t0
                 maps[key] = json.loads(out.read_text())["mAP"]
                 out.unlink()
                 return dt / n
+
             return go
 
         def run_shards(count: int, key: str):
@@ -87,18 +102,27 @@ def main() -> None:
                 shutil.rmtree(part, ignore_errors=True)
                 t = max(1, n_cores // count)
                 t0 = time.perf_counter()
-                procs = [subprocess.Popen(base + ["--shard", f"{i}/{count}", "--out-partial", str(part)] + threads(t),
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          env={**os.environ, "OMP_NUM_THREADS": str(t)}) for i in range(count)]
+                procs = [
+                    subprocess.Popen(
+                        base + ["--shard", f"{i}/{count}", "--out-partial", str(part)] + threads(t),
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                        env={**os.environ, "OMP_NUM_THREADS": str(t)},
+                    )
+                    for i in range(count)
+                ]
                 for pr in procs:
                     _, err = pr.communicate()
                     if pr.returncode:
                         raise RuntimeError(f"shard failed: {err.decode()[-2000:]}")
                 dt = time.perf_counter() - t0
                 merged = tmp / f"merged-{count}.json"
-                subprocess.run(veil + ["merge-results", str(part), "--json", str(merged)], check=True, capture_output=True)
+                subprocess.run(
+                    veil + ["merge-results", str(part), "--json", str(merged)], check=True, capture_output=True
+                )
                 maps[key] = json.loads(merged.read_text())["mAP"]
                 return dt / n
+
             return go
 
         maps: dict[str, float] = {}
@@ -123,13 +147,29 @@ def main() -> None:
     table = summary(samples, baseline)
     for k in table:
         table[k]["mAP"] = round(maps[k], 6)
-    print_table(f"veil evaluate --backend {args.backend}: wall ms per image (whole command), {n} FDDB images, "
-                f"{args.rounds} rounds, {n_cores} cores; load {loads[0]} ... {loads[-1]}", table, baseline)
+    print_table(
+        f"veil evaluate --backend {args.backend}: wall ms per image (whole command), {n} FDDB images, "
+        f"{args.rounds} rounds, {n_cores} cores; load {loads[0]} ... {loads[-1]}",
+        table,
+        baseline,
+    )
     if len({round(v, 9) for v in maps.values()}) != 1:
         print(f"WARNING: the runs disagree on mAP: {maps}")
-    write("evaluate_scaling", {"benchmark": "evaluate_scaling", "images": n, "rounds": args.rounds,
-                               "backend": args.backend, "cores": n_cores, "threads_flag": has_threads,
-                               "per_image": table, "uptime": loads, "machine": machine()}, args.out)
+    write(
+        "evaluate_scaling",
+        {
+            "benchmark": "evaluate_scaling",
+            "images": n,
+            "rounds": args.rounds,
+            "backend": args.backend,
+            "cores": n_cores,
+            "threads_flag": has_threads,
+            "per_image": table,
+            "uptime": loads,
+            "machine": machine(),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_MS = 5.07
 
 
-def interleaved_ms(steps: dict[str, Callable[[], object]], client_side: Callable[[], object], runs: int,
-                   client_runs: int, sync: Callable[[], object]) -> tuple[dict[str, float], float]:
+def interleaved_ms(
+    steps: dict[str, Callable[[], object]],
+    client_side: Callable[[], object],
+    runs: int,
+    client_runs: int,
+    sync: Callable[[], object],
+) -> tuple[dict[str, float], float]:
     """Medians (ms) of each noise step and of the client side, timed round-robin so all see the same load."""
     for _ in range(3):  # warm-up: allocator, kernels, stream creation
         client_side()
@@ -102,19 +107,24 @@ def bench(device: str, model, obf: Obfuscator, image: np.ndarray, runs: int, cli
 
         noise, client = interleaved_ms(steps, client_side, runs, client_runs, sync)
     base = noise["torch_mt19937"]
-    return {"device": device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-            "activation_shape": list(a.shape),
-            "noise_step_ms": {k: round(v, 4) for k, v in noise.items()},
-            "ratio_to_torch_mt19937": {k: round(v / base, 3) for k, v in noise.items()},
-            "client_side_ms": round(client, 3),
-            "default_noise_fraction_of_client_side": round(noise["aes_ctr_fresh"] / client, 5),
-            "default_noise_vs_reference": round(noise["aes_ctr_fresh"] / REFERENCE_MS, 4),
-            "runs_per_source": max(1, runs // client_runs) * client_runs, "client_runs": client_runs}
+    return {
+        "device": device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "activation_shape": list(a.shape),
+        "noise_step_ms": {k: round(v, 4) for k, v in noise.items()},
+        "ratio_to_torch_mt19937": {k: round(v / base, 3) for k, v in noise.items()},
+        "client_side_ms": round(client, 3),
+        "default_noise_fraction_of_client_side": round(noise["aes_ctr_fresh"] / client, 5),
+        "default_noise_vs_reference": round(noise["aes_ctr_fresh"] / REFERENCE_MS, 4),
+        "runs_per_source": max(1, runs // client_runs) * client_runs,
+        "client_runs": client_runs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--noise", help="a fitted noise file (default: a 128-channel transform; speed does not depend on values)")
+    p.add_argument(
+        "--noise", help="a fitted noise file (default: a 128-channel transform; speed does not depend on values)"
+    )
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, ../shared, then the cache)")
     p.add_argument("--runs", type=int, default=300, help="timed runs of the noise step (default: %(default)s)")
     p.add_argument("--client-runs", type=int, default=30, help="timed runs of the client side (default: %(default)s)")
@@ -134,19 +144,30 @@ def main(argv: list[str] | None = None) -> int:
     results = [bench("cpu", model, obf, image, args.runs, args.client_runs)]
     if torch.cuda.is_available():
         results.append(bench("cuda", model, obf, image, args.runs, args.client_runs))
-    doc = {"image": "1920x1080 BGR uint8, scale x1", "reference_ms": REFERENCE_MS, "reference_device": "V100",
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-           "load_average_before": load, "load_average_after": list(os.getloadavg()), "cpus": os.cpu_count(),
-           "note": "medians; the machine may be shared (see load_average), so absolute times vary between runs, "
-                   "ratios less so",
-           "weights_sha256_is_reference": digest == REFERENCE_SHA256, "results": results}
+    doc = {
+        "image": "1920x1080 BGR uint8, scale x1",
+        "reference_ms": REFERENCE_MS,
+        "reference_device": "V100",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "load_average_before": load,
+        "load_average_after": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
+        "note": "medians; the machine may be shared (see load_average), so absolute times vary between runs, "
+        "ratios less so",
+        "weights_sha256_is_reference": digest == REFERENCE_SHA256,
+        "results": results,
+    }
     for r in results:
         ms, ratio = r["noise_step_ms"], r["ratio_to_torch_mt19937"]
-        print(f"{r['device']}: noise step (median of {r['runs_per_source']} each): "
-              + ", ".join(f"{k} {ms[k]:.3f} ms ({ratio[k]:.2f}×)" for k in ms)
-              + f"; client side (preprocess + head + default noise) {r['client_side_ms']:.2f} ms (median of "
-              f"{r['client_runs']}): default noise = {100 * r['default_noise_fraction_of_client_side']:.2f}% of it, "
-              f"{r['default_noise_vs_reference']:.3f}× the reference's {REFERENCE_MS} ms")
+        print(
+            f"{r['device']}: noise step (median of {r['runs_per_source']} each): "
+            + ", ".join(f"{k} {ms[k]:.3f} ms ({ratio[k]:.2f}×)" for k in ms)
+            + f"; client side (preprocess + head + default noise) {r['client_side_ms']:.2f} ms (median of "
+            f"{r['client_runs']}): default noise = {100 * r['default_noise_fraction_of_client_side']:.2f}% of it, "
+            f"{r['default_noise_vs_reference']:.3f}× the reference's {REFERENCE_MS} ms"
+        )
     print(f"load average (1, 5, 15 min) before {load}, after {doc['load_average_after']} on {os.cpu_count()} CPUs")
     print(f"wrote {write_json(args.out, doc)}")
     return 0

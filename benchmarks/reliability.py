@@ -81,14 +81,22 @@ class Monitor(threading.Thread):
             time.sleep(0.2)
 
 
-def client_loop(i: int, det: Detector, server: TritonServer, images: list[Path], deadline: float,
-                out: dict, lock: threading.Lock) -> None:
+def client_loop(
+    i: int, det: Detector, server: TritonServer, images: list[Path], deadline: float, out: dict, lock: threading.Lock
+) -> None:
     """One trust-zone client: images in turn until the deadline; every image's outcome is recorded."""
     protocol = "http" if i % 2 == 0 else "grpc"
     url = server.http_url if protocol == "http" else server.grpc_url
     client = TritonDetector(det, url, protocol, retries=2, retry_delay=0.5, timeout=5.0)
-    rec = {"protocol": protocol, "taken": 0, "processed": 0, "unavailable": 0, "refused_or_failed": 0,
-           "latencies": [], "errors": {}}
+    rec = {
+        "protocol": protocol,
+        "taken": 0,
+        "processed": 0,
+        "unavailable": 0,
+        "refused_or_failed": 0,
+        "latencies": [],
+        "errors": {},
+    }
     start = random.Random(i).randrange(len(images))
     for path in itertools.islice(itertools.cycle(images), start, None):
         if time.monotonic() > deadline:
@@ -122,8 +130,12 @@ def garbage_loop(server: TritonServer, deadline: float, stop: threading.Event, o
         kinds[f"{kind}: {outcome}"] = kinds.get(f"{kind}: {outcome}", 0) + 1
 
     def http_post(path: str, body: bytes, headers: dict | None = None) -> str:
-        req = urllib.request.Request(f"http://{server.http_url}{path}", data=body, method="POST",
-                                     headers=headers or {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://{server.http_url}{path}",
+            data=body,
+            method="POST",
+            headers=headers or {"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return "accepted" if r.status == 200 else "refused"
@@ -149,9 +161,11 @@ def garbage_loop(server: TritonServer, deadline: float, stop: threading.Event, o
         try:
             if protocol == "http":
                 import tritonclient.http as tc
+
                 c = tc.InferenceServerClient(server.http_url, network_timeout=10)
             else:
                 import tritonclient.grpc as tc
+
                 c = tc.InferenceServerClient(server.grpc_url)
             a = np.full(shape, fill, dtype) if fill is not None else rng.standard_normal(shape).astype(dtype)
             inp = tc.InferInput("INPUT_0", list(a.shape), "FP16" if dtype == np.float16 else "FP32")
@@ -168,10 +182,15 @@ def garbage_loop(server: TritonServer, deadline: float, stop: threading.Event, o
         ("random bytes to HTTP", lambda: raw(port_http, rng.bytes(2048))),
         ("random bytes to gRPC", lambda: raw(port_grpc, rng.bytes(2048))),
         ("malformed JSON", lambda: http_post(f"/v2/models/{BASE_MODEL}/infer", b'{"inputs": [{"name": ')),
-        ("lying binary header", lambda: http_post(
-            f"/v2/models/{BASE_MODEL}/infer", b'{"inputs":[{"name":"INPUT_0","shape":[1,128,8,8],"datatype":"FP32",'
-            b'"parameters":{"binary_data_size":32768}}]}' + b"\0" * 10,
-            {"Inference-Header-Content-Length": "99", "Content-Type": "application/octet-stream"})),
+        (
+            "lying binary header",
+            lambda: http_post(
+                f"/v2/models/{BASE_MODEL}/infer",
+                b'{"inputs":[{"name":"INPUT_0","shape":[1,128,8,8],"datatype":"FP32",'
+                b'"parameters":{"binary_data_size":32768}}]}' + b"\0" * 10,
+                {"Inference-Header-Content-Length": "99", "Content-Type": "application/octet-stream"},
+            ),
+        ),
         ("wrong channels", lambda: tensor("http", (1, 64, 8, 8))),
         ("NaN activation", lambda: tensor("grpc", (1, 128, 8, 8), fill=np.nan)),
         ("wrong dtype", lambda: tensor("grpc", (1, 128, 8, 8), np.float16)),
@@ -193,9 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", default=str(SHARED / "data/fddb/originalPics"), help="image folder (recursive)")
     ap.add_argument("--clients", type=int, default=3, help="concurrent trust-zone clients (default: %(default)s)")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load (default: %(default)s)")
-    ap.add_argument("--kill-at", type=float, default=0.3, help="fraction of the run when the server is killed "
-                                                              "(default: %(default)s; negative: no kill)")
-    ap.add_argument("--down", type=float, default=3.0, help="seconds the killed server stays down (default: %(default)s)")
+    ap.add_argument(
+        "--kill-at",
+        type=float,
+        default=0.3,
+        help="fraction of the run when the server is killed (default: %(default)s; negative: no kill)",
+    )
+    ap.add_argument(
+        "--down", type=float, default=3.0, help="seconds the killed server stays down (default: %(default)s)"
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="input scale (default: %(default)s)")
     ap.add_argument("--noisy", action="store_true", help="obfuscate (an OS-seeded Obfuscator, σ 0.5) before sending")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/reliability.json"))
@@ -208,17 +233,30 @@ def main(argv: list[str] | None = None) -> int:
     images = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not images:
         raise SystemExit(f"no images under {args.images}")
-    result: dict = {"benchmark": "reliability", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                    "command": "python benchmarks/reliability.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                "load_average_at_start": list(os.getloadavg()),
-                                "note": "shared machine: other jobs ran at the same time"},
-                    "settings": {"clients": args.clients, "duration_s": args.duration, "kill_at": args.kill_at,
-                                 "down_s": args.down, "scale": args.scale, "noisy": args.noisy,
-                                 "client": "retries 2, back-off 0.5 s doubling, deadline 5 s per request"}}
+    result: dict = {
+        "benchmark": "reliability",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": "python benchmarks/reliability.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_at_start": list(os.getloadavg()),
+            "note": "shared machine: other jobs ran at the same time",
+        },
+        "settings": {
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "kill_at": args.kill_at,
+            "down_s": args.down,
+            "scale": args.scale,
+            "noisy": args.noisy,
+            "client": "retries 2, back-off 0.5 s doubling, deadline 5 s per request",
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="veil-rel-") as tmp:
-        repo = write_repository(det.model, Path(tmp) / "repo", det.weights_sha256,
-                                formats=("python",)).repositories["python"]
+        repo = write_repository(det.model, Path(tmp) / "repo", det.weights_sha256, formats=("python",)).repositories[
+            "python"
+        ]
         model = NOISY_MODEL if args.noisy else BASE_MODEL
         server = TritonServer(repo, models=[model] if args.noisy else [BASE_MODEL])
         t_start = time.monotonic()
@@ -232,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         t0 = time.monotonic()
         deadline = t0 + args.duration
-        threads = [threading.Thread(target=client_loop, args=(i, det, server, images, deadline, outcomes, lock))
-                   for i in range(args.clients)]
+        threads = [
+            threading.Thread(target=client_loop, args=(i, det, server, images, deadline, outcomes, lock))
+            for i in range(args.clients)
+        ]
         threads.append(threading.Thread(target=garbage_loop, args=(server, deadline, stop, garbage)))
         for t in threads:
             t.start()
@@ -267,31 +307,45 @@ def main(argv: list[str] | None = None) -> int:
     for o in outcomes.values():
         for k, v in o["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    result.update({
-        "wall_s": round(wall, 2),
-        "fault": fault,
-        "images": {"taken": taken, "processed": processed, "reported_unavailable": unavailable,
-                   "reported_other": failed, "lost": taken - processed - unavailable - failed},
-        "requests_served": processed,
-        "served_per_s": round(processed / wall, 2),
-        "errors": errors,
-        "latency_ms": {"p50": round(1000 * statistics.median(lat), 1) if lat else None,
-                       "p99": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
-                       "max": round(1000 * lat[-1], 1) if lat else None,
-                       "what": "one image end to end in the client: head, request, tail, post-processing"},
-        "per_client": {str(i): {k: v for k, v in o.items() if k not in ("latencies",)} for i, o in
-                       sorted(outcomes.items())},
-        "garbage": garbage,
-        "memory": {"server_rss_high_water_mb": round(monitor.peak / 2**20, 1),
-                   "clients_process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
-        "load_average_at_end": list(os.getloadavg()),
-    })
+    result.update(
+        {
+            "wall_s": round(wall, 2),
+            "fault": fault,
+            "images": {
+                "taken": taken,
+                "processed": processed,
+                "reported_unavailable": unavailable,
+                "reported_other": failed,
+                "lost": taken - processed - unavailable - failed,
+            },
+            "requests_served": processed,
+            "served_per_s": round(processed / wall, 2),
+            "errors": errors,
+            "latency_ms": {
+                "p50": round(1000 * statistics.median(lat), 1) if lat else None,
+                "p99": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+                "max": round(1000 * lat[-1], 1) if lat else None,
+                "what": "one image end to end in the client: head, request, tail, post-processing",
+            },
+            "per_client": {
+                str(i): {k: v for k, v in o.items() if k not in ("latencies",)} for i, o in sorted(outcomes.items())
+            },
+            "garbage": garbage,
+            "memory": {
+                "server_rss_high_water_mb": round(monitor.peak / 2**20, 1),
+                "clients_process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            },
+            "load_average_at_end": list(os.getloadavg()),
+        }
+    )
     out = write_json(args.out, result)
     im = result["images"]
-    print(f"{im['taken']} images taken: {im['processed']} processed, {im['reported_unavailable']} reported "
-          f"(server down), {im['reported_other']} reported (other), {im['lost']} lost; p99 "
-          f"{result['latency_ms']['p99']} ms; server RSS high-water {result['memory']['server_rss_high_water_mb']} MB; "
-          f"garbage {garbage.get('counts')}; fault {fault}")
+    print(
+        f"{im['taken']} images taken: {im['processed']} processed, {im['reported_unavailable']} reported "
+        f"(server down), {im['reported_other']} reported (other), {im['lost']} lost; p99 "
+        f"{result['latency_ms']['p99']} ms; server RSS high-water {result['memory']['server_rss_high_water_mb']} MB; "
+        f"garbage {garbage.get('counts')}; fault {fault}"
+    )
     print(f"wrote {out}")
     return 0 if im["lost"] == 0 and result.get("server_alive_after_garbage", False) else 1
 

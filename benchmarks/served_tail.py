@@ -42,7 +42,7 @@ WIRE = {"HTTP FP32 JSON (reference)": "reference: HTTP FP32 JSON text", "gRPC FP
 BASELINE = ("onnxruntime tail, batching 2 ms", "HTTP FP32 JSON (reference)")
 
 #: A python-backend model running the TorchScript tail with torch (one thread per instance).
-TORCH_MODEL = '''
+TORCH_MODEL = """
 import os
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class TritonPythonModel:
             out.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("OUTPUT_0", loc.numpy()), pb_utils.Tensor("OUTPUT_1", conf.numpy())]))
         return out
-'''
+"""
 
 
 def variant_repo(det: Detector, src: Path, dest: Path, tail: str, delay_us: int | None) -> Path:
@@ -90,7 +90,9 @@ def main() -> None:
     p.add_argument("--dataset", default=str(DATASET))
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--per-client", type=int, default=3, help="timed requests per client per cell (default: %(default)s)")
+    p.add_argument(
+        "--per-client", type=int, default=3, help="timed requests per client per cell (default: %(default)s)"
+    )
     p.add_argument("--max-seconds", type=float, default=480, help="time bound of the timed part (default: %(default)s)")
     p.add_argument("--out", help="JSON result (default: benchmarks/results/served_tail.json)")
     args = p.parse_args()
@@ -98,14 +100,21 @@ def main() -> None:
     det = Detector.from_weights(args.weights, backend="fp32")
     image = sorted((Path(args.dataset) / "originalPics").rglob("*.jpg"))[0]
     a = activation_1024(det, image)
-    variants = {"torch tail, batching 2 ms": ("torch", 2000), "onnxruntime tail, no batching": ("onnx", None),
-                "onnxruntime tail, batching 2 ms": ("onnx", 2000), "onnxruntime tail, batching 10 ms": ("onnx", 10000)}
+    variants = {
+        "torch tail, batching 2 ms": ("torch", 2000),
+        "onnxruntime tail, no batching": ("onnx", None),
+        "onnxruntime tail, batching 2 ms": ("onnx", 2000),
+        "onnxruntime tail, batching 10 ms": ("onnx", 10000),
+    }
     with tempfile.TemporaryDirectory(prefix="veil-served-") as tmp:
         tmp = Path(tmp)
-        src = write_repository(det.model, tmp / "exported", det.weights_sha256,
-                               formats=("python",)).repositories["python"]
-        servers = {v: TritonServer(variant_repo(det, src, tmp / f"v{i}", tail, delay), models=[BASE_MODEL])
-                   for i, (v, (tail, delay)) in enumerate(variants.items())}
+        src = write_repository(det.model, tmp / "exported", det.weights_sha256, formats=("python",)).repositories[
+            "python"
+        ]
+        servers = {
+            v: TritonServer(variant_repo(det, src, tmp / f"v{i}", tail, delay), models=[BASE_MODEL])
+            for i, (v, (tail, delay)) in enumerate(variants.items())
+        }
         try:
             for s in servers.values():
                 s.start()
@@ -131,27 +140,52 @@ def main() -> None:
     rows = []
     for (v, w, c), ls in lat.items():
         ls = sorted(ls)
-        rows.append({"variant": v, "wire": w, "clients": c, "requests": len(ls), "errors": errors[(v, w, c)],
-                     "requests_per_s": round(len(ls) / wall[(v, w, c)], 3) if wall[(v, w, c)] else None,
-                     "p50_ms": round(1e3 * statistics.median(ls), 2) if ls else None,
-                     "p99_ms": round(1e3 * float(np.percentile(ls, 99)), 2) if ls else None,
-                     "bytes_sent_per_request": round(sent[(v, w)][0]),
-                     "bytes_received_per_request": round(sent[(v, w)][1])})
+        rows.append(
+            {
+                "variant": v,
+                "wire": w,
+                "clients": c,
+                "requests": len(ls),
+                "errors": errors[(v, w, c)],
+                "requests_per_s": round(len(ls) / wall[(v, w, c)], 3) if wall[(v, w, c)] else None,
+                "p50_ms": round(1e3 * statistics.median(ls), 2) if ls else None,
+                "p99_ms": round(1e3 * float(np.percentile(ls, 99)), 2) if ls else None,
+                "bytes_sent_per_request": round(sent[(v, w)][0]),
+                "bytes_received_per_request": round(sent[(v, w)][1]),
+            }
+        )
     base = {r["clients"]: r for r in rows if (r["variant"], r["wire"]) == BASELINE}
     print(f"served tail, activation {list(a.shape)}; load {loads[0]} ... {loads[-1]}")
-    print(f"{'variant':<34} {'wire':<27} {'cl':>3} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p50 x':>6} {'sent KiB':>9}")
+    print(
+        f"{'variant':<34} {'wire':<27} {'cl':>3} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p50 x':>6} {'sent KiB':>9}"
+    )
     for r in rows:
         b = base[r["clients"]]
-        r["requests_per_s_vs_baseline"] = round(r["requests_per_s"] / b["requests_per_s"], 3) if r["requests_per_s"] else None
+        r["requests_per_s_vs_baseline"] = (
+            round(r["requests_per_s"] / b["requests_per_s"], 3) if r["requests_per_s"] else None
+        )
         r["p50_vs_baseline"] = round(r["p50_ms"] / b["p50_ms"], 3) if r["p50_ms"] else None
-        print(f"{r['variant']:<34} {r['wire']:<27} {r['clients']:>3} {r['requests_per_s'] or 0:>7.2f} "
-              f"{r['requests_per_s_vs_baseline'] or 0:>7.3f} {r['p50_ms'] or 0:>8.1f} {r['p99_ms'] or 0:>8.1f} "
-              f"{r['p50_vs_baseline'] or 0:>6.3f} {r['bytes_sent_per_request'] / 1024:>9.1f}"
-              + (f"  {r['errors']} errors" if r["errors"] else ""))
-    write("served_tail", {"benchmark": "served_tail", "activation_shape": list(a.shape), "rounds": args.rounds,
-                          "per_client": args.per_client, "baseline": list(BASELINE), "rows": rows,
-                          "uptime": loads, "machine": machine()}, args.out)
+        print(
+            f"{r['variant']:<34} {r['wire']:<27} {r['clients']:>3} {r['requests_per_s'] or 0:>7.2f} "
+            f"{r['requests_per_s_vs_baseline'] or 0:>7.3f} {r['p50_ms'] or 0:>8.1f} {r['p99_ms'] or 0:>8.1f} "
+            f"{r['p50_vs_baseline'] or 0:>6.3f} {r['bytes_sent_per_request'] / 1024:>9.1f}"
+            + (f"  {r['errors']} errors" if r["errors"] else "")
+        )
+    write(
+        "served_tail",
+        {
+            "benchmark": "served_tail",
+            "activation_shape": list(a.shape),
+            "rounds": args.rounds,
+            "per_client": args.per_client,
+            "baseline": list(BASELINE),
+            "rows": rows,
+            "uptime": loads,
+            "machine": machine(),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import argparse
 import time
 
 import torch
-
 from _common import machine, print_table, summary, uptime, write
+
 from veil import assets
 from veil.detector import Detector
 
@@ -50,8 +50,18 @@ def main() -> None:
     torch.set_num_threads(default)
     table = summary(samples, "1 thread")
     print_table(f"per image, ×3 scale, {len(images)} images × {args.rounds} rounds, interleaved", table, "1 thread")
-    write("threads", {"table": table, "uptime_before": load_before, "uptime_after": uptime(), "machine": machine(),
-                      "images": len(images), "rounds": args.rounds}, args.out)
+    write(
+        "threads",
+        {
+            "table": table,
+            "uptime_before": load_before,
+            "uptime_after": uptime(),
+            "machine": machine(),
+            "images": len(images),
+            "rounds": args.rounds,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

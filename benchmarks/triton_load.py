@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from veil.detector import Detector
+from veil.jsonio import write_json
 from veil.preprocess import load_image
 from veil.serving.client import TritonDetector
 from veil.serving.repository import resolve_repository, write_repository
 from veil.serving.server import TritonServer
 from veil.serving.wire import RecordingProxy
-from veil.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -79,8 +79,9 @@ def wire_bytes(det: Detector, server: TritonServer, mode: str, a: torch.Tensor, 
     return sent, recv
 
 
-def run_round(det: Detector, server: TritonServer, mode: str, n_clients: int, a: torch.Tensor, per_client: int,
-              deadline: float) -> tuple[list[float], float, list[str]]:
+def run_round(
+    det: Detector, server: TritonServer, mode: str, n_clients: int, a: torch.Tensor, per_client: int, deadline: float
+) -> tuple[list[float], float, list[str]]:
     """``n_clients`` threads, each with its own connection (tritonclient objects stay in the thread that
     made them), one untimed warm-up request, then ``per_client`` timed ones: latencies (s), wall, errors."""
     lat: list[float] = []
@@ -125,16 +126,23 @@ def run_round(det: Detector, server: TritonServer, mode: str, n_clients: int, a:
     return lat, max(done_at) - t0, errors
 
 
-def load_test(det: Detector, server: TritonServer, a: torch.Tensor, n_clients: int, rounds: int, per_client: int,
-              max_seconds: float) -> dict:
+def load_test(
+    det: Detector,
+    server: TritonServer,
+    a: torch.Tensor,
+    n_clients: int,
+    rounds: int,
+    per_client: int,
+    max_seconds: float,
+) -> dict:
     lat: dict[str, list[float]] = {m: [] for m in MODES}
-    wall = {m: 0.0 for m in MODES}
+    wall = dict.fromkeys(MODES, 0.0)
     errors: dict[str, list[str]] = {m: [] for m in MODES}
     deadline = time.monotonic() + max_seconds
     for r in range(rounds):
         for m in MODES:
-            l, w, e = run_round(det, server, m, n_clients, a, per_client, deadline)
-            lat[m] += l
+            lats, w, e = run_round(det, server, m, n_clients, a, per_client, deadline)
+            lat[m] += lats
             wall[m] += w
             errors[m] += e
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
@@ -147,15 +155,20 @@ def load_test(det: Detector, server: TritonServer, a: torch.Tensor, n_clients: i
             print(f"{m}: {len(errors[m])} errors, first: {errors[m][0]}", file=sys.stderr)
         sent, recv = wire_bytes(det, server, m, a)
         ls = sorted(lat[m])
-        out[m] = {"protocol": MODES[m][0], "dtype": "FP16" if MODES[m][1] else "FP32",
-                  "encoding": "binary" if MODES[m][2] else "JSON text",
-                  "requests": len(ls), "errors": len(errors[m]),
-                  "requests_per_s": len(ls) / wall[m] if wall[m] else None,
-                  "p50_ms": 1e3 * statistics.median(ls) if ls else None,
-                  "p99_ms": 1e3 * float(np.percentile(ls, 99)) if ls else None,
-                  "bytes_sent_per_request": sent, "bytes_received_per_request": recv}
+        out[m] = {
+            "protocol": MODES[m][0],
+            "dtype": "FP16" if MODES[m][1] else "FP32",
+            "encoding": "binary" if MODES[m][2] else "JSON text",
+            "requests": len(ls),
+            "errors": len(errors[m]),
+            "requests_per_s": len(ls) / wall[m] if wall[m] else None,
+            "p50_ms": 1e3 * statistics.median(ls) if ls else None,
+            "p99_ms": 1e3 * float(np.percentile(ls, 99)) if ls else None,
+            "bytes_sent_per_request": sent,
+            "bytes_received_per_request": recv,
+        }
     ref = out[REFERENCE]
-    for m, v in out.items():
+    for v in out.values():
         v["bytes_sent_vs_reference"] = v["bytes_sent_per_request"] / ref["bytes_sent_per_request"]
         v["p50_vs_reference"] = v["p50_ms"] / ref["p50_ms"] if v["p50_ms"] and ref["p50_ms"] else None
     return out
@@ -181,8 +194,13 @@ def fddb_maps(det: Detector, server: TritonServer, fddb: Path, workers: int = 1,
     for name, d in runs.items():
         t0 = time.perf_counter()
         res = evaluate_fddb(d, fddb, workers=workers, progress=True)
-        out[name] = {"mAP": res.mAP, "images": res.images, "faces": res.faces,
-                     "per_fold_AP": {str(k): f.ap for k, f in res.folds.items()}, "wall_s": time.perf_counter() - t0}
+        out[name] = {
+            "mAP": res.mAP,
+            "images": res.images,
+            "faces": res.faces,
+            "per_fold_AP": {str(k): f.ap for k, f in res.folds.items()},
+            "wall_s": time.perf_counter() - t0,
+        }
         print(f"{name}: mAP {res.mAP:.4f} on {res.images} images, {res.faces} faces", file=sys.stderr)
         base = out["in-process FP32"]["mAP"]
         for v in out.values():
@@ -231,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-client", type=int, default=2, help="requests per client per round (default: %(default)s)")
     ap.add_argument("--max-seconds", type=float, default=300, help="time bound of the load part (default: %(default)s)")
     ap.add_argument("--fddb", action="store_true", help="also measure FDDB mAP in-process vs through the server")
-    ap.add_argument("--fddb-noisy-alpha", type=float, metavar="A",
-                    help="also compare obfuscated FDDB mAP (fitted noise for A, seeded) in-process vs through the server")
+    ap.add_argument(
+        "--fddb-noisy-alpha",
+        type=float,
+        metavar="A",
+        help="also compare obfuscated FDDB mAP (fitted noise for A, seeded) in-process vs through the server",
+    )
     ap.add_argument("--no-load", action="store_true", help="skip the load part (with --fddb)")
     ap.add_argument("--workers", type=int, default=1, help="FDDB evaluation processes per run (default: %(default)s)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/triton_load.json"))
@@ -245,28 +267,45 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_repository:
             repo = resolve_repository(args.model_repository)
         else:
-            repo = write_repository(det.model, Path(tmp) / "repo", det.weights_sha256, formats=("python",)).repositories["python"]
-        result: dict = {"benchmark": "triton_load", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                    "torch": torch.__version__, "cpus": __import__("os").cpu_count()},
-                        "server": "tritonserver 2.51 (nvidia-pytriton wheel), python backend, onnxruntime tail, loopback",
-                        "command": "python benchmarks/triton_load.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+            repo = write_repository(
+                det.model, Path(tmp) / "repo", det.weights_sha256, formats=("python",)
+            ).repositories["python"]
+        result: dict = {
+            "benchmark": "triton_load",
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "machine": {
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "cpus": __import__("os").cpu_count(),
+            },
+            "server": "tritonserver 2.51 (nvidia-pytriton wheel), python backend, onnxruntime tail, loopback",
+            "command": "python benchmarks/triton_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        }
         with TritonServer(repo) as server:
             if not args.no_load:
                 a = activation_1024(det, image)
                 result["activation"] = {"shape": list(a.shape), "fp32_bytes": a.numel() * 4, "source": str(image.name)}
-                result["load"] = {"command": result["command"], "date": result["date"], "clients": args.clients, "rounds": args.rounds, "per_client": args.per_client,
-                                  "modes": load_test(det, server, a, args.clients, args.rounds, args.per_client,
-                                                     args.max_seconds)}
+                result["load"] = {
+                    "command": result["command"],
+                    "date": result["date"],
+                    "clients": args.clients,
+                    "rounds": args.rounds,
+                    "per_client": args.per_client,
+                    "modes": load_test(det, server, a, args.clients, args.rounds, args.per_client, args.max_seconds),
+                }
                 for m, v in result["load"]["modes"].items():
-                    print(f"{m:32s} {v['requests']:4d} req {v['requests_per_s']:6.2f} req/s  p50 {v['p50_ms']:7.1f} ms  "
-                          f"p99 {v['p99_ms']:7.1f} ms  sent {v['bytes_sent_per_request'] / 1024:8.1f} KiB "
-                          f"({100 * v['bytes_sent_vs_reference']:5.1f}% of JSON)  received "
-                          f"{v['bytes_received_per_request'] / 1024:8.1f} KiB")
+                    print(
+                        f"{m:32s} {v['requests']:4d} req {v['requests_per_s']:6.2f} req/s  p50 {v['p50_ms']:7.1f} ms  "
+                        f"p99 {v['p99_ms']:7.1f} ms  sent {v['bytes_sent_per_request'] / 1024:8.1f} KiB "
+                        f"({100 * v['bytes_sent_vs_reference']:5.1f}% of JSON)  received "
+                        f"{v['bytes_received_per_request'] / 1024:8.1f} KiB"
+                    )
             if args.fddb:
                 result["fddb_command"] = result["command"]
-                result["fddb"] = fddb_maps(det, server, fddb, args.workers,
-                                           save=lambda part: write(args.out, {**result, "fddb": part}))
+                result["fddb"] = fddb_maps(
+                    det, server, fddb, args.workers, save=lambda part: write(args.out, {**result, "fddb": part})
+                )
                 for m, v in result["fddb"].items():
                     print(f"{m:28s} mAP {v['mAP']:.4f} ({v['mAP_points_vs_in_process_fp32']:+.3f} points)")
             if args.fddb_noisy_alpha is not None:

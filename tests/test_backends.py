@@ -89,7 +89,12 @@ def test_resolve_refuses_unknown_and_unsupported(monkeypatch):
 
 
 def test_cli_refuses_a_bad_backend_clearly(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "veil", "detect", "x.jpg", "--out", str(tmp_path), "--backend", "gpu"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "veil", "detect", "x.jpg", "--out", str(tmp_path), "--backend", "gpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "--backend" in proc.stderr and "unknown backend 'gpu'" in proc.stderr

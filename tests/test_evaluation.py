@@ -221,10 +221,10 @@ def test_shard_parse_select_and_errors(monkeypatch):
 
 def test_pipelined_run_equals_the_sequential_one(detector, fddb_dir):
     """Decoding/preprocessing ahead in a thread changes only the timing, never a detection."""
+    import cv2
+
     from veil.detector import Detector
     from veil.evaluation import evaluate_fddb
-
-    import cv2
 
     small = Detector(detector.model, detector.weights_sha256, scale=1.0)
     cv_threads = cv2.getNumThreads()

@@ -81,8 +81,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def postprocess(loc: torch.Tensor, conf: torch.Tensor, input_hw: tuple[int, int], scale: float,
-                config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
+def postprocess(
+    loc: torch.Tensor,
+    conf: torch.Tensor,
+    input_hw: tuple[int, int],
+    scale: float,
+    config: PostprocessConfig = PostprocessConfig(),
+) -> np.ndarray:
     """One image's tail outputs (``loc [P,4]``, ``conf [P,2]``) → ``[K,5]`` ``x1,y1,x2,y2,score``.
 
     Boxes are in the *original* image's pixels: the network input of size ``input_hw``

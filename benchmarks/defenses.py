@@ -11,7 +11,8 @@ this measures
   intervals), for one query and for the mean of 8 fresh queries of the same image (averaging).
 
     python benchmarks/defenses.py --defense noise --alpha 0.9 --noise N.safetensors --out J.json
-    python benchmarks/defenses.py --defense robust-tail --alpha 0.9 --noise N.safetensors --tail T.safetensors --out J.json
+    python benchmarks/defenses.py --defense robust-tail --alpha 0.9 --noise N.safetensors \
+        --tail T.safetensors --out J.json
     python benchmarks/defenses.py --defense bottleneck --alpha 0.8 --bottleneck B.safetensors --out J.json
     python benchmarks/defenses.py --defense clean --out J.json     # the clean reference (naive attacker)
 
@@ -46,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", nargs="+", help="non-FDDB photos for the scoring decoder (default: $VEIL_FIT_IMAGES)")
     p.add_argument("--map-draws", type=int, default=2, help="FDDB evaluations, each with fresh noise (default: 2)")
     p.add_argument("--skip-map", action="store_true", help="privacy only")
-    p.add_argument("--clean-map", action="store_true",
-                   help="also evaluate this configuration's tail on clean activations (robust tail: how it does without noise)")
+    p.add_argument(
+        "--clean-map",
+        action="store_true",
+        help="also evaluate this configuration's tail on clean activations (robust tail: how it does without noise)",
+    )
     p.add_argument("--skip-privacy", action="store_true", help="mAP only")
     p.add_argument("--decoder", help="use this trained scoring decoder instead of training one")
     p.add_argument("--decoder-minutes", type=float, default=8.0)
@@ -82,10 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         observe = det.obfuscator  # the wire is the noise's: the tail changes nothing the server sees
         meta["noise_sha256"] = file_sha256(args.noise)
         meta["tail_sha256"] = file_sha256(args.tail)
-        meta["tail_distill"] = {"steps": tmeta["log"][-1]["step"], "seconds": tmeta["log"][-1]["seconds"],
-                                "crop": tmeta["data"].get("crop"),
-                                "held_out_distortion": [tmeta["log"][0].get("held_out_distortion"),
-                                                        tmeta["log"][-1].get("held_out_distortion")]}
+        meta["tail_distill"] = {
+            "steps": tmeta["log"][-1]["step"],
+            "seconds": tmeta["log"][-1]["seconds"],
+            "crop": tmeta["data"].get("crop"),
+            "held_out_distortion": [
+                tmeta["log"][0].get("held_out_distortion"),
+                tmeta["log"][-1].get("held_out_distortion"),
+            ],
+        }
     elif args.defense == "bottleneck":
         from veil.defenses import bottleneck
 
@@ -94,23 +103,32 @@ def main(argv: list[str] | None = None) -> int:
         meta["bottleneck_sha256"] = file_sha256(args.bottleneck)
         meta["spec"] = bmeta["spec"]
         meta["adversary_weight"] = bmeta.get("adversary_weight")
-        meta["fit"] = {"steps": bmeta["log"][-1]["step"], "seconds": bmeta["log"][-1]["seconds"],
-                       "crop": bmeta["data"].get("crop"),
-                       "held_out_distortion": [bmeta["log"][0].get("held_out_distortion"),
-                                               bmeta["log"][-1].get("held_out_distortion")]}
+        meta["fit"] = {
+            "steps": bmeta["log"][-1]["step"],
+            "seconds": bmeta["log"][-1]["seconds"],
+            "crop": bmeta["data"].get("crop"),
+            "held_out_distortion": [
+                bmeta["log"][0].get("held_out_distortion"),
+                bmeta["log"][-1].get("held_out_distortion"),
+            ],
+        }
 
         def observe(a: torch.Tensor) -> torch.Tensor:
             return as_decoder_input(fb.bottleneck(a))
     else:
+
         def observe(a: torch.Tensor) -> torch.Tensor:
             return a
 
     load = os.getloadavg()
-    result: dict = {**meta, "machine": {"cpus": os.cpu_count(), "threads": args.threads,
-                                        "load_at_start": [round(x, 2) for x in load]},
-                    "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                             text=True).stdout.strip(),
-                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]] if argv is None else argv)}
+    result: dict = {
+        **meta,
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_at_start": [round(x, 2) for x in load]},
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]] if argv is None else argv),
+    }
     if not args.skip_map:
         from veil.evaluation import evaluate_fddb
 
@@ -119,24 +137,29 @@ def main(argv: list[str] | None = None) -> int:
             r = evaluate_fddb(det, dataset, progress=True)
             maps.append(r.mAP)
             print(f"FDDB mAP draw {i}: {maps[-1]:.4f}", flush=True)
-        result["map"] = {"draws": [round(m, 4) for m in maps], "mean": round(statistics.mean(maps), 4),
-                         "min": round(min(maps), 4), "max": round(max(maps), 4)}
+        result["map"] = {
+            "draws": [round(m, 4) for m in maps],
+            "mean": round(statistics.mean(maps), 4),
+            "min": round(min(maps), 4),
+            "max": round(max(maps), 4),
+        }
         if args.clean_map and args.defense == "robust-tail":
             obf_kept, det.obfuscator = det.obfuscator, None
             result["map_clean_input"] = round(evaluate_fddb(det, dataset, progress=True).mAP, 4)
             det.obfuscator = obf_kept
             print(f"FDDB mAP on clean activations: {result['map_clean_input']:.4f}", flush=True)
     if not args.skip_privacy:
+        from veil.defenses.measure import grey_reference, identity_leak, train_scoring_decoder
         from veil.privacy.audit import select_fddb_faces
         from veil.privacy.decoders import read_decoder, save_decoder
-        from veil.defenses.measure import grey_reference, identity_leak, train_scoring_decoder
 
         t0 = time.monotonic()
         if args.decoder:
             dec = read_decoder(args.decoder)
         else:
-            dec = train_scoring_decoder(head, observe, dirs, minutes=args.decoder_minutes, seed=args.decoder_seed,
-                                        max_steps=args.decoder_steps)
+            dec = train_scoring_decoder(
+                head, observe, dirs, minutes=args.decoder_minutes, seed=args.decoder_seed, max_steps=args.decoder_steps
+            )
             if args.save_decoder:
                 save_decoder(dec, args.save_decoder, dec.meta)
         result["decoder"] = {k: dec.meta.get(k) for k in ("steps", "seconds", "final_l1_px", "seed", "batch", "crop")}

@@ -47,13 +47,33 @@ def _job(name: str, args: argparse.Namespace) -> dict:
         noise = Path(args.noise_dir) / f"alpha-{alpha:g}.safetensors"
         obf, _ = load_obfuscator(alpha, noise=noise, weights_sha256=digest)
         cfg = DistillConfig(steps=args.tail_steps, minutes=args.minutes, batch_size=args.batch, lr=3e-4)
-        student, log, data = distill_tail(model, obf, args.images, cfg, crop=args.crop,
-                                          crops_per_image=args.crops_per_image, device=dev, progress=False)
-        save_robust_tail(student, out / f"{name}.safetensors", weights_sha256=digest,
-                         noise_sha256=file_sha256(noise), alpha=alpha, cfg=cfg, log=log, data=data,
-                         extra={"device": str(dev)})
-        return {"job": name, "held_out": [log[0].get("held_out_distortion"), log[-1].get("held_out_distortion")],
-                "steps": log[-1]["step"], "seconds": round(time.monotonic() - t0, 1)}
+        student, log, data = distill_tail(
+            model,
+            obf,
+            args.images,
+            cfg,
+            crop=args.crop,
+            crops_per_image=args.crops_per_image,
+            device=dev,
+            progress=False,
+        )
+        save_robust_tail(
+            student,
+            out / f"{name}.safetensors",
+            weights_sha256=digest,
+            noise_sha256=file_sha256(noise),
+            alpha=alpha,
+            cfg=cfg,
+            log=log,
+            data=data,
+            extra={"device": str(dev)},
+        )
+        return {
+            "job": name,
+            "held_out": [log[0].get("held_out_distortion"), log[-1].get("held_out_distortion")],
+            "steps": log[-1]["step"],
+            "seconds": round(time.monotonic() - t0, 1),
+        }
     if kind == "bn":
         from veil.defenses.bottleneck import BottleneckSpec, fit_bottleneck, save_bottleneck
 
@@ -61,13 +81,27 @@ def _job(name: str, args: argparse.Namespace) -> dict:
         spec = BottleneckSpec.from_alpha(alpha)
         cfg = DistillConfig(steps=args.bottleneck_steps, minutes=args.minutes, batch_size=args.batch, lr=1e-3)
         w = args.adversary_weight if adv else 0.0
-        fitted, log, data = fit_bottleneck(model, spec, args.images, cfg, adversary_weight=w, crop=args.crop,
-                                           crops_per_image=args.crops_per_image, device=dev, progress=False)
-        save_bottleneck(fitted, out / f"{name}.safetensors", weights_sha256=digest, cfg=cfg, log=log, data=data,
-                        adversary_weight=w)
-        return {"job": name, "spec": spec.as_dict(),
-                "held_out": [log[0].get("held_out_distortion"), log[-1].get("held_out_distortion")],
-                "steps": log[-1]["step"], "seconds": round(time.monotonic() - t0, 1)}
+        fitted, log, data = fit_bottleneck(
+            model,
+            spec,
+            args.images,
+            cfg,
+            adversary_weight=w,
+            crop=args.crop,
+            crops_per_image=args.crops_per_image,
+            device=dev,
+            progress=False,
+        )
+        save_bottleneck(
+            fitted, out / f"{name}.safetensors", weights_sha256=digest, cfg=cfg, log=log, data=data, adversary_weight=w
+        )
+        return {
+            "job": name,
+            "spec": spec.as_dict(),
+            "held_out": [log[0].get("held_out_distortion"), log[-1].get("held_out_distortion")],
+            "steps": log[-1]["step"],
+            "seconds": round(time.monotonic() - t0, 1),
+        }
     if kind == "dec":
         from veil.defenses.bottleneck import as_decoder_input, load_bottleneck
         from veil.defenses.measure import train_scoring_decoder
@@ -76,12 +110,14 @@ def _job(name: str, args: argparse.Namespace) -> dict:
         seed = 9001 + zlib.crc32(name.encode()) % 1000  # stable per job, never 0 (the defenses' seed)
         head = model.head.to(dev)
         if rest == "clean":
+
             def observe(a):
                 return a
         elif rest.startswith("noise-"):
             alpha = float(rest.removeprefix("noise-"))
-            obf, _ = load_obfuscator(alpha, noise=Path(args.noise_dir) / f"alpha-{alpha:g}.safetensors",
-                                     weights_sha256=digest)
+            obf, _ = load_obfuscator(
+                alpha, noise=Path(args.noise_dir) / f"alpha-{alpha:g}.safetensors", weights_sha256=digest
+            )
             observe = training_noise(obf, dev, seed)  # same μ, σ; a fast torch stream for training only
         else:
             fb, _ = load_bottleneck(out / f"{rest}.safetensors", model, weights_sha256=digest)
@@ -89,17 +125,32 @@ def _job(name: str, args: argparse.Namespace) -> dict:
 
             def observe(a):
                 return as_decoder_input(bott(a))
+
         init = None
         if args.init:  # a bottleneck's code is not a head activation, but the upsampling layers still transfer
             from veil.privacy.decoders import read_decoder
 
             init = read_decoder(args.init)
-        dec = train_scoring_decoder(head, observe, args.images, minutes=args.minutes, seed=seed,
-                                    max_steps=args.decoder_steps, batch=args.decoder_batch, progress=False,
-                                    device=dev, init=init)
+        dec = train_scoring_decoder(
+            head,
+            observe,
+            args.images,
+            minutes=args.minutes,
+            seed=seed,
+            max_steps=args.decoder_steps,
+            batch=args.decoder_batch,
+            progress=False,
+            device=dev,
+            init=init,
+        )
         save_decoder(dec, out / f"{name}.safetensors", dec.meta)
-        return {"job": name, "steps": dec.meta.get("steps"), "final_l1_px": dec.meta.get("final_l1_px"),
-                "seed": seed, "seconds": round(time.monotonic() - t0, 1)}
+        return {
+            "job": name,
+            "steps": dec.meta.get("steps"),
+            "final_l1_px": dec.meta.get("final_l1_px"),
+            "seed": seed,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
     raise ValueError(f"unknown job {name}")
 
 
@@ -119,9 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", nargs="+", required=True, help="non-FDDB photo folders")
     p.add_argument("--noise-dir", required=True, help="folder of alpha-A.safetensors noise files")
     p.add_argument("--out", required=True)
-    p.add_argument("--phase1", nargs="*", default=["tail-0.9", "tail-0.95", "bn-0.6", "bn-0.8", "bn-0.9",
-                                                   "bn-0.8-adv", "bn-0.9-adv", "dec-clean", "dec-noise-0.9", "dec-noise-0.95"])
-    p.add_argument("--phase2", nargs="*", default=["dec-bn-0.6", "dec-bn-0.8", "dec-bn-0.9", "dec-bn-0.8-adv", "dec-bn-0.9-adv"])
+    p.add_argument(
+        "--phase1",
+        nargs="*",
+        default=[
+            "tail-0.9",
+            "tail-0.95",
+            "bn-0.6",
+            "bn-0.8",
+            "bn-0.9",
+            "bn-0.8-adv",
+            "bn-0.9-adv",
+            "dec-clean",
+            "dec-noise-0.9",
+            "dec-noise-0.95",
+        ],
+    )
+    p.add_argument(
+        "--phase2", nargs="*", default=["dec-bn-0.6", "dec-bn-0.8", "dec-bn-0.9", "dec-bn-0.8-adv", "dec-bn-0.9-adv"]
+    )
     p.add_argument("--init", help="warm-start the clean/noise scoring decoders from this (naive) decoder")
     p.add_argument("--tail-steps", type=int, default=6000)
     p.add_argument("--bottleneck-steps", type=int, default=6000)
@@ -129,9 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--crops-per-image", type=int, default=4)
-    p.add_argument("--crop", type=int, default=640,
-                   help="crop side for the defenses: large enough that ×3-sized faces (≈ 200–700 px) and the "
-                        "tail's deepest anchors (256, 512 px) are in it (default: %(default)s)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=640,
+        help="crop side for the defenses: large enough that ×3-sized faces (≈ 200–700 px) and the "
+        "tail's deepest anchors (256, 512 px) are in it (default: %(default)s)",
+    )
     p.add_argument("--adversary-weight", type=float, default=0.5)
     p.add_argument("--minutes", type=float, default=4.0, help="wall cap per job (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)

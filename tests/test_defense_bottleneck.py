@@ -28,11 +28,21 @@ def model(weights_path):
 def fitted(model, wider_dir):
     m, _ = model
     torch.set_num_threads(1)
-    banks = build_bank(m.head, m.tail, [wider_dir / "images"], crop=192, crops_per_image=1, max_images=24,
-                       held_out=0.25, keep_images=True, progress=False)
+    banks = build_bank(
+        m.head,
+        m.tail,
+        [wider_dir / "images"],
+        crop=192,
+        crops_per_image=1,
+        max_images=24,
+        held_out=0.25,
+        keep_images=True,
+        progress=False,
+    )
     spec = BottleneckSpec.from_alpha(0.8)
-    fb, log, data = fit_bottleneck(m, spec, [], DistillConfig(steps=30, batch_size=8, lr=3e-3), bank=banks,
-                                   adversary_weight=0.1, progress=False)
+    fb, log, data = fit_bottleneck(
+        m, spec, [], DistillConfig(steps=30, batch_size=8, lr=3e-3), bank=banks, adversary_weight=0.1, progress=False
+    )
     return fb, log, data, banks
 
 
@@ -73,8 +83,15 @@ def test_training_lowers_held_out_distortion(fitted):
 def test_file_round_trip_and_refusals(fitted, model, tmp_path):
     fb, log, data, (train, _) = fitted
     m, digest = model
-    path = save_bottleneck(fb, tmp_path / "bn.safetensors", weights_sha256=digest, cfg=DistillConfig(steps=30),
-                           log=log, data=data, adversary_weight=0.1)
+    path = save_bottleneck(
+        fb,
+        tmp_path / "bn.safetensors",
+        weights_sha256=digest,
+        cfg=DistillConfig(steps=30),
+        log=log,
+        data=data,
+        adversary_weight=0.1,
+    )
     loaded, meta = load_bottleneck(path, m, weights_sha256=digest, alpha=0.8)
     assert meta["spec"]["channels"] == fb.spec.channels
     a = train.acts[:2]

@@ -20,16 +20,42 @@ def test_commands_are_listed_with_help(capsys):
 def test_distill_tail_refuses_a_bad_noise_file(weights_path, tmp_path, capsys):
     bad = tmp_path / "alpha-0.9.safetensors"
     bad.write_bytes(b"not a noise file")
-    rc = main(["distill-tail", "--alpha", "0.9", "--noise", str(bad), "--weights", str(weights_path),
-               "--out", str(tmp_path / "t.safetensors"), "--images", str(tmp_path)])
+    rc = main(
+        [
+            "distill-tail",
+            "--alpha",
+            "0.9",
+            "--noise",
+            str(bad),
+            "--weights",
+            str(weights_path),
+            "--out",
+            str(tmp_path / "t.safetensors"),
+            "--images",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "noise" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "t.safetensors").exists()
 
 
 def test_fit_bottleneck_refuses_fddb(weights_path, fddb_dir, tmp_path, capsys):
-    rc = main(["fit-bottleneck", "--alpha", "0.8", "--weights", str(weights_path), "--images", str(fddb_dir),
-               "--out", str(tmp_path / "b.safetensors"), "--steps", "1"])
+    rc = main(
+        [
+            "fit-bottleneck",
+            "--alpha",
+            "0.8",
+            "--weights",
+            str(weights_path),
+            "--images",
+            str(fddb_dir),
+            "--out",
+            str(tmp_path / "b.safetensors"),
+            "--steps",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "FDDB" in err
     assert not (tmp_path / "b.safetensors").exists()
@@ -60,10 +86,29 @@ def test_distill_tail_and_fit_bottleneck_write_files_that_load(weights_path, few
     obf = Obfuscator(128, init_sigma=torch.full((128,), 2.43))
     obf.signal_power.fill_(0.59)  # the head's total power (≈ 75) and +10 dB on it, like a fitted ALPHA 0.9 file
     noise = save_obfuscator(obf, tmp_path / "n.safetensors", {"alpha": 0.9, "weights_sha256": digest})
-    common = ["--weights", str(weights_path), "--images", str(few_photos), "--steps", "2", "--batch-size", "2",
-              "--crop", "128", "--crops-per-image", "1", "--threads", "1", "--quiet"]
-    assert main(["distill-tail", "--alpha", "0.9", "--noise", str(noise), "--out", str(tmp_path / "t.safetensors"),
-                 *common]) == 0
+    common = [
+        "--weights",
+        str(weights_path),
+        "--images",
+        str(few_photos),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop",
+        "128",
+        "--crops-per-image",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    assert (
+        main(
+            ["distill-tail", "--alpha", "0.9", "--noise", str(noise), "--out", str(tmp_path / "t.safetensors"), *common]
+        )
+        == 0
+    )
     assert "held-out distortion" in capsys.readouterr().out
     _, meta = load_robust_tail(tmp_path / "t.safetensors", model, weights_sha256=digest, alpha=0.9)
     assert meta["distill"]["steps"] == 2 and meta["data"]["crop"] == 128

@@ -23,8 +23,9 @@ def banks(model, wider_dir):
     m, _ = model
     torch.set_num_threads(1)
     # 40 real WIDER photos (8 held out), one 256-px crop each plus its mirror image.
-    return build_bank(m.head, m.tail, [wider_dir / "images"], crop=256, crops_per_image=1, max_images=40,
-                      held_out=0.2, progress=False)
+    return build_bank(
+        m.head, m.tail, [wider_dir / "images"], crop=256, crops_per_image=1, max_images=40, held_out=0.2, progress=False
+    )
 
 
 def heavy_noise(bank) -> Obfuscator:
@@ -47,8 +48,9 @@ def test_distillation_reduces_held_out_gap(model, banks, tmp_path):
     train, held = banks
     obf = heavy_noise(train)
     before = held_out_distortion(m.tail, obf, held, draws=3)
-    student, log, data = distill_tail(m, obf, [], DistillConfig(steps=40, batch_size=8, lr=1e-3), bank=banks,
-                                      progress=False)
+    student, log, data = distill_tail(
+        m, obf, [], DistillConfig(steps=40, batch_size=8, lr=1e-3), bank=banks, progress=False
+    )
     after = held_out_distortion(student.tail, obf, held, draws=3)
     assert after < 0.8 * before, (before, after)
     # The teacher is untouched: the base model's tail tensors are as loaded.
@@ -56,8 +58,16 @@ def test_distillation_reduces_held_out_gap(model, banks, tmp_path):
     # Its head is the base model's (the client is unchanged).
     assert all(torch.equal(a, b) for a, b in zip(m.head.state_dict().values(), student.head.state_dict().values()))
 
-    path = save_robust_tail(student, tmp_path / "tail.safetensors", weights_sha256=digest, noise_sha256="ab" * 32,
-                            alpha=0.9, cfg=DistillConfig(steps=40), log=log, data=data)
+    path = save_robust_tail(
+        student,
+        tmp_path / "tail.safetensors",
+        weights_sha256=digest,
+        noise_sha256="ab" * 32,
+        alpha=0.9,
+        cfg=DistillConfig(steps=40),
+        log=log,
+        data=data,
+    )
     loaded, meta = load_robust_tail(path, m, weights_sha256=digest, noise_sha256="ab" * 32, alpha=0.9)
     assert meta["alpha"] == 0.9 and meta["log"][-1]["held_out_distortion"] < meta["log"][0]["held_out_distortion"]
     for k, v in tail_state(student).items():
@@ -99,12 +109,20 @@ def test_attach_selects_noise_and_tail_together(model, banks, tmp_path, fddb_ima
     train, _ = banks
     obf = heavy_noise(train)
     noise = save_obfuscator(obf, tmp_path / "alpha-0.9.safetensors", {"alpha": 0.9, "weights_sha256": digest})
-    other = save_obfuscator(obf, tmp_path / "other.safetensors", {"alpha": 0.9, "weights_sha256": digest,
-                                                                  "note": "same σ, another file"})
+    other = save_obfuscator(
+        obf, tmp_path / "other.safetensors", {"alpha": 0.9, "weights_sha256": digest, "note": "same σ, another file"}
+    )
     student, log, data = distill_tail(m, obf, [], DistillConfig(steps=2, batch_size=4), bank=banks, progress=False)
-    path = save_robust_tail(student, tmp_path / "tail.safetensors", weights_sha256=digest,
-                            noise_sha256=files.file_sha256(noise), alpha=0.9, cfg=DistillConfig(steps=2), log=log,
-                            data=data)
+    path = save_robust_tail(
+        student,
+        tmp_path / "tail.safetensors",
+        weights_sha256=digest,
+        noise_sha256=files.file_sha256(noise),
+        alpha=0.9,
+        cfg=DistillConfig(steps=2),
+        log=log,
+        data=data,
+    )
     det = Detector(model=m, weights_sha256=digest)
     meta = attach(det, path, noise, 0.9)
     assert meta["noise_sha256"] == files.file_sha256(noise) and det.obfuscator is not None

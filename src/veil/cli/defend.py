@@ -19,18 +19,29 @@ def _images(args: argparse.Namespace) -> list[Path]:
 
 
 def _common(p: argparse.ArgumentParser, steps: int, minutes: float) -> None:
-    p.add_argument("--images", nargs="+", metavar="DIR",
-                   help="folders of unlabeled non-FDDB photos (default: $VEIL_FIT_IMAGES)")
+    p.add_argument(
+        "--images", nargs="+", metavar="DIR", help="folders of unlabeled non-FDDB photos (default: $VEIL_FIT_IMAGES)"
+    )
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)")
+    p.add_argument(
+        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
+    )
     p.add_argument("--steps", type=int, default=steps, help="training steps at most (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=minutes, help="wall-time cap in minutes (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=640,
-                   help="crop side in network pixels: large enough for ×3-sized faces and the tail's 256/512-px "
-                        "anchors (default: %(default)s)")
-    p.add_argument("--crops-per-image", type=int, default=2,
-                   help="random zoomed crops per photo, each also mirrored (default: %(default)s)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=640,
+        help="crop side in network pixels: large enough for ×3-sized faces and the tail's 256/512-px "
+        "anchors (default: %(default)s)",
+    )
+    p.add_argument(
+        "--crops-per-image",
+        type=int,
+        default=2,
+        help="random zoomed crops per photo, each also mirrored (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training data order (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -38,13 +49,15 @@ def _common(p: argparse.ArgumentParser, steps: int, minutes: float) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "distill-tail", help="adapt a copy of the tail to obfuscated activations (label-free)",
+        "distill-tail",
+        help="adapt a copy of the tail to obfuscated activations (label-free)",
         description="Distil a copy of the detector's tail so it reads activations obfuscated with a fitted "
-                    "noise file (fresh noise every step); the clean detector is the teacher, so no labels are "
-                    "needed. Trains on zoomed, mirrored crops of non-FDDB photos. Writes the tail's tensors "
-                    "with the base weights' SHA-256, the noise file's SHA-256 and ALPHA; they are refused with "
-                    "other weights or noise. Example: veil distill-tail --alpha 0.9 --noise N.safetensors "
-                    "--out tail-0.9.safetensors")
+        "noise file (fresh noise every step); the clean detector is the teacher, so no labels are "
+        "needed. Trains on zoomed, mirrored crops of non-FDDB photos. Writes the tail's tensors "
+        "with the base weights' SHA-256, the noise file's SHA-256 and ALPHA; they are refused with "
+        "other weights or noise. Example: veil distill-tail --alpha 0.9 --noise N.safetensors "
+        "--out tail-0.9.safetensors",
+    )
     p.add_argument("--alpha", type=float, required=True, metavar="A", help="ALPHA of the noise file")
     p.add_argument("--noise", required=True, metavar="FILE", help="fitted noise file (veil fit-noise)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: %(default)s)")
@@ -52,17 +65,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_distill)
 
     b = sub.add_parser(
-        "fit-bottleneck", help="train a client-side quantised bottleneck with a distilled tail",
+        "fit-bottleneck",
+        help="train a client-side quantised bottleneck with a distilled tail",
         description="Train a deterministic, many-to-one map of the head's activation (1×1 conv to few "
-                    "channels, quantised; ALPHA sets channels, levels and the noise on top) together with a "
-                    "distilled tail that reads it (teacher: the clean detector), optionally against an in-loop "
-                    "reconstruction adversary. Example: veil fit-bottleneck --alpha 0.8 --out bn-0.8.safetensors")
+        "channels, quantised; ALPHA sets channels, levels and the noise on top) together with a "
+        "distilled tail that reads it (teacher: the clean detector), optionally against an in-loop "
+        "reconstruction adversary. Example: veil fit-bottleneck --alpha 0.8 --out bn-0.8.safetensors",
+    )
     b.add_argument("--alpha", type=float, required=True, metavar="A", help="obfuscation strength in [0, 1)")
     b.add_argument("--channels", type=int, help="override the channels ALPHA sets")
     b.add_argument("--levels", type=int, help="override the quantisation levels ALPHA sets")
     b.add_argument("--noise-std", type=float, help="override the noise (in quantisation steps) ALPHA sets")
-    b.add_argument("--adversary-weight", type=float, default=0.0,
-                   help="weight of the in-loop reconstruction adversary's (negated) L1 (default: %(default)s: off)")
+    b.add_argument(
+        "--adversary-weight",
+        type=float,
+        default=0.0,
+        help="weight of the in-loop reconstruction adversary's (negated) L1 (default: %(default)s: off)",
+    )
     b.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     _common(b, steps=3000, minutes=10.0)
     b.set_defaults(func=run_bottleneck)
@@ -89,12 +108,23 @@ def run_distill(args: argparse.Namespace) -> int:
     model, digest = load_faceboxes(args.weights)
     obf, _ = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=digest)
     cfg = DistillConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    student, log, data = distill_tail(model, obf, dirs, cfg, crop=args.crop, crops_per_image=args.crops_per_image,
-                                      progress=not args.quiet)
-    out = save_robust_tail(student, args.out, weights_sha256=digest, noise_sha256=file_sha256(args.noise),
-                           alpha=args.alpha, cfg=cfg, log=log, data=data)
-    print(f"held-out distortion {log[0]['held_out_distortion']:.4f} (original tail) → "
-          f"{log[-1]['held_out_distortion']:.4f} after {log[-1]['step']} steps, {log[-1]['seconds']:.0f} s")
+    student, log, data = distill_tail(
+        model, obf, dirs, cfg, crop=args.crop, crops_per_image=args.crops_per_image, progress=not args.quiet
+    )
+    out = save_robust_tail(
+        student,
+        args.out,
+        weights_sha256=digest,
+        noise_sha256=file_sha256(args.noise),
+        alpha=args.alpha,
+        cfg=cfg,
+        log=log,
+        data=data,
+    )
+    print(
+        f"held-out distortion {log[0]['held_out_distortion']:.4f} (original tail) → "
+        f"{log[-1]['held_out_distortion']:.4f} after {log[-1]['step']} steps, {log[-1]['seconds']:.0f} s"
+    )
     print(f"wrote {out}")
     return 0
 
@@ -109,10 +139,19 @@ def run_bottleneck(args: argparse.Namespace) -> int:
     model, digest = load_faceboxes(args.weights)
     spec = BottleneckSpec.from_alpha(args.alpha, channels=args.channels, levels=args.levels, noise_std=args.noise_std)
     cfg = DistillConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    fitted, log, data = fit_bottleneck(model, spec, dirs, cfg, adversary_weight=args.adversary_weight,
-                                       crop=args.crop, crops_per_image=args.crops_per_image, progress=not args.quiet)
-    out = save_bottleneck(fitted, args.out, weights_sha256=digest, cfg=cfg, log=log, data=data,
-                          adversary_weight=args.adversary_weight)
+    fitted, log, data = fit_bottleneck(
+        model,
+        spec,
+        dirs,
+        cfg,
+        adversary_weight=args.adversary_weight,
+        crop=args.crop,
+        crops_per_image=args.crops_per_image,
+        progress=not args.quiet,
+    )
+    out = save_bottleneck(
+        fitted, args.out, weights_sha256=digest, cfg=cfg, log=log, data=data, adversary_weight=args.adversary_weight
+    )
     print(json.dumps({"spec": spec.as_dict(), "held_out_distortion": log[-1].get("held_out_distortion")}))
     print(f"wrote {out}")
     return 0

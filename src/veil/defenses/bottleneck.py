@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,17 @@ class BottleneckSpec:
             raise ValueError(f"noise_std must be ≥ 0, got {self.noise_std}")
 
     @classmethod
-    def from_alpha(cls, alpha: float, *, channels: int | None = None, levels: int | None = None,
-                   noise_std: float | None = None) -> "BottleneckSpec":
+    def from_alpha(
+        cls, alpha: float, *, channels: int | None = None, levels: int | None = None, noise_std: float | None = None
+    ) -> BottleneckSpec:
         """ALPHA 0 → 32 channels × 32 levels, no noise; 0.8 → 6 × 4, 0.4 steps; 0.9 → 3 × 3, 0.45 steps."""
         keep = 1.0 - float(alpha)
-        return cls(alpha=float(alpha),
-                   channels=channels if channels is not None else max(1, round(32 * keep)),
-                   levels=levels if levels is not None else max(2, round(2 ** (1 + 5 * keep))),
-                   noise_std=noise_std if noise_std is not None else round(0.5 * float(alpha), 4))
+        return cls(
+            alpha=float(alpha),
+            channels=channels if channels is not None else max(1, round(32 * keep)),
+            levels=levels if levels is not None else max(2, round(2 ** (1 + 5 * keep))),
+            noise_std=noise_std if noise_std is not None else round(0.5 * float(alpha), 4),
+        )
 
     @property
     def step(self) -> float:
@@ -92,6 +96,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.spec = spec
         self.down = nn.Conv2d(HEAD_CHANNELS, spec.channels, 1)
+        self.in_scale: torch.Tensor
         self.register_buffer("in_scale", torch.ones(HEAD_CHANNELS))  # 1/RMS per channel, from training data
         self.noise = Obfuscator(spec.channels, init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
 
@@ -154,10 +159,20 @@ class FittedBottleneck:
         return self.path.bottleneck
 
 
-def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path], cfg: DistillConfig, *,
-                   adversary_weight: float = 0.0, adversary_lr: float = 2e-3, crop: int = 640,
-                   crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
-                   progress: bool = True, device: str | torch.device = "cpu") -> tuple[FittedBottleneck, list[dict], dict]:
+def fit_bottleneck(
+    model: FaceBoxes,
+    spec: BottleneckSpec,
+    dirs: Sequence[str | Path],
+    cfg: DistillConfig,
+    *,
+    adversary_weight: float = 0.0,
+    adversary_lr: float = 2e-3,
+    crop: int = 640,
+    crops_per_image: int = 2,
+    bank: tuple[Bank, Bank] | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[FittedBottleneck, list[dict], dict]:
     """Train bottleneck + lift + a copy of the tail so the detector's outputs survive (label-free).
 
     With ``adversary_weight > 0`` an in-loop decoder learns to reconstruct the crop from the wire code
@@ -169,15 +184,27 @@ def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path
     model.eval()
     teacher = copy.deepcopy(model).to(device)
     if bank is None:
-        bank = build_bank(teacher.head, teacher.tail, dirs, crop=crop, crops_per_image=crops_per_image,
-                          seed=cfg.seed, keep_images=adversary_weight > 0, progress=progress, device=device)
+        bank = build_bank(
+            teacher.head,
+            teacher.tail,
+            dirs,
+            crop=crop,
+            crops_per_image=crops_per_image,
+            seed=cfg.seed,
+            keep_images=adversary_weight > 0,
+            progress=progress,
+            device=device,
+        )
     train, held = bank
     student = student_model(teacher)
     bott = Bottleneck(spec)
     g = torch.Generator(device=device)
     g.manual_seed(cfg.seed)
-    bott.noise = Obfuscator(spec.channels, generator=g,  # training draws: seeded torch stream on the device
-                            init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
+    bott.noise = Obfuscator(
+        spec.channels,
+        generator=g,  # training draws: seeded torch stream on the device
+        init_sigma=max(spec.noise_std * spec.step, 1e-12),
+    ).requires_grad_(False)
     bott.to(device)
     with torch.no_grad():
         rms = train.acts.transpose(0, 1).reshape(HEAD_CHANNELS, -1).pow(2).mean(1).sqrt()
@@ -196,6 +223,8 @@ def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path
 
         def extra(step: int, transformed: torch.Tensor, part: Bank) -> torch.Tensor:
             z = path.bottleneck(part.acts)  # the wire code of the same crops (fresh noise)
+            if part.images is None:
+                raise ValueError("an in-loop adversary needs the crops of every bank part (keep_images=True)")
             target = part.images / PIXEL_SCALE
             adv.train()
             adv_loss = F.l1_loss(adv(as_decoder_input(z.detach())), target)
@@ -206,40 +235,71 @@ def fit_bottleneck(model: FaceBoxes, spec: BottleneckSpec, dirs: list[str | Path
             return -adversary_weight * F.l1_loss(adv(as_decoder_input(z)), target)
 
     # The student reads the lifted code: transform = path (bottleneck + lift), trained jointly.
-    log = distill(student.tail, path, train, cfg, params=params, held_out=held, extra_loss=extra, progress=progress,
-                  modules=(bott, lift))
+    log = distill(
+        student.tail,
+        path,
+        train,
+        cfg,
+        params=params,
+        held_out=held,
+        extra_loss=extra,
+        progress=progress,
+        modules=(bott, lift),
+    )
     path.cpu().eval()
     bott.noise = Obfuscator(spec.channels, init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
     return FittedBottleneck(spec, path, student.cpu().eval()), log, train.describe
 
 
-def save_bottleneck(fitted: FittedBottleneck, path: str | Path, *, weights_sha256: str, cfg: DistillConfig,
-                    log: list[dict], data: dict, adversary_weight: float = 0.0) -> Path:
+def save_bottleneck(
+    fitted: FittedBottleneck,
+    path: str | Path,
+    *,
+    weights_sha256: str,
+    cfg: DistillConfig,
+    log: list[dict],
+    data: dict,
+    adversary_weight: float = 0.0,
+) -> Path:
     """One file: client bottleneck (``client.*``), server lift (``lift.*``) and distilled tail (``tail.*``)."""
     tensors = {f"client.{k}": v for k, v in fitted.bottleneck.state_dict().items() if not k.startswith("noise.")}
     tensors.update({f"lift.{k}": v for k, v in fitted.path.lift.state_dict().items()})
     tensors.update({f"tail.{k}": v for k, v in tail_state(fitted.model).items()})
-    meta = {"weights_sha256": weights_sha256, "alpha": fitted.spec.alpha, "spec": fitted.spec.as_dict(),
-            "noise_sha256": None, "distill": config_dict(cfg), "adversary_weight": adversary_weight,
-            "data": data, "log": log, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        "weights_sha256": weights_sha256,
+        "alpha": fitted.spec.alpha,
+        "spec": fitted.spec.as_dict(),
+        "noise_sha256": None,
+        "distill": config_dict(cfg),
+        "adversary_weight": adversary_weight,
+        "data": data,
+        "log": log,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     return files.save(path, FORMAT, tensors, meta)
 
 
-def load_bottleneck(path: str | Path, model: FaceBoxes, *, weights_sha256: str,
-                    alpha: float | None = None) -> tuple[FittedBottleneck, dict[str, Any]]:
+def load_bottleneck(
+    path: str | Path, model: FaceBoxes, *, weights_sha256: str, alpha: float | None = None
+) -> tuple[FittedBottleneck, dict[str, Any]]:
     """Read a bottleneck file (after the checks of :func:`veil.defenses.files.load`); noise is fresh from the OS."""
     tensors, meta = files.load(path, FORMAT, weights_sha256=weights_sha256, alpha=alpha)
     s = meta.get("spec") or {}
     try:
-        spec = BottleneckSpec(alpha=float(s["alpha"]), channels=int(s["channels"]), levels=int(s["levels"]),
-                              noise_std=float(s["noise_std"]))
+        spec = BottleneckSpec(
+            alpha=float(s["alpha"]),
+            channels=int(s["channels"]),
+            levels=int(s["levels"]),
+            noise_std=float(s["noise_std"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise files.DefenseFileError(f"{path}: bottleneck settings missing or invalid ({exc})") from exc
     bott, lift = Bottleneck(spec), Lift(spec.channels)
     try:
         bott.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("client.")}, strict=False)
-        missing = set(k for k in bott.state_dict() if not k.startswith("noise.")) - \
-            set(k[7:] for k in tensors if k.startswith("client."))
+        missing = {k for k in bott.state_dict() if not k.startswith("noise.")} - {
+            k[7:] for k in tensors if k.startswith("client.")
+        }
         if missing:
             raise RuntimeError(f"missing {sorted(missing)}")
         lift.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("lift.")}, strict=True)

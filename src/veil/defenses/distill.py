@@ -42,9 +42,13 @@ class Bank:
     def __len__(self) -> int:
         return int(self.acts.shape[0])
 
-    def subset(self, idx: torch.Tensor | slice) -> "Bank":
-        return Bank(self.acts[idx], tuple(o[idx] for o in self.outs),
-                    None if self.images is None else self.images[idx], self.describe)
+    def subset(self, idx: torch.Tensor | slice) -> Bank:
+        return Bank(
+            self.acts[idx],
+            tuple(o[idx] for o in self.outs),
+            None if self.images is None else self.images[idx],
+            self.describe,
+        )
 
 
 class _Flipped(Dataset):
@@ -62,11 +66,22 @@ class _Flipped(Dataset):
 
 
 @torch.no_grad()
-def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, crop: int = 640,
-               crops_per_image: int = 2, scale_range: tuple[float, float] = (2.0, 6.0), seed: int = 0,
-               held_out: float = 0.1, keep_images: bool = False, max_images: int | None = None,
-               progress: bool = True, batch: int = 8,
-               device: str | torch.device = "cpu") -> tuple[Bank, Bank]:
+def build_bank(
+    head: nn.Module,
+    tail: nn.Module,
+    dirs: Sequence[str | Path],
+    *,
+    crop: int = 640,
+    crops_per_image: int = 2,
+    scale_range: tuple[float, float] = (2.0, 6.0),
+    seed: int = 0,
+    held_out: float = 0.1,
+    keep_images: bool = False,
+    max_images: int | None = None,
+    progress: bool = True,
+    batch: int = 8,
+    device: str | torch.device = "cpu",
+) -> tuple[Bank, Bank]:
     """(train, held-out) banks of zoomed crops (and their mirror images) of the photos under ``dirs``.
 
     FDDB is refused by :class:`~veil.obfuscate.crops.ImageCrops`. The last ``held_out`` fraction of the
@@ -76,7 +91,7 @@ def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, 
     if max_images is not None:
         data.files = data.files[:max_images]
     n_files = len(data.files)
-    n_hold = max(1, int(round(n_files * held_out))) if n_files > 1 and held_out > 0 else 0
+    n_hold = max(1, round(n_files * held_out)) if n_files > 1 and held_out > 0 else 0
     loader = DataLoader(_Flipped(data), batch_size=batch, shuffle=False)
     head.eval()
     tail.eval()
@@ -89,9 +104,18 @@ def build_bank(head: nn.Module, tail: nn.Module, dirs: Sequence[str | Path], *, 
         outs.append(tuple(o))
         if keep_images:
             imgs.append(x)
-    bank = Bank(torch.cat(acts), tuple(torch.cat(p) for p in zip(*outs)), torch.cat(imgs) if keep_images else None,
-                {**data.describe(), "images": n_files, "held_out_images": n_hold, "flipped": True,
-                 "dirs": [str(Path(d)) for d in dirs]})
+    bank = Bank(
+        torch.cat(acts),
+        tuple(torch.cat(p) for p in zip(*outs)),
+        torch.cat(imgs) if keep_images else None,
+        {
+            **data.describe(),
+            "images": n_files,
+            "held_out_images": n_hold,
+            "flipped": True,
+            "dirs": [str(Path(d)) for d in dirs],
+        },
+    )
     split = 2 * crops_per_image * (n_files - n_hold)
     return bank.subset(slice(0, split)), bank.subset(slice(split, None))
 
@@ -113,8 +137,7 @@ class DistillConfig:
 
 
 @torch.no_grad()
-def held_out_distortion(student: nn.Module, transform: Transform, bank: Bank, draws: int = 2,
-                        batch: int = 32) -> float:
+def held_out_distortion(student: nn.Module, transform: Transform, bank: Bank, draws: int = 2, batch: int = 32) -> float:
     """Mean student-vs-teacher distortion on ``bank`` over ``draws`` fresh transforms (eval mode)."""
     was = student.training
     student.eval()
@@ -129,10 +152,18 @@ def held_out_distortion(student: nn.Module, transform: Transform, bank: Bank, dr
     return total / max(n, 1)
 
 
-def distill(student: nn.Module, transform: Transform, bank: Bank, cfg: DistillConfig,
-            params: Iterable[nn.Parameter] | None = None, held_out: Bank | None = None,
-            extra_loss: Callable[[int, torch.Tensor, Bank], torch.Tensor] | None = None,
-            log_every: int = 50, progress: bool = True, modules: tuple[nn.Module, ...] = ()) -> list[dict]:
+def distill(
+    student: nn.Module,
+    transform: Transform,
+    bank: Bank,
+    cfg: DistillConfig,
+    params: Iterable[nn.Parameter] | None = None,
+    held_out: Bank | None = None,
+    extra_loss: Callable[[int, torch.Tensor, Bank], torch.Tensor] | None = None,
+    log_every: int = 50,
+    progress: bool = True,
+    modules: tuple[nn.Module, ...] = (),
+) -> list[dict]:
     """Train ``params`` (default: the student's) so ``student(transform(a))`` matches the teacher outputs.
 
     ``extra_loss(step, transformed, batch)`` adds a term (e.g. an adversary's) to every step.

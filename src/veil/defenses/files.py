@@ -52,10 +52,17 @@ def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata:
     """Write atomically; ``metadata`` must name ``weights_sha256``. Returns the path."""
     if "weights_sha256" not in metadata:
         raise ValueError("defense metadata needs 'weights_sha256' (the base model's weights)")
-    tensors = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-               for k, v in tensors.items()}
-    meta = {"format": fmt, "veil_version": veil.__version__, "split_point": SPLIT_POINT, **metadata,
-            "tensors_sha256": tensors_sha256(tensors)}
+    tensors = {
+        k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+        for k, v in tensors.items()
+    }
+    meta = {
+        "format": fmt,
+        "veil_version": veil.__version__,
+        "split_point": SPLIT_POINT,
+        **metadata,
+        "tensors_sha256": tensors_sha256(tensors),
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".part")
@@ -64,8 +71,9 @@ def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata:
     return path
 
 
-def load(path: str | Path, fmt: str, *, weights_sha256: str, noise_sha256: str | None = None,
-         alpha: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load(
+    path: str | Path, fmt: str, *, weights_sha256: str, noise_sha256: str | None = None, alpha: float | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a defense file after every check; raise :class:`DefenseFileError` saying which failed.
 
     ``noise_sha256``/``alpha`` (when given) must match what the file records.
@@ -92,17 +100,23 @@ def load(path: str | Path, fmt: str, *, weights_sha256: str, noise_sha256: str |
     if meta.get("split_point") != SPLIT_POINT:
         raise DefenseFileError(f"{path} was trained at split point {meta.get('split_point')!r}, not {SPLIT_POINT!r}")
     if meta.get("weights_sha256") != weights_sha256:
-        raise DefenseFileError(f"{path} was trained for model weights with SHA-256 {meta.get('weights_sha256')}, "
-                               f"but the detector uses {weights_sha256}; retrain it for these weights")
+        raise DefenseFileError(
+            f"{path} was trained for model weights with SHA-256 {meta.get('weights_sha256')}, "
+            f"but the detector uses {weights_sha256}; retrain it for these weights"
+        )
     if noise_sha256 is not None and meta.get("noise_sha256") != noise_sha256:
-        raise DefenseFileError(f"{path} was trained against the noise file with SHA-256 {meta.get('noise_sha256')}, "
-                               f"not the given one ({noise_sha256}); retrain it against this noise")
+        raise DefenseFileError(
+            f"{path} was trained against the noise file with SHA-256 {meta.get('noise_sha256')}, "
+            f"not the given one ({noise_sha256}); retrain it against this noise"
+        )
     if alpha is not None and (meta.get("alpha") is None or abs(float(meta["alpha"]) - float(alpha)) > 1e-9):
         raise DefenseFileError(f"{path} was trained for ALPHA {meta.get('alpha')}, not the requested {alpha:g}")
     digest = tensors_sha256(tensors)
     if digest != meta.get("tensors_sha256"):
-        raise DefenseFileError(f"{path}: its tensors' SHA-256 {digest} differs from the recorded "
-                               f"{meta.get('tensors_sha256')} (the file was modified after training)")
+        raise DefenseFileError(
+            f"{path}: its tensors' SHA-256 {digest} differs from the recorded "
+            f"{meta.get('tensors_sha256')} (the file was modified after training)"
+        )
     if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
         raise DefenseFileError(f"{path} holds non-finite weights")
     return tensors, meta

@@ -55,36 +55,49 @@ class ObservedHead(nn.Module):
         return self.observe(self.head(x))
 
 
-def train_scoring_decoder(head: nn.Module, observe: Observe, dirs: Sequence[str | Path], *, minutes: float,
-                          seed: int = 9001, scale: float = FDDB_SCALE, crop: int = 384, batch: int = 8,
-                          max_steps: int | None = None, progress: bool = True, device: str | torch.device = "cpu",
-                          init=None):
+def train_scoring_decoder(
+    head: nn.Module,
+    observe: Observe,
+    dirs: Sequence[str | Path],
+    *,
+    minutes: float,
+    seed: int = 9001,
+    scale: float = FDDB_SCALE,
+    crop: int = 384,
+    batch: int = 8,
+    max_steps: int | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    init=None,
+):
     """A fresh adaptive decoder on ``observe(head(x))`` of non-FDDB crops: own seed, own data order.
 
     ``seed`` fixes the decoder's initialisation and crop order for this scoring run; use one that no
     defense's fitting used (defenses default to seed 0). ``init`` warm-starts from a public decoder
     (e.g. the naive one trained on clean activations), as the audit's adaptive attacker does.
     """
-    import inspect
 
     from veil.privacy.train import CropSampler, train_decoder, training_images
 
     torch.manual_seed(seed)
     sampler = CropSampler(training_images(list(dirs)), crop=crop, scale=scale, rng=np.random.default_rng(seed))
-    extra = {}
-    accepts = inspect.signature(train_decoder).parameters
-    if "seed" in accepts:
-        extra["seed"] = seed
-    if "device" in accepts:
-        extra["device"] = device
-    elif str(device) != "cpu":
-        raise RuntimeError("this veil's decoder training runs on CPU only")
-    if "plateau" in accepts:
-        extra["plateau"] = None  # a fixed budget: every configuration's attacker gets the same
-    return train_decoder(ObservedHead(head, observe), sampler, minutes=minutes, batch=batch, max_steps=max_steps,
-                         init=init, meta={"kind": "defense-scoring", "seed": seed,
-                                          "init": (init.meta or {}).get("seed") if init is not None else None},
-                         progress=progress, **extra)
+    return train_decoder(
+        ObservedHead(head, observe),
+        sampler,
+        minutes=minutes,
+        batch=batch,
+        max_steps=max_steps,
+        init=init,
+        meta={
+            "kind": "defense-scoring",
+            "seed": seed,
+            "init": (init.meta or {}).get("seed") if init is not None else None,
+        },
+        progress=progress,
+        seed=seed,
+        device=device,
+        plateau=None,  # a fixed budget: every configuration's attacker gets the same
+    )
 
 
 def _to_orig(rec: np.ndarray, prep_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:
@@ -93,8 +106,16 @@ def _to_orig(rec: np.ndarray, prep_hw: tuple[int, int], orig_hw: tuple[int, int]
 
 
 @torch.no_grad()
-def identity_leak(faces, head: nn.Module, observe: Observe, decoder: nn.Module, *, scale: float = FDDB_SCALE,
-                  ks: Sequence[int] = (1, 8), progress: bool = True) -> dict:
+def identity_leak(
+    faces,
+    head: nn.Module,
+    observe: Observe,
+    decoder: nn.Module,
+    *,
+    scale: float = FDDB_SCALE,
+    ks: Sequence[int] = (1, 8),
+    progress: bool = True,
+) -> dict:
     """Rank-1 and TAR@1 %FAR of ``decoder`` on ``observe`` of each FDDB face set image, for each ``k`` in ``ks``.
 
     ``faces`` is a :class:`veil.privacy.audit.FaceSet`. ``k = 1`` is one query; ``k > 1`` decodes the
@@ -122,13 +143,17 @@ def identity_leak(faces, head: nn.Module, observe: Observe, decoder: nn.Module, 
     for k in ks:
         e = np.concatenate(embs[k])
         r1 = metrics.rank1_rate(orig_emb, e)
-        hits = int(round(r1 * n))
+        hits = round(r1 * n)
         tar = metrics.tar_at_far(orig_emb, e, thr)
         lo, hi = wilson(hits, n)
-        tlo, thi = wilson(int(round(tar * n)), n)
-        out[f"k{k}"] = {"rank1": round(r1, 4), "rank1_ci95": [round(lo, 4), round(hi, 4)],
-                        "rank1_x_chance": round(r1 * n, 2), "tar_at_far1": round(tar, 4),
-                        "tar_ci95": [round(tlo, 4), round(thi, 4)]}
+        tlo, thi = wilson(round(tar * n), n)
+        out[f"k{k}"] = {
+            "rank1": round(r1, 4),
+            "rank1_ci95": [round(lo, 4), round(hi, 4)],
+            "rank1_x_chance": round(r1 * n, 2),
+            "tar_at_far1": round(tar, 4),
+            "tar_ci95": [round(tlo, 4), round(thi, 4)],
+        }
     out["seconds"] = round(time.monotonic() - t0, 1)
     return out
 
@@ -140,10 +165,15 @@ def grey_reference(faces) -> dict:
 
     originals = [load_image(p) for p in faces.images]
     orig = np.concatenate([identity.embed_faces(im, b) for im, b in zip(originals, faces.boxes)])
-    grey = np.concatenate([identity.embed_faces(np.full_like(im, BGR_MEAN, dtype=np.uint8), b)
-                           for im, b in zip(originals, faces.boxes)])
+    grey = np.concatenate(
+        [identity.embed_faces(np.full_like(im, BGR_MEAN, dtype=np.uint8), b) for im, b in zip(originals, faces.boxes)]
+    )
     thr = metrics.far_threshold(orig, 0.01)
     n = len(orig)
     r1, tar = metrics.rank1_rate(orig, grey), metrics.tar_at_far(orig, grey, thr)
-    return {"rank1": round(r1, 4), "rank1_ci95": [round(v, 4) for v in wilson(int(round(r1 * n)), n)],
-            "tar_at_far1": round(tar, 4), "tar_ci95": [round(v, 4) for v in wilson(int(round(tar * n)), n)]}
+    return {
+        "rank1": round(r1, 4),
+        "rank1_ci95": [round(v, 4) for v in wilson(round(r1 * n), n)],
+        "tar_at_far1": round(tar, 4),
+        "tar_ci95": [round(v, 4) for v in wilson(round(tar * n), n)],
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,32 @@ def student_model(model: FaceBoxes) -> FaceBoxes:
 
 
 def with_tail(model: FaceBoxes, state: dict[str, torch.Tensor]) -> FaceBoxes:
-    """A copy of ``model`` (same head) with the robust tail's tensors loaded: plugs into :class:`~veil.detector.Detector`."""
+    """A copy of ``model`` (same head) with the robust tail's tensors loaded.
+
+    It plugs into :class:`~veil.detector.Detector` like the original model."""
     out = copy.deepcopy(model)
     missing = set(tail_state(out)) - set(state)
     extra = set(state) - set(tail_state(out))
     if missing or extra:
-        raise files.DefenseFileError(f"robust tail tensors do not fit FaceBoxes: missing {sorted(missing)[:3]}, "
-                                     f"unexpected {sorted(extra)[:3]}")
+        raise files.DefenseFileError(
+            f"robust tail tensors do not fit FaceBoxes: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}"
+        )
     out.load_state_dict({**out.state_dict(), **state}, strict=True)
     return out.eval()
 
 
-def distill_tail(model: FaceBoxes, transform: Transform, dirs: list[str | Path], cfg: DistillConfig, *,
-                 crop: int = 640, crops_per_image: int = 2, bank: tuple[Bank, Bank] | None = None,
-                 progress: bool = True, device: str | torch.device = "cpu") -> tuple[FaceBoxes, list[dict], dict]:
+def distill_tail(
+    model: FaceBoxes,
+    transform: Transform,
+    dirs: Sequence[str | Path],
+    cfg: DistillConfig,
+    *,
+    crop: int = 640,
+    crops_per_image: int = 2,
+    bank: tuple[Bank, Bank] | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[FaceBoxes, list[dict], dict]:
     """Distil a copy of ``model``'s tail to read ``transform(a)`` (fresh noise per call); return it, log, data.
 
     ``model`` (the teacher) is not modified. ``bank`` (from :func:`build_bank`) skips the teacher pass.
@@ -70,30 +83,60 @@ def distill_tail(model: FaceBoxes, transform: Transform, dirs: list[str | Path],
     model.eval()
     teacher = copy.deepcopy(model).to(device)
     if bank is None:
-        bank = build_bank(teacher.head, teacher.tail, dirs, crop=crop, crops_per_image=crops_per_image,
-                          seed=cfg.seed, progress=progress, device=device)
+        bank = build_bank(
+            teacher.head,
+            teacher.tail,
+            dirs,
+            crop=crop,
+            crops_per_image=crops_per_image,
+            seed=cfg.seed,
+            progress=progress,
+            device=device,
+        )
     if isinstance(transform, Obfuscator):
         transform = training_noise(transform, device, cfg.seed)
     train, held = bank
     student = student_model(teacher)
-    log = distill(student.tail, transform, train, cfg, params=list(student.tail.parameters()), held_out=held,
-                  progress=progress)
+    log = distill(
+        student.tail, transform, train, cfg, params=list(student.tail.parameters()), held_out=held, progress=progress
+    )
     return student.cpu().eval(), log, train.describe
 
 
-def save_robust_tail(student: FaceBoxes, path: str | Path, *, weights_sha256: str, noise_sha256: str | None,
-                     alpha: float | None, cfg: DistillConfig, log: list[dict], data: dict,
-                     extra: dict[str, Any] | None = None) -> Path:
+def save_robust_tail(
+    student: FaceBoxes,
+    path: str | Path,
+    *,
+    weights_sha256: str,
+    noise_sha256: str | None,
+    alpha: float | None,
+    cfg: DistillConfig,
+    log: list[dict],
+    data: dict,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write the tail's tensors with what they were trained for (weights, noise, ALPHA, steps, data, log)."""
-    meta = {"weights_sha256": weights_sha256, "noise_sha256": noise_sha256, "alpha": alpha,
-            "distill": config_dict(cfg), "data": data, "log": log, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                            time.gmtime()),
-            **(extra or {})}
+    meta = {
+        "weights_sha256": weights_sha256,
+        "noise_sha256": noise_sha256,
+        "alpha": alpha,
+        "distill": config_dict(cfg),
+        "data": data,
+        "log": log,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
     return files.save(path, FORMAT, tail_state(student), meta)
 
 
-def load_robust_tail(path: str | Path, model: FaceBoxes, *, weights_sha256: str, noise_sha256: str | None = None,
-                     alpha: float | None = None) -> tuple[FaceBoxes, dict[str, Any]]:
+def load_robust_tail(
+    path: str | Path,
+    model: FaceBoxes,
+    *,
+    weights_sha256: str,
+    noise_sha256: str | None = None,
+    alpha: float | None = None,
+) -> tuple[FaceBoxes, dict[str, Any]]:
     """``model`` with the robust tail of ``path`` swapped in, after the file's checks; and its metadata."""
     state, meta = files.load(path, FORMAT, weights_sha256=weights_sha256, noise_sha256=noise_sha256, alpha=alpha)
     return with_tail(model, state), meta
@@ -113,7 +156,8 @@ def attach(detector, path: str | Path, noise: str | Path, alpha: float) -> dict[
     from veil.obfuscate import load_obfuscator
 
     obf, _ = load_obfuscator(alpha, noise=noise, weights_sha256=detector.weights_sha256)
-    model, meta = load_robust_tail(path, detector.model, weights_sha256=detector.weights_sha256,
-                                   noise_sha256=files.file_sha256(noise), alpha=alpha)
+    model, meta = load_robust_tail(
+        path, detector.model, weights_sha256=detector.weights_sha256, noise_sha256=files.file_sha256(noise), alpha=alpha
+    )
     detector.model, detector.obfuscator = model, obf
     return meta

@@ -82,8 +82,9 @@ def detection_distortion(clean: Outputs, noisy: Outputs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def activation_bank(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor],
-                    progress: bool = True) -> tuple[torch.Tensor, Outputs]:
+def activation_bank(
+    head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor], progress: bool = True
+) -> tuple[torch.Tensor, Outputs]:
     """One pass over the loader: clean activations and the tail's clean outputs, on CPU."""
     acts: list[torch.Tensor] = []
     outs: list[Outputs] = []
@@ -97,10 +98,16 @@ def activation_bank(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Ten
     return torch.cat(acts), tuple(torch.cat(parts) for parts in zip(*outs))
 
 
-def fit_noise(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor] | None, config: FitConfig,
-              distortion: Callable[[Outputs, Outputs], torch.Tensor] = detection_distortion,
-              progress: bool = True, log_every: int = 10,
-              bank: tuple[torch.Tensor, Outputs] | None = None) -> FitResult:
+def fit_noise(
+    head: nn.Module,
+    tail: nn.Module,
+    loader: Iterable[torch.Tensor] | None,
+    config: FitConfig,
+    distortion: Callable[[Outputs, Outputs], torch.Tensor] = detection_distortion,
+    progress: bool = True,
+    log_every: int = 10,
+    bank: tuple[torch.Tensor, Outputs] | None = None,
+) -> FitResult:
     """Fit μ and σ for ``config.alpha``; ``head``/``tail`` are frozen, ``loader`` yields image batches.
 
     ``bank`` (from :func:`activation_bank`) skips the pass over ``loader``: a sweep computes
@@ -125,17 +132,25 @@ def fit_noise(head: nn.Module, tail: nn.Module, loader: Iterable[torch.Tensor] |
             p.requires_grad_(r)
 
 
-def _fit(acts: torch.Tensor, clean: Outputs, tail: nn.Module, cfg: FitConfig,
-         distortion: Callable[[Outputs, Outputs], torch.Tensor], progress: bool, log_every: int,
-         t0: float) -> FitResult:
+def _fit(
+    acts: torch.Tensor,
+    clean: Outputs,
+    tail: nn.Module,
+    cfg: FitConfig,
+    distortion: Callable[[Outputs, Outputs], torch.Tensor],
+    progress: bool,
+    log_every: int,
+    t0: float,
+) -> FitResult:
     c = acts.shape[1]
     power = acts.transpose(0, 1).reshape(c, -1).pow(2).mean(1)
     floor = power.mean() * 1e-6  # dead channels: a tiny reference power instead of zero
     ref = power.clamp_min(floor)
     obf = Obfuscator(c, cfg.family, seed=cfg.seed, init_sigma=(ref * 10 ** (cfg.init_nsr_db / 10)).sqrt())
     obf.signal_power.copy_(power)
-    opt = torch.optim.Adam([{"params": [obf.log_sigma], "lr": cfg.lr},
-                            {"params": [obf.mu], "lr": cfg.lr * float(ref.mean().sqrt())}])
+    opt = torch.optim.Adam(
+        [{"params": [obf.log_sigma], "lr": cfg.lr}, {"params": [obf.mu], "lr": cfg.lr * float(ref.mean().sqrt())}]
+    )
     cap = cfg.max_nsr_db / 10 * math.log(10)
     g = torch.Generator().manual_seed(cfg.seed)
     n = acts.shape[0]
@@ -157,15 +172,23 @@ def _fit(acts: torch.Tensor, clean: Outputs, tail: nn.Module, cfg: FitConfig,
         if step % log_every == 0 or step == cfg.steps - 1:
             with torch.no_grad():
                 nsr_db = 10 * math.log10(float(obf.noise_variance().sum() / power.sum()))
-            entry = {"step": step, "loss": round(loss.item(), 5), "distortion": round(dist.item(), 5),
-                     "privacy": round(privacy.item(), 4), "nsr_db": round(nsr_db, 3)}
+            entry = {
+                "step": step,
+                "loss": round(loss.item(), 5),
+                "distortion": round(dist.item(), 5),
+                "privacy": round(privacy.item(), 4),
+                "nsr_db": round(nsr_db, 3),
+            }
             log.append(entry)
             bar.set_postfix(loss=entry["loss"], dist=entry["distortion"], nsr_db=entry["nsr_db"])
     obf.requires_grad_(False)
-    stats = {"samples": n, "shape": list(acts.shape[1:]),
-             "channel_power": [round(float(v), 6) for v in power],
-             "channel_mean": [round(float(v), 6) for v in acts.transpose(0, 1).reshape(c, -1).mean(1)],
-             "dead_channels": int((power == 0).sum())}
+    stats = {
+        "samples": n,
+        "shape": list(acts.shape[1:]),
+        "channel_power": [round(float(v), 6) for v in power],
+        "channel_mean": [round(float(v), 6) for v in acts.transpose(0, 1).reshape(c, -1).mean(1)],
+        "dead_channels": int((power == 0).sum()),
+    }
     obf.reseed(None)  # the fitted module draws unpredictable noise from here on
     return FitResult(obf.eval(), cfg, log, stats, time.perf_counter() - t0)
 

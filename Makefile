@@ -5,6 +5,7 @@
 #               started on loopback, boxes + pictures + report in runs/demo/, server stopped.
 #   make test   create the same .venv with every extra and what the tests need, and run the README's
 #               test command (python -m pytest -q).
+#   make lint   ruff, the import-layer contracts (.importlinter) and mypy, in the same .venv.
 #
 # Both are idempotent (a stamp file per install step; nothing is reinstalled unless pyproject.toml
 # changes) and work offline once the packages are installed. Variables:
@@ -28,10 +29,10 @@ DATAOPS := build/netapp-dataops-k8s
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help demo test install install-all clean-venv
+.PHONY: help demo test lint install install-all clean-venv
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,10 @@ demo: install
 
 test: install-all
 	. $(VENV)/bin/activate && python -m pytest -q
+
+# ruff (lint + format check), the import-layer contracts and mypy: .ci/run runs this before the tests.
+lint: install-all
+	. $(VENV)/bin/activate && .ci/lint
 
 clean-venv:
 	rm -rf $(VENV) $(KV_LEGACY) $(DATAOPS)

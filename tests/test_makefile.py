@@ -61,6 +61,8 @@ def test_second_run_installs_nothing_until_pyproject_changes(tree):
     assert steps[-1] == ".venv/bin/veil demo --out runs/demo"
 
 
-def test_ci_runs_make_test():
+def test_ci_runs_make_lint_then_make_test():
     text = (ROOT / ".ci" / "run").read_text()
-    assert "exec make test" in text and "pip install" not in text
+    assert "pip install" not in text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines[-2:] == ["make lint", "exec make test"]

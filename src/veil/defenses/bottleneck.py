@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from veil.defenses import files
-from veil.defenses.distill import Bank, DistillConfig, build_bank, config_dict, distill
+from veil.defenses.distill import Bank, DistillConfig, config_dict, distill, teacher_and_bank
 from veil.defenses.robust_tail import student_model, tail_state, with_tail
 from veil.models.faceboxes import HEAD_CHANNELS, FaceBoxes
 from veil.obfuscate.noise import Obfuscator
@@ -180,21 +180,17 @@ def fit_bottleneck(
     *defense*: the scoring attacker (:mod:`veil.defenses.measure`) is a separate decoder with its own
     seed and data order, trained longer.
     """
-    torch.manual_seed(cfg.seed)
-    model.eval()
-    teacher = copy.deepcopy(model).to(device)
-    if bank is None:
-        bank = build_bank(
-            teacher.head,
-            teacher.tail,
-            dirs,
-            crop=crop,
-            crops_per_image=crops_per_image,
-            seed=cfg.seed,
-            keep_images=adversary_weight > 0,
-            progress=progress,
-            device=device,
-        )
+    teacher, bank = teacher_and_bank(
+        model,
+        dirs,
+        bank,
+        seed=cfg.seed,
+        crop=crop,
+        crops_per_image=crops_per_image,
+        keep_images=adversary_weight > 0,
+        progress=progress,
+        device=device,
+    )
     train, held = bank
     student = student_model(teacher)
     bott = Bottleneck(spec)

@@ -12,6 +12,7 @@ student on a minibatch. Progress is measured on held-out crops of held-out *phot
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from veil.models.faceboxes import FaceBoxes
 from veil.obfuscate.crops import ImageCrops
 from veil.obfuscate.fit import Outputs, detection_distortion
 from veil.obfuscate.noise import Obfuscator
@@ -118,6 +120,41 @@ def build_bank(
     )
     split = 2 * crops_per_image * (n_files - n_hold)
     return bank.subset(slice(0, split)), bank.subset(slice(split, None))
+
+
+def teacher_and_bank(
+    model: FaceBoxes,
+    dirs: Sequence[str | Path],
+    bank: tuple[Bank, Bank] | None,
+    *,
+    seed: int,
+    crop: int,
+    crops_per_image: int,
+    keep_images: bool = False,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[FaceBoxes, tuple[Bank, Bank]]:
+    """The frozen teacher (a copy of ``model`` on ``device``) and its (train, held-out) banks.
+
+    Every defense distils from the same two things; ``bank`` (from :func:`build_bank`) skips the
+    teacher pass when given. ``model`` itself is not modified beyond ``eval()``.
+    """
+    torch.manual_seed(seed)
+    model.eval()
+    teacher = copy.deepcopy(model).to(device)
+    if bank is None:
+        bank = build_bank(
+            teacher.head,
+            teacher.tail,
+            dirs,
+            crop=crop,
+            crops_per_image=crops_per_image,
+            seed=seed,
+            keep_images=keep_images,
+            progress=progress,
+            device=device,
+        )
+    return teacher, bank
 
 
 @dataclass

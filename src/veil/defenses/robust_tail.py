@@ -22,7 +22,15 @@ import torch
 from torch import nn
 
 from veil.defenses import files
-from veil.defenses.distill import Bank, DistillConfig, Transform, build_bank, config_dict, distill, training_noise
+from veil.defenses.distill import (
+    Bank,
+    DistillConfig,
+    Transform,
+    config_dict,
+    distill,
+    teacher_and_bank,
+    training_noise,
+)
 from veil.models.faceboxes import FaceBoxes
 from veil.obfuscate.noise import Obfuscator
 
@@ -79,20 +87,16 @@ def distill_tail(
     An :class:`~veil.obfuscate.noise.Obfuscator` transform is trained through a seeded copy
     (:func:`~veil.defenses.distill.training_noise`): fresh ε every step. The student is returned on CPU.
     """
-    torch.manual_seed(cfg.seed)
-    model.eval()
-    teacher = copy.deepcopy(model).to(device)
-    if bank is None:
-        bank = build_bank(
-            teacher.head,
-            teacher.tail,
-            dirs,
-            crop=crop,
-            crops_per_image=crops_per_image,
-            seed=cfg.seed,
-            progress=progress,
-            device=device,
-        )
+    teacher, bank = teacher_and_bank(
+        model,
+        dirs,
+        bank,
+        seed=cfg.seed,
+        crop=crop,
+        crops_per_image=crops_per_image,
+        progress=progress,
+        device=device,
+    )
     if isinstance(transform, Obfuscator):
         transform = training_noise(transform, device, cfg.seed)
     train, held = bank

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,27 @@ def test_decoder_cache_is_keyed_by_input_scale(tmp_path, monkeypatch, trained, h
     finally:
         torch.set_num_threads(prev)
     assert x2.meta["scale"] == 2.0 and (tmp_path / "attackers" / "naive-x2.safetensors").is_file()
+
+
+def test_train_decoder_cli_trains_naive_then_adaptive_on_the_shipped_noise(dlib_dir, tmp_path, monkeypatch, capsys):
+    """`veil train-decoder`: the naive decoder, then the adaptive one keyed by the noise file it used."""
+    from veil.cli.main import main
+    from veil.digest import sha256_file
+    from veil.obfuscate import find_noise_file
+
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VEIL_NOISE_DIR", raising=False)
+    common = ["--minutes", "0.02", "--batch", "2", "--train-images", str(dlib_dir), "--threads", "1"]
+    assert main(["train-decoder", *common]) == 0
+    naive = json.loads(capsys.readouterr().out)
+    assert naive["kind"] == "naive" and naive["weights_sha256"]
+    cached = sorted((tmp_path / "cache" / "attackers").glob("*.safetensors"))
+    assert [p.name for p in cached] == ["naive.safetensors"]
+    assert main(["train-decoder", "--alpha", "0.8", *common]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    shipped = find_noise_file(0.8)
+    assert meta["kind"] == "adaptive" and meta["alpha"] == 0.8
+    assert meta["noise_sha256"] == sha256_file(shipped)
+    names = sorted(p.name for p in (tmp_path / "cache" / "attackers").glob("*.safetensors"))
+    assert len(names) == 2 and names[0].startswith("adaptive-") and meta["noise_sha256"][:16] in names[0]
+    assert meta["weights_sha256"] == naive["weights_sha256"]

@@ -230,39 +230,25 @@ def run_train(args: argparse.Namespace) -> int:
 
     model, sha = load_faceboxes(args.weights)
     dirs = _training_dirs(args)
-    if args.alpha is None:
-        model.to(args.device)
-        feats = FaceFeatures(model) if args.loss == "perceptual" else None
-        dec = ensure_decoder(
-            model.head,
-            sha,
-            args.minutes,
-            dirs,
-            batch=args.batch,
-            scale=args.scale,
-            loss=args.loss,
-            features=feats,
-            device=args.device,
-        )
-    else:
+    nz = None
+    if args.alpha is not None:  # an adaptive decoder: trained on this ALPHA's noise
         nz = audit_noise(args.alpha, model, sha, dirs, noise=args.noise, noise_dir=args.noise_dir)
-        model.to(args.device)
         nz.obfuscator.to(torch.device(args.device))
-        feats = FaceFeatures(model) if args.loss == "perceptual" else None
-        dec = ensure_decoder(
-            model.head,
-            sha,
-            args.minutes,
-            dirs,
-            obfuscator=nz.obfuscator,
-            noise_sha256=nz.sha256,
-            alpha=args.alpha,
-            batch=args.batch,
-            scale=args.scale,
-            loss=args.loss,
-            features=feats,
-            device=args.device,
-        )
+    model.to(args.device)
+    dec = ensure_decoder(
+        model.head,
+        sha,
+        args.minutes,
+        dirs,
+        obfuscator=nz.obfuscator if nz else None,
+        noise_sha256=nz.sha256 if nz else None,
+        alpha=args.alpha,
+        batch=args.batch,
+        scale=args.scale,
+        loss=args.loss,
+        features=FaceFeatures(model) if args.loss == "perceptual" else None,
+        device=args.device,
+    )
     md = {k: v for k, v in dec.meta.items() if k != "curve_l1_px"}
     print(json.dumps(md, indent=1))
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from veil import assets
+from veil import assets, jsonio
 from veil.detector import Detector
 from veil.preprocess import ImageReadError, load_image
 from veil.viz import draw_boxes, side_by_side
@@ -195,21 +195,19 @@ def run_demo(
                 rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in boxes]
                 bfile = out / "boxes" / f"{name}.json"
                 nbytes = sent.numel() * sent.element_size()
-                bfile.write_text(
-                    json.dumps(
-                        {
-                            "image": name,
-                            "alpha": alpha,
-                            "server": report.server,
-                            "sent": {
-                                "shape": list(sent.shape),
-                                "dtype": str(sent.dtype).split(".")[-1],
-                                "bytes": nbytes,
-                            },
-                            "detections": rows,
+                jsonio.write_json(
+                    bfile,
+                    {
+                        "image": name,
+                        "alpha": alpha,
+                        "server": report.server,
+                        "sent": {
+                            "shape": list(sent.shape),
+                            "dtype": str(sent.dtype).split(".")[-1],
+                            "bytes": nbytes,
                         },
-                        indent=1,
-                    )
+                        "detections": rows,
+                    },
                 )
                 n_clean, n_obf = int((clean[:, 4] >= MIN_SCORE).sum()), int((boxes[:, 4] >= MIN_SCORE).sum())
                 report.images.append(
@@ -224,7 +222,7 @@ def run_demo(
     log("tritonserver stopped")
     report.seconds = round(time.monotonic() - t0, 1)
     (out / "report.md").write_text(report.markdown())
-    (out / "report.json").write_text(json.dumps(asdict(report), indent=1))
+    jsonio.write_json(out / "report.json", asdict(report))
     return report
 
 

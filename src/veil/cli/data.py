@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from veil import jsonio
 from veil.cli.errors import CLIError
 from veil.data.check import FDDB_ARCHIVES, FDDB_URL
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _print(rep, as_json: bool) -> int:
     if as_json:
         print(
-            json.dumps(
+            jsonio.dumps(
                 {
                     "what": rep.what,
                     "ok": rep.ok,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from veil import jsonio
 from veil.cli.main import CLIError
 
 
@@ -152,6 +152,8 @@ def run_bottleneck(args: argparse.Namespace) -> int:
     out = save_bottleneck(
         fitted, args.out, weights_sha256=digest, cfg=cfg, log=log, data=data, adversary_weight=args.adversary_weight
     )
-    print(json.dumps({"spec": spec.as_dict(), "held_out_distortion": log[-1].get("held_out_distortion")}))
+    print(
+        jsonio.dumps({"spec": spec.as_dict(), "held_out_distortion": log[-1].get("held_out_distortion")}, indent=None)
+    )
     print(f"wrote {out}")
     return 0

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from veil import jsonio
 from veil.preprocess import BGR_MEAN, FDDB_SCALE, ImageReadError, load_image, prepare, to_image
 from veil.privacy import identity, metrics
 from veil.privacy.decoders import decode
@@ -853,7 +854,7 @@ def audit(
         curves = {k: v["curve_l1_px"] for k, v in (meta or {}).get("decoders", {}).items() if v.get("curve_l1_px")}
         if curves:
             learning_curves_plot(curves, out / "learning_curves.png")
-        (out / "report.json").write_text(json.dumps(report, indent=1))
+        jsonio.write_json(out / "report.json", report)
         (out / "report.md").write_text(write_markdown(report))
     return report
 

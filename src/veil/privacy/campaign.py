@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veil import jsonio
 from veil.models.faceboxes import FaceBoxes
 from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, noise_path
 from veil.preprocess import FDDB_SCALE
@@ -216,10 +217,8 @@ def audit_alphas(
             if on_report is not None:
                 on_report(rep, dest)
     if len(rows) > 1:
-        import json
-
         summary = [
             {"alpha": r["alpha"], "noise_mode": r.get("noise_mode", "fresh"), **privacy_columns(r)} for r in rows
         ]
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        jsonio.write_json(out / "summary.json", summary)
     return rows

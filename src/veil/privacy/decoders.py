@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from veil import jsonio
 from veil.models.faceboxes import HEAD_CHANNELS, HEAD_STRIDE, SPLIT_POINT
 from veil.preprocess import to_image
 from veil.weights import cache_dir
@@ -71,9 +72,9 @@ def save_decoder(decoder: Decoder, path: str | Path, meta: dict) -> Path:
     """Write weights and metadata (JSON-encoded values) atomically."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    md = {k: json.dumps(v) for k, v in meta.items()}
-    md["widths"] = json.dumps(list(decoder.widths))
-    md["split_point"] = json.dumps(SPLIT_POINT)
+    md = {k: jsonio.dumps(v, indent=None) for k, v in meta.items()}
+    md["widths"] = jsonio.dumps(list(decoder.widths), indent=None)
+    md["split_point"] = jsonio.dumps(SPLIT_POINT, indent=None)
     tmp = p.with_suffix(".part")
     save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(tmp), metadata=md)
     tmp.replace(p)

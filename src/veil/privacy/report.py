@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from veil import jsonio
 from veil.privacy.verdict import BINS, privacy_columns
 
 #: Side of one cell of the face grid, px.
@@ -279,13 +280,12 @@ def write_frontier(sweep: dict, reports: list[dict], out: str | Path) -> tuple[l
 
     Returns the rows and the Markdown table (utility and leakage side by side per ALPHA).
     """
-    import json
 
     rows = frontier_rows(sweep, reports)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = frontier_markdown(rows)
-    (out / "frontier.json").write_text(json.dumps(rows, indent=1))
+    jsonio.write_json(out / "frontier.json", rows)
     (out / "frontier.md").write_text(md)
     plotted = [r for r in rows if r["map"] is not None]
     if plotted:

@@ -87,13 +87,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f = sub.add_parser(
         "frontier",
-        help="privacy–utility frontier: join a sweep with audit reports",
+        help="privacy–utility frontier: join a sweep with audit reports (and every defense's results)",
         description="Join `veil sweep`'s sweep.json (mAP per ALPHA) with `veil audit` reports "
         "(worst-attacker rank-1 per ALPHA); write frontier.md, frontier.json and "
-        "frontier.png (mAP against worst-attacker rank-1).",
+        "frontier.png (mAP against worst-attacker rank-1). With --defenses, also write ONE table "
+        "and plot over all defenses (frontier_all.md/.json/.png): defense x ALPHA -> mAP, drop, NSR, "
+        "every attacker's rank-1 [95 %% CI], worst rank-1 (x chance), TAR; '–' where no input has the value.",
     )
-    f.add_argument("--sweep", required=True, help="sweep.json written by `veil sweep`")
-    f.add_argument("--audits", nargs="+", required=True, help="report.json files or folders holding them")
+    f.add_argument("--sweep", help="sweep.json written by `veil sweep` (required without --defenses)")
+    f.add_argument("--audits", nargs="+", default=[], help="report.json files or folders holding them")
+    f.add_argument(
+        "--defenses",
+        nargs="+",
+        default=[],
+        help="benchmarks/defenses.py and benchmarks/audit_cost.py result JSONs (or folders of them)",
+    )
+    f.add_argument(
+        "--clean-map",
+        type=float,
+        help="clean FDDB mAP for the drop column, as measured by `veil evaluate` (default: the sweep's)",
+    )
     f.add_argument("--out", required=True, help="output directory")
     f.set_defaults(func=run_frontier)
 
@@ -255,10 +268,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_frontier(args: argparse.Namespace) -> int:
+    from veil.privacy.frontier import finish_rows, load_rows, write_all
     from veil.privacy.report import load_reports, write_frontier
 
-    _, md = write_frontier(json.loads(Path(args.sweep).read_text()), load_reports(args.audits), args.out)
-    print(md)
+    sweep = json.loads(Path(args.sweep).read_text()) if args.sweep else None
+    if not args.defenses:
+        if sweep is None or not args.audits:
+            raise SystemExit("veil frontier: give --sweep and --audits, or --defenses (with optional --sweep/--audits)")
+        _, md = write_frontier(sweep, load_reports(args.audits), args.out)
+        print(md)
+        return 0
+    rows = finish_rows(load_rows(args.defenses + args.audits), sweep, args.clean_map)
+    clean = args.clean_map if args.clean_map is not None else (sweep or {}).get("clean_mAP")
+    print(write_all(rows, args.out, clean))
     return 0
 
 

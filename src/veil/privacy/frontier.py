@@ -1,0 +1,275 @@
+"""One privacy–utility table and plot for every defense: per-channel noise (``veil sweep`` +
+``veil audit``), the noise-robust tail and the quantised bottleneck (``benchmarks/defenses.py``),
+and the audits timed by ``benchmarks/audit_cost.py``.
+
+Each input keeps its own producer's format; this module only reads values that are in the files
+(a missing value is ``None`` and prints as "–"), so the table never shows a number nobody measured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from veil import jsonio
+
+#: The goal of issue 9: worst attacker at most this many times chance ...
+GOAL_X_CHANCE = 2.0
+#: ... at a mAP drop of at most this many points.
+GOAL_DROP_POINTS = 2.0
+
+
+def _key(alpha: Any) -> float | None:
+    return None if alpha is None else round(float(alpha), 6)
+
+
+def _attacker(m: dict) -> dict[str, Any]:
+    return {
+        "rank1": m["rank1"],
+        "rank1_ci95": m.get("rank1_ci95"),
+        "tar_at_far1": m.get("tar_at_far1"),
+        "tar_ci95": m.get("tar_ci95"),
+    }
+
+
+def _new_row(defense: str, alpha: float | None) -> dict[str, Any]:
+    return {
+        "defense": defense,
+        "alpha": alpha,
+        "map": None,
+        "map_draws": None,
+        "drop_points": None,
+        "nsr_db": None,
+        "client_ms": None,
+        "bytes_per_request": None,
+        "chance_rank1": None,
+        "attackers": {},
+        "reference_grey_rank1": None,
+        "sources": [],
+    }
+
+
+def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+    """Rows from ``benchmarks/defenses.py`` JSONs ``(name, document)``, one per (defense, ALPHA).
+
+    A ``-map`` file gives mAP (mean over its draws); an identity file gives two attackers, the
+    scoring decoder on one activation (``decoder k=1``) and on the average of eight (``decoder avg8``).
+    Repeated identity runs of one configuration keep each attacker's highest rank-1 (conservative).
+    A defense without an identity file of its own (the robust tail) takes the identity of a file
+    with the same ``noise_sha256``: the tail changes the server, not what travels on the wire.
+    """
+    rows: dict[tuple[str, float | None], dict[str, Any]] = {}
+    by_noise: dict[str, dict[str, Any]] = {}
+    for name, d in docs:
+        if "defense" not in d or not ("map" in d or "identity" in d):
+            raise ValueError(f"{name}: not a benchmarks/defenses.py result (needs 'defense' and 'map' or 'identity')")
+        row = rows.setdefault((d["defense"], _key(d.get("alpha"))), _new_row(d["defense"], d.get("alpha")))
+        row["sources"].append(name)
+        if "map" in d:
+            row["map"], row["map_draws"] = d["map"]["mean"], d["map"]["draws"]
+        if "identity" in d:
+            ident = d["identity"]
+            row["chance_rank1"] = ident["chance_rank1"]
+            for k, label in (("k1", "decoder k=1"), ("k8", "decoder avg8")):
+                if k in ident and (
+                    label not in row["attackers"] or ident[k]["rank1"] > row["attackers"][label]["rank1"]
+                ):
+                    row["attackers"][label] = _attacker(ident[k])
+            if "grey_reference" in ident:
+                row["reference_grey_rank1"] = ident["grey_reference"]["rank1"]
+            if d.get("noise_sha256"):
+                by_noise[d["noise_sha256"]] = row
+    for _, d in docs:
+        row = rows[(d["defense"], _key(d.get("alpha")))]
+        src = by_noise.get(d.get("noise_sha256") or "")
+        if not row["attackers"] and src is not None and src is not row:
+            row["attackers"] = dict(src["attackers"])
+            row["chance_rank1"] = src["chance_rank1"]
+            row["sources"].append(f"identity of {src['defense']} ALPHA {src['alpha']:g} (same noise_sha256)")
+    return list(rows.values())
+
+
+def audit_cost_rows(name: str, doc: dict) -> list[dict[str, Any]]:
+    """Rows from a ``benchmarks/audit_cost.py`` JSON: each obfuscated run's worst attacker (no interval,
+    none is recorded) on ``faces`` faces; the clean run (already cached) carries no leak and is skipped."""
+    if "runs" not in doc or "faces" not in doc:
+        raise ValueError(f"{name}: not a benchmarks/audit_cost.py result (needs 'runs' and 'faces')")
+    out = []
+    for run in doc["runs"]:
+        m = re.match(r"alpha ([0-9.]+), (\w+) noise", run.get("config", ""))
+        if not m or "worst_rank1" not in run:
+            continue
+        row = _new_row(f"noise ({m.group(2)}), {Path(name).stem} ({doc['faces']} faces)", float(m.group(1)))
+        row["chance_rank1"] = 1.0 / doc["faces"]
+        row["attackers"][run["worst"]] = {"rank1": run["worst_rank1"], "rank1_ci95": None, "tar_at_far1": None}
+        row["sources"].append(name)
+        out.append(row)
+    return out
+
+
+def audit_report_rows(name: str, rep: dict) -> list[dict[str, Any]]:
+    """One row from a ``veil audit`` report.json: every attacker with its intervals."""
+    row = _new_row(f"noise ({rep.get('noise_mode') or 'fresh'}), veil audit", rep["alpha"])
+    row["chance_rank1"] = rep["chance_rank1"]
+    row["attackers"] = {k: _attacker(v) for k, v in rep["attackers"].items()}
+    if "ref:constant" in rep.get("references", {}):
+        row["reference_grey_rank1"] = rep["references"]["ref:constant"]["rank1"]
+    row["sources"].append(name)
+    return [row]
+
+
+def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """Rows from any mix of defenses.py, audit_cost.py and ``veil audit`` JSONs (folders: every
+    ``*.json`` and ``report.json`` below). Refuses a file it cannot place, with the reason."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
+        files += sorted(p.rglob("*.json")) if p.is_dir() else [p]
+    defenses: list[tuple[str, dict]] = []
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: not JSON ({e})") from e
+        if not isinstance(doc, dict):
+            raise ValueError(f"{f}: expected a JSON object")
+        if "defense" in doc:
+            defenses.append((str(f), doc))
+        elif "runs" in doc and "faces" in doc:
+            rows += audit_cost_rows(str(f), doc)
+        elif "attackers" in doc and "chance_rank1" in doc:
+            rows += audit_report_rows(str(f), doc)
+        else:
+            raise ValueError(f"{f}: neither a benchmarks/defenses.py, benchmarks/audit_cost.py nor a veil audit JSON")
+    return defense_rows(defenses) + rows
+
+
+def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map: float | None = None) -> list[dict]:
+    """Fill what the sweep knows (clean mAP, and mAP/NSR of per-channel noise rows at its ALPHAs),
+    then the drop vs clean and the worst attacker of each row."""
+    if clean_map is None and sweep is not None:
+        clean_map = sweep.get("clean_mAP")
+    by_alpha = {_key(r["alpha"]): r for r in (sweep or {}).get("rows", [])}
+    for r in rows:
+        s = by_alpha.get(_key(r["alpha"])) if r["defense"].startswith("noise") else None
+        if s is not None:
+            if r["map"] is None:
+                r["map"] = s["mAP"]
+                r["sources"].append("mAP from sweep")
+            r["nsr_db"] = s.get("nsr_db")
+        if r["defense"] == "clean" and r["map"] is None and clean_map is not None:
+            r["map"] = clean_map
+        if r["map"] is not None and clean_map is not None:
+            r["drop_points"] = round(100 * (clean_map - r["map"]), 2)
+        atk = r["attackers"]
+        worst = max(atk, key=lambda k: atk[k]["rank1"]) if atk else None
+        r["worst_attacker"] = worst
+        r["worst_rank1"] = atk[worst]["rank1"] if worst else None
+        r["worst_rank1_ci95"] = atk[worst]["rank1_ci95"] if worst else None
+        r["worst_x_chance"] = round(r["worst_rank1"] / r["chance_rank1"], 2) if worst and r["chance_rank1"] else None
+        tars = [a["tar_at_far1"] for a in atk.values() if a.get("tar_at_far1") is not None]
+        r["worst_tar_at_far1"] = max(tars) if tars else None
+        r["meets_goal"] = (
+            None
+            if r["drop_points"] is None or r["worst_x_chance"] is None
+            else r["drop_points"] <= GOAL_DROP_POINTS and r["worst_x_chance"] <= GOAL_X_CHANCE
+        )
+    return sorted(rows, key=lambda r: (r["defense"] != "clean", r["defense"], r["alpha"] or 0.0))
+
+
+def _num(v: Any, fmt: str = "{:.4f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _rank(a: dict | None) -> str:
+    if a is None:
+        return "–"
+    ci = a.get("rank1_ci95")
+    return f"{a['rank1']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table: one line per (defense, ALPHA); "–" wherever no input carries the value."""
+    names: list[str] = []
+    for r in rows:
+        names += [n for n in r["attackers"] if n not in names]
+    head = ["defense", "ALPHA", "mAP", "drop (pt)", "NSR dB"]
+    head += [f"rank-1 {n} [95 % CI]" for n in names]
+    head += ["worst rank-1 (× chance)", "TAR@1%FAR (worst)", "client ms", "bytes/request", "goal met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["defense"], _num(r["alpha"], "{:g}"), _num(r["map"]), _num(r["drop_points"], "{:.1f}")]
+        cells.append(_num(r["nsr_db"], "{:+.2f}"))
+        cells += [_rank(r["attackers"].get(n)) for n in names]
+        cells.append(
+            "–" if r["worst_rank1"] is None else f"{r['worst_rank1']:.3f} ({_num(r['worst_x_chance'], '{:g}')}×)"
+        )
+        cells += [_num(r["worst_tar_at_far1"], "{:.3f}"), _num(r["client_ms"], "{:.2f}")]
+        cells += [_num(r["bytes_per_request"], "{:d}"), {None: "–", True: "yes", False: "no"}[r["meets_goal"]]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> Path:
+    """mAP against worst-attacker rank-1, one line per defense (points labelled by ALPHA); the goal
+    region (≤ 2× chance, drop ≤ 2 points) shaded when chance and the clean mAP are known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+    pts = [r for r in rows if r["map"] is not None and r["worst_rank1"] is not None]
+    for d in dict.fromkeys(r["defense"] for r in pts):
+        series = sorted((r for r in pts if r["defense"] == d), key=lambda r: r["alpha"] or 0.0)
+        ax.plot([r["worst_rank1"] for r in series], [r["map"] for r in series], "o-", label=d)
+        for r in series:
+            if r["alpha"] is not None:
+                ax.annotate(
+                    f"α={r['alpha']:g}",
+                    (r["worst_rank1"], r["map"]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
+    chances = sorted({r["chance_rank1"] for r in pts if r["chance_rank1"]})
+    for c in chances:
+        ax.axvline(GOAL_X_CHANCE * c, ls="--", c="gray", lw=0.8)
+    if clean_map is not None:
+        ax.axhline(clean_map - GOAL_DROP_POINTS / 100, ls="--", c="gray", lw=0.8)
+        if chances:
+            top = max([clean_map] + [r["map"] for r in pts]) + 0.02
+            ax.fill_between(
+                [0, GOAL_X_CHANCE * chances[0]],
+                clean_map - GOAL_DROP_POINTS / 100,
+                top,
+                color="green",
+                alpha=0.15,
+                label=f"goal: ≤ {GOAL_X_CHANCE:g}× chance ({chances[0]:g}), drop ≤ {GOAL_DROP_POINTS:g} pt",
+            )
+    ax.set_xlim(left=0)
+    ax.set_xlabel("worst-attacker rank-1 identification (lower = more private)")
+    ax.set_ylabel("FDDB mAP (higher = more useful)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_all(rows: list[dict], out: str | Path, clean_map: float | None = None) -> str:
+    """Write ``frontier_all.json``, ``frontier_all.md`` and ``frontier_all.png`` in ``out``; return the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(rows)
+    jsonio.write_json(out / "frontier_all.json", rows)
+    (out / "frontier_all.md").write_text(md)
+    plot(rows, out / "frontier_all.png", clean_map)
+    return md

@@ -85,12 +85,34 @@ def test_synthetic_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "o" / "frontier_all.png").stat().st_size > 10_000
 
 
+def test_veil_audit_report_rows(tmp_path):
+    """A `veil audit` report.json (keys as src/veil/privacy/audit.py writes them) joined with a sweep."""
+
+    def m(r):
+        return {"ssim": 0.1, "psnr": 10.0, "face_ssim": 0.1, "rank1": r, "rank1_ci95": [r / 2, r * 2],
+                "tar_at_far1": r, "tar_ci95": [r / 2, r * 2], "bins": {}}  # fmt: skip
+
+    rep = {"alpha": 0.8, "noise_mode": "keyed", "chance_rank1": 0.025, "n_faces": 40,
+           "attackers": {"naive": m(0.1), "adaptive": m(0.35), "whitebox": m(0.3), "extra": m(0.9)},
+           "clean_baseline": {"naive": m(0.4)}, "references": {"constant": m(0.025), "original": m(1.0)}}  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps(rep))
+    sweep = {"clean_mAP": 0.97, "rows": [{"alpha": 0.8, "mAP": 0.958, "nsr_db": -1.5}]}
+    (row,) = finish_rows(load_rows([tmp_path / "a"]), sweep)
+    assert row["defense"] == "noise (keyed), veil audit" and set(row["attackers"]) == {"naive", "adaptive", "whitebox"}
+    assert row["worst_attacker"] == "adaptive" and row["worst_x_chance"] == 14.0 and row["worst_tar_at_far1"] == 0.35
+    assert row["map"] == 0.958 and row["drop_points"] == 1.2 and row["nsr_db"] == -1.5
+    assert row["reference_grey_rank1"] == 0.025 and row["meets_goal"] is False
+
+
 def test_refuses_unknown_json(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match="neither"):
         load_rows([tmp_path / "x.json"])
     with pytest.raises(FileNotFoundError):
         load_rows([tmp_path / "missing.json"])
+    with pytest.raises(SystemExit, match="--defenses"):  # neither the old (sweep + audits) nor the new inputs
+        main(["frontier", "--out", str(tmp_path / "o")])
 
 
 def test_committed_results():

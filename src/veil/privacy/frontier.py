@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from veil import jsonio
+from veil.privacy.verdict import WORST_OF
 
 #: The goal of issue 9: worst attacker at most this many times chance ...
 GOAL_X_CHANCE = 2.0
@@ -110,12 +111,13 @@ def audit_cost_rows(name: str, doc: dict) -> list[dict[str, Any]]:
 
 
 def audit_report_rows(name: str, rep: dict) -> list[dict[str, Any]]:
-    """One row from a ``veil audit`` report.json: every attacker with its intervals."""
+    """One row from a ``veil audit`` report.json: every attacker the audit's verdict counts
+    (:data:`~veil.privacy.verdict.WORST_OF`), with its intervals."""
     row = _new_row(f"noise ({rep.get('noise_mode') or 'fresh'}), veil audit", rep["alpha"])
     row["chance_rank1"] = rep["chance_rank1"]
-    row["attackers"] = {k: _attacker(v) for k, v in rep["attackers"].items()}
-    if "ref:constant" in rep.get("references", {}):
-        row["reference_grey_rank1"] = rep["references"]["ref:constant"]["rank1"]
+    row["attackers"] = {k: _attacker(v) for k, v in rep["attackers"].items() if k in WORST_OF}
+    if "constant" in rep.get("references", {}):
+        row["reference_grey_rank1"] = rep["references"]["constant"]["rank1"]
     row["sources"].append(name)
     return [row]
 

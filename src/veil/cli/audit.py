@@ -90,9 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="privacy–utility frontier: join a sweep with audit reports (and every defense's results)",
         description="Join `veil sweep`'s sweep.json (mAP per ALPHA) with `veil audit` reports "
         "(worst-attacker rank-1 per ALPHA); write frontier.md, frontier.json and "
-        "frontier.png (mAP against worst-attacker rank-1). With --defenses, also write ONE table "
+        "frontier.png (mAP against worst-attacker rank-1). With --defenses, write instead ONE table "
         "and plot over all defenses (frontier_all.md/.json/.png): defense x ALPHA -> mAP, drop, NSR, "
-        "every attacker's rank-1 [95 %% CI], worst rank-1 (x chance), TAR; '–' where no input has the value.",
+        "every attacker's rank-1 [95 % CI], worst rank-1 (x chance), TAR; '–' where no input has the value.",
     )
     f.add_argument("--sweep", help="sweep.json written by `veil sweep` (required without --defenses)")
     f.add_argument("--audits", nargs="+", default=[], help="report.json files or folders holding them")

@@ -95,3 +95,22 @@ def test_write_lock_refusal_from_another_interpreter(tmp_path):
     assert r.returncode == 3 and "is writing" in r.stdout
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0
+
+
+def test_every_json_file_veil_writes_goes_through_jsonio():
+    """Issue 11 §2: no JSON file is written by a plain json.dump/json.dumps (which can emit NaN/Infinity)."""
+    import re
+    from pathlib import Path
+
+    import veil
+
+    src = Path(veil.__file__).parent
+    plain = re.compile(r"json\.dump\(|write_text\(\s*json\.dumps|print\(\s*json\.dumps")
+    offenders = [
+        f"{p.relative_to(src)}:{i}"
+        for p in sorted(src.rglob("*.py"))
+        if p.name != "jsonio.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if plain.search(line)
+    ]
+    assert offenders == []

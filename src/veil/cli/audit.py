@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from veil import jsonio
 from veil.preprocess import FDDB_SCALE
 
 
@@ -263,7 +264,7 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
     )
     md = {k: v for k, v in dec.meta.items() if k != "curve_l1_px"}
-    print(json.dumps(md, indent=1))
+    print(jsonio.dumps(md))
     return 0
 
 
@@ -295,5 +296,5 @@ def run_leak_scale(args: argparse.Namespace) -> int:
             f"scale ×{s:g}: rank-1 {m['rank1']:.3f}, TAR@1%FAR {m['tar_at_far1']:.3f}, face SSIM {m['face_ssim']:.3f}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
+        jsonio.write_json(args.json, {str(k): v for k, v in res.items()})
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -35,3 +38,15 @@ def side_by_side(panels: list[np.ndarray], labels: list[str] | None = None, heig
             cv2.putText(q, labels[i], (5, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1)
         row.append(q)
     return np.hstack(row)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write and close a matplotlib figure (closed, so long runs drawing many plots do not leak)."""
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

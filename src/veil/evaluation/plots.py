@@ -8,6 +8,7 @@ import numpy as np
 
 from veil.evaluation.metrics import discrete_roc
 from veil.evaluation.result import EvalResult
+from veil.viz import save_figure
 
 
 def roc_points(result: EvalResult) -> tuple[np.ndarray, np.ndarray]:
@@ -42,9 +43,4 @@ def plot_roc(results: dict[str, EvalResult], path: str | Path) -> Path:
     ax.set_title(f"FDDB discrete ROC ({first.images} images, {first.faces} faces)", fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

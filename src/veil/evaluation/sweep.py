@@ -29,6 +29,7 @@ from veil.obfuscate.fit import FitConfig
 from veil.obfuscate.noise import isotropic_like
 from veil.obfuscate.recipe import DEFAULT_CROPS_PER_IMAGE, fit_and_save
 from veil.preprocess import Prepared
+from veil.viz import save_figure
 
 #: The reference design's (NetApp/Protopia) published FDDB mAP per ALPHA, and clean.
 REFERENCE_CLEAN_MAP = 0.9337
@@ -268,11 +269,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
         axis.set_ylim(0, 1.0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(doc: dict[str, Any], out: str | Path) -> dict[str, Path]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from veil import jsonio
 from veil.privacy.verdict import WORST_OF
+from veil.viz import save_figure
 
 #: The goal of issue 9: worst attacker at most this many times chance ...
 GOAL_X_CHANCE = 2.0
@@ -258,12 +259,7 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
     ax.set_ylabel("FDDB mAP (higher = more useful)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_all(rows: list[dict], out: str | Path, clean_map: float | None = None) -> str:

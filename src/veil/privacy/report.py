@@ -11,6 +11,7 @@ import numpy as np
 
 from veil import jsonio
 from veil.privacy.verdict import BINS, privacy_columns
+from veil.viz import save_figure
 
 #: Side of one cell of the face grid, px.
 GRID_CELL = 112
@@ -91,11 +92,7 @@ def learning_curves_plot(curves: dict[str, list[float]], out: str | Path, smooth
     ax.set_ylabel("L1 per pixel (0-255 units)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _fmt(v) -> str:
@@ -201,11 +198,7 @@ def frontier_plot(rows: list[dict], out: str | Path, chance: float | None = None
     ax.set_xlabel("worst-attacker rank-1 identification (lower = more private)")
     ax.set_ylabel("FDDB mAP (higher = more useful)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def frontier_rows(sweep: dict, reports: list[dict]) -> list[dict]:

@@ -206,3 +206,28 @@ def test_fused_preprocessing_matches_the_float_reference_on_fddb(fddb_image_path
                 assert diff.max() == 0.0  # no resize: exactly the subtraction
     with pytest.raises(ValueError, match="uint8"):
         prepare(np.zeros((8, 8, 3), np.float32))
+
+
+def test_registry_builds_every_faceboxes_split_with_identical_outputs(weights_path):
+    """Every registered split of FaceBoxes computes the same detector: tail(head(x)) does not depend on the cut."""
+    from veil.models import UnknownModelError, build, get_config
+    from veil.weights import load_state_dict
+
+    sd = load_state_dict(weights_path)
+    x = torch.rand(1, 3, 96, 128) * 255 - 117
+    outs = {}
+    for spec in get_config("faceboxes").splits:
+        m = build("faceboxes", spec.name)
+        m.network.load_state_dict(sd, strict=True)
+        a = m.head(x)
+        assert a.shape == (1, spec.channels, 96 // spec.stride, 128 // spec.stride)
+        outs[spec.name] = m(x)
+        assert m.split_point == f"faceboxes.{spec.name}"
+    ref = outs.pop("rdcl")
+    for name, out in outs.items():
+        for o, r in zip(out, ref, strict=True):
+            assert torch.allclose(o, r, atol=1e-5), name
+    with pytest.raises(UnknownModelError, match="inception1"):
+        build("faceboxes", "conv9")
+    with pytest.raises(UnknownModelError, match="faceboxes"):
+        get_config("yolo")

@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from veil import assets
+from veil.models.distortion import detection_distortion
+from veil.models.registry import InputSpec, ModelConfig, SplitNetwork, SplitSpec, WeightsSpec, register_model
+
 #: Name of the split point, recorded in noise artifacts so a mismatch is caught.
 SPLIT_POINT = "faceboxes.rdcl"
 #: Channels and stride of the head's activation.
@@ -71,25 +75,35 @@ class Inception(nn.Module):
 
 
 class FaceBoxesHead(nn.Module):
-    """Runs in the trust zone: image tensor ``[N,3,H,W]`` → activation ``[N,128,⌈H/32⌉,⌈W/32⌉]``."""
+    """Runs in the trust zone: image tensor ``[N,3,H,W]`` → activation ``[N,128,⌈H/32⌉,⌈W/32⌉]``.
 
-    def __init__(self, conv1: CRelu, conv2: CRelu) -> None:
+    The RDCL (``conv1 → maxpool → conv2 → maxpool``), then the first ``depth`` Inception blocks
+    (0 for the default split ``rdcl``).
+    """
+
+    def __init__(self, parent: FaceBoxes, depth: int = 0) -> None:
         super().__init__()
-        self.conv1 = conv1
-        self.conv2 = conv2
+        self.conv1 = parent.conv1
+        self.conv2 = parent.conv2
+        self.depth = depth
+        for i in range(1, depth + 1):
+            setattr(self, f"inception{i}", getattr(parent, f"inception{i}"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
-        return F.max_pool2d(self.conv2(x), kernel_size=3, stride=2, padding=1)
+        x = F.max_pool2d(self.conv2(x), kernel_size=3, stride=2, padding=1)
+        for i in range(1, self.depth + 1):
+            x = getattr(self, f"inception{i}")(x)
+        return x
 
 
 class FaceBoxesTail(nn.Module):
-    """Runs on the server: activation → ``(loc [N,P,4], conf [N,P,2] softmax scores)``."""
+    """Runs on the server: activation → ``(loc [N,P,4], conf [N,P,2] softmax scores)``.
+
+    Starts after the head's ``depth`` Inception blocks.
+    """
 
     # The parent's submodules, shared (set in __init__); declared so type checkers know them.
-    inception1: Inception
-    inception2: Inception
-    inception3: Inception
     conv3_1: BasicConv2d
     conv3_2: BasicConv2d
     conv4_1: BasicConv2d
@@ -97,24 +111,19 @@ class FaceBoxesTail(nn.Module):
     loc: nn.ModuleList
     conf: nn.ModuleList
 
-    def __init__(self, parent: FaceBoxes) -> None:
+    def __init__(self, parent: FaceBoxes, depth: int = 0) -> None:
         super().__init__()
-        # Share the parent's submodules (no copies) so weights stay in one place.
-        for name in (
-            "inception1",
-            "inception2",
-            "inception3",
-            "conv3_1",
-            "conv3_2",
-            "conv4_1",
-            "conv4_2",
-            "loc",
-            "conf",
-        ):
+        self.depth = depth
+        # Share the parent's submodules (no copies) so weights stay in one place; the names stay
+        # the parent's, so a tail's state_dict keys are the checkpoint's.
+        names = [f"inception{i}" for i in range(depth + 1, 4)]
+        for name in (*names, "conv3_1", "conv3_2", "conv4_1", "conv4_2", "loc", "conf"):
             setattr(self, name, getattr(parent, name))
 
     def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.inception3(self.inception2(self.inception1(a)))
+        x = a
+        for i in range(self.depth + 1, 4):
+            x = getattr(self, f"inception{i}")(x)
         sources = [x]
         x = self.conv3_2(self.conv3_1(x))
         sources.append(x)
@@ -136,7 +145,7 @@ class FaceBoxes(nn.Module):
     head: FaceBoxesHead
     tail: FaceBoxesTail
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 0) -> None:
         super().__init__()
         self.conv1 = CRelu(3, 24, kernel_size=7, stride=4, padding=3)
         self.conv2 = CRelu(48, 64, kernel_size=5, stride=2, padding=2)
@@ -155,8 +164,8 @@ class FaceBoxes(nn.Module):
             [nn.Conv2d(128, 21 * 2, 3, padding=1), nn.Conv2d(256, 2, 3, padding=1), nn.Conv2d(256, 2, 3, padding=1)]
         )
         # Not registered as children (would duplicate state_dict keys).
-        object.__setattr__(self, "head", FaceBoxesHead(self.conv1, self.conv2))
-        object.__setattr__(self, "tail", FaceBoxesTail(self))
+        object.__setattr__(self, "head", FaceBoxesHead(self, depth))
+        object.__setattr__(self, "tail", FaceBoxesTail(self, depth))
 
     def train(self, mode: bool = True) -> FaceBoxes:
         """Also flip the unregistered ``head``/``tail`` views, so code that saves and restores
@@ -168,3 +177,41 @@ class FaceBoxes(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tail(self.head(x))
+
+
+#: (split name, Inception blocks in the head, description). All are 128 channels at stride 32.
+FACEBOXES_SPLITS = (
+    ("rdcl", 0, "after the RDCL (conv1, conv2 and their max-pools): the cheapest split, the default"),
+    ("inception1", 1, "after the first Inception block"),
+    ("inception2", 2, "after the second Inception block"),
+    ("inception3", 3, "after the third Inception block (the first detection layer's input)"),
+)
+
+FACEBOXES_CONFIG = ModelConfig(
+    name="faceboxes",
+    task="face-detection",
+    splits=tuple(SplitSpec(name, HEAD_CHANNELS, HEAD_STRIDE, desc) for name, _, desc in FACEBOXES_SPLITS),
+    weights=WeightsSpec(
+        filename="FaceBoxesProd.pth",
+        sha256="c0cb2b1e40710c0aa5fc32a8759b1496a0fe0a126c907ca0ffe35b4bd0709d09",
+        # The same file as published in cleardusk/3DDFA_V2 (MIT), the original public source.
+        url="https://github.com/cleardusk/3DDFA_V2/raw/master/FaceBoxes/weights/FaceBoxesProd.pth",
+        shipped=assets.WEIGHTS,
+        license="MIT (FaceBoxes.PyTorch); the text ships beside the checkpoint",
+        provenance="the public FaceBoxes.PyTorch checkpoint, trained on WIDER FACE",
+    ),
+    # BGR means subtracted, no scaling; the FDDB test protocol upscales ×3.
+    input=InputSpec(mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), scale=3.0),
+    outputs=("loc", "conf"),
+    distortion=detection_distortion,
+    labels=("background", "face"),
+    description="FaceBoxes (Zhang et al., 2017), a CPU real-time face detector",
+)
+
+
+@register_model(FACEBOXES_CONFIG)
+def faceboxes(split: str) -> SplitNetwork:
+    """FaceBoxes cut at ``split`` (one of :data:`FACEBOXES_SPLITS`)."""
+    depth = {name: d for name, d, _ in FACEBOXES_SPLITS}[split]
+    net = FaceBoxes(depth)
+    return SplitNetwork(net, net.head, net.tail)

@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from veil.models.distortion import Outputs, detection_distortion
 from veil.obfuscate.noise import Obfuscator
 
-Outputs = tuple[torch.Tensor, ...]
+__all__ = ["FitConfig", "FitResult", "Outputs", "activation_bank", "detection_distortion", "fit_noise"]
 
 
 @dataclass
@@ -61,24 +61,6 @@ class FitResult:
     log: list[dict] = field(default_factory=list)  # one entry per logged step
     activation_stats: dict = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def detection_distortion(clean: Outputs, noisy: Outputs) -> torch.Tensor:
-    """How far a detector's outputs moved: ``(loc [N,P,4], conf [N,P,K] softmax)``; no labels needed.
-
-    Face scores: binary cross-entropy of the noisy score against the clean score, averaged
-    over all anchors (keeps background quiet) plus the same weighted by the clean score
-    (keeps the confident anchors — the detections — confident). Boxes: smooth-L1 between
-    noisy and clean regression, weighted by the clean score (only detections' boxes matter).
-    """
-    loc_c, conf_c = clean
-    loc_n, conf_n = noisy
-    p_c = conf_c[..., 1].detach()
-    p_n = conf_n[..., 1].clamp(1e-6, 1 - 1e-6)
-    bce = F.binary_cross_entropy(p_n, p_c, reduction="none")
-    w = p_c / p_c.sum().clamp_min(1e-6)
-    box = F.smooth_l1_loss(loc_n, loc_c.detach(), reduction="none").sum(-1)
-    return bce.mean() + (w * bce).sum() + (w * box).sum()
 
 
 @torch.no_grad()

@@ -80,6 +80,17 @@ def test_preprocess_roundtrip_and_bad_images(tmp_path):
         prepare(img[:, :, 0], 1.0)
 
 
+def _without_shipped_copy(monkeypatch, shipped):
+    """The faceboxes config as an installation whose shipped checkpoint is ``shipped`` (missing or altered)."""
+    import dataclasses
+
+    from veil.models import registry
+
+    config, builder = registry._REGISTRY["faceboxes"]
+    other = dataclasses.replace(config, weights=dataclasses.replace(config.weights, shipped=shipped))
+    monkeypatch.setitem(registry._REGISTRY, "faceboxes", (other, builder))
+
+
 def test_weights_resolution_and_refusal(tmp_path, monkeypatch, weights_path):
     """--weights, then $VEIL_WEIGHTS, then the cache, then the checkpoint shipped in the package."""
     from veil import assets
@@ -87,12 +98,10 @@ def test_weights_resolution_and_refusal(tmp_path, monkeypatch, weights_path):
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
     assert W.resolve_weights() == assets.WEIGHTS  # nothing of the user's: the shipped checkpoint
-    monkeypatch.setattr(assets, "WEIGHTS", tmp_path / "not-installed.pth")  # an install without it
-    with pytest.raises(W.WeightsError, match="veil weights fetch"):
-        W.resolve_weights()
-    monkeypatch.undo()
-    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
+    with monkeypatch.context() as m:
+        _without_shipped_copy(m, tmp_path / "not-installed.pth")  # an install without it
+        with pytest.raises(W.WeightsError, match="veil weights fetch"):
+            W.resolve_weights()
     corrupt = tmp_path / "FaceBoxesProd.pth"
     corrupt.write_bytes(weights_path.read_bytes()[:100_000])
     with pytest.raises(W.WeightsError, match="SHA-256"):
@@ -102,6 +111,7 @@ def test_weights_resolution_and_refusal(tmp_path, monkeypatch, weights_path):
     with pytest.raises(W.WeightsError, match="cannot read"):
         W.load_faceboxes(corrupt, verify_sha=False)
     installed = W.install(weights_path)
+    assert installed == tmp_path / "cache" / "FaceBoxesProd.pth"  # the historical cache location, kept
     assert W.resolve_weights() == installed
     monkeypatch.setenv("VEIL_WEIGHTS", str(weights_path))
     assert W.resolve_weights() == weights_path
@@ -123,7 +133,7 @@ def test_shipped_checkpoint_is_verified_like_any_other(tmp_path, monkeypatch):
     altered.write_bytes(bytes(data))
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
-    monkeypatch.setattr(assets, "WEIGHTS", altered)
+    _without_shipped_copy(monkeypatch, altered)
     with pytest.raises(W.WeightsError, match="SHA-256"):
         W.load_faceboxes()
 
@@ -132,7 +142,7 @@ def test_fetch_offline_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path))
     # A local closed port: the real download code, an unreachable source.
     with pytest.raises(W.WeightsError, match="could not download"):
-        W.fetch("http://127.0.0.1:9/FaceBoxesProd.pth", timeout=2)
+        W.fetch(url="http://127.0.0.1:9/FaceBoxesProd.pth", timeout=2)
     assert not list(tmp_path.glob("*.part"))
 
 

@@ -14,8 +14,49 @@ from veil.cli.errors import CLIError
 from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS
 
 
+def add_model_choice(p: argparse.ArgumentParser, split: bool = True, weights: bool = True) -> None:
+    """``--model NAME`` (a registered split model), ``--split NAME`` and ``--weights FILE``: which network
+    runs, where it is cut and which weights it loads. The one definition of these flags."""
+    from veil.models import DEFAULT_MODEL, list_models
+
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=list_models(),
+        help="registered split model (default: %(default)s); `veil weights path --model NAME` shows its weights",
+    )
+    if split:
+        p.add_argument(
+            "--split",
+            metavar="NAME",
+            help="where the model is cut into head and tail (default: the model's first split; "
+            "faceboxes: rdcl, inception1, inception2, inception3)",
+        )
+    if weights:
+        p.add_argument(
+            "--weights",
+            help="weights file (default: for the default model $VEIL_WEIGHTS, then the veil cache, then the "
+            "copy shipped with veil; always checked against the model's SHA-256)",
+        )
+
+
+def create_model(args: argparse.Namespace, pretrained: bool = True) -> Any:
+    """The :class:`veil.models.SplitModel` the flags of :func:`add_model_choice` name, weights verified."""
+    from veil.models import DEFAULT_MODEL, UnknownModelError, create
+
+    try:
+        return create(
+            getattr(args, "model", DEFAULT_MODEL),
+            getattr(args, "split", None),
+            pretrained=pretrained,
+            weights=getattr(args, "weights", None),
+        )
+    except UnknownModelError as exc:
+        raise CLIError(str(exc)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--weights``, ``--scale`` and ``--max-pixels``."""
+    """``--weights``, ``--scale``, ``--max-pixels`` and ``--backend``."""
     p.add_argument(
         "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
     )

@@ -1,11 +1,13 @@
 """Split models: a registry of networks cut into a trust-zone head and a server-side tail.
 
-``veil.models.build(name, split)`` gives a :class:`SplitModel` (random weights); its
+``veil.models.create(name, split, pretrained=True)`` gives a :class:`SplitModel` with its weights
+resolved and SHA-256 verified (:mod:`veil.models.pretrained`); ``build`` the same with random weights. Its
 :class:`ModelConfig` says where the weights come from, how images become inputs, where the model
 can be split and how its outputs are compared. FaceBoxes (:mod:`veil.models.faceboxes`) ships;
 register more with :func:`register_model`.
 """
 
+from veil.models.pretrained import DEFAULT_MODEL, WeightsError, create
 from veil.models.registry import (
     Distortion,
     InputSpec,
@@ -23,6 +25,7 @@ from veil.models.registry import (
 )
 
 __all__ = [
+    "DEFAULT_MODEL",
     "Distortion",
     "InputSpec",
     "ModelConfig",
@@ -31,8 +34,10 @@ __all__ = [
     "SplitNetwork",
     "SplitSpec",
     "UnknownModelError",
+    "WeightsError",
     "WeightsSpec",
     "build",
+    "create",
     "get_config",
     "list_models",
     "register_model",

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import veil
 from veil import jsonio
+from veil.digest import tensors_sha256  # defined once, below every layer
 from veil.models.faceboxes import SPLIT_POINT
 
 
@@ -27,16 +28,6 @@ class DefenseFileError(ValueError):
     """A defense file is missing, corrupt, tampered with, or made for other weights/noise/ALPHA."""
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` (sorted by name): the weights' identity."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:

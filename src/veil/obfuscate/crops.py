@@ -63,11 +63,17 @@ class ImageCrops(Dataset):
         return len(self.files) * self.crops_per_image
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        return self.sample(i)[0]
+
+    def sample(self, i: int) -> tuple[torch.Tensor, tuple[float, float, int, int]]:
+        """Crop ``i`` and where it came from: ``(sx, sy, y, x)``, the resize factors (network px per
+        original px) and the crop's top-left corner in the resized image, so boxes can follow it."""
         rng = np.random.default_rng([self.seed, i])
         image = load_image(self.files[i // self.crops_per_image])
         lo, hi = self.scale_range
         scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         t = prepare(image, scale).tensor[0]
+        sx, sy = t.shape[2] / image.shape[1], t.shape[1] / image.shape[0]
         c = self.crop
         _, h, w = t.shape
         # Pad with zeros (= the mean colour after mean subtraction) when the image is smaller than the crop.
@@ -75,7 +81,7 @@ class ImageCrops(Dataset):
             t = torch.nn.functional.pad(t, (0, max(0, c - w), 0, max(0, c - h)))
             _, h, w = t.shape
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        return t[:, y : y + c, x : x + c].contiguous()
+        return t[:, y : y + c, x : x + c].contiguous(), (sx, sy, y, x)
 
     def describe(self) -> dict:
         """What the fit saw, for the artifact's metadata."""

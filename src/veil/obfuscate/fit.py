@@ -13,6 +13,13 @@ The model's weights are frozen; only μ and log σ receive gradients (through ε
 reparameterisation ``a + μ + σ ε``). Because the head is frozen, its activations and
 the tail's clean outputs are computed once (one pass over the loader) and each step
 only runs the tail on a minibatch of freshly obfuscated activations.
+
+The privacy term is pluggable (``objective``): ``nsr`` is the noise-power term above;
+``adversarial`` adds what a reconstruction adversary trained alongside still recovers
+(:mod:`veil.defenses.adversarial` supplies that term as a :data:`PrivacyTerm`, since the
+adversary is a decoder from the privacy layer above this one):
+
+    loss = (1 - ALPHA) · distortion + ALPHA · (privacy_weight · nsr_privacy + adversary_weight · term)
 """
 
 from __future__ import annotations
@@ -29,7 +36,23 @@ from tqdm import tqdm
 from veil.models.distortion import Outputs, detection_distortion
 from veil.obfuscate.noise import Obfuscator
 
-__all__ = ["FitConfig", "FitResult", "Outputs", "activation_bank", "detection_distortion", "fit_noise"]
+__all__ = [
+    "OBJECTIVES",
+    "FitConfig",
+    "FitResult",
+    "Outputs",
+    "PrivacyTerm",
+    "activation_bank",
+    "detection_distortion",
+    "fit_noise",
+    "nsr_privacy",
+]
+
+#: ``nsr``: reward noise power (the default); ``adversarial``: also what an in-loop adversary recovers.
+OBJECTIVES = ("nsr", "adversarial")
+#: ``term(step, idx, noisy)`` → a scalar to *minimise* (e.g. minus an adversary's reconstruction error),
+#: given the step, the bank indices of the minibatch and their obfuscated activations (with gradients).
+PrivacyTerm = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -46,10 +69,16 @@ class FitConfig:
     max_nsr_db: float = 30.0
     init_nsr_db: float = -10.0
     seed: int = 0
+    objective: str = "nsr"
+    adversary_weight: float = 0.0  # weight of the pluggable privacy term (objective "adversarial")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"ALPHA must be in [0, 1), got {self.alpha}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.adversary_weight < 0:
+            raise ValueError(f"adversary weight must be ≥ 0, got {self.adversary_weight}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch size must be positive")
 
@@ -89,12 +118,16 @@ def fit_noise(
     progress: bool = True,
     log_every: int = 10,
     bank: tuple[torch.Tensor, Outputs] | None = None,
+    privacy_term: PrivacyTerm | None = None,
 ) -> FitResult:
     """Fit μ and σ for ``config.alpha``; ``head``/``tail`` are frozen, ``loader`` yields image batches.
 
     ``bank`` (from :func:`activation_bank`) skips the pass over ``loader``: a sweep computes
-    it once and fits every ALPHA on it.
+    it once and fits every ALPHA on it. ``privacy_term`` is required by (and only used with) the
+    ``adversarial`` objective; its indices refer to the bank's rows.
     """
+    if (config.objective == "adversarial") != (privacy_term is not None):
+        raise ValueError("the adversarial objective needs a privacy_term (and only it uses one)")
     t0 = time.perf_counter()
     head.eval()
     tail.eval()
@@ -108,7 +141,7 @@ def fit_noise(
                 raise ValueError("give a data loader or a precomputed activation bank")
             bank = activation_bank(head, tail, loader, progress)
         acts, clean = bank
-        return _fit(acts, clean, tail, config, distortion, progress, log_every, t0)
+        return _fit(acts, clean, tail, config, distortion, progress, log_every, t0, privacy_term)
     finally:
         for p, r in zip(frozen, was):
             p.requires_grad_(r)
@@ -123,6 +156,7 @@ def _fit(
     progress: bool,
     log_every: int,
     t0: float,
+    privacy_term: PrivacyTerm | None = None,
 ) -> FitResult:
     c = acts.shape[1]
     power = acts.transpose(0, 1).reshape(c, -1).pow(2).mean(1)
@@ -133,21 +167,23 @@ def _fit(
     opt = torch.optim.Adam(
         [{"params": [obf.log_sigma], "lr": cfg.lr}, {"params": [obf.mu], "lr": cfg.lr * float(ref.mean().sqrt())}]
     )
-    cap = cfg.max_nsr_db / 10 * math.log(10)
     g = torch.Generator().manual_seed(cfg.seed)
     n = acts.shape[0]
     log: list[dict] = []
     bar = tqdm(range(cfg.steps), desc=f"fit α={cfg.alpha:g}", unit="step", disable=not progress)
     for step in bar:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=g)
-        noisy = tail(obf(acts[idx]))
+        obfuscated = obf(acts[idx])
+        noisy = tail(obfuscated)
         noisy = tuple(noisy) if isinstance(noisy, (tuple, list)) else (noisy,)
         dist = distortion(tuple(o[idx] for o in clean), noisy)
-        var = (2 * obf.log_sigma).exp()
-        per_channel = (2 * obf.log_sigma - ref.log()).clamp(max=cap).mean()
-        overall = torch.log(var.sum() / ref.sum()).clamp(max=cap)
-        privacy = -(cfg.channel_weight * per_channel + (1 - cfg.channel_weight) * overall)
-        loss = (1 - cfg.alpha) * dist + cfg.alpha * cfg.privacy_weight * privacy
+        privacy = nsr_privacy(2 * obf.log_sigma, ref, cfg)
+        priv = cfg.privacy_weight * privacy
+        adv = None
+        if privacy_term is not None:
+            adv = privacy_term(step, idx, obfuscated)
+            priv = priv + cfg.adversary_weight * adv
+        loss = (1 - cfg.alpha) * dist + cfg.alpha * priv
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -161,6 +197,8 @@ def _fit(
                 "privacy": round(privacy.item(), 4),
                 "nsr_db": round(nsr_db, 3),
             }
+            if adv is not None:
+                entry["adversary_term"] = round(adv.item(), 5)
             log.append(entry)
             bar.set_postfix(loss=entry["loss"], dist=entry["distortion"], nsr_db=entry["nsr_db"])
     obf.requires_grad_(False)
@@ -173,6 +211,16 @@ def _fit(
     }
     obf.reseed(None)  # the fitted module draws unpredictable noise from here on
     return FitResult(obf.eval(), cfg, log, stats, time.perf_counter() - t0)
+
+
+def nsr_privacy(log_var: torch.Tensor, ref: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """The noise-power privacy term (to minimise): minus a blend of the mean per-channel log NSR and the
+    overall log NSR, each capped at ``cfg.max_nsr_db``. ``log_var`` is log σ_c² ``[C]`` (for noise whose
+    σ varies per element: log of its mean σ² per channel), ``ref`` the per-channel signal power."""
+    cap = cfg.max_nsr_db / 10 * math.log(10)
+    per_channel = (log_var - ref.log()).clamp(max=cap).mean()
+    overall = torch.log(log_var.exp().sum() / ref.sum()).clamp(max=cap)
+    return -(cfg.channel_weight * per_channel + (1 - cfg.channel_weight) * overall)
 
 
 def config_dict(cfg: FitConfig) -> dict:

@@ -61,6 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, required=True, metavar="A", help="ALPHA of the noise file")
     p.add_argument("--noise", required=True, metavar="FILE", help="fitted noise file (veil fit-noise)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default: %(default)s)")
+    p.add_argument(
+        "--export",
+        metavar="REPO",
+        help="then also serve it: write the Triton model face_detection_robust (python and onnx forms, "
+        "checked against the in-process tail, its weights' SHA-256 in config.pbtxt) into the repository "
+        "REPO that `veil export-triton --out REPO` wrote (or a new one)",
+    )
     _common(p, steps=3000, minutes=10.0)
     p.set_defaults(func=run_distill)
 
@@ -126,6 +133,16 @@ def run_distill(args: argparse.Namespace) -> int:
         f"{log[-1]['held_out_distortion']:.4f} after {log[-1]['step']} steps, {log[-1]['seconds']:.0f} s"
     )
     print(f"wrote {out}")
+    if args.export:
+        from veil.defenses.robust_tail import export_triton
+
+        desc = export_triton(out, args.noise, args.alpha, args.export, model, weights_sha256=digest)
+        for fmt, where in desc["forms"].items():
+            print(f"{fmt:12s} {Path(args.export) / where}")
+        print(
+            f"served robust tail {desc['model']}: tensors SHA-256 {desc['robust_tail_sha256'][:16]}…, max |exported - "
+            f"in-process| = {max(desc['max_abs_error_vs_in_process'].values()):.2e}"
+        )
     return 0
 
 

@@ -7,7 +7,8 @@ budget. It changes nothing the client sends: privacy at a given noise is what th
 
 The file stores only the tail's tensors (head weights stay those of the base model) and records
 the base weights' SHA-256, the noise file's SHA-256 and ALPHA: :func:`load_robust_tail` refuses
-it for other weights or other noise.
+it for other weights or other noise. :func:`export_triton` serves it as its own Triton model,
+``face_detection_robust``, beside the repository's other models, its weights' SHA-256 in its config.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from veil.models.faceboxes import FaceBoxes
 from veil.obfuscate.noise import Obfuscator
 
 FORMAT = "veil-robust-tail/1"
+#: The Triton model serving a robust tail (obfuscated activations in, the detector's outputs out).
+ROBUST_MODEL = "face_detection_robust"
+#: Written beside the model's ``config.pbtxt``: what the served tail is (file, hashes, noise, ALPHA).
+SERVED_META = "veil-robust-tail.json"
 #: Parameters and buffers of the full model that belong to the tail (everything but the head's).
 _HEAD_PREFIXES = ("conv1.", "conv2.")
 
@@ -165,3 +170,87 @@ def attach(detector, path: str | Path, noise: str | Path, alpha: float) -> dict[
     )
     detector.model, detector.obfuscator = model, obf
     return meta
+
+
+def export_triton(
+    tail_file: str | Path,
+    noise: str | Path,
+    alpha: float,
+    out: str | Path,
+    model: FaceBoxes,
+    *,
+    weights_sha256: str,
+    formats: Sequence[str] = ("python", "onnx"),
+    max_batch_size: int = 8,
+) -> dict[str, Any]:
+    """Write the robust tail of ``tail_file`` as the Triton model :data:`ROBUST_MODEL` under ``out/<form>/``.
+
+    ``out`` is a repository root as ``veil export-triton`` writes it (its other models are left as
+    they are). The tail file is checked first (weights, noise file, ALPHA, its tensors' hash), each
+    exported file is compared with the in-process robust tail (max abs error ≤ 1e-4, else
+    ``RuntimeError``), and the config carries ``robust_tail_sha256`` (the tail tensors' SHA-256),
+    ``robust_tail_file_sha256``, ``weights_sha256``, ``noise_sha256`` and ``alpha`` as parameters; the
+    same, with the export check, goes to ``SERVED_META`` and the root's ``veil-export.json``.
+    Returns that description.
+    """
+    import json
+    import shutil
+
+    from veil import export
+    from veil.jsonio import write_json
+    from veil.serving import repository
+    from veil.serving.pbtxt import dumps, map_entries
+
+    unknown = set(formats) - set(repository.FORMATS)
+    if unknown:
+        raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from {list(repository.FORMATS)}")
+    noise_sha256 = files.file_sha256(noise)
+    robust, meta = load_robust_tail(
+        tail_file, model, weights_sha256=weights_sha256, noise_sha256=noise_sha256, alpha=alpha
+    )
+    root = Path(out)
+    stage = root / ".stage-robust"
+    shutil.rmtree(stage, ignore_errors=True)
+    desc: dict[str, Any] = {
+        "model": ROBUST_MODEL,
+        "robust_tail_sha256": meta["tensors_sha256"],
+        "robust_tail_file_sha256": files.file_sha256(tail_file),
+        "weights_sha256": weights_sha256,
+        "noise_sha256": noise_sha256,
+        "alpha": float(alpha),
+        "max_abs_error_vs_in_process": {},
+        "forms": {},
+    }
+    params = {
+        k: {"string_value": str(desc[k])} for k in desc if k not in ("model", "max_abs_error_vs_in_process", "forms")
+    }
+    try:
+        built: dict[str, Path] = {}
+        if {"onnx", "python"} & set(formats):
+            built["onnx"] = built["python"] = export.export_onnx(robust, stage / "tail.onnx")
+            desc["max_abs_error_vs_in_process"]["onnx"] = export.check_onnx(robust, built["onnx"])
+        if "torchscript" in formats:
+            built["torchscript"] = export.export_torchscript(robust, stage / "tail.pt")
+            desc["max_abs_error_vs_in_process"]["torchscript"] = export.check_torchscript(robust, built["torchscript"])
+        for fmt in formats:
+            mdir = root / fmt / ROBUST_MODEL
+            shutil.rmtree(mdir, ignore_errors=True)
+            (mdir / "1").mkdir(parents=True)
+            config = repository.model_config(ROBUST_MODEL, fmt, False, max_batch_size)
+            config["parameters"] = [e for e in config.get("parameters", []) if e["key"] not in params] + map_entries(
+                params
+            )
+            (mdir / "config.pbtxt").write_text(dumps(config))
+            if fmt == "python":
+                shutil.copyfile(Path(repository.__file__).with_name("triton_model.py"), mdir / "1" / "model.py")
+            shutil.copyfile(built[fmt], mdir / "1" / ("model.pt" if fmt == "torchscript" else "model.onnx"))
+            desc["forms"][fmt] = str(mdir.relative_to(root))
+            write_json(mdir / SERVED_META, desc)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    manifest_path = root / repository.MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest["models"] = [m for m in manifest.get("models", []) if m != ROBUST_MODEL] + [ROBUST_MODEL]
+    manifest["robust_tail"] = desc
+    write_json(manifest_path, manifest)
+    return desc

@@ -37,7 +37,13 @@ from veil.settings import settings
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--defense", choices=["clean", "noise", "robust-tail", "bottleneck"], required=True)
+    p.add_argument(
+        "--defense",
+        choices=["clean", "noise", "adversarial", "conditioned", "robust-tail", "bottleneck"],
+        required=True,
+        help="adversarial / conditioned: a noise file from `veil fit-noise --objective adversarial` / "
+        "`--noise-model conditioned` (loaded like any noise file; named apart on the frontier)",
+    )
     p.add_argument("--alpha", type=float)
     p.add_argument("--noise", help="fitted noise file (noise, robust-tail)")
     p.add_argument("--tail", help="robust tail file (robust-tail)")
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-minutes", type=float, default=8.0)
     p.add_argument("--decoder-steps", type=int, help="train the scoring decoder for exactly this many steps")
     p.add_argument("--decoder-seed", type=int, default=9001, help="seed of the scoring decoder (not 0: defenses use 0)")
+    p.add_argument("--init-decoder", help="warm-start the scoring decoder from this public (naive) decoder file")
     p.add_argument("--save-decoder", help="write the trained scoring decoder here")
     p.add_argument("--faces", type=int, default=100, help="FDDB faces scored (default: 100)")
     p.add_argument("--threads", type=int, default=1)
@@ -74,10 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     det = Detector.from_weights(args.weights or s.weights)
     head = det.model.head
     meta: dict = {"defense": args.defense, "alpha": args.alpha}
-    if args.defense == "noise":
-        obf, _ = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=det.weights_sha256)
+    if args.defense in ("noise", "adversarial", "conditioned"):
+        from veil.obfuscate.artifact import read_metadata
+
+        obf, nmeta = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=det.weights_sha256)
         det.obfuscator = obf
         meta["noise_sha256"] = file_sha256(args.noise)
+        meta["adversary"] = read_metadata(args.noise).get("adversary")  # an adversarial fit's in-loop decoder
+        meta["noise_fit"] = {
+            k: nmeta.get(k)
+            for k in ("format", "objective", "noise_model", "privacy_term", "conditioned", "fit_seconds")
+        }
+        meta["noise_fit"]["steps"] = (nmeta.get("fit") or {}).get("steps")
+        meta["noise_fit"]["adversary_weight"] = (nmeta.get("fit") or {}).get("adversary_weight")
         observe = obf
     elif args.defense == "robust-tail":
         from veil.defenses import robust_tail
@@ -103,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["bottleneck_sha256"] = file_sha256(args.bottleneck)
         meta["spec"] = bmeta["spec"]
         meta["adversary_weight"] = bmeta.get("adversary_weight")
+        meta["adversary"] = bmeta.get("adversary")  # {seed, data_order_seed, weights_sha256} when one was trained
         meta["fit"] = {
             "steps": bmeta["log"][-1]["step"],
             "seconds": bmeta["log"][-1]["seconds"],
@@ -134,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
 
         maps = []
         for i in range(args.map_draws if det.obfuscator is not None else 1):
-            r = evaluate_fddb(det, dataset, progress=True)
+            r = evaluate_fddb(det, dataset, progress=True, nsr=det.obfuscator is not None)
             maps.append(r.mAP)
+            if r.nsr is not None:
+                result.setdefault("nsr_fddb", []).append(r.nsr)
+                result["nsr_db"] = r.nsr["nsr_db"]  # the frontier's NSR column (last draw)
             print(f"FDDB mAP draw {i}: {maps[-1]:.4f}", flush=True)
         result["map"] = {
             "draws": [round(m, 4) for m in maps],
@@ -157,13 +177,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.decoder:
             dec = read_decoder(args.decoder)
         else:
+            init = read_decoder(args.init_decoder) if args.init_decoder else None
             dec = train_scoring_decoder(
-                head, observe, dirs, minutes=args.decoder_minutes, seed=args.decoder_seed, max_steps=args.decoder_steps
+                head,
+                observe,
+                dirs,
+                minutes=args.decoder_minutes,
+                seed=args.decoder_seed,
+                max_steps=args.decoder_steps,
+                init=init,
             )
             if args.save_decoder:
                 save_decoder(dec, args.save_decoder, dec.meta)
-        result["decoder"] = {k: dec.meta.get(k) for k in ("steps", "seconds", "final_l1_px", "seed", "batch", "crop")}
+        keys = ("steps", "seconds", "final_l1_px", "seed", "data_order_seed", "init_sha256", "batch", "crop")
+        result["decoder"] = {k: dec.meta.get(k) for k in keys}
         result["decoder"]["file"] = args.decoder
+        if result.get("adversary"):  # never score with the defense's own adversary (seed, data order, weights)
+            from veil.defenses.measure import check_scoring_independence
+
+            result["independence_notes"] = check_scoring_independence(result["decoder"], result)
         faces = select_fddb_faces(dataset, max_faces=args.faces)
         result["identity"] = identity_leak(faces, head, observe, dec)
         result["identity"]["grey_reference"] = grey_reference(faces)

@@ -153,6 +153,8 @@ class FittedBottleneck:
     spec: BottleneckSpec
     path: BottleneckPath
     model: FaceBoxes
+    #: The in-loop adversary, when one was trained: ``{seed, data_order_seed, weights_sha256}``.
+    adversary: dict | None = None
 
     @property
     def bottleneck(self) -> Bottleneck:
@@ -214,6 +216,7 @@ def fit_bottleneck(
             raise ValueError("an in-loop adversary needs the crops: build the bank with keep_images=True")
         from veil.privacy.decoders import PIXEL_SCALE, Decoder
 
+        torch.manual_seed(cfg.seed)  # the adversary's initial weights: recorded with the file (independence)
         adv = Decoder().to(device)
         adv_opt = torch.optim.Adam(adv.parameters(), lr=adversary_lr)
 
@@ -244,7 +247,9 @@ def fit_bottleneck(
     )
     path.cpu().eval()
     bott.noise = Obfuscator(spec.channels, init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
-    return FittedBottleneck(spec, path, student.cpu().eval()), log, train.describe
+    # Its minibatches are drawn by distill's generator, seeded with cfg.seed too.
+    adversary = files.adversary_record(cfg.seed, cfg.seed, adv) if adversary_weight > 0 else None
+    return FittedBottleneck(spec, path, student.cpu().eval(), adversary), log, train.describe
 
 
 def save_bottleneck(
@@ -268,6 +273,7 @@ def save_bottleneck(
         "noise_sha256": None,
         "distill": config_dict(cfg),
         "adversary_weight": adversary_weight,
+        "adversary": fitted.adversary,
         "data": data,
         "log": log,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -303,7 +309,7 @@ def load_bottleneck(
     except RuntimeError as exc:
         raise files.DefenseFileError(f"{path}: tensors do not fit a {spec.channels}-channel bottleneck: {exc}") from exc
     path_mod = BottleneckPath(bott, lift).eval().requires_grad_(False)
-    return FittedBottleneck(spec, path_mod, tail), meta
+    return FittedBottleneck(spec, path_mod, tail, meta.get("adversary")), meta
 
 
 def deterministic_copy(fitted: FittedBottleneck) -> Bottleneck:

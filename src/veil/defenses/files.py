@@ -5,6 +5,11 @@ model weights' SHA-256, the split point, and here also a SHA-256 over the file's
 (``tensors_sha256``), so a file edited after training is refused rather than silently used, and
 the SHA-256 of the noise file the defense was trained against (a robust tail fitted for one noise
 is refused with another).
+
+A defense that trains an adversary inside its fitting records it as ``adversary: {seed,
+data_order_seed, weights_sha256}`` (:func:`adversary_record`); :func:`save` refuses metadata that
+names an adversary (or a non-zero ``adversary_weight``) without all three, so the audit and the
+frontier can refuse a scoring attacker that shares any of them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,31 @@ class DefenseFileError(ValueError):
     """A defense file is missing, corrupt, tampered with, or made for other weights/noise/ALPHA."""
 
 
+#: What identifies an in-loop adversary: its initial weights' seed, its data order's seed, its final weights.
+ADVERSARY_KEYS = ("seed", "data_order_seed", "weights_sha256")
+
+
+def adversary_record(seed: int, data_order_seed: int, module: torch.nn.Module) -> dict[str, Any]:
+    """``{seed, data_order_seed, weights_sha256}`` of an adversary trained inside a defense's fitting."""
+    return {
+        "seed": int(seed),
+        "data_order_seed": int(data_order_seed),
+        "weights_sha256": tensors_sha256(module.state_dict()),
+    }
+
+
+def _check_adversary(metadata: dict[str, Any]) -> None:
+    adv = metadata.get("adversary")
+    if adv is None and float(metadata.get("adversary_weight") or 0.0) > 0:
+        raise ValueError(
+            "defense metadata has adversary_weight > 0 but no 'adversary' record (seed, data order, weights)"
+        )
+    if adv is not None:
+        missing = [k for k in ADVERSARY_KEYS if not isinstance(adv, dict) or adv.get(k) is None]
+        if missing:
+            raise ValueError(
+                f"defense metadata 'adversary' lacks {missing}: record seed, data_order_seed, weights_sha256"
+            )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -43,6 +73,7 @@ def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata:
     """Write atomically; ``metadata`` must name ``weights_sha256``. Returns the path."""
     if "weights_sha256" not in metadata:
         raise ValueError("defense metadata needs 'weights_sha256' (the base model's weights)")
+    _check_adversary(metadata)
     tensors = {
         k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
         for k, v in tensors.items()

@@ -80,7 +80,7 @@ def train_scoring_decoder(
     from veil.privacy.train import CropSampler, train_decoder, training_images
 
     torch.manual_seed(seed)
-    sampler = CropSampler(training_images(list(dirs)), crop=crop, scale=scale, rng=np.random.default_rng(seed))
+    sampler = CropSampler(training_images(list(dirs)), crop=crop, scale=scale, seed=seed)  # seed recorded as data order
     return train_decoder(
         ObservedHead(head, observe),
         sampler,
@@ -98,6 +98,16 @@ def train_scoring_decoder(
         device=device,
         plateau=None,  # a fixed budget: every configuration's attacker gets the same
     )
+
+
+def check_scoring_independence(decoder_meta: dict, defense_meta: dict) -> list[str]:
+    """Refuse a scoring decoder that shares a seed, data-order seed or starting weights with an adversary
+    recorded in ``defense_meta`` (a defense or noise file's metadata): the audit's own rule
+    (:func:`veil.privacy.audit.check_independence`, raising its ``IndependenceError``), applied to this
+    footing. Returns the warnings (e.g. a value nobody recorded)."""
+    from veil.privacy.audit import check_independence
+
+    return check_independence({"scoring decoder": decoder_meta}, defense_meta)
 
 
 def _to_orig(rec: np.ndarray, prep_hw: tuple[int, int], orig_hw: tuple[int, int]) -> np.ndarray:

@@ -1,9 +1,15 @@
 """One privacy–utility table and plot for every defense: per-channel noise (``veil sweep`` +
-``veil audit``), the noise-robust tail and the quantised bottleneck (``benchmarks/defenses.py``),
-and the audits timed by ``benchmarks/audit_cost.py``.
+``veil audit``), every defense measured by ``benchmarks/defenses.py`` (noise-robust tail, bottleneck,
+and any other defense written in its format), the deployment knobs of ``benchmarks/knobs.py``
+(split point × input scale, same format), the client costs of ``benchmarks/knobs.py
+--client-cost``, and the audits timed by ``benchmarks/audit_cost.py``.
 
 Each input keeps its own producer's format; this module only reads values that are in the files
 (a missing value is ``None`` and prints as "–"), so the table never shows a number nobody measured.
+A defense document may carry ``nsr_db``, ``client_ms`` and ``bytes_per_request`` itself; a
+client-cost document fills them for the rows it names. A defense that records an in-loop
+``adversary`` (seed, data order, weights) is checked against the scoring decoder recorded beside
+it: a shared one is flagged (``independence``) and the row cannot meet the goal.
 """
 
 from __future__ import annotations
@@ -49,8 +55,34 @@ def _new_row(defense: str, alpha: float | None) -> dict[str, Any]:
         "chance_rank1": None,
         "attackers": {},
         "reference_grey_rank1": None,
+        "independence": None,
         "sources": [],
     }
+
+
+#: Values a defense document may carry for its row, copied as they are.
+_ROW_VALUES = ("nsr_db", "client_ms", "bytes_per_request", "knob")
+
+
+def independence(doc: dict) -> str | None:
+    """``"ok"``, ``"clash: …"`` or ``"unverified: …"`` for a document's scoring decoder against the
+    adversaries its defense recorded (:func:`veil.privacy.audit.check_independence`); None when the
+    defense trained no adversary."""
+    import warnings
+
+    from veil.privacy.audit import IndependenceError, check_independence, defense_adversaries
+
+    if not defense_adversaries(doc):
+        return None
+    if not isinstance(doc.get("decoder"), dict):
+        return "unverified: no scoring decoder recorded"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            notes = check_independence({"scoring decoder": doc["decoder"]}, doc)
+    except IndependenceError as exc:
+        return f"clash: {exc}"
+    return f"unverified: {'; '.join(notes)}" if notes else "ok"
 
 
 def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
@@ -71,6 +103,12 @@ def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
         row["sources"].append(name)
         if "map" in d:
             row["map"], row["map_draws"] = d["map"]["mean"], d["map"]["draws"]
+        for key in _ROW_VALUES:
+            if d.get(key) is not None:
+                row[key] = d[key]
+        ind = independence(d)
+        if ind is not None and not (row["independence"] or "").startswith("clash"):
+            row["independence"] = ind
         if "identity" in d:
             ident = d["identity"]
             row["chance_rank1"] = ident["chance_rank1"]
@@ -123,8 +161,46 @@ def audit_report_rows(name: str, rep: dict) -> list[dict[str, Any]]:
     return [row]
 
 
+def cost_entries(name: str, doc: dict) -> list[dict[str, Any]]:
+    """``benchmarks/knobs.py --client-cost`` → ``{defense, alpha, client_ms, bytes_per_request, source}``
+    entries: every knob cell (its noise costs the same at any ALPHA: ``alpha`` None) and every
+    defense configuration it timed."""
+    cost = doc["client_cost"]
+    out = []
+    for c in cost.get("cells", []):
+        out.append(
+            {
+                "defense": f"noise @ {c['split']} ×{c['scale']:g}",
+                "alpha": None,
+                "client_ms": c["client_ms_median"],
+                "bytes_per_request": c["bytes_fp32"],
+                "source": name,
+            }
+        )
+    for c in cost.get("defenses", []):
+        out.append(
+            {**{k: c.get(k) for k in ("defense", "alpha", "client_ms", "bytes_per_request", "nsr_db")}, "source": name}
+        )
+    return out
+
+
+def apply_costs(rows: list[dict[str, Any]], costs: list[dict[str, Any]]) -> None:
+    """Fill client ms, bytes (and NSR where a cost entry measured it) of the rows each entry names:
+    the same defense name (or a row named ``"<name> (…"``, e.g. the audit-cost noise rows) and
+    ALPHA (an entry with ALPHA None fits every ALPHA). Values a row's own document carried stay."""
+    for c in costs:
+        for r in rows:
+            same = r["defense"] == c["defense"] or r["defense"].startswith(c["defense"] + " (")
+            if not same or (c["alpha"] is not None and _key(c["alpha"]) != _key(r["alpha"])):
+                continue
+            for key in ("client_ms", "bytes_per_request", "nsr_db"):
+                if r.get(key) is None and c.get(key) is not None:
+                    r[key] = c[key]
+            r["sources"].append(f"cost from {c['source']}")
+
+
 def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Rows from any mix of defenses.py, audit_cost.py and ``veil audit`` JSONs (folders: every
+    """Rows from any mix of defenses.py, knobs.py, audit_cost.py and ``veil audit`` JSONs (folders: every
     ``*.json`` and ``report.json`` below). Refuses a file it cannot place, with the reason."""
     files: list[Path] = []
     for p in map(Path, paths):
@@ -133,6 +209,7 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
         files += sorted(p.rglob("*.json")) if p.is_dir() else [p]
     defenses: list[tuple[str, dict]] = []
     rows: list[dict[str, Any]] = []
+    costs: list[dict[str, Any]] = []
     for f in files:
         try:
             doc = json.loads(f.read_text())
@@ -146,9 +223,15 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
             rows += audit_cost_rows(str(f), doc)
         elif "attackers" in doc and "chance_rank1" in doc:
             rows += audit_report_rows(str(f), doc)
+        elif "client_cost" in doc:
+            costs += cost_entries(str(f), doc)
         else:
-            raise ValueError(f"{f}: neither a benchmarks/defenses.py, benchmarks/audit_cost.py nor a veil audit JSON")
-    return defense_rows(defenses) + rows
+            raise ValueError(
+                f"{f}: neither a benchmarks/defenses.py or knobs.py, benchmarks/audit_cost.py nor a veil audit JSON"
+            )
+    rows = defense_rows(defenses) + rows
+    apply_costs(rows, costs)
+    return rows
 
 
 def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map: float | None = None) -> list[dict]:
@@ -181,6 +264,8 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
             if r["drop_points"] is None or r["worst_x_chance"] is None
             else r["drop_points"] <= GOAL_DROP_POINTS and r["worst_x_chance"] <= GOAL_X_CHANCE
         )
+        if r["meets_goal"] and (r.get("independence") or "").startswith(("clash", "unverified")):
+            r["meets_goal"] = None  # a scorer that may share the defense's adversary proves nothing
     return sorted(rows, key=lambda r: (r["defense"] != "clean", r["defense"], r["alpha"] or 0.0))
 
 
@@ -203,6 +288,8 @@ def markdown(rows: list[dict]) -> str:
     head = ["defense", "ALPHA", "mAP", "drop (pt)", "NSR dB"]
     head += [f"rank-1 {n} [95 % CI]" for n in names]
     head += ["worst rank-1 (× chance)", "TAR@1%FAR (worst)", "client ms", "bytes/request", "goal met"]
+    if any(r.get("independence") for r in rows):
+        head.append("scorer independent of the defense's adversary")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["defense"], _num(r["alpha"], "{:g}"), _num(r["map"]), _num(r["drop_points"], "{:.1f}")]
@@ -213,6 +300,9 @@ def markdown(rows: list[dict]) -> str:
         )
         cells += [_num(r["worst_tar_at_far1"], "{:.3f}"), _num(r["client_ms"], "{:.2f}")]
         cells += [_num(r["bytes_per_request"], "{:d}"), {None: "–", True: "yes", False: "no"}[r["meets_goal"]]]
+        if "independent" in head[-1]:
+            ind = r.get("independence")
+            cells.append("–" if ind is None else ("yes" if ind == "ok" else "**NO** (" + ind + ")"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -227,6 +317,19 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
 
     fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
     pts = [r for r in rows if r["map"] is not None and r["worst_rank1"] is not None]
+    knobs = [r for r in pts if r.get("knob")]  # one point per split × scale: one series, each point labelled
+    if knobs:
+        ax.plot([r["worst_rank1"] for r in knobs], [r["map"] for r in knobs], "s", label="knobs: split × scale")
+        for r in knobs:
+            k = r["knob"]
+            ax.annotate(
+                f"{k['split']} ×{k['scale']:g} α={r['alpha']:g}",
+                (r["worst_rank1"], r["map"]),
+                textcoords="offset points",
+                xytext=(4, -9),
+                fontsize=6,
+            )
+    pts = [r for r in pts if not r.get("knob")]
     for d in dict.fromkeys(r["defense"] for r in pts):
         series = sorted((r for r in pts if r["defense"] == d), key=lambda r: r["alpha"] or 0.0)
         ax.plot([r["worst_rank1"] for r in series], [r["map"] for r in series], "o-", label=d)
@@ -239,6 +342,7 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
                     xytext=(4, 4),
                     fontsize=7,
                 )
+    pts += knobs
     chances = sorted({r["chance_rank1"] for r in pts if r["chance_rank1"]})
     for c in chances:
         ax.axvline(GOAL_X_CHANCE * c, ls="--", c="gray", lw=0.8)
@@ -258,7 +362,8 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
     ax.set_xlabel("worst-attacker rank-1 identification (lower = more private)")
     ax.set_ylabel("FDDB mAP (higher = more useful)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return save_figure(fig, out)
 
 

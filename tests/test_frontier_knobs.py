@@ -1,0 +1,151 @@
+"""The frontier's cost columns and knob rows from real (small) benchmarks/knobs.py results, and the
+independence rule: a scoring decoder that shares the defense's in-loop adversary is flagged/refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from veil.cli.main import main
+from veil.privacy.frontier import finish_rows, load_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _knobs():
+    spec = importlib.util.spec_from_file_location("knobs_bench", ROOT / "benchmarks" / "knobs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture()
+def photos(wider_dir, tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    for p in sorted((wider_dir / "images").rglob("*.jpg"))[:4]:
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def test_frontier_fills_nsr_ms_bytes_and_knob_rows_from_real_results(weights_path, fddb_dir, photos, tmp_path):
+    from veil import assets
+    from veil.obfuscate import noise_path
+
+    torch.set_num_threads(1)
+    knobs = _knobs()
+    res = tmp_path / "res"
+    common = ["--weights", str(weights_path), "--dataset", str(fddb_dir), "--quiet", "--threads", "1"]
+    # One real cell: inception2 at ×1, two 2-step fits on 4 WIDER photos, 3 FDDB images (a check, not a result).
+    cell = res / "cell.json"
+    args = ["--split", "inception2", "--scale", "1", "--alpha", "0.8", "--fits", "2", "--fit-steps", "2"]
+    args += ["--fit-images", str(photos), "--skip-privacy", "--shard", "0/75", "--out", str(cell), *common]
+    assert knobs.main(args) == 0
+    doc = json.loads(cell.read_text())
+    assert doc["defense"] == "noise @ inception2 ×1" and doc["knob"] == {"split": "inception2", "scale": 1.0}
+    assert len(doc["map"]["draws"]) == 2 and doc["map"]["sd"] is not None and isinstance(doc["nsr_db"], float)
+    # Client cost of that cell and of the shipped ALPHA 0.8 noise (timed together), on a small frame.
+    cost = res / "cost.json"
+    noise = noise_path(0.8, assets.NOISE_DIR)
+    args = ["--client-cost", "--splits", "inception2", "--scales", "1", "--rounds", "2", "--frame-hw", "96", "160"]
+    args += ["--frame", str(sorted(photos.iterdir())[0]), "--noise", f"0.8={noise}", "--nsr-images", "2"]
+    assert knobs.main([*args, "--out", str(cost), *common]) == 0
+    cc = json.loads(cost.read_text())["client_cost"]
+    (c,) = cc["cells"]
+    assert c["activation_shape"] == [1, 128, 3, 5] and c["bytes_fp32"] == 4 * 128 * 15  # 96x160 at x1, stride 32
+    # A defenses.py-shaped mAP file for that noise: its row gets ms, bytes and NSR from the cost file.
+    (res / "noise-0.8-map.json").write_text(
+        json.dumps({"defense": "noise", "alpha": 0.8, "map": {"mean": 0.95, "draws": [0.95]}})
+    )
+
+    out = tmp_path / "o"
+    assert main(["frontier", "--defenses", str(res), "--clean-map", "0.97", "--out", str(out)]) == 0
+    rows = {(r["defense"], r["alpha"]): r for r in json.loads((out / "frontier_all.json").read_text())}
+    knob = rows[("noise @ inception2 ×1", 0.8)]
+    assert knob["map"] == doc["map"]["mean"] and knob["nsr_db"] == doc["nsr_db"] and knob["knob"] == doc["knob"]
+    assert knob["client_ms"] == c["client_ms_median"] and knob["bytes_per_request"] == c["bytes_fp32"]
+    for name in ("noise", "robust-tail"):
+        d = next(x for x in cc["defenses"] if x["defense"] == name)
+        assert d["nsr_db"] > 0 and d["bytes_per_request"] == 4 * 128 * 9 * 15  # 288x480 at x3
+    noisy = rows[("noise", 0.8)]
+    assert noisy["client_ms"] == cc["defenses"][0]["client_ms"] and noisy["nsr_db"] == cc["defenses"][0]["nsr_db"]
+    assert noisy["bytes_per_request"] == 4 * 128 * 9 * 15
+    md = (out / "frontier_all.md").read_text()
+    assert f"| noise @ inception2 ×1 | 0.8 | {doc['map']['mean']:.4f} |" in md
+    assert f"| {c['client_ms_median']:.2f} | {c['bytes_fp32']} |" in md
+
+
+def _id_doc(decoder: dict, adversary: dict | None) -> dict:
+    r = {"rank1": 0.01, "rank1_ci95": [0.002, 0.054], "tar_at_far1": 0.02, "tar_ci95": [0.005, 0.07]}
+    doc = {
+        "defense": "bottleneck",
+        "alpha": 0.8,
+        "map": {"mean": 0.965, "draws": [0.965]},
+        "decoder": decoder,
+        "identity": {"n_faces": 100, "chance_rank1": 0.01, "k1": r, "k8": r},
+    }
+    if adversary is not None:
+        doc["adversary"] = adversary
+    return doc
+
+
+def test_scoring_decoder_sharing_the_defense_adversary_is_flagged(tmp_path):
+    from veil.defenses.measure import check_scoring_independence
+    from veil.privacy.audit import IndependenceError
+
+    adv = {"seed": 0, "data_order_seed": 0, "weights_sha256": "ab" * 32}
+    shared = {"seed": 0, "data_order_seed": 77, "init_sha256": None}
+    fresh = {"seed": 9001, "data_order_seed": 77, "init_sha256": None}
+    for name, dec in (("shared", shared), ("fresh", fresh)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bn.json").write_text(json.dumps(_id_doc(dec, adv)))
+    bad = finish_rows(load_rows([tmp_path / "shared"]), clean_map=0.97)[0]
+    good = finish_rows(load_rows([tmp_path / "fresh"]), clean_map=0.97)[0]
+    assert bad["independence"].startswith("clash") and "seed 0" in bad["independence"]
+    assert bad["meets_goal"] is None  # within the goal on paper, but scored by the defense's own seed
+    assert good["independence"] == "ok" and good["meets_goal"] is True
+    with pytest.raises(IndependenceError, match="seed"):
+        check_scoring_independence(shared, {"adversary": adv})
+    # Starting from the adversary's own weights is refused too.
+    with pytest.raises(IndependenceError, match="adversary weights"):
+        check_scoring_independence({**fresh, "init_sha256": adv["weights_sha256"]}, {"adversary": adv})
+    assert main(["frontier", "--defenses", str(tmp_path / "shared"), "--out", str(tmp_path / "o")]) == 0
+    assert "**NO** (clash" in (tmp_path / "o" / "frontier_all.md").read_text()
+
+
+def test_defense_files_record_their_adversary(weights_path, wider_dir, tmp_path):
+    """A bottleneck trained against an in-loop adversary records {seed, data_order_seed, weights_sha256};
+    metadata that names an adversary without them is refused."""
+    from veil.defenses import files
+    from veil.defenses.bottleneck import BottleneckSpec, fit_bottleneck, load_bottleneck, save_bottleneck
+    from veil.defenses.distill import DistillConfig, build_bank
+    from veil.weights import load_faceboxes
+
+    torch.set_num_threads(1)
+    model, digest = load_faceboxes(weights_path)
+    bank = build_bank(
+        model.head, model.tail, [wider_dir / "images"], crop=128, max_images=4, keep_images=True, progress=False
+    )
+    cfg = DistillConfig(steps=2, batch_size=2, seed=5)
+    fb, log, data = fit_bottleneck(
+        model, BottleneckSpec.from_alpha(0.8), [], cfg, bank=bank, adversary_weight=0.1, progress=False
+    )
+    assert (
+        fb.adversary["seed"] == 5 and fb.adversary["data_order_seed"] == 5 and len(fb.adversary["weights_sha256"]) == 64
+    )
+    path = save_bottleneck(
+        fb, tmp_path / "b.safetensors", weights_sha256=digest, cfg=cfg, log=log, data=data, adversary_weight=0.1
+    )
+    _, meta = load_bottleneck(path, model, weights_sha256=digest)
+    assert meta["adversary"] == fb.adversary
+    t = {"w": torch.zeros(2)}
+    with pytest.raises(ValueError, match="adversary"):
+        files.save(tmp_path / "x.safetensors", "f", t, {"weights_sha256": digest, "adversary_weight": 0.5})
+    with pytest.raises(ValueError, match="data_order_seed"):
+        files.save(tmp_path / "x.safetensors", "f", t, {"weights_sha256": digest, "adversary": {"seed": 1}})
+    assert not (tmp_path / "x.safetensors").exists()

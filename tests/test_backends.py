@@ -71,11 +71,11 @@ def test_onnx_export_is_cached_by_weights_and_pickles(detector, onnx_cache):
     assert clone.backend == "onnx" and clone._runner is None
 
 
-def test_resolve_refuses_unknown_and_unsupported(monkeypatch):
+def test_resolve_refuses_unknown_and_unsupported(monkeypatch, detector):
     with pytest.raises(BackendError, match=r"unknown backend 'fp64'.*auto, fp32, bf16, onnx"):
         resolve("fp64")
     with pytest.raises(BackendError, match="unknown backend"):  # the library API checks too
-        Detector(torch.nn.Identity(), backend="int8")
+        Detector(detector.model, backend="int8")
     assert resolve("auto") in backends.NAMES
     assert resolve("fp32") == "fp32"
     # A CPU without native BF16 (simulated: this machine's CPU cannot be changed) is refused with

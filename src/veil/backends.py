@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from torch import nn
 
-from veil.models.faceboxes import FaceBoxes
+from veil.models import Outputs, SplitModel, as_split_model
 
 #: Backends by name; ``auto`` picks the first of :data:`AUTO_ORDER` that this machine supports.
 NAMES = ("fp32", "bf16", "onnx")
@@ -53,7 +54,7 @@ class Backend(Protocol):
 
     def head(self, x: torch.Tensor) -> torch.Tensor: ...
 
-    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def tail(self, a: torch.Tensor) -> Outputs: ...
 
 
 def bf16_unsupported_reason() -> str | None:
@@ -99,21 +100,26 @@ def _unsupported(name: str) -> str | None:
     return None
 
 
+def _tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> Outputs:
+    """A tail's outputs as a tuple (a classifier's tail returns one tensor)."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
 class EagerFP32:
     """The PyTorch modules as they are: the reference every other backend is compared with."""
 
     name = "fp32"
 
-    def __init__(self, model: FaceBoxes) -> None:
+    def __init__(self, model: SplitModel) -> None:
         self.model = model.eval()
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model.head(x)
 
-    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def tail(self, a: torch.Tensor) -> Outputs:
         with torch.inference_mode():
-            return self.model.tail(a.float())
+            return _tuple(self.model.tail(a.float()))
 
 
 class EagerBF16(EagerFP32):
@@ -125,27 +131,29 @@ class EagerBF16(EagerFP32):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             return self.model.head(x).float()
 
-    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def tail(self, a: torch.Tensor) -> Outputs:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            loc, conf = self.model.tail(a.float())
-        return loc.float(), conf.float()
+            out = _tuple(self.model.tail(a.float()))
+        return tuple(t.float() for t in out)
 
 
-def weights_key(model: FaceBoxes, weights_sha256: str = "") -> str:
-    """The cache key of a model's exports: its weights file's SHA-256, else a hash of its tensors."""
-    if weights_sha256:
-        return weights_sha256
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def weights_key(model: SplitModel, weights_sha256: str = "") -> str:
+    """The cache key of a model's exports: ``model-split-`` and the first 16 hex of its weights file's
+    SHA-256 (``weights_sha256``, else the model's), else of a hash of its tensors (edited weights)."""
+    digest = weights_sha256 or model.weights_sha256
+    if not digest:
+        h = hashlib.sha256()
+        for k, v in sorted(model.network.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+    return f"{model.name}-{model.split}-{digest[:16]}"
 
 
 def onnx_dir(key: str) -> Path:
-    from veil.weights import cache_dir
+    from veil.models.pretrained import cache_dir
 
-    return cache_dir() / "onnx" / f"{key[:16]}-v{ONNX_CACHE_VERSION}"
+    return cache_dir() / "onnx" / f"{key}-v{ONNX_CACHE_VERSION}"
 
 
 class OnnxRuntime:
@@ -153,18 +161,18 @@ class OnnxRuntime:
 
     name = "onnx"
 
-    def __init__(self, model: FaceBoxes, weights_sha256: str = "", threads: int | None = None) -> None:
+    def __init__(self, model: SplitModel, weights_sha256: str = "", threads: int | None = None) -> None:
         import onnxruntime as ort
 
         from veil.export import (
             HEAD_INPUT,
             HEAD_OUTPUT,
             INPUT_NAME,
-            OUTPUT_NAMES,
             check_head_onnx,
             check_onnx,
             export_head_onnx,
             export_onnx,
+            output_names,
         )
 
         model = model.eval()
@@ -189,21 +197,24 @@ class OnnxRuntime:
             os.replace(tmp_head, head_path)
             os.replace(tmp_tail, tail_path)
         self._head, self._tail = session(head_path), session(tail_path)
-        self._in, self._out = INPUT_NAME, list(OUTPUT_NAMES)
+        self._in, self._out = INPUT_NAME, list(output_names(model))
         self._head_in, self._head_out = HEAD_INPUT, [HEAD_OUTPUT]
         self.files = (head_path, tail_path)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._head.run(self._head_out, {self._head_in: x.detach().numpy()})[0])
 
-    def tail(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, conf = self._tail.run(self._out, {self._in: a.detach().float().contiguous().numpy()})
-        return torch.from_numpy(loc), torch.from_numpy(conf)
+    def tail(self, a: torch.Tensor) -> Outputs:
+        out = self._tail.run(self._out, {self._in: a.detach().float().contiguous().numpy()})
+        return tuple(torch.from_numpy(o) for o in out)
 
 
-def make_backend(name: str, model: FaceBoxes, weights_sha256: str = "") -> Backend:
-    """Build the backend ``name`` (``auto`` resolved) for ``model``; raises :class:`BackendError`."""
+def make_backend(name: str, model: SplitModel | nn.Module, weights_sha256: str = "") -> Backend:
+    """Build the backend ``name`` (``auto`` resolved) for ``model``; raises :class:`BackendError`.
+
+    The ``onnx`` backend's exports are cached per :func:`weights_key` (model, split and weights)."""
     name = resolve(name)
+    model = as_split_model(model)
     if name == "fp32":
         return EagerFP32(model)
     if name == "bf16":

@@ -1,12 +1,14 @@
-"""Tail outputs → face boxes: prior (anchor) boxes, box decoding and NMS.
+"""Tail outputs → the task's answer: face boxes (priors, box decoding, NMS) or class probabilities.
 
-Written without torchvision. Settings default to the FaceBoxes FDDB test protocol:
-confidence ≥ 0.05, top 5000 before NMS, NMS IoU 0.3, at most 750 kept.
+Written without torchvision. Face-detection settings default to the FaceBoxes FDDB test
+protocol: confidence ≥ 0.05, top 5000 before NMS, NMS IoU 0.3, at most 750 kept. A classifier's
+logits become probabilities and the top class (:func:`classify`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -105,3 +107,31 @@ def postprocess(
     boxes, scores = boxes[idx], scores[idx]
     keep = nms(boxes, scores, config.nms_iou)[: config.keep_top_k]
     return np.hstack([boxes[keep], scores[keep, None]]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One image's class probabilities (softmax of the logits) and the most probable class."""
+
+    probabilities: np.ndarray  # [K] float32, sums to 1
+    index: int
+    label: str
+
+    @property
+    def score(self) -> float:
+        return float(self.probabilities[self.index])
+
+
+def classify(logits: torch.Tensor, labels: Sequence[str] = ()) -> Classification:
+    """One image's logits (``[K]`` or ``[1,K]``) → probabilities, the top class and its label
+    (``labels[index]``, else the index as text)."""
+    z = torch.as_tensor(logits).detach().float().cpu()
+    if z.ndim == 2 and z.shape[0] == 1:
+        z = z[0]
+    if z.ndim != 1 or z.numel() == 0:
+        raise ValueError(f"expected one image's logits [K] or [1,K], got shape {tuple(z.shape)}")
+    if labels and len(labels) != z.numel():
+        raise ValueError(f"{z.numel()} logits but {len(labels)} labels")
+    p = torch.softmax(z, dim=0).numpy()
+    i = int(p.argmax())
+    return Classification(probabilities=p, index=i, label=labels[i] if labels else str(i))

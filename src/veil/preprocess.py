@@ -1,9 +1,10 @@
-"""Image → network input, exactly as FaceBoxes was trained and evaluated.
+"""Image → network input, exactly as each model was trained and evaluated.
 
-FaceBoxes expects BGR pixels (OpenCV order), as float, minus the per-channel
-means ``(104, 117, 123)``, with no scaling to [0, 1]. The FDDB test protocol of
-FaceBoxes upscales images ×3 (bilinear) before the network; boxes are mapped
-back to original pixel coordinates by dividing by that factor.
+A model's input spec (:class:`veil.models.InputSpec`) says how: per-channel mean and standard
+deviation, a resize factor or a fixed size, colour or grey. The defaults are FaceBoxes': BGR
+pixels (OpenCV order), as float, minus the per-channel means ``(104, 117, 123)``, with no
+scaling to [0, 1]; its FDDB test protocol upscales images ×3 (bilinear) before the network, and
+boxes are mapped back to original pixel coordinates by dividing by that factor.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def load_image(path: str | Path, max_pixels: int | None = MAX_INPUT_PIXELS) -> n
 class Prepared:
     """A network-ready tensor and what is needed to map boxes back to the original image."""
 
-    tensor: torch.Tensor  # [1,3,h,w] float32, mean-subtracted BGR
-    scale: float  # resize factor applied to the original image
+    tensor: torch.Tensor  # [1,C,h,w] float32, normalised as the model's input spec says
+    scale: float  # resize factor applied to the original image (its height's, for a fixed input size)
     orig_size: tuple[int, int]  # (height, width) of the original image
 
 
@@ -108,35 +109,73 @@ class Prepared:
 PREPARE_TOLERANCE = 1.0
 
 
-def prepare(image: np.ndarray, scale: float = FDDB_SCALE, max_pixels: int | None = MAX_INPUT_PIXELS) -> Prepared:
-    """Resize a uint8 BGR image by ``scale`` and turn it into a mean-subtracted ``[1,3,h,w]`` tensor.
+def prepare(
+    image: np.ndarray,
+    scale: float = FDDB_SCALE,
+    max_pixels: int | None = MAX_INPUT_PIXELS,
+    *,
+    mean: tuple[float, ...] = BGR_MEAN,
+    std: tuple[float, ...] = (1.0, 1.0, 1.0),
+    size: tuple[int, int] | None = None,
+    channels: int = 3,
+) -> Prepared:
+    """Resize a uint8 image and turn it into a normalised ``[1,C,h,w]`` tensor: ``(x − mean) / std``.
+
+    The defaults are FaceBoxes' (BGR, mean-subtracted, no scaling); a model's
+    :class:`veil.models.InputSpec` gives the others (the pipeline passes them): ``size`` a fixed
+    ``(height, width)`` input instead of ``scale`` (classifiers), ``channels=1`` a grey input (a
+    BGR image is converted; a 2-D grey image is accepted). ``mean``/``std`` are per channel in
+    BGR order, 0..255 units (a grey model uses the first).
 
     At memory speed: each channel plane of the (small) original is resized in uint8, then one
     pass per plane converts, subtracts the mean and writes straight into its place in the
     channel-first output (no float copy of the large image, no transpose copy). Within
-    :data:`PREPARE_TOLERANCE` of resizing in float32. A network input over ``max_pixels`` raises
-    :class:`ImageTooLargeError` before any memory is asked for it.
+    :data:`PREPARE_TOLERANCE` of resizing in float32 (× 1/std). A network input over ``max_pixels``
+    raises :class:`ImageTooLargeError` before any memory is asked for it.
     """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 BGR image, got shape {image.shape}")
+    if channels not in (1, 3):
+        raise ValueError(f"a model reads 1 (grey) or 3 (BGR) channels, not {channels}")
+    grey_ok = channels == 1 and image.ndim == 2
+    if not grey_ok and (image.ndim != 3 or image.shape[2] != 3):
+        want = "an HxW grey or HxWx3 BGR image" if channels == 1 else "an HxWx3 BGR image"
+        raise ValueError(f"expected {want}, got shape {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    check_pixels(image.shape[0], image.shape[1], scale, max_pixels)
+    orig = (image.shape[0], image.shape[1])
+    if size is not None:
+        scale = size[0] / orig[0]
+        if min(size) < 1:
+            raise ValueError(f"a fixed input size must be positive, got {size}")
+    else:
+        check_pixels(orig[0], orig[1], scale, max_pixels)
+    planes = (
+        [cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image] if channels == 1 else cv2.split(image)
+    )
     out: np.ndarray | None = None
-    for ch, plane in enumerate(cv2.split(image)):
-        if scale != 1.0:
+    for ch, plane in enumerate(planes):
+        if size is not None:
+            if plane.shape != size:
+                plane = cv2.resize(plane, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        elif scale != 1.0:
             plane = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         if out is None:
-            out = np.empty((1, 3, *plane.shape), dtype=np.float32)
-        mean: Any = BGR_MEAN[ch]  # a scalar, which OpenCV broadcasts (its type stubs list only arrays)
-        cv2.subtract(plane, mean, dst=out[0, ch], dtype=cv2.CV_32F)
-    return Prepared(tensor=torch.from_numpy(out), scale=scale, orig_size=(image.shape[0], image.shape[1]))
+            out = np.empty((1, channels, *plane.shape), dtype=np.float32)
+        m: Any = mean[ch]  # a scalar, which OpenCV broadcasts (its type stubs list only arrays)
+        cv2.subtract(plane, m, dst=out[0, ch], dtype=cv2.CV_32F)
+        if std[ch] != 1.0:
+            out[0, ch] *= 1.0 / std[ch]
+    return Prepared(tensor=torch.from_numpy(out), scale=scale, orig_size=orig)
 
 
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    """Inverse of :func:`prepare`'s normalisation: ``[1,3,h,w]`` or ``[3,h,w]`` → uint8 BGR ``[h,w,3]``."""
+def to_image(
+    tensor: torch.Tensor, mean: tuple[float, ...] = BGR_MEAN, std: tuple[float, ...] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
+    """Inverse of :func:`prepare`'s normalisation: ``[1,C,h,w]`` or ``[C,h,w]`` → uint8 ``[h,w,3]`` BGR
+    (``[h,w]`` grey for one channel)."""
     t = tensor.detach().cpu()
     if t.ndim == 4:
         t = t[0]
-    img = t.numpy().transpose(1, 2, 0) + np.asarray(BGR_MEAN, dtype=np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    c = t.shape[0]
+    img = t.numpy().transpose(1, 2, 0) * np.asarray(std[:c], dtype=np.float32) + np.asarray(mean[:c], dtype=np.float32)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return img[:, :, 0] if c == 1 else img

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from veil.cli.errors import CLIError
 from veil.cli.noise import add_fit_args, fit_config, fit_images
-from veil.cli.options import alpha_arg, fddb_dir
+from veil.cli.options import alpha_arg, create_model, fddb_dir
 from veil.evaluation.sweep import DEFAULT_ALPHAS
 from veil.obfuscate.artifact import NoiseFileError
 
@@ -95,7 +95,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from veil.evaluation.sweep import CachedHeadDetector, MissingNoiseError, run_sweep, sweep_noise, write_outputs
     from veil.settings import settings
-    from veil.weights import load_faceboxes
 
     dataset = fddb_dir(args.dataset)
     if args.fits < 1 or args.draws < 1:
@@ -107,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         from veil.privacy.report import load_reports
 
         reports = load_reports(args.audits)
-    model, digest = load_faceboxes(args.weights)
+    model = create_model(args)
+    digest = model.weights_sha256
     det = CachedHeadDetector(model=model, weights_sha256=digest)
     try:
         source = sweep_noise(
@@ -158,12 +158,12 @@ def _run_repeats(args: argparse.Namespace, dataset) -> int:
     from veil.evaluation.repeats import run_repeats, write
     from veil.evaluation.sweep import CachedHeadDetector
     from veil.obfuscate.recipe import fit_and_save
-    from veil.weights import load_faceboxes
 
     if args.audits:
         raise CLIError("--audits joins a single sweep; run it without --fits/--draws")
     images = fit_images(args.images)
-    model, digest = load_faceboxes(args.weights)
+    model = create_model(args)
+    digest = model.weights_sha256
     det = CachedHeadDetector(model=model, weights_sha256=digest)
     bank_cache: dict = {}
 

@@ -7,6 +7,7 @@ can be split and how its outputs are compared. FaceBoxes (:mod:`veil.models.face
 register more with :func:`register_model`.
 """
 
+from veil.models.faceboxes import as_split_model
 from veil.models.pretrained import DEFAULT_MODEL, WeightsError, create
 from veil.models.registry import (
     Distortion,
@@ -36,6 +37,7 @@ __all__ = [
     "UnknownModelError",
     "WeightsError",
     "WeightsSpec",
+    "as_split_model",
     "build",
     "create",
     "get_config",

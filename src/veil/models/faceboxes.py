@@ -19,7 +19,15 @@ from torch import nn
 
 from veil import assets
 from veil.models.distortion import detection_distortion
-from veil.models.registry import InputSpec, ModelConfig, SplitNetwork, SplitSpec, WeightsSpec, register_model
+from veil.models.registry import (
+    InputSpec,
+    ModelConfig,
+    SplitModel,
+    SplitNetwork,
+    SplitSpec,
+    WeightsSpec,
+    register_model,
+)
 
 #: Name of the split point, recorded in noise artifacts so a mismatch is caught.
 SPLIT_POINT = "faceboxes.rdcl"
@@ -215,3 +223,17 @@ def faceboxes(split: str) -> SplitNetwork:
     depth = {name: d for name, d, _ in FACEBOXES_SPLITS}[split]
     net = FaceBoxes(depth)
     return SplitNetwork(net, net.head, net.tail)
+
+
+def as_split_model(model: nn.Module, weights_sha256: str = "") -> SplitModel:
+    """``model`` as a :class:`SplitModel`: itself if it is one; a bare :class:`FaceBoxes` network (code
+    that builds or edits the network directly, e.g. a distilled tail) cut where its head ends.
+
+    ``weights_sha256`` is "" unless given: the network's tensors may no longer be any file's.
+    """
+    if isinstance(model, SplitModel):
+        return model
+    if isinstance(model, FaceBoxes):
+        split = FACEBOXES_SPLITS[model.head.depth][0]
+        return SplitModel(FACEBOXES_CONFIG, split, SplitNetwork(model, model.head, model.tail), weights_sha256)
+    raise TypeError(f"expected a veil.models.SplitModel (veil.models.create), got {type(model).__name__}")

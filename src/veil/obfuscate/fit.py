@@ -119,8 +119,14 @@ def fit_noise(
     log_every: int = 10,
     bank: tuple[torch.Tensor, Outputs] | None = None,
     privacy_term: PrivacyTerm | None = None,
+    obfuscator: Obfuscator | None = None,
+    net_lr: float = 1e-3,
 ) -> FitResult:
     """Fit μ and σ for ``config.alpha``; ``head``/``tail`` are frozen, ``loader`` yields image batches.
+
+    ``obfuscator`` fits a given module instead of a new per-channel one: an input-conditioned
+    :class:`~veil.obfuscate.conditioned.ConditionedObfuscator` (its net learns at ``net_lr``; its
+    NSR term uses the per-channel mean σ(a)² of each minibatch).
 
     ``bank`` (from :func:`activation_bank`) skips the pass over ``loader``: a sweep computes
     it once and fits every ALPHA on it. ``privacy_term`` is required by (and only used with) the
@@ -141,7 +147,7 @@ def fit_noise(
                 raise ValueError("give a data loader or a precomputed activation bank")
             bank = activation_bank(head, tail, loader, progress)
         acts, clean = bank
-        return _fit(acts, clean, tail, config, distortion, progress, log_every, t0, privacy_term)
+        return _fit(acts, clean, tail, config, distortion, progress, log_every, t0, privacy_term, obfuscator, net_lr)
     finally:
         for p, r in zip(frozen, was):
             p.requires_grad_(r)
@@ -157,16 +163,29 @@ def _fit(
     log_every: int,
     t0: float,
     privacy_term: PrivacyTerm | None = None,
+    given: Obfuscator | None = None,
+    net_lr: float = 1e-3,
 ) -> FitResult:
     c = acts.shape[1]
     power = acts.transpose(0, 1).reshape(c, -1).pow(2).mean(1)
     floor = power.mean() * 1e-6  # dead channels: a tiny reference power instead of zero
     ref = power.clamp_min(floor)
-    obf = Obfuscator(c, cfg.family, seed=cfg.seed, init_sigma=(ref * 10 ** (cfg.init_nsr_db / 10)).sqrt())
+    if given is None:
+        obf = Obfuscator(c, cfg.family, seed=cfg.seed, init_sigma=(ref * 10 ** (cfg.init_nsr_db / 10)).sqrt())
+    else:
+        obf = given
+        obf.reseed(cfg.seed)
+        obf.requires_grad_(True)
+        obf.train()
     obf.signal_power.copy_(power)
-    opt = torch.optim.Adam(
-        [{"params": [obf.log_sigma], "lr": cfg.lr}, {"params": [obf.mu], "lr": cfg.lr * float(ref.mean().sqrt())}]
-    )
+    groups: list[dict] = [
+        {"params": [obf.log_sigma], "lr": cfg.lr},
+        {"params": [obf.mu], "lr": cfg.lr * float(ref.mean().sqrt())},
+    ]
+    extra = [p for n, p in obf.named_parameters() if n not in ("mu", "log_sigma")]
+    if extra:
+        groups.append({"params": extra, "lr": net_lr})
+    opt = torch.optim.Adam(groups)
     g = torch.Generator().manual_seed(cfg.seed)
     n = acts.shape[0]
     log: list[dict] = []
@@ -177,7 +196,8 @@ def _fit(
         noisy = tail(obfuscated)
         noisy = tuple(noisy) if isinstance(noisy, (tuple, list)) else (noisy,)
         dist = distortion(tuple(o[idx] for o in clean), noisy)
-        privacy = nsr_privacy(2 * obf.log_sigma, ref, cfg)
+        log_var = getattr(obf, "batch_log_variance", None)  # input-conditioned σ(a): this batch's mean σ²
+        privacy = nsr_privacy(2 * obf.log_sigma if log_var is None else log_var, ref, cfg)
         priv = cfg.privacy_weight * privacy
         adv = None
         if privacy_term is not None:
@@ -189,7 +209,8 @@ def _fit(
         opt.step()
         if step % log_every == 0 or step == cfg.steps - 1:
             with torch.no_grad():
-                nsr_db = 10 * math.log10(float(obf.noise_variance().sum() / power.sum()))
+                var = obf.noise_variance() if log_var is None else log_var.exp()
+                nsr_db = 10 * math.log10(float(var.sum() / power.sum()))
             entry = {
                 "step": step,
                 "loss": round(loss.item(), 5),

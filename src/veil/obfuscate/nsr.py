@@ -29,7 +29,10 @@ def nsr_sums(a: torch.Tensor, obfuscator: nn.Module) -> np.ndarray:
     per_channel = a.numel() // a.shape[1]
     signal = a.transpose(0, 1).reshape(a.shape[1], -1).pow(2).sum(1).double()
     noise_variance = getattr(obfuscator, "noise_variance", None)  # an Obfuscator knows its noise exactly
-    if callable(noise_variance):
+    of_input = getattr(obfuscator, "noise_variance_of", None)  # input-conditioned noise: σ depends on a
+    if callable(of_input):
+        var = of_input(a).double().to(signal.device)
+    elif callable(noise_variance):
         var = noise_variance().double().to(signal.device)
     else:
         d = (obfuscator(a) - a).transpose(0, 1).reshape(a.shape[1], -1).double()
@@ -50,8 +53,10 @@ def detect_with_nsr(detector: Any, image: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("detect_with_nsr needs a detector with an obfuscator (noisy mode)")
     a, prep = detector.client_side(image, obfuscate=False)
     sums = nsr_sums(a, obfuscator)
+    # The task's answer (boxes for a detector); a remote client names it boxes_from_activation.
+    answer = getattr(detector, "predict_from_activation", None) or detector.boxes_from_activation
     with torch.inference_mode():
-        boxes = detector.boxes_from_activation(obfuscator(a), prep)
+        boxes = answer(obfuscator(a), prep)
     return boxes, sums
 
 

@@ -1,0 +1,488 @@
+"""The adversarial objective (issue 9 §2a): noise fitted against a reconstruction adversary trained alongside.
+
+``veil fit-noise --objective adversarial``. The NSR objective rewards noise *power*; this one rewards what
+an attacker fails to recover. Min-max, on non-FDDB photos (the fitting folders):
+
+* each step a small :class:`~veil.privacy.decoders.Decoder` (the *in-loop adversary*) takes one step to
+  reconstruct the crop from the freshly obfuscated activation (detached), minimising the privacy term;
+* the noise (μ, σ, or an input-conditioned net) takes one step on
+  ``(1-ALPHA)·distortion + ALPHA·(privacy_weight·NSR term + adversary_weight·term)``, the term being
+  minus what the fixed adversary recovers.
+
+Faces count more (``face_weight``): the photos' face boxes (WIDER-style ``gt`` text files, dlib/imglab
+XML; :func:`face_boxes`) follow each crop's zoom and offset into a weight map ``1 + face_weight·mask``.
+
+Privacy terms (``privacy_term``), each a ratio to the same measure for a flat mean-colour guess (so ≈ 1
+when the adversary learns nothing, 0 for a perfect copy), capped at 1 in the noise's loss: against a
+*fixed* adversary the noise could otherwise win by driving its output astray (a ratio far above 1),
+which the next adversary step undoes and a scoring attacker never suffers:
+
+* ``l1``: face-weighted pixel L1;
+* ``perceptual``: the mean of that and a face-weighted distance in the frozen detector's own features
+  (``veil.privacy.train.ModelFeatures``). This stands in for the identity-aware term the feasibility
+  note recommends: veil's identity model (dlib's ResNet, :mod:`veil.privacy.identity`) is not
+  differentiable from Python, so no gradient reaches the noise through it; the detector's features are
+  the only differentiable network in reach trained on faces.
+
+Independence: the adversary's initial-weights seed (OS-drawn unless given), its data-order seed and the
+SHA-256 of its final weights go into the noise file's metadata (``adversary``), so the audit can refuse
+a scoring attacker that shares any of them.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from veil.models.faceboxes import HEAD_STRIDE
+from veil.obfuscate.crops import DEFAULT_CROP, DEFAULT_SCALE_RANGE, ImageCrops
+from veil.obfuscate.fit import FitConfig, FitResult, Outputs, fit_noise
+from veil.obfuscate.noise import Obfuscator
+from veil.privacy import train as _train
+from veil.privacy.decoders import PIXEL_SCALE, Decoder
+from veil.privacy.train import state_sha256
+
+#: The frozen detector's features (``ModelFeatures``; ``FaceFeatures`` before the model registry).
+_Features: Any = getattr(_train, "ModelFeatures", None) or getattr(_train, "FaceFeatures")  # noqa: B009
+
+PRIVACY_TERMS = ("l1", "perceptual")
+#: The in-loop adversary is smaller than the scoring attackers' decoder (128, 64, 32, 16): it must train
+#: alongside the noise within a CPU fit's budget.
+ADVERSARY_WIDTHS = (64, 32, 16, 8)
+DEFAULT_FACE_WEIGHT = 4.0
+#: The adversary reads a window of this many activation cells per side (× 32 px): cheaper than whole crops.
+DEFAULT_WINDOW = 8
+
+
+# -- face boxes of the fitting photos ----------------------------------------------------------------
+def _wider_boxes(txt: Path) -> dict[str, np.ndarray]:
+    """A WIDER-style ground-truth file: ``name``, ``count``, then ``count`` lines ``x y w h ...``."""
+    out: dict[str, np.ndarray] = {}
+    lines = [ln.strip() for ln in txt.read_text().splitlines()]
+    i = 0
+    while i < len(lines):
+        name = lines[i]
+        if not re.search(r"\.(jpe?g|png|bmp)$", name, re.I) or i + 1 >= len(lines):
+            i += 1
+            continue
+        n = int(lines[i + 1])
+        rows = [list(map(float, ln.split()[:4])) for ln in lines[i + 2 : i + 2 + max(n, 1)]][:n]
+        b = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+        b[:, 2:] += b[:, :2]  # x y w h → x1 y1 x2 y2
+        out[name] = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+        i += 2 + max(n, 1)
+    return out
+
+
+def _xml_boxes(xml: Path) -> dict[str, np.ndarray]:
+    """dlib/imglab XML: ``<image file=…><box top left width height/>``."""
+    out: dict[str, np.ndarray] = {}
+    for im in ET.parse(xml).getroot().iter("image"):
+        rows = [
+            [float(b.get(k, 0)) for k in ("left", "top", "width", "height")]
+            for b in im.iter("box")
+            if b.get("ignore") != "1"
+        ]
+        b = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+        b[:, 2:] += b[:, :2]
+        out[str(im.get("file"))] = np.concatenate([out.get(str(im.get("file")), np.zeros((0, 4))), b])
+    return out
+
+
+def face_boxes(dirs: Sequence[str | Path]) -> dict[Path, np.ndarray]:
+    """Face boxes ``[K,4]`` (x1, y1, x2, y2, original pixels) per photo under ``dirs``, from the annotation
+    files found in each folder (and its parent): WIDER-style ``*gt*.txt`` and imglab ``*.xml``. Photos
+    without annotations are absent (their crops are weighted uniformly)."""
+    found: dict[Path, np.ndarray] = {}
+    for d in map(Path, dirs):
+        roots = list(dict.fromkeys([d, d.parent, d.parent.parent] if d.is_dir() else [d.parent, d.parent.parent]))
+        for root in roots:
+            for f in sorted(root.glob("*gt*.txt")):
+                for name, b in _wider_boxes(f).items():
+                    for base in (root / "images", root, d):
+                        p = (base / name).resolve()
+                        if p.is_file():
+                            found[p] = b
+                            break
+            for f in sorted(root.glob("*.xml")):
+                if "landmark" in f.name:
+                    continue
+                try:
+                    boxes = _xml_boxes(f)
+                except ET.ParseError:
+                    continue
+                for name, b in boxes.items():
+                    p = (root / name).resolve()
+                    if p.is_file():
+                        found[p] = np.concatenate([found[p], b]) if p in found else b
+    return found
+
+
+# -- the bank: crops, their activations, the tail's clean outputs and face weights ------------------
+@dataclass
+class FaceBank:
+    acts: torch.Tensor
+    outs: Outputs
+    images: torch.Tensor  # [N,3,crop,crop] network-input units
+    weights: torch.Tensor  # [N,1,crop,crop] 1 + face_weight · face mask
+    describe: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def build_face_bank(
+    model: Any,
+    dirs: Sequence[str | Path],
+    *,
+    crop: int = DEFAULT_CROP,
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+    crops_per_image: int = 1,
+    seed: int = 0,
+    face_weight: float = DEFAULT_FACE_WEIGHT,
+    batch: int = 8,
+    progress: bool = True,
+) -> FaceBank:
+    """The fitting crops (:class:`ImageCrops`, FDDB refused) with their clean activations, the tail's clean
+    outputs and face-weight maps (the boxes follow each crop's zoom and offset)."""
+    data = ImageCrops(dirs, crop=crop, scale_range=scale_range, crops_per_image=crops_per_image, seed=seed)
+    boxes = face_boxes(dirs)
+    model.eval()
+    acts, outs, imgs, wts = [], [], [], []
+    n_faces = 0
+    idx = list(range(len(data)))
+    for start in tqdm(range(0, len(idx), batch), desc="face bank", unit="batch", disable=not progress):
+        xs, ws = [], []
+        for i in idx[start : start + batch]:
+            x, (sx, sy, y0, x0) = data.sample(i)
+            w = torch.ones(1, crop, crop)
+            for x1, y1, x2, y2 in boxes.get(data.files[i // data.crops_per_image].resolve(), np.zeros((0, 4))):
+                a, b = round(x1 * sx) - x0, round(y1 * sy) - y0
+                c, d = round(x2 * sx) - x0, round(y2 * sy) - y0
+                a, b, c, d = max(a, 0), max(b, 0), min(c, crop), min(d, crop)
+                if c > a and d > b:
+                    w[:, b:d, a:c] = 1.0 + face_weight
+                    n_faces += 1
+            xs.append(x)
+            ws.append(w)
+        x = torch.stack(xs)
+        a = model.head(x)
+        acts.append(a)
+        outs.append(tuple(model.tail(a)))
+        imgs.append(x)
+        wts.append(torch.stack(ws))
+    weights = torch.cat(wts)
+    return FaceBank(
+        torch.cat(acts),
+        tuple(torch.cat(p) for p in zip(*outs)),
+        torch.cat(imgs),
+        weights,
+        {
+            **data.describe(),
+            "dirs": [str(Path(d)) for d in dirs],
+            "annotated_images": sum(1 for f in data.files if f.resolve() in boxes),
+            "faces_in_crops": n_faces,
+            "face_weight": face_weight,
+            "face_area_fraction": round(float((weights > 1).float().mean()), 4),
+        },
+    )
+
+
+# -- the in-loop adversary ------------------------------------------------------------------------
+def _ratio(err: torch.Tensor, base: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (w * err).sum() / (w * base).sum().clamp_min(1e-6)
+
+
+class InLoopAdversary:
+    """A small decoder trained alongside the noise; :meth:`term` is the privacy term the fit minimises.
+
+    ``seed`` sets its initial weights, ``data_order_seed`` the windows it reads (the minibatches are the
+    fit's); both are recorded with the final weights' SHA-256 (:meth:`record`).
+    """
+
+    def __init__(
+        self,
+        bank: FaceBank,
+        privacy_term: str = "l1",
+        *,
+        model: Any = None,
+        seed: int | None = None,
+        data_order_seed: int = 0,
+        lr: float = 2e-3,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if privacy_term not in PRIVACY_TERMS:
+            raise ValueError(
+                f"unknown privacy term {privacy_term!r}; choose one of {', '.join(PRIVACY_TERMS)} (an identity "
+                "term through dlib's recogniser is not possible: it is not differentiable from Python)"
+            )
+        if privacy_term == "perceptual" and model is None:
+            raise ValueError("the perceptual term needs the detector (its frozen features)")
+        self.bank, self.kind, self.window = bank, privacy_term, int(window)
+        self.seed = secrets.randbits(31) if seed is None else int(seed)
+        self.data_order_seed = int(data_order_seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            self.decoder = Decoder(ADVERSARY_WIDTHS)
+        self.opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
+        self.rng = torch.Generator().manual_seed(self.data_order_seed)
+        self.features = _Features(model) if privacy_term == "perceptual" and model is not None else None
+        self.curve: list[float] = []
+
+    def _window(self, idx: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = noisy.shape[2:]
+        k = min(self.window, h, w)
+        y = int(torch.randint(0, h - k + 1, (1,), generator=self.rng))
+        x = int(torch.randint(0, w - k + 1, (1,), generator=self.rng))
+        s = HEAD_STRIDE
+        img = self.bank.images[idx][:, :, y * s : (y + k) * s, x * s : (x + k) * s]
+        wt = self.bank.weights[idx][:, :, y * s : (y + k) * s, x * s : (x + k) * s]
+        return noisy[:, :, y : y + k, x : x + k], img, wt
+
+    def _measure(self, rec: torch.Tensor, target: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        """What the adversary recovers, as an error ratio (1 ≈ nothing, 0 = everything)."""
+        pix = _ratio((rec - target).abs(), target.abs(), wt)
+        if self.features is None:
+            return pix
+        with torch.no_grad():
+            ft = self.features(target * PIXEL_SCALE)
+        fr = self.features(rec * PIXEL_SCALE)
+        feat = []
+        for r, t in zip(fr, ft):
+            wd = F.adaptive_avg_pool2d(wt, t.shape[2:])
+            feat.append(_ratio((r - t).abs(), t.abs(), wd))
+        return 0.5 * (pix + torch.stack(feat).mean())
+
+    def term(self, step: int, idx: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        """One adversary step on the detached ``noisy`` window, then minus its error through it (to minimise)."""
+        obs, img, wt = self._window(idx, noisy)
+        target = img / PIXEL_SCALE
+        self.decoder.train()
+        loss = self._measure(self.decoder(obs.detach()), target, wt)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.curve.append(round(loss.item(), 4))
+        self.decoder.eval()  # the noise's gradient goes through a fixed adversary
+        for p in self.decoder.parameters():
+            p.requires_grad_(False)
+        try:  # capped at 1 (nothing recovered): no reward for driving a fixed adversary's output astray
+            return -self._measure(self.decoder(obs), target, wt).clamp(max=1.0)
+        finally:
+            for p in self.decoder.parameters():
+                p.requires_grad_(True)
+
+    def record(self) -> dict[str, Any]:
+        """The noise file's ``adversary`` entry: seeds, final weights' SHA-256, architecture, curve."""
+        return {
+            "seed": self.seed,
+            "data_order_seed": self.data_order_seed,
+            "weights_sha256": state_sha256(self.decoder),
+            "privacy_term": self.kind,
+            "widths": list(ADVERSARY_WIDTHS),
+            "window_px": self.window * HEAD_STRIDE,
+            "steps": len(self.curve),
+            "curve_error_ratio": self.curve[:: max(1, len(self.curve) // 100)],
+        }
+
+
+def fit_adversarial(
+    model: Any,
+    config: FitConfig,
+    bank: FaceBank,
+    *,
+    privacy_term: str = "l1",
+    adversary_seed: int | None = None,
+    adversary_lr: float = 2e-3,
+    window: int = DEFAULT_WINDOW,
+    obfuscator: Obfuscator | None = None,
+    net_lr: float = 1e-3,
+    progress: bool = True,
+) -> tuple[FitResult, InLoopAdversary]:
+    """Fit noise for ``config`` (objective ``adversarial``) on ``bank`` against a fresh in-loop adversary.
+
+    The adversary's data order follows ``config.seed`` (the fit's minibatches); ``obfuscator`` fits a given
+    module instead of per-channel noise (input-conditioned: :mod:`veil.defenses.conditioned`).
+    """
+    if config.objective != "adversarial":
+        raise ValueError("fit_adversarial needs a FitConfig with objective='adversarial'")
+    adv = InLoopAdversary(
+        bank,
+        privacy_term,
+        model=model,
+        seed=adversary_seed,
+        data_order_seed=config.seed,
+        lr=adversary_lr,
+        window=window,
+    )
+    result = fit_noise(
+        model.head,
+        model.tail,
+        None,
+        config,
+        progress=progress,
+        bank=(bank.acts, bank.outs),
+        privacy_term=adv.term,
+        obfuscator=obfuscator,
+        net_lr=net_lr,
+    )
+    return result, adv
+
+
+@torch.no_grad()
+def reconstruction_error(
+    bank: FaceBank, obfuscate: nn.Module, decoder: Decoder, *, window: int = DEFAULT_WINDOW, seed: int = 1
+) -> float:
+    """Face-weighted L1 ratio (1 ≈ nothing recovered) of ``decoder`` on obfuscated windows of ``bank``."""
+    rng = torch.Generator().manual_seed(seed)
+    decoder.eval()
+    errs, bases = [], []
+    for i in range(0, len(bank.acts), 8):
+        noisy = obfuscate(bank.acts[i : i + 8])
+        h, w = noisy.shape[2:]
+        k = min(window, h, w)
+        y = int(torch.randint(0, h - k + 1, (1,), generator=rng))
+        x = int(torch.randint(0, w - k + 1, (1,), generator=rng))
+        s = HEAD_STRIDE
+        img = bank.images[i : i + 8, :, y * s : (y + k) * s, x * s : (x + k) * s] / PIXEL_SCALE
+        wt = bank.weights[i : i + 8, :, y * s : (y + k) * s, x * s : (x + k) * s]
+        rec = decoder(noisy[:, :, y : y + k, x : x + k])
+        errs.append(float((wt * (rec - img).abs()).sum()))
+        bases.append(float((wt * img.abs()).sum()))
+    return sum(errs) / max(sum(bases), 1e-6)
+
+
+NOISE_MODELS = ("per-channel", "conditioned")
+
+
+@torch.no_grad()
+def _mean_variance(obf: Obfuscator, acts: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean σ(a)² of input-conditioned noise over ``acts`` (what its file is judged by)."""
+    of = getattr(obf, "noise_variance_of", None)
+    if of is None:
+        return obf.noise_variance()
+    parts = [of(acts[i : i + 16]) * len(acts[i : i + 16]) for i in range(0, len(acts), 16)]
+    return torch.stack(parts).sum(0) / len(acts)
+
+
+def fit_and_save(
+    model: Any,
+    weights_sha256: str,
+    images: Sequence[str | Path],
+    out: str | Path,
+    config: FitConfig,
+    *,
+    noise_model: str = "per-channel",
+    init_noise: Obfuscator | None = None,
+    init_noise_sha256: str | None = None,
+    hidden: int = 32,
+    net_lr: float = 1e-3,
+    privacy_term: str = "l1",
+    face_weight: float = DEFAULT_FACE_WEIGHT,
+    adversary_seed: int | None = None,
+    adversary_lr: float = 2e-3,
+    window: int = DEFAULT_WINDOW,
+    crop: int = DEFAULT_CROP,
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+    crops_per_image: int = 1,
+    progress: bool = True,
+) -> tuple[FitResult, dict[str, Any]]:
+    """``veil fit-noise`` beyond the default recipe: the adversarial objective and/or input-conditioned noise.
+
+    Writes a noise file :func:`veil.obfuscate.load_obfuscator` reads: plain per-channel μ, σ
+    (``veil-noise/1``) or, for ``noise_model="conditioned"``, the net too (``veil-conditioned-noise/1``,
+    started from ``init_noise``, a per-channel fit). The metadata records the objective, the privacy term
+    and the in-loop adversary's seeds and weights' SHA-256.
+    """
+    from veil.models import as_split_model
+    from veil.obfuscate.artifact import save_obfuscator
+    from veil.obfuscate.conditioned import ConditionedObfuscator
+
+    split = as_split_model(model, weights_sha256)
+
+    if noise_model not in NOISE_MODELS:
+        raise ValueError(f"unknown noise model {noise_model!r}; choose one of {', '.join(NOISE_MODELS)}")
+    if noise_model == "conditioned" and init_noise is None:
+        raise ValueError("input-conditioned noise starts from a per-channel fit: give init_noise")
+    bank = build_face_bank(
+        split,
+        images,
+        crop=crop,
+        scale_range=scale_range,
+        crops_per_image=crops_per_image,
+        seed=config.seed,
+        face_weight=face_weight,
+        progress=progress,
+    )
+    obf = ConditionedObfuscator.from_base(init_noise, hidden=hidden) if noise_model == "conditioned" else None
+    adv: InLoopAdversary | None = None
+    if config.objective == "adversarial":
+        result, adv = fit_adversarial(
+            split,
+            config,
+            bank,
+            privacy_term=privacy_term,
+            adversary_seed=adversary_seed,
+            adversary_lr=adversary_lr,
+            window=window,
+            obfuscator=obf,
+            net_lr=net_lr,
+            progress=progress,
+        )
+    else:
+        result = fit_noise(
+            split.head,
+            split.tail,
+            None,
+            config,
+            progress=progress,
+            bank=(bank.acts, bank.outs),
+            obfuscator=obf,
+            net_lr=net_lr,
+        )
+    fitted = result.obfuscator
+    if isinstance(fitted, ConditionedObfuscator):
+        fitted.batch_log_variance = None
+        fitted.mean_variance.copy_(_mean_variance(fitted, bank.acts))
+    meta: dict[str, Any] = {
+        "alpha": config.alpha,
+        "model": split.name,
+        "split_point": split.split_point,
+        "weights_sha256": weights_sha256,
+        "fit": dict(vars(config)),
+        "fit_seconds": round(result.seconds, 1),
+        "data": bank.describe,
+        "activation_stats": result.activation_stats,
+        "loss_log": result.log,
+        "objective": config.objective,
+        "noise_model": noise_model,
+    }
+    if adv is not None:
+        meta["privacy_term"] = privacy_term
+        meta["adversary"] = adv.record()
+    if obf is not None:
+        meta["conditioned"] = {"hidden": hidden, "net_lr": net_lr, "init_noise_sha256": init_noise_sha256}
+    save_obfuscator(fitted, out, meta)
+    return result, meta
+
+
+__all__ = [
+    "NOISE_MODELS",
+    "PRIVACY_TERMS",
+    "FaceBank",
+    "InLoopAdversary",
+    "build_face_bank",
+    "face_boxes",
+    "fit_adversarial",
+    "fit_and_save",
+    "reconstruction_error",
+]

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from veil.data.digits import load_split
 from veil.digest import sha256_file
 from veil.models import build
-from veil.models.digits import DIGITS_CONFIG, WEIGHTS_FILENAME, prepare_batch
+from veil.models.digits import DIGITS_CONFIG, WEIGHTS_FILENAME
+from veil.pipeline import SplitPipeline
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "veil" / "assets" / "digits"
 
@@ -69,15 +70,19 @@ def main() -> int:
     t0 = time.perf_counter()
 
     train, test = load_split("train"), load_split("test")
-    spec = DIGITS_CONFIG.input
-    x_train, y_train = prepare_batch(train.images, spec), torch.from_numpy(train.labels)
-    x_test, y_test = prepare_batch(test.images, spec), torch.from_numpy(test.labels)
+    model = build(DIGITS_CONFIG.name)
+    pipe = SplitPipeline(model)  # the one preprocessing path: the model's input spec (32×32 grey, mean, std)
+
+    def prepared(images: np.ndarray) -> torch.Tensor:
+        return torch.cat([pipe.preprocess(img).tensor for img in images])
+
+    x_train, y_train = prepared(train.images), torch.from_numpy(train.labels)
+    x_test, y_test = prepared(test.images), torch.from_numpy(test.labels)
     print(
         f"train {len(train)} / test {len(test)} images; input mean {float(x_train.mean()):.4f}, "
         f"std {float(x_train.std()):.4f} after normalisation"
     )
 
-    model = build(DIGITS_CONFIG.name)
     net = model.network
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     steps_per_epoch = -(-len(train) // a.batch_size)

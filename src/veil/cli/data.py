@@ -40,6 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("dirs", nargs="*", help="photo folders (default: $VEIL_FIT_IMAGES)")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
     g.set_defaults(func=_check_fit)
+    d = dsub.add_parser(
+        "digits",
+        help="write the digits model's data as PNG files plus labels.csv",
+        description="Write one split of the handwritten digits the `digits` model was trained and is measured "
+        "on (scikit-learn's copy of the UCI data, CC BY 4.0; split fixed under seed 0) as DIR/NNNN.png "
+        "(8x8 grey) and DIR/labels.csv (file,label,index,split). `veil evaluate --model digits --dataset "
+        "DIR` reads such a folder; noise fitting refuses a folder of the test split.",
+    )
+    d.add_argument("dir", help="output folder")
+    d.add_argument("--split", choices=("train", "test"), default="test", help="which split (default: %(default)s)")
+    d.set_defaults(func=_export_digits)
 
 
 def _print(rep, as_json: bool) -> int:
@@ -77,3 +88,14 @@ def _check_fit(args: argparse.Namespace) -> int:
     from veil.settings import settings
 
     return _print(check_fit_images(args.dirs or list(settings().fit_images)), args.json)
+
+
+def _export_digits(args: argparse.Namespace) -> int:
+    from veil.data.digits import DigitsDataError, export_split
+
+    try:
+        manifest = export_split(args.split, args.dir)
+    except DigitsDataError as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"wrote the digits {args.split} split to {manifest.parent} ({manifest.name} lists file, label, index, split)")
+    return 0

@@ -140,11 +140,29 @@ def export_split(name: str, out: str | Path) -> Path:
     return out / MANIFEST
 
 
-def exported_split(directory: str | Path) -> str | None:
-    """The split a folder written by :func:`export_split` holds (from its ``labels.csv``), else None."""
-    manifest = Path(directory) / MANIFEST
+def read_labels(directory: str | Path) -> tuple[list[Path], np.ndarray, str | None]:
+    """A labelled image folder in :func:`export_split`'s format: image paths, integer labels and the
+    split its ``labels.csv`` names (None if it has no ``split`` column). Any classification data set
+    laid out this way (``file,label`` rows) works."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST
     if not manifest.is_file():
-        return None
+        raise DigitsDataError(
+            f"{directory} has no {MANIFEST} (columns file,label[,index,split]): not a labelled folder"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    splits: set[str] = set()
     with open(manifest, newline="") as f:
-        splits = {row.get("split") for row in csv.DictReader(f)}
-    return "test" if "test" in splits else next(iter(splits), None)
+        for n, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                paths.append(directory / row["file"])
+                labels.append(int(row["label"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DigitsDataError(f"{manifest}, line {n}: needs a file name and an integer label ({exc})") from None
+            if row.get("split"):
+                splits.add(row["split"])
+    if not paths:
+        raise DigitsDataError(f"{manifest} lists no images")
+    split = "test" if "test" in splits else next(iter(splits), None)
+    return paths, np.asarray(labels, dtype=np.int64), split

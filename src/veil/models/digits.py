@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import itertools
 
-import cv2
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,32 +38,7 @@ DIGITS_SPLITS = (
 )
 #: The weights file that ships (trained by scripts/train_digits.py; docs/models.md).
 WEIGHTS_FILENAME = "digits_cnn.pth"
-WEIGHTS_SHA256 = "6e0548f957be8750ba9e5e2a86a28fbb77f8b6578453a20828aff2defda4d5dc"
-
-
-def prepare_batch(images: np.ndarray, spec: InputSpec) -> torch.Tensor:
-    """uint8 images ``[N,H,W]`` (grey) or ``[N,H,W,3]`` (BGR) → the network input ``[N,C,h,w]`` float32.
-
-    Resized bilinearly to ``spec.size`` (``(height, width)``), converted to grey when the model reads
-    one channel, then ``(x − mean) / std`` per channel as the spec says.
-    """
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise ValueError(f"expected uint8 images [N,H,W] or [N,H,W,3], got {images.dtype} {images.shape}")
-    if spec.size is None:
-        raise ValueError("prepare_batch needs a fixed input size (InputSpec.size)")
-    h, w = spec.size
-    out = []
-    for img in images:
-        if img.ndim == 3 and spec.channels == 1:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        elif img.ndim == 2 and spec.channels == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-        out.append(img[None] if img.ndim == 2 else img.transpose(2, 0, 1))
-    x = torch.from_numpy(np.stack(out))
-    mean = torch.tensor(spec.mean[: spec.channels], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std[: spec.channels], dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - mean) / std
+WEIGHTS_SHA256 = "305cfbd5fd5cbd5aa71631c683cbe93b9e8f42cfde6b0b2495cf44f3d31d0fea"
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:

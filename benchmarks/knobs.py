@@ -122,6 +122,7 @@ def client_cost(
     given defense (at ×3), interleaved round-robin; payload bytes of what is sent; defenses' NSR."""
     from veil.defenses import bottleneck as bn
     from veil.defenses.files import file_sha256
+    from veil.models import as_split_model
     from veil.obfuscate import load_obfuscator
     from veil.obfuscate.noise import Obfuscator
     from veil.preprocess import FDDB_SCALE, prepare
@@ -135,7 +136,7 @@ def client_cost(
     rdcl, digest = load_split("rdcl", weights)
     defenses: list[dict] = []
     for alpha, path in noise:
-        obf, _ = load_obfuscator(alpha, noise=path, weights_sha256=digest)
+        obf, _ = load_obfuscator(alpha, noise=path, model=as_split_model(rdcl, digest))
         nsr = defense_nsr(rdcl.head, nsr_images, (lambda a: a, obf)) if nsr_images else None
         for name in ("noise", "robust-tail"):  # the robust tail changes the server only: same client, same wire
             defenses.append(
@@ -221,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-minutes", type=float, default=4.0)
     p.add_argument("--decoder-seed", type=int, default=9101, help="scoring decoder seed (noise fits use 0, 1, …)")
     p.add_argument("--faces", type=int, default=100)
+    p.add_argument(
+        "--no-large-faces",
+        action="store_true",
+        help="skip the large-face bin (faces ≥ 192 px at the network, small ones enlarged: the audit's rule)",
+    )
     p.add_argument("--client-cost", action="store_true", help="time head + noise of every cell on a 1080p frame")
     p.add_argument("--rounds", type=int, default=5, help="--client-cost rounds (default: 5)")
     p.add_argument("--frame", help="--client-cost: photo resized to 1920×1080 (default: the first fitting photo)")
@@ -375,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         result["decoder"]["init_file"] = args.init
         stage("scoring decoder")
         faces = select_fddb_faces(dataset, max_faces=args.faces)
-        result["identity"] = identity_leak(faces, model.head, obf, dec, scale=args.scale, progress=progress)
+        result["identity"] = identity_leak(
+            faces, model.head, obf, dec, scale=args.scale, progress=progress, large_faces=not args.no_large_faces
+        )
         result["identity"]["grey_reference"] = grey_reference(faces)
         result["privacy_seconds"] = round(time.monotonic() - t0, 1)
         stage("identity")

@@ -53,3 +53,18 @@ def test_identity_leak_scores_perfect_and_blank_reconstructions(fddb_dir):
     blank = identity_leak(faces, head, lambda a: a, _Grey(), scale=1.0, ks=(1,), progress=False)
     grey = grey_reference(faces)
     assert blank["k1"]["rank1"] <= 0.5 and blank["k1"]["rank1"] == grey["rank1"]
+
+
+def test_large_face_bin_scores_every_face_once_enlarged_where_small(fddb_dir):
+    """At ×1 every face is below 192 px at the network: each is scored once, as its enlarged copy."""
+    pytest.importorskip("dlib")
+    from veil.defenses.measure import identity_leak
+    from veil.privacy.audit import select_fddb_faces
+
+    faces = select_fddb_faces(fddb_dir, max_faces=6)
+    head = torch.nn.Identity()
+    exact = identity_leak(faces, head, lambda a: a, _Exact(), scale=1.0, ks=(1,), progress=False, large_faces=True)
+    large = exact["large_k1"]
+    assert large["n_probes"] == 6 and large["n_enlarged"] == 6 and large["rank1"] == 1.0
+    blank = identity_leak(faces, head, lambda a: a, _Grey(), scale=1.0, ks=(1,), progress=False, large_faces=True)
+    assert blank["large_k1"]["rank1"] <= 0.5

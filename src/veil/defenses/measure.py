@@ -125,11 +125,18 @@ def identity_leak(
     scale: float = FDDB_SCALE,
     ks: Sequence[int] = (1, 8),
     progress: bool = True,
+    large_faces: bool = False,
 ) -> dict:
     """Rank-1 and TAR@1 %FAR of ``decoder`` on ``observe`` of each FDDB face set image, for each ``k`` in ``ks``.
 
     ``faces`` is a :class:`veil.privacy.audit.FaceSet`. ``k = 1`` is one query; ``k > 1`` decodes the
     mean of ``k`` fresh observations of the same image (the averaging attack).
+
+    ``large_faces`` also scores the audit's large-face bin (one query): every face whose side at the
+    network input is ≥ 192 px as it is, every smaller one as the audit's enlarged copy (a crop
+    enlarged before the ×scale so the face reaches the network at 288 px:
+    :func:`veil.privacy.audit.make_views`), each matched against all originals. Privacy that holds
+    only because faces are small at a low scale fails there.
     """
     from veil.privacy import identity, metrics
     from veil.privacy.decoders import decode
@@ -164,8 +171,49 @@ def identity_leak(
             "tar_at_far1": round(tar, 4),
             "tar_ci95": [round(tlo, 4), round(thi, 4)],
         }
+    if large_faces:
+        out["large_k1"] = _large_face_bin(
+            faces, originals, orig_emb, thr, np.concatenate(embs[ks[0]]), head, observe, decoder, scale, progress
+        )
     out["seconds"] = round(time.monotonic() - t0, 1)
     return out
+
+
+def _large_face_bin(faces, originals, orig_emb, thr, base_emb, head, observe, decoder, scale, progress) -> dict:
+    """The ≥ 192 px bin for one query: natural-size faces already that large reuse ``base_emb``."""
+    from veil.privacy import identity, metrics
+    from veil.privacy.audit import LARGE_PX, make_views, view_image
+    from veil.privacy.decoders import decode
+
+    probes, labels, enlarged = [], [], 0
+    views = make_views(faces, scale, enlarge=True)
+    for v in tqdm(views, desc="large faces", unit="view", disable=not progress):
+        if v.kind == "base":
+            keep = v.net_px(scale) >= LARGE_PX
+            probes += [base_emb[i] for i in v.faces[keep]]
+            labels += [int(i) for i in v.faces[keep]]
+            continue
+        img = view_image(originals[v.image], v)
+        prep = prepare(img, scale)
+        rec = to_image(decode(decoder, observe(head(prep.tensor))))
+        rec = _to_orig(rec, (prep.tensor.shape[2], prep.tensor.shape[3]), img.shape[:2])
+        probes += list(identity.embed_faces(rec, v.boxes))
+        labels += [int(i) for i in v.faces]
+        enlarged += len(v.faces)
+    e, lab = np.stack(probes), np.asarray(labels)
+    n = len(lab)
+    r1 = metrics.rank1_rate(orig_emb, e, labels=lab)
+    tar = metrics.tar_at_far(orig_emb, e, thr, labels=lab)
+    return {
+        "n_probes": n,
+        "n_enlarged": enlarged,
+        "min_net_px": LARGE_PX,
+        "rank1": round(r1, 4),
+        "rank1_ci95": [round(v, 4) for v in wilson(round(r1 * n), n)],
+        "rank1_x_chance": round(r1 * len(orig_emb), 2),
+        "tar_at_far1": round(tar, 4),
+        "tar_ci95": [round(v, 4) for v in wilson(round(tar * n), n)],
+    }
 
 
 def grey_reference(faces) -> dict:

@@ -60,6 +60,10 @@ def _new_row(defense: str, alpha: float | None) -> dict[str, Any]:
     }
 
 
+#: The attacker of a document's ``identity.large_k1``: one query, every face ≥ 192 px at the network
+#: (small ones as the audit's enlarged copies).
+LARGE_LABEL = "decoder k=1, faces ≥ 192 px"
+
 #: Values a defense document may carry for its row, copied as they are.
 _ROW_VALUES = ("nsr_db", "client_ms", "bytes_per_request", "knob")
 
@@ -89,7 +93,8 @@ def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
     """Rows from ``benchmarks/defenses.py`` JSONs ``(name, document)``, one per (defense, ALPHA).
 
     A ``-map`` file gives mAP (mean over its draws); an identity file gives two attackers, the
-    scoring decoder on one activation (``decoder k=1``) and on the average of eight (``decoder avg8``).
+    scoring decoder on one activation (``decoder k=1``) and on the average of eight (``decoder avg8``),
+    and a third where it scored the large-face bin (:data:`LARGE_LABEL`).
     Repeated identity runs of one configuration keep each attacker's highest rank-1 (conservative).
     A defense without an identity file of its own (the robust tail) takes the identity of a file
     with the same ``noise_sha256``: the tail changes the server, not what travels on the wire.
@@ -112,7 +117,7 @@ def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
         if "identity" in d:
             ident = d["identity"]
             row["chance_rank1"] = ident["chance_rank1"]
-            for k, label in (("k1", "decoder k=1"), ("k8", "decoder avg8")):
+            for k, label in (("k1", "decoder k=1"), ("k8", "decoder avg8"), ("large_k1", LARGE_LABEL)):
                 if k in ident and (
                     label not in row["attackers"] or ident[k]["rank1"] > row["attackers"][label]["rank1"]
                 ):

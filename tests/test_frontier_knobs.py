@@ -63,6 +63,14 @@ def test_frontier_fills_nsr_ms_bytes_and_knob_rows_from_real_results(weights_pat
         json.dumps({"defense": "noise", "alpha": 0.8, "map": {"mean": 0.95, "draws": [0.95]}})
     )
 
+    # Another objective's noise at the same ALPHA (another file): same client cost, but not this NSR.
+    other = {
+        "defense": "noise (adversarial)",
+        "alpha": 0.8,
+        "noise_sha256": "f" * 64,
+        "map": {"mean": 0.9, "draws": [0.9]},
+    }
+    (res / "adv-0.8-map.json").write_text(json.dumps(other))
     out = tmp_path / "o"
     assert main(["frontier", "--defenses", str(res), "--clean-map", "0.97", "--out", str(out)]) == 0
     rows = {(r["defense"], r["alpha"]): r for r in json.loads((out / "frontier_all.json").read_text())}
@@ -75,6 +83,8 @@ def test_frontier_fills_nsr_ms_bytes_and_knob_rows_from_real_results(weights_pat
     noisy = rows[("noise", 0.8)]
     assert noisy["client_ms"] == cc["defenses"][0]["client_ms"] and noisy["nsr_db"] == cc["defenses"][0]["nsr_db"]
     assert noisy["bytes_per_request"] == 4 * 128 * 9 * 15
+    adv = rows[("noise (adversarial)", 0.8)]
+    assert adv["client_ms"] == noisy["client_ms"] and adv["nsr_db"] is None
     md = (out / "frontier_all.md").read_text()
     assert f"| noise @ inception2 ×1 | 0.8 | {doc['map']['mean']:.4f} |" in md
     assert f"| {c['client_ms_median']:.2f} | {c['bytes_fp32']} |" in md

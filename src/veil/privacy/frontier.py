@@ -108,7 +108,7 @@ def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
         row["sources"].append(name)
         if "map" in d:
             row["map"], row["map_draws"] = d["map"]["mean"], d["map"]["draws"]
-        for key in _ROW_VALUES:
+        for key in (*_ROW_VALUES, "noise_sha256"):
             if d.get(key) is not None:
                 row[key] = d[key]
         ind = independence(d)
@@ -183,22 +183,28 @@ def cost_entries(name: str, doc: dict) -> list[dict[str, Any]]:
             }
         )
     for c in cost.get("defenses", []):
-        out.append(
-            {**{k: c.get(k) for k in ("defense", "alpha", "client_ms", "bytes_per_request", "nsr_db")}, "source": name}
-        )
+        keys = ("defense", "alpha", "client_ms", "bytes_per_request", "nsr_db", "noise_sha256")
+        out.append({**{k: c.get(k) for k in keys}, "source": name})
     return out
 
 
 def apply_costs(rows: list[dict[str, Any]], costs: list[dict[str, Any]]) -> None:
-    """Fill client ms, bytes (and NSR where a cost entry measured it) of the rows each entry names:
-    the same defense name (or a row named ``"<name> (…"``, e.g. the audit-cost noise rows) and
-    ALPHA (an entry with ALPHA None fits every ALPHA). Values a row's own document carried stay."""
+    """Fill client ms and bytes of the rows each entry names: the same defense name (or a row named
+    ``"<name> (…"``, e.g. the audit-cost noise rows: the same client computation) and ALPHA (an
+    entry with ALPHA None fits every ALPHA). NSR, which depends on the noise itself, only where the
+    name is the same and the noise files agree (when both record one). Values a row's own document
+    carried stay."""
     for c in costs:
         for r in rows:
-            same = r["defense"] == c["defense"] or r["defense"].startswith(c["defense"] + " (")
-            if not same or (c["alpha"] is not None and _key(c["alpha"]) != _key(r["alpha"])):
+            exact = r["defense"] == c["defense"]
+            if not (exact or r["defense"].startswith(c["defense"] + " (")):
                 continue
-            for key in ("client_ms", "bytes_per_request", "nsr_db"):
+            if c["alpha"] is not None and _key(c["alpha"]) != _key(r["alpha"]):
+                continue
+            keys = ["client_ms", "bytes_per_request"]
+            if exact and (r.get("noise_sha256") is None or r.get("noise_sha256") == c.get("noise_sha256")):
+                keys.append("nsr_db")
+            for key in keys:
                 if r.get(key) is None and c.get(key) is not None:
                     r[key] = c[key]
             r["sources"].append(f"cost from {c['source']}")

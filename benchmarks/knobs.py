@@ -205,6 +205,35 @@ def client_cost(
     }
 
 
+def table(folder: Path) -> str:
+    """The knob cells and client costs under ``folder`` as one markdown table (what docs/privacy.md shows)."""
+    import json
+
+    docs = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    cost = next((d["client_cost"] for d in docs if "client_cost" in d), {"cells": []})
+    costs = {(c["split"], c["scale"]): c for c in cost["cells"]}
+    cells = sorted(
+        (d for d in docs if "knob" in d), key=lambda d: (d["knob"]["scale"], SPLITS.index(d["knob"]["split"]))
+    )
+    cols = ["split", "scale", "ALPHA", "clean mAP", "mAP (mean ± sd, n)", "NSR dB", "rank-1 k=1 [95 %]"]
+    cols += ["rank-1 avg8 [95 %]", "rank-1 ≥ 192 px [95 %]", "KiB / 1080p frame (FP32)", "client ms / frame"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def r1(m: dict | None) -> str:
+        return "–" if m is None else f"{m['rank1']:.2f} [{m['rank1_ci95'][0]:.2f}, {m['rank1_ci95'][1]:.2f}]"
+
+    for d in cells:
+        k, m, ident = d["knob"], d["map"], d.get("identity", {})
+        c = costs.get((k["split"], k["scale"]))
+        sd = "–" if m.get("sd") is None else f"{m['sd']:.4f}"
+        row = [k["split"], f"×{k['scale']:g}", f"{d['alpha']:g}", f"{d['clean_map']:.4f}"]
+        row += [f"{m['mean']:.4f} ± {sd} ({len(m['draws'])})", f"{d['nsr_db']:+.2f}"]
+        row += [r1(ident.get("k1")), r1(ident.get("k8")), r1(ident.get("large_k1"))]
+        row += ["–", "–"] if c is None else [f"{c['bytes_fp32'] / 1024:.0f}", f"{c['client_ms_median']:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", choices=SPLITS, default="rdcl")
@@ -241,8 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", help="evaluate only this FDDB shard I/N (a quick check, not a result)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out", required=True)
+    p.add_argument("--table", metavar="DIR", help="print the markdown table of the results under DIR and exit")
+    p.add_argument("--out", help="JSON result file (required unless --table)")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(Path(args.table)), end="")
+        return 0
+    if not args.out:
+        p.error("--out is required")
     torch.set_num_threads(args.threads)
 
     import cv2

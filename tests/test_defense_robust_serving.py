@@ -69,7 +69,7 @@ def test_served_robust_tail_equals_in_process(weights_path, wider_dir, fddb_imag
 
     if unsupported_reason():
         pytest.skip(f"the bundled tritonserver cannot run here: {unsupported_reason()}")
-    obf, _ = load_obfuscator(0.8, noise=noise, weights_sha256=digest)
+    obf, _ = load_obfuscator(0.8, noise=noise, weights_sha256=digest, split_point="faceboxes.rdcl")
     noisy = Detector(model, digest, scale=1.0, obfuscator=obf)
     image = load_image(fddb_image_paths[0])
     with TritonServer(repo / "python", models=[ROBUST_MODEL, BASE_MODEL]) as server:
@@ -91,7 +91,7 @@ def test_served_robust_tail_equals_in_process(weights_path, wider_dir, fddb_imag
     np.testing.assert_allclose(boxes, ref, atol=1e-3)
 
 
-def test_export_refuses_a_tail_for_other_noise(weights_path, tmp_path):
+def test_export_refuses_a_tail_for_other_noise(weights_path, tmp_path, capsys):
     """A robust tail is served only with the noise it was trained for (checked before anything is written)."""
     from veil import assets
     from veil.defenses import files
@@ -111,6 +111,10 @@ def test_export_refuses_a_tail_for_other_noise(weights_path, tmp_path):
         log=[],
         data={},
     )
+    noise = noise_path(0.8, assets.NOISE_DIR)
     with pytest.raises(files.DefenseFileError, match="noise file"):
-        export_triton(tail, noise_path(0.8, assets.NOISE_DIR), 0.8, tmp_path / "repo", model, weights_sha256=digest)
+        export_triton(tail, noise, 0.8, tmp_path / "repo", model, weights_sha256=digest)
+    args = ["export-robust-tail", "--tail", str(tail), "--noise", str(noise), "--alpha", "0.8"]
+    assert main([*args, "--out", str(tmp_path / "repo"), "--weights", str(weights_path)]) == 2
+    assert "noise file" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()

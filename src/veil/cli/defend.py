@@ -1,4 +1,5 @@
-"""``veil distill-tail`` and ``veil fit-bottleneck``: train the defenses of :mod:`veil.defenses` (thin layer)."""
+"""``veil distill-tail``, ``veil export-robust-tail`` and ``veil fit-bottleneck``: train and serve the
+defenses of :mod:`veil.defenses` (thin layer)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p, steps=3000, minutes=10.0)
     p.set_defaults(func=run_distill)
 
+    e = sub.add_parser(
+        "export-robust-tail",
+        help="serve a robust tail file as the Triton model face_detection_robust",
+        description="Write an existing robust tail (veil distill-tail) into a Triton repository as its own model, "
+        "face_detection_robust, beside the models `veil export-triton --out REPO` wrote: python and onnx forms, "
+        "each checked against the in-process robust tail, with the tail's SHA-256, the noise file's SHA-256 and "
+        "ALPHA in config.pbtxt. The file is refused for other weights, another noise file or ALPHA. Example: "
+        "veil export-robust-tail --tail tail-0.9.safetensors --noise N.safetensors --alpha 0.9 --out REPO",
+    )
+    e.add_argument("--tail", required=True, metavar="FILE", help="robust tail file (veil distill-tail --out)")
+    e.add_argument("--noise", required=True, metavar="FILE", help="the noise file it was trained against")
+    e.add_argument("--alpha", type=float, required=True, metavar="A", help="ALPHA of that noise file")
+    e.add_argument("--out", required=True, metavar="REPO", help="Triton repository root (veil export-triton --out)")
+    e.add_argument(
+        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
+    )
+    e.set_defaults(func=run_export_robust)
+
     b = sub.add_parser(
         "fit-bottleneck",
         help="train a client-side quantised bottleneck with a distilled tail",
@@ -107,13 +126,14 @@ def run_distill(args: argparse.Namespace) -> int:
     from veil.defenses.distill import DistillConfig
     from veil.defenses.files import file_sha256
     from veil.defenses.robust_tail import distill_tail, save_robust_tail
+    from veil.models import as_split_model
     from veil.obfuscate import load_obfuscator
     from veil.weights import load_faceboxes
 
     _threads(args)
     dirs = _images(args)
     model, digest = load_faceboxes(args.weights)
-    obf, _ = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=digest)
+    obf, _ = load_obfuscator(args.alpha, noise=args.noise, model=as_split_model(model, digest))
     cfg = DistillConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     student, log, data = distill_tail(
         model, obf, dirs, cfg, crop=args.crop, crops_per_image=args.crops_per_image, progress=not args.quiet
@@ -134,15 +154,27 @@ def run_distill(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}")
     if args.export:
-        from veil.defenses.robust_tail import export_triton
+        _export_robust(out, args.noise, args.alpha, args.export, model, digest)
+    return 0
 
-        desc = export_triton(out, args.noise, args.alpha, args.export, model, weights_sha256=digest)
-        for fmt, where in desc["forms"].items():
-            print(f"{fmt:12s} {Path(args.export) / where}")
-        print(
-            f"served robust tail {desc['model']}: tensors SHA-256 {desc['robust_tail_sha256'][:16]}…, max |exported - "
-            f"in-process| = {max(desc['max_abs_error_vs_in_process'].values()):.2e}"
-        )
+
+def _export_robust(tail: Path, noise: str, alpha: float, repo: str, model, digest: str) -> None:
+    from veil.defenses.robust_tail import export_triton
+
+    desc = export_triton(tail, noise, alpha, repo, model, weights_sha256=digest)
+    for fmt, where in desc["forms"].items():
+        print(f"{fmt:12s} {Path(repo) / where}")
+    print(
+        f"served robust tail {desc['model']}: tensors SHA-256 {desc['robust_tail_sha256'][:16]}…, max |exported - "
+        f"in-process| = {max(desc['max_abs_error_vs_in_process'].values()):.2e}"
+    )
+
+
+def run_export_robust(args: argparse.Namespace) -> int:
+    from veil.weights import load_faceboxes
+
+    model, digest = load_faceboxes(args.weights)
+    _export_robust(Path(args.tail), args.noise, args.alpha, args.out, model, digest)
     return 0
 
 

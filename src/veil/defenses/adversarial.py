@@ -408,11 +408,13 @@ def fit_and_save(
     from veil.obfuscate.conditioned import ConditionedObfuscator
 
     split = as_split_model(model, weights_sha256)
-
     if noise_model not in NOISE_MODELS:
         raise ValueError(f"unknown noise model {noise_model!r}; choose one of {', '.join(NOISE_MODELS)}")
-    if noise_model == "conditioned" and init_noise is None:
-        raise ValueError("input-conditioned noise starts from a per-channel fit: give init_noise")
+    obf = None
+    if noise_model == "conditioned":
+        if init_noise is None:
+            raise ValueError("input-conditioned noise starts from a per-channel fit: give init_noise")
+        obf = ConditionedObfuscator.from_base(init_noise, hidden=hidden)
     bank = build_face_bank(
         split,
         images,
@@ -423,7 +425,6 @@ def fit_and_save(
         face_weight=face_weight,
         progress=progress,
     )
-    obf = ConditionedObfuscator.from_base(init_noise, hidden=hidden) if noise_model == "conditioned" else None
     adv: InLoopAdversary | None = None
     if config.objective == "adversarial":
         result, adv = fit_adversarial(

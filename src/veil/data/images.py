@@ -1,4 +1,4 @@
-"""Image folders for fitting (noise, attackers): listed once, FDDB refused.
+"""Image folders for fitting (noise, attackers): listed once, FDDB and test splits refused.
 
 The network-ready random crops drawn from them are :class:`veil.obfuscate.crops.ImageCrops` (above
 preprocessing, where turning pixels into network input belongs); this module only finds the files.
@@ -6,6 +6,7 @@ preprocessing, where turning pixels into network input belongs); this module onl
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,8 +21,17 @@ def looks_like_fddb(path: Path) -> bool:
     return (p / "originalPics").is_dir() or (p / "FDDB-folds").is_dir()
 
 
+def marked_test_split(path: Path) -> bool:
+    """True for a folder whose ``labels.csv`` (``veil data digits`` writes one) says it holds a test split."""
+    manifest = path / "labels.csv"
+    if not manifest.is_file():
+        return False
+    with open(manifest, newline="") as f:
+        return any(row.get("split") == "test" for row in csv.DictReader(f))
+
+
 def list_images(dirs: Sequence[str | Path]) -> list[Path]:
-    """All image files under ``dirs`` (recursively, sorted); refuses FDDB and empty folders."""
+    """All image files under ``dirs`` (recursively, sorted); refuses FDDB, test splits and empty folders."""
     files: list[Path] = []
     for d in map(Path, dirs):
         if not d.exists():
@@ -30,6 +40,11 @@ def list_images(dirs: Sequence[str | Path]) -> list[Path]:
             raise ValueError(
                 f"{d} looks like FDDB (originalPics / FDDB-folds): FDDB is evaluation data "
                 "and is never used for fitting; use the WIDER subset, dlib photos or other images"
+            )
+        if d.is_dir() and marked_test_split(d):
+            raise ValueError(
+                f"{d} holds a test split (its labels.csv says so): evaluation data is never used for fitting; "
+                "use the training split"
             )
         found = [d] if d.is_file() else sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:

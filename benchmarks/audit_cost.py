@@ -57,33 +57,34 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from veil.digest import sha256_file
+    from veil.models import create
     from veil.obfuscate import load_obfuscator
     from veil.privacy.audit import Attacks, audit, make_views, select_fddb_faces
     from veil.privacy.decoders import read_decoder
     from veil.settings import settings
-    from veil.weights import load_faceboxes, sha256_file
 
     t0 = time.monotonic()
-    model, sha = load_faceboxes(args.weights)
+    model = create("faceboxes", weights=args.weights)
     dataset = args.dataset or settings().dataset
     if dataset is None:
         raise SystemExit("no FDDB dataset: pass --dataset DIR or set VEIL_DATASET")
     faces = select_fddb_faces(dataset, args.faces)
     views = make_views(faces, args.scale)
-    obf, _nmeta = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=sha)
+    obf, _nmeta = load_obfuscator(args.alpha, noise=args.noise, model=model)
     nsha = sha256_file(args.noise)[:16]
     d = Path(args.decoders)
     suffix = "" if args.scale == 3.0 else f"-x{args.scale:g}"
     dec = {
-        "naive": read_decoder(d / f"naive{suffix}.safetensors"),
-        "perceptual_clean": read_decoder(d / f"naive-perceptual{suffix}.safetensors"),
-        "adaptive": read_decoder(d / f"adaptive-{nsha}{suffix}.safetensors"),
-        "perceptual": read_decoder(d / f"adaptive-perceptual-{nsha}{suffix}.safetensors"),
+        "naive": read_decoder(d / f"naive{suffix}.safetensors", model),
+        "perceptual_clean": read_decoder(d / f"naive-perceptual{suffix}.safetensors", model),
+        "adaptive": read_decoder(d / f"adaptive-{nsha}{suffix}.safetensors", model),
+        "perceptual": read_decoder(d / f"adaptive-perceptual-{nsha}{suffix}.safetensors", model),
     }
     setup_s = time.monotonic() - t0
     cache = Path(tempfile.mkdtemp(prefix="veil-audit-cost-"))
     base = {
-        "head": model.head,
+        "model": model,
         "naive": dec["naive"],
         "perceptual_clean": dec["perceptual_clean"],
         "whitebox_steps": args.whitebox_steps,
@@ -107,7 +108,6 @@ def main() -> None:
                 args.scale,
                 out_dir=Path(args.out) / f"alpha-{args.alpha:g}-{mode}",
                 views=views,
-                weights_sha256=sha,
                 cache_dir=cache,
                 progress=True,
                 meta={"decoders": decoders_meta, "noise_mode": mode, "noise_file": str(args.noise)},
@@ -134,7 +134,6 @@ def main() -> None:
             args.scale,
             out_dir=Path(args.out) / "alpha-0",
             views=views,
-            weights_sha256=sha,
             cache_dir=cache,
             progress=False,
             meta={"decoders": decoders_meta},

@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-decoder", help="warm-start the scoring decoder from this public (naive) decoder file")
     p.add_argument("--save-decoder", help="write the trained scoring decoder here")
     p.add_argument("--faces", type=int, default=100, help="FDDB faces scored (default: 100)")
+    p.add_argument(
+        "--no-large-faces",
+        action="store_true",
+        help="skip the large-face bin (faces ≥ 192 px at the network, small ones enlarged: the audit's rule)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="JSON result file")
     args = p.parse_args(argv)
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.defense in ("noise", "adversarial", "conditioned"):
         from veil.obfuscate.artifact import read_metadata
 
-        obf, nmeta = load_obfuscator(args.alpha, noise=args.noise, weights_sha256=det.weights_sha256)
+        obf, nmeta = load_obfuscator(args.alpha, noise=args.noise, model=det.model)
         det.obfuscator = obf
         meta["noise_sha256"] = file_sha256(args.noise)
         meta["adversary"] = read_metadata(args.noise).get("adversary")  # an adversarial fit's in-loop decoder
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result["independence_notes"] = check_scoring_independence(result["decoder"], result)
         faces = select_fddb_faces(dataset, max_faces=args.faces)
-        result["identity"] = identity_leak(faces, head, observe, dec)
+        result["identity"] = identity_leak(faces, head, observe, dec, large_faces=not args.no_large_faces)
         result["identity"]["grey_reference"] = grey_reference(faces)
         result["privacy_seconds"] = round(time.monotonic() - t0, 1)
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]

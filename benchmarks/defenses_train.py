@@ -31,6 +31,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     from veil.defenses.distill import DistillConfig, training_noise
     from veil.defenses.files import file_sha256
+    from veil.models import as_split_model
     from veil.obfuscate import load_obfuscator
     from veil.weights import load_faceboxes
 
@@ -45,7 +46,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
 
         alpha = float(rest)
         noise = Path(args.noise_dir) / f"alpha-{alpha:g}.safetensors"
-        obf, _ = load_obfuscator(alpha, noise=noise, weights_sha256=digest)
+        obf, _ = load_obfuscator(alpha, noise=noise, model=as_split_model(model, digest))
         cfg = DistillConfig(steps=args.tail_steps, minutes=args.minutes, batch_size=args.batch, lr=3e-4)
         student, log, data = distill_tail(
             model,
@@ -116,7 +117,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
         elif rest.startswith("noise-"):
             alpha = float(rest.removeprefix("noise-"))
             obf, _ = load_obfuscator(
-                alpha, noise=Path(args.noise_dir) / f"alpha-{alpha:g}.safetensors", weights_sha256=digest
+                alpha, noise=Path(args.noise_dir) / f"alpha-{alpha:g}.safetensors", model=as_split_model(model, digest)
             )
             observe = training_noise(obf, dev, seed)  # same μ, σ; a fast torch stream for training only
         else:

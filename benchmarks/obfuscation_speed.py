@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from veil.jsonio import write_json
+from veil.models import as_split_model
 from veil.obfuscate import Obfuscator, load_obfuscator
 from veil.preprocess import prepare
 from veil.settings import settings
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = str(shared)
     model, digest = load_faceboxes(weights)
     if args.noise:
-        obf, _ = load_obfuscator(None, noise=args.noise, weights_sha256=digest)
+        obf, _ = load_obfuscator(None, noise=args.noise, model=as_split_model(model, digest))
     else:
         obf = Obfuscator(128, init_sigma=0.5).requires_grad_(False)
     image = frame()

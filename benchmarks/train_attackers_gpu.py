@@ -1,7 +1,7 @@
 """Train the audit's attacker decoders for longer on a GPU (issue 9 §1: "train the attackers there for
 longer too, and report both; never depend on one").
 
-Trains, into ``$VEIL_CACHE_DIR/attackers`` (the names ``veil audit`` looks up), the naive and the
+Trains, into ``$VEIL_CACHE_DIR/attackers/<model key>`` (the names ``veil audit`` looks up), the naive and the
 adaptive decoder for one noise file, and their perceptual-loss variants, each until its loss
 plateaus or its wall budget ends, on the non-FDDB photos given. Prints one JSON line per decoder
 (steps, stop reason, final L1) and writes ``attackers_gpu.json`` (metadata and learning curves).
@@ -39,19 +39,20 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="JSON with every decoder's metadata and learning curve")
     args = ap.parse_args()
 
+    from veil.digest import sha256_file
+    from veil.models import create
     from veil.obfuscate import load_obfuscator
-    from veil.privacy.train import FaceFeatures, ensure_decoder
-    from veil.weights import load_faceboxes, sha256_file
+    from veil.privacy.train import ModelFeatures, ensure_decoder
 
     t0 = time.monotonic()
-    model, sha = load_faceboxes(args.weights)
-    obf, nmeta = load_obfuscator(None, noise=args.noise, weights_sha256=sha)
+    model = create("faceboxes", weights=args.weights)
+    obf, nmeta = load_obfuscator(None, noise=args.noise, model=model)
     nsha = sha256_file(args.noise)
     model.to(args.device)
     obf.to(torch.device(args.device))
-    feats = FaceFeatures(model)
+    feats = ModelFeatures(model)
     common = {
-        "train_dirs": args.images,
+        "data": args.images,
         "batch": args.batch,
         "progress": False,
         "scale": args.scale,
@@ -73,7 +74,7 @@ def main() -> None:
         "decoders": {},
     }
     for name, kw, seconds in plan:
-        dec = ensure_decoder(model.head, sha, seconds / 60.0, **common, **kw)
+        dec = ensure_decoder(model, seconds / 60.0, **common, **kw)
         out["decoders"][name] = dec.meta
         print(
             json.dumps(

@@ -228,7 +228,7 @@ def fddb_noisy_maps(det: Detector, server: TritonServer, fddb: Path, alpha: floa
     from veil.obfuscate import load_obfuscator
 
     noisy = Detector(det.model, det.weights_sha256, scale=det.scale)
-    noisy.obfuscator, _ = load_obfuscator(alpha, weights_sha256=det.weights_sha256)
+    noisy.obfuscator, _ = load_obfuscator(alpha, model=det.model)
     out: dict = {"alpha": alpha, "seed": 0}
     for name, d in (("in-process", noisy), ("server gRPC FP32 binary", TritonDetector(noisy, server.grpc_url, "grpc"))):
         t0 = time.perf_counter()

@@ -14,10 +14,16 @@ import tomllib
 import torch
 
 from veil import assets
+from veil.models import build, create
 from veil.obfuscate import NoiseFileError, load_obfuscator, noise_path
 from veil.weights import REFERENCE_SHA256
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference():
+    """FaceBoxes with the shipped checkpoint at its default split: what the shipped noise is for."""
+    return create("faceboxes")
 
 
 @pytest.fixture()
@@ -33,35 +39,35 @@ def empty_cache(tmp_path, monkeypatch) -> Path:
 def test_shipped_noise_loads_for_the_reference_weights_only(alpha, empty_cache):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the noise-file sanity checks accept it as a fit for this ALPHA
-        obf, meta = load_obfuscator(alpha, weights_sha256=REFERENCE_SHA256)
+        obf, meta = load_obfuscator(alpha, model=_reference())
     path = noise_path(alpha, assets.NOISE_DIR)
     assert path.is_file() and path.stat().st_size < 64_000, "ships, a few KB each"
     assert meta["alpha"] == alpha and meta["weights_sha256"] == REFERENCE_SHA256
     assert obf.channels == 128 and torch.isfinite(obf.log_sigma).all()
     text = str(meta["data"]) + meta["command"]
     assert "fddb" not in text.lower() and "shared" not in text and "veil fit-noise" in meta["command"]
-    other = "0" * 64  # never used for other weights: not offered by default, refused when named
+    other = build("faceboxes")  # never used for other weights: not offered by default, refused when named
     with pytest.raises(NoiseFileError, match=f"no noise fitted for ALPHA {alpha:g}"):
-        load_obfuscator(alpha, weights_sha256=other)
+        load_obfuscator(alpha, model=other)
     with pytest.raises(NoiseFileError, match="SHA-256"):
-        load_obfuscator(alpha, noise=path, weights_sha256=other)
+        load_obfuscator(alpha, noise=path, model=other)
 
 
 def test_users_own_noise_takes_precedence(empty_cache):
-    own = empty_cache / "noise" / "alpha-0.8.safetensors"
+    own = empty_cache / "noise" / _reference().key / "alpha-0.8.safetensors"  # the model's own noise directory
     own.parent.mkdir(parents=True)
     own.write_bytes(b"not a noise file")
     with pytest.raises(NoiseFileError, match="not a readable noise file"):  # the cache is read first
-        load_obfuscator(0.8, weights_sha256=REFERENCE_SHA256)
+        load_obfuscator(0.8, model=_reference())
     with pytest.raises(NoiseFileError, match=r"no noise fitted for ALPHA 0\.3"):  # none ships for 0.3
-        load_obfuscator(0.3, weights_sha256=REFERENCE_SHA256)
+        load_obfuscator(0.3, model=_reference())
 
 
 def test_shipped_noise_grows_with_alpha():
     """Higher ALPHA = more obfuscation: the fitted noise power relative to the signal rises."""
     nsr = []
     for a in assets.SHIPPED_ALPHAS:
-        obf, _ = load_obfuscator(a, noise=noise_path(a, assets.NOISE_DIR))
+        obf, _ = load_obfuscator(a, noise=noise_path(a, assets.NOISE_DIR), model=_reference())
         nsr.append(float(((2 * obf.log_sigma).exp().sum() / obf.signal_power.sum()).log10()))
     assert all(b > a for a, b in itertools.pairwise(nsr)), nsr
 

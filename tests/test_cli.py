@@ -194,7 +194,7 @@ def test_noise_for_another_channel_count_is_refused_at_load(detector, weights_pa
     from veil.obfuscate import Obfuscator, save_obfuscator
 
     path = tmp_path / "alpha-0.8.safetensors"
-    save_obfuscator(Obfuscator(64, init_sigma=0.3), path, {"alpha": 0.8, "weights_sha256": detector.weights_sha256})
+    save_obfuscator(Obfuscator(64, init_sigma=0.3), path, {"alpha": 0.8}, detector.model)
     rc = main(
         [
             "detect",
@@ -281,3 +281,35 @@ def test_printed_commands_quote_paths(tmp_path, capsys):
     assert main(["serve", "--model-repository", str(missing)]) == 2
     hint = capsys.readouterr().err.split("create one with `")[1].split("`")[0]
     assert shlex.split(hint) == ["veil", "export-triton", "--out", str(missing)]
+
+
+# -- veil weights (issue 10 §8) ------------------------------------------------------------------------
+
+
+def test_weights_import_then_path_uses_the_cache_and_refuses_a_truncated_copy(
+    weights_path, tmp_path, monkeypatch, capsys
+):
+    """`veil weights import` verifies the real checkpoint and installs it in the cache, which `veil weights
+    path` then names before the shipped copy; a truncated copy is refused with its SHA-256 and nothing is
+    installed; `fetch` from an unreachable source says so and installs nothing."""
+    from veil import assets
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(cache))
+    monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
+    bad = tmp_path / "FaceBoxesProd.pth"
+    bad.write_bytes(weights_path.read_bytes()[:100_000])
+    assert main(["weights", "import", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "SHA-256" in err and "Traceback" not in err
+    assert not list(cache.rglob("*.pth"))
+    assert main(["weights", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(assets.WEIGHTS)  # nothing installed: the shipped copy
+    assert main(["weights", "import", str(weights_path)]) == 0
+    installed = cache / "FaceBoxesProd.pth"
+    assert f"installed {installed}" in capsys.readouterr().out
+    assert installed.read_bytes() == weights_path.read_bytes()
+    assert main(["weights", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(installed)
+    assert main(["weights", "fetch", "--url", "http://127.0.0.1:9/none.pth"]) == 2  # nothing listens on port 9
+    assert "Traceback" not in capsys.readouterr().err and installed.read_bytes() == weights_path.read_bytes()

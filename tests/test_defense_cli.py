@@ -85,7 +85,11 @@ def test_distill_tail_and_fit_bottleneck_write_files_that_load(weights_path, few
     model, digest = load_faceboxes(weights_path)
     obf = Obfuscator(128, init_sigma=torch.full((128,), 2.43))
     obf.signal_power.fill_(0.59)  # the head's total power (≈ 75) and +10 dB on it, like a fitted ALPHA 0.9 file
-    noise = save_obfuscator(obf, tmp_path / "n.safetensors", {"alpha": 0.9, "weights_sha256": digest})
+    noise = save_obfuscator(
+        obf,
+        tmp_path / "n.safetensors",
+        {"alpha": 0.9, "weights_sha256": digest, "model": "faceboxes", "split_point": "faceboxes.rdcl"},
+    )
     common = [
         "--weights",
         str(weights_path),

@@ -108,9 +108,21 @@ def test_attach_selects_noise_and_tail_together(model, banks, tmp_path, fddb_ima
     m, digest = model
     train, _ = banks
     obf = heavy_noise(train)
-    noise = save_obfuscator(obf, tmp_path / "alpha-0.9.safetensors", {"alpha": 0.9, "weights_sha256": digest})
+    noise = save_obfuscator(
+        obf,
+        tmp_path / "alpha-0.9.safetensors",
+        {"alpha": 0.9, "weights_sha256": digest, "model": "faceboxes", "split_point": "faceboxes.rdcl"},
+    )
     other = save_obfuscator(
-        obf, tmp_path / "other.safetensors", {"alpha": 0.9, "weights_sha256": digest, "note": "same σ, another file"}
+        obf,
+        tmp_path / "other.safetensors",
+        {
+            "alpha": 0.9,
+            "weights_sha256": digest,
+            "model": "faceboxes",
+            "split_point": "faceboxes.rdcl",
+            "note": "same σ, another file",
+        },
     )
     student, log, data = distill_tail(m, obf, [], DistillConfig(steps=2, batch_size=4), bank=banks, progress=False)
     path = save_robust_tail(

@@ -35,7 +35,14 @@ def setup(weights_path, fddb_image_paths, tmp_path_factory):
     with torch.no_grad():
         obf.signal_power.fill_(0.7)  # the head's mean channel power on fitting crops (measured: 0.716)
     noise = save_obfuscator(
-        obf, d / "noise" / "alpha-0.8.safetensors", {"alpha": 0.8, "weights_sha256": sha256_file(weights_path)}
+        obf,
+        d / "noise" / "alpha-0.8.safetensors",
+        {
+            "alpha": 0.8,
+            "weights_sha256": sha256_file(weights_path),
+            "model": "faceboxes",
+            "split_point": "faceboxes.rdcl",
+        },
     )
     key = d / "client.key"
     rc, out, _ = run_cli("noise-key", "new", key)

@@ -36,9 +36,14 @@ def _fitted_like(alpha: float) -> Obfuscator:
     return o.requires_grad_(False)
 
 
+#: The reference head (FaceBoxes' reference weights at rdcl), given explicitly: what the test files are for.
+IDENT = {"weights_sha256": REFERENCE_SHA256, "split_point": "faceboxes.rdcl"}
+FOR = {**IDENT, "model": "faceboxes"}
+
+
 def _save(tmp_path, alpha=0.8, name=None, stats=True):
     o = _fitted_like(alpha)
-    meta = {"alpha": alpha, "weights_sha256": REFERENCE_SHA256}
+    meta = {"alpha": alpha, **FOR}
     if stats:
         meta["activation_stats"] = {"channel_power": [round(float(v), 6) for v in o.signal_power]}
     return save_obfuscator(o, tmp_path / (name or f"alpha-{alpha:g}.safetensors"), meta)
@@ -59,14 +64,14 @@ def _tamper(path, **changes):
 def test_files_as_fitted_load_at_every_measured_alpha(tmp_path, alpha):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # as fitted at the defaults: not even a warning
-        obf, meta = load_obfuscator(alpha, noise=_save(tmp_path, alpha))
+        obf, meta = load_obfuscator(alpha, noise=_save(tmp_path, alpha), **IDENT)
     assert meta["alpha"] == alpha and obf.mode == "fresh"
 
 
 def test_accepted_but_unusual_noise_loads_with_a_warning(tmp_path):
     path = _tamper(_save(tmp_path, stats=False), log_sigma=lambda t: t - math.log(10) * 0.6)  # 12 dB quieter
     with pytest.warns(NoiseFileWarning, match=r"-10.5 dB on its own statistics, -12.0 dB from .* ALPHA 0.8"):
-        load_obfuscator(0.8, noise=path)
+        load_obfuscator(0.8, noise=path, **IDENT)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +88,7 @@ def test_accepted_but_unusual_noise_loads_with_a_warning(tmp_path):
 def test_tampered_noise_is_refused_with_the_reason(tmp_path, change, reason):
     path = _tamper(_save(tmp_path, stats=False), **change)
     with pytest.raises(NoiseFileError, match=reason):
-        load_obfuscator(0.8, noise=path)
+        load_obfuscator(0.8, noise=path, **IDENT)
 
 
 def test_noise_far_below_or_above_its_alpha_is_refused_with_the_numbers(tmp_path):
@@ -91,21 +96,21 @@ def test_noise_far_below_or_above_its_alpha_is_refused_with_the_numbers(tmp_path
     assert lo < expected_nsr_db(0.8) - 1.8 < hi
     quiet = _tamper(_save(tmp_path, stats=False), log_sigma=lambda t: t - 0.5 * math.log(10) * (hi - lo) / 10 * 1.1)
     with pytest.raises(NoiseFileError, match=r"ratio .* is -\d+\.\d dB, far below.*ALPHA 0.8 \(accepted -16.0 … "):
-        load_obfuscator(0.8, noise=quiet)
+        load_obfuscator(0.8, noise=quiet, **IDENT)
     # ALPHA 0.8 noise lowered by 20 dB (about what an ALPHA 0.2 file relabelled 0.8 would be) is refused.
     low = _tamper(_save(tmp_path, 0.8, name="low.safetensors", stats=False), log_sigma=lambda t: t - math.log(10))
     with pytest.raises(NoiseFileError, match="far below"):
-        load_obfuscator(0.8, noise=low)
+        load_obfuscator(0.8, noise=low, **IDENT)
     loud = _tamper(_save(tmp_path, 0.2, stats=False), log_sigma=lambda t: t + 2.5 * math.log(10))
     with pytest.raises(NoiseFileError, match=r"far above.*ALPHA 0.2"):
-        load_obfuscator(0.2, noise=loud)
+        load_obfuscator(0.2, noise=loud, **IDENT)
 
 
 def test_statistics_and_noise_scaled_down_together_are_refused_for_the_reference_head(tmp_path):
     """Relative checks cannot see σ and the recorded power shrunk together; the reference head's power can."""
-    meta = {"alpha": 0.8, "weights_sha256": REFERENCE_SHA256}
+    meta = {"alpha": 0.8, **FOR}
     real = Obfuscator(128, init_sigma=2.0)  # ΣE[a²] = 128 recorded: near the head's 60–92, NSR +6 dB
-    load_obfuscator(0.8, noise=save_obfuscator(real, tmp_path / "real.safetensors", meta))
+    load_obfuscator(0.8, noise=save_obfuscator(real, tmp_path / "real.safetensors", meta), **IDENT)
     fake = Obfuscator(128, init_sigma=2e-3)
     with torch.no_grad():
         fake.signal_power.fill_(1e-6)  # the same +6 dB, a million times less noise on the real activation
@@ -113,24 +118,24 @@ def test_statistics_and_noise_scaled_down_together_are_refused_for_the_reference
         fake, tmp_path / "fake.safetensors", {**meta, "activation_stats": {"channel_power": [1e-6] * 128}}
     )
     with pytest.raises(NoiseFileError, match=r"total activation power of 0.000128, but the reference head's is"):
-        load_obfuscator(0.8, noise=path)
+        load_obfuscator(0.8, noise=path, **IDENT)
 
 
 def test_signal_statistics_edited_apart_from_the_metadata_are_refused(tmp_path):
     path = _tamper(_save(tmp_path), signal_power=lambda t: t * 1e-4)  # σ would look large beside a tiny signal
     with pytest.raises(NoiseFileError, match="disagrees with the activation statistics"):
-        load_obfuscator(0.8, noise=path)
+        load_obfuscator(0.8, noise=path, **IDENT)
 
 
 def test_pinned_sha256_mismatch_is_refused_with_both_hashes(tmp_path):
     path = _save(tmp_path)
     good = hashlib.sha256(path.read_bytes()).hexdigest()
-    load_obfuscator(0.8, noise=path, sha256=good.upper())  # the pin matches whatever the case
+    load_obfuscator(0.8, noise=path, sha256=good.upper(), **IDENT)  # the pin matches whatever the case
     _tamper(path, mu=lambda t: t + 0.01)  # a small, otherwise plausible edit
     bad = hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(NoiseFileError, match=f"{path}.*SHA-256 {bad}, but {good} is pinned"):
-        load_obfuscator(0.8, noise=path, sha256=good)
-    load_obfuscator(0.8, noise=path)  # without a pin the edit is plausible and loads
+        load_obfuscator(0.8, noise=path, sha256=good, **IDENT)
+    load_obfuscator(0.8, noise=path, **IDENT)  # without a pin the edit is plausible and loads
 
 
 def test_written_noise_json_is_strict(tmp_path):
@@ -140,7 +145,7 @@ def test_written_noise_json_is_strict(tmp_path):
         tmp_path / "n.safetensors",
         {
             "alpha": 0.8,
-            "weights_sha256": REFERENCE_SHA256,
+            **FOR,
             "loss_log": [{"nsr_db": float("inf"), "loss": float("nan")}],
         },
     )

@@ -176,16 +176,28 @@ def test_key_files_are_created_private_and_refused_when_not(tmp_path):
     assert read_key_file(raw) == NoiseKey(bytes(range(200, 240)))
 
 
+#: What the test noise file is for (the reference head at rdcl), given explicitly.
+FOR = {"weights_sha256": REFERENCE_SHA256, "split_point": "faceboxes.rdcl"}
+
+
 def test_load_obfuscator_takes_the_key_as_bytes_or_file(tmp_path):
     o = _obf()
     with torch.no_grad():
         o.signal_power.fill_(float(o.noise_variance().mean()) * 10**0.86)  # NSR −8.6 dB: as fitted at 0.5
-    save_obfuscator(o, tmp_path / "alpha-0.5.safetensors", {"alpha": 0.5, "weights_sha256": REFERENCE_SHA256})
+    save_obfuscator(
+        o,
+        tmp_path / "alpha-0.5.safetensors",
+        {"alpha": 0.5, "model": "faceboxes", **FOR},
+    )
     keyfile = tmp_path / "k"
     key = new_key_file(keyfile)
     a = torch.rand(1, 8, 6, 6)
-    by_bytes, _ = load_obfuscator(0.5, noise_dir=tmp_path, key=key)
-    by_file, _ = load_obfuscator(0.5, noise_dir=tmp_path, key=keyfile)
+    by_bytes, _ = load_obfuscator(
+        0.5, noise_dir=tmp_path, key=key, weights_sha256=REFERENCE_SHA256, split_point="faceboxes.rdcl"
+    )
+    by_file, _ = load_obfuscator(
+        0.5, noise_dir=tmp_path, key=keyfile, weights_sha256=REFERENCE_SHA256, split_point="faceboxes.rdcl"
+    )
     assert by_bytes.mode == "keyed" and torch.equal(by_bytes(a), by_file(a))
-    plain, _ = load_obfuscator(0.5, noise_dir=tmp_path)
+    plain, _ = load_obfuscator(0.5, noise_dir=tmp_path, **FOR)
     assert plain.mode == "fresh"

@@ -131,37 +131,49 @@ def test_nsr_reports_dead_channels_and_rejects_silence():
         nsr_report(nsr_sums(torch.zeros(1, 8, 2, 2), o))
 
 
-def _save(tmp_path, alpha=0.4, sha=REFERENCE_SHA256, name=None):
+#: What the 8-channel test noise is for (no SplitModel here: the identity is given explicitly).
+IDENT = {"weights_sha256": REFERENCE_SHA256, "split_point": SPLIT_POINT}
+
+
+def _save(tmp_path, alpha=0.4, sha=REFERENCE_SHA256, name=None, split_point=SPLIT_POINT):
     path = tmp_path / (name or noise_filename(alpha))
     o = _obf()
     with torch.no_grad():  # recorded statistics that put the noise where a fit at ALPHA does
         o.signal_power.fill_(float(o.noise_variance().mean()) * 10 ** (-(expected_nsr_db(alpha) - 1.8) / 10))
-    save_obfuscator(o, path, {"alpha": alpha, "weights_sha256": sha})
+    meta = {"alpha": alpha, "weights_sha256": sha, "model": split_point.split(".")[0], "split_point": split_point}
+    save_obfuscator(o, path, meta)
     return path
 
 
 def test_artifact_round_trip_and_noise_dir_lookup(tmp_path):
     path = _save(tmp_path, 0.4)
     assert path.name == "alpha-0.4.safetensors"
-    obf, meta = load_obfuscator(0.4, noise_dir=tmp_path)
+    obf, meta = load_obfuscator(0.4, noise_dir=tmp_path, **IDENT)
     assert meta["alpha"] == 0.4 and meta["split_point"] == SPLIT_POINT and meta["family"] == "gaussian"
+    assert meta["model"] == "faceboxes"
     assert torch.equal(obf.log_sigma, _obf().log_sigma) and torch.equal(obf.mu, _obf().mu)
     assert not obf.seeded
-    seeded, _ = load_obfuscator(None, noise=path, seed=1)
+    seeded, _ = load_obfuscator(None, noise=path, seed=1, **IDENT)
     assert seeded.seeded
 
 
 def test_artifact_refuses_other_weights_split_alpha_and_missing(tmp_path):
     path = _save(tmp_path, 0.4, sha="0" * 64)
     with pytest.raises(NoiseFileError, match="fitted for model weights with SHA-256 0000"):
-        load_obfuscator(0.4, noise=path)
+        load_obfuscator(0.4, noise=path, **IDENT)
     good = _save(tmp_path, 0.6)
-    with pytest.raises(NoiseFileError, match="split point"):
-        load_obfuscator(0.6, noise=good, split_point="other.layer")
+    with pytest.raises(NoiseFileError, match=r"fitted at split point 'faceboxes\.rdcl'.*splits at 'faceboxes\.other'"):
+        load_obfuscator(0.6, noise=good, weights_sha256=REFERENCE_SHA256, split_point="faceboxes.other")
+    with pytest.raises(NoiseFileError, match=r"fitted for model 'faceboxes'.*this model is 'digits'"):
+        load_obfuscator(0.6, noise=good, weights_sha256=REFERENCE_SHA256, split_point="digits.block1")
     with pytest.raises(NoiseFileError, match=r"ALPHA 0.6, not the requested 0.8"):
-        load_obfuscator(0.8, noise=good)
+        load_obfuscator(0.8, noise=good, **IDENT)
     with pytest.raises(NoiseFileError, match=r"veil fit-noise --alpha 0.9"):
-        load_obfuscator(0.9, noise_dir=tmp_path)
+        load_obfuscator(0.9, noise_dir=tmp_path, **IDENT)
+    with pytest.raises(ValueError, match="which model is the noise for"):  # no default model
+        load_obfuscator(0.6, noise=good, weights_sha256=REFERENCE_SHA256)
+    with pytest.raises(ValueError, match="needs 'model'"):  # nor a default model in the file
+        save_obfuscator(_obf(), tmp_path / "x.safetensors", {"alpha": 0.4, "weights_sha256": REFERENCE_SHA256})
 
 
 @pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan"), float("inf"), True, "0.8"])
@@ -172,7 +184,7 @@ def test_alpha_outside_0_1_is_refused_by_every_entry_point(bad, tmp_path):
         lambda: check_alpha(bad),
         lambda: noise_path(bad, tmp_path),
         lambda: noise_filename(bad),
-        lambda: load_obfuscator(bad, noise_dir=tmp_path),
+        lambda: load_obfuscator(bad, noise_dir=tmp_path, **IDENT),
         lambda: find_noise_file(bad, noise_dir=tmp_path),
     ):
         with pytest.raises(ValueError, match="ALPHA must be"):
@@ -198,18 +210,23 @@ def test_noise_path_is_built_in_one_place(tmp_path, monkeypatch):
 
 def test_noise_lookup_order_user_file_then_shipped_for_the_reference_weights_only(tmp_path, monkeypatch):
     from veil import assets
+    from veil.models import build, create
 
     monkeypatch.setenv("VEIL_NOISE_DIR", str(tmp_path))
     shipped = noise_path(0.8, assets.NOISE_DIR)
     if not shipped.is_file():
         pytest.skip(f"{shipped} does not ship in this installation")
-    assert find_noise_file(0.8) == shipped  # nothing of the user's: the shipped file
-    with pytest.raises(NoiseFileError, match=r"no noise fitted for ALPHA 0.8"):
-        find_noise_file(0.8, weights_sha256="0" * 64)  # shipped noise is for the reference weights only
+    ref = create("faceboxes")
+    assert find_noise_file(0.8, model=ref) == shipped  # nothing of the user's: the shipped file
+    for other in (build("faceboxes"), create("faceboxes", split="inception2")):  # other weights, other split
+        with pytest.raises(NoiseFileError, match=r"no noise fitted for ALPHA 0.8 for faceboxes\."):
+            find_noise_file(0.8, model=other)  # shipped noise is for the reference weights at rdcl only
+    with pytest.raises(NoiseFileError, match=r"veil fit-noise --split inception2 --alpha 0.8"):
+        find_noise_file(0.8, model=create("faceboxes", split="inception2"))
     with pytest.raises(NoiseFileError, match=r"veil fit-noise --alpha 0.8"):
-        find_noise_file(0.8, noise_dir=tmp_path)  # an explicit directory is searched alone
+        find_noise_file(0.8, noise_dir=tmp_path, model=ref)  # an explicit directory is searched alone
     own = _save(tmp_path, 0.8)
-    assert find_noise_file(0.8) == own  # the user's own comes first
+    assert find_noise_file(0.8, model=ref) == own  # the user's own comes first
     assert find_noise_file(None, noise=tmp_path / "x.safetensors") == tmp_path / "x.safetensors"
     with pytest.raises(ValueError, match="give ALPHA or an explicit noise file"):
         find_noise_file(None)
@@ -222,7 +239,7 @@ def test_corrupt_or_foreign_files_get_a_clear_error(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     for name in ("trunc.safetensors", "junk.safetensors"):
         with pytest.raises(NoiseFileError, match=r"corrupt|not a readable"):
-            load_obfuscator(None, noise=tmp_path / name)
+            load_obfuscator(None, noise=tmp_path / name, **IDENT)
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))

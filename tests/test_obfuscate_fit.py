@@ -80,7 +80,7 @@ def test_detect_with_nsr_is_detect_with_the_same_noise_plus_its_nsr(weights_path
     image = load_image(sorted(dlib_dir.glob("*.jpg"))[0])
     with pytest.raises(ValueError, match="obfuscator"):
         detect_with_nsr(det, image)
-    det.obfuscator, _ = load_obfuscator(0.8, weights_sha256=det.weights_sha256, seed=3)  # the shipped noise
+    det.obfuscator, _ = load_obfuscator(0.8, model=det.model, seed=3)  # the shipped noise
     boxes, sums = detect_with_nsr(det, image)
     det.obfuscator.reseed(3)
     assert np.array_equal(boxes, det.detect(image))

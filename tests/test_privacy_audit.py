@@ -19,7 +19,13 @@ def noise_dir(tmp_path, weights_path):
 
     obf = Obfuscator(128, seed=0, init_sigma=2.0)
     d = tmp_path / "noise"
-    save_obfuscator(obf, d / "alpha-0.5.safetensors", {"alpha": 0.5, "weights_sha256": sha256_file(weights_path)})
+    meta = {
+        "alpha": 0.5,
+        "weights_sha256": sha256_file(weights_path),
+        "model": "faceboxes",
+        "split_point": "faceboxes.rdcl",
+    }
+    save_obfuscator(obf, d / "alpha-0.5.safetensors", meta)
     return d
 
 

@@ -23,7 +23,11 @@ def test_audit_noise_loads_the_directory_file_and_hashes_it(tmp_path, model_sha)
 
     model, sha = model_sha
     path = tmp_path / "alpha-0.5.safetensors"
-    save_obfuscator(Obfuscator(128, init_sigma=2.0), path, {"alpha": 0.5, "weights_sha256": sha})
+    save_obfuscator(
+        Obfuscator(128, init_sigma=2.0),
+        path,
+        {"alpha": 0.5, "weights_sha256": sha, "model": "faceboxes", "split_point": "faceboxes.rdcl"},
+    )
     with pytest.warns(UserWarning, match="NSR"):  # an unfitted file: accepted, with the warning
         nz = audit_noise(0.5, model, sha, [], noise_dir=tmp_path, progress=False)
     assert nz.path == path and nz.sha256 == sha256_file(path) and float(nz.meta["alpha"]) == 0.5

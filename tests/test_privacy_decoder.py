@@ -112,6 +112,7 @@ def test_train_decoder_cli_trains_naive_then_adaptive_on_the_shipped_noise(dlib_
     """`veil train-decoder`: the naive decoder, then the adaptive one keyed by the noise file it used."""
     from veil.cli.main import main
     from veil.digest import sha256_file
+    from veil.models import create
     from veil.obfuscate import find_noise_file
 
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
@@ -124,7 +125,7 @@ def test_train_decoder_cli_trains_naive_then_adaptive_on_the_shipped_noise(dlib_
     assert [p.name for p in cached] == ["naive.safetensors"]
     assert main(["train-decoder", "--alpha", "0.8", *common]) == 0
     meta = json.loads(capsys.readouterr().out)
-    shipped = find_noise_file(0.8)
+    shipped = find_noise_file(0.8, model=create("faceboxes"))
     assert meta["kind"] == "adaptive" and meta["alpha"] == 0.8
     assert meta["noise_sha256"] == sha256_file(shipped)
     names = sorted(p.name for p in (tmp_path / "cache" / "attackers").glob("*.safetensors"))

@@ -247,7 +247,7 @@ def test_decoder_records_seed_data_order_and_curve(detector, dlib_dir):
 def test_perceptual_loss_is_zero_on_the_target_and_grows(detector):
     from veil.privacy.train import FaceFeatures, perceptual_loss
 
-    feats = FaceFeatures(detector.model)
+    feats = FaceFeatures(detector.model.network)
     x = torch.randn(1, 3, 64, 64) * 40
     assert float(perceptual_loss(feats, x, x)) == pytest.approx(0.0, abs=1e-6)
     assert float(perceptual_loss(feats, x + 30 * torch.randn_like(x), x)) > float(perceptual_loss(feats, x + 3, x))

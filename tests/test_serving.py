@@ -59,7 +59,8 @@ def _fitted_noise(weights_sha256: str):
     from veil import assets
     from veil.obfuscate import load_obfuscator, noise_path
 
-    return load_obfuscator(0.8, noise=noise_path(0.8, assets.NOISE_DIR), weights_sha256=weights_sha256)[0]
+    noise = noise_path(0.8, assets.NOISE_DIR)
+    return load_obfuscator(0.8, noise=noise, weights_sha256=weights_sha256, split_point="faceboxes.rdcl")[0]
 
 
 @pytest.fixture(scope="module")

@@ -361,7 +361,7 @@ def test_sweep_fits_times_draws_reports_the_spread_with_replayable_seeds(fit_ima
     assert "| 0.8 | 2 × 2 |" in (out / "repeats.md").read_text() and "± " in stdout
     # A recorded draw replays exactly: its fit's file and its seed give the same mAP.
     det = Detector.from_weights(weights_path)
-    det.obfuscator, _ = load_obfuscator(0.8, noise=runs[2]["noise_file"], weights_sha256=det.weights_sha256)
+    det.obfuscator, _ = load_obfuscator(0.8, noise=runs[2]["noise_file"], model=det.model)
     again = evaluate_fddb(det, tiny_fddb, progress=False, nsr=True, seed=runs[2]["draw_seed"])
     assert again.mAP == runs[2]["mAP"]
     rc, _, err = run_cli("sweep", "--alphas", "0.8", "--fits", "0", "--dataset", tiny_fddb, "--out", out)

@@ -86,13 +86,17 @@ def faces(n: int) -> str:
 
 
 def export_repository(model, weights_sha256: str, out: Path) -> Path:
-    """The python-backend Triton repository for these weights under ``out``, reused when it matches."""
+    """The python-backend Triton repository for this model (split, weights) under ``out``, reused when it matches."""
+    from veil.models import as_split_model
     from veil.serving.repository import MANIFEST, write_repository
 
+    model = as_split_model(model)
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
-            if json.loads(manifest.read_text()).get("weights_sha256") == weights_sha256 and (out / "python").is_dir():
+            m = json.loads(manifest.read_text())
+            same = m.get("weights_sha256") == weights_sha256 and m.get("split_point") == model.split_point
+            if same and (out / "python").is_dir():
                 return out / "python"
         except json.JSONDecodeError:
             pass
@@ -146,7 +150,7 @@ def run_demo(
     from veil.obfuscate import find_noise_file, load_obfuscator
     from veil.privacy.decoders import load_decoder, reconstruct
     from veil.serving.client import TritonDetector
-    from veil.serving.repository import model_name
+    from veil.serving.repository import model_name, served_prefix
     from veil.serving.server import ServerError, TritonServer, unsupported_reason
 
     why = unsupported_reason()
@@ -157,12 +161,12 @@ def run_demo(
     (out / "boxes").mkdir(parents=True, exist_ok=True)
     photos = _load(images, log)
     det = Detector.from_weights(weights)
-    noise_file = find_noise_file(alpha, noise, weights_sha256=det.weights_sha256)  # named in the report
-    det.obfuscator, meta = load_obfuscator(alpha, noise=noise_file, weights_sha256=det.weights_sha256)
+    noise_file = find_noise_file(alpha, noise, model=det.model)  # named in the report
+    det.obfuscator, meta = load_obfuscator(alpha, noise=noise_file, model=det.model)
     dec = load_decoder(decoder)
     log(f"exporting the tail for Triton → {out / 'triton-repo'}")
     repo = export_repository(det.model, det.weights_sha256, out / "triton-repo")
-    served = model_name(noisy=True, fp16=fp16)
+    served = model_name(noisy=True, fp16=fp16, prefix=served_prefix(det.model))
     report = DemoReport(
         alpha=alpha,
         weights_sha256=det.weights_sha256,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from veil.cli.errors import CLIError
-from veil.cli.options import alpha_arg
+from veil.cli.options import add_model_choice, alpha_arg, create_model
 from veil.jsonio import write_json
 from veil.obfuscate.artifact import noise_path
 from veil.obfuscate.crops import DEFAULT_CROP, DEFAULT_SCALE_RANGE
@@ -102,23 +102,68 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output file (default: NOISE_DIR/alpha-<A>.safetensors)")
     p.add_argument(
         "--noise-dir",
-        help="noise directory when --out is not given (default: $VEIL_NOISE_DIR, else noise/ in the veil cache)",
+        help="noise directory when --out is not given (default: $VEIL_NOISE_DIR, else noise/MODEL-SPLIT-SHA12/ in "
+        "the veil cache: one directory per model, split and weights)",
     )
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the shipped ones)")
+    add_model_choice(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_fit_args(p)
+    add_defense_args(p)
     p.set_defaults(func=run)
+
+
+def add_defense_args(p: argparse.ArgumentParser) -> None:
+    """``fit-noise`` beyond per-channel NSR noise (issue 9 §2a, §2b): ``veil.defenses.adversarial``."""
+    g = p.add_argument_group("privacy objective and noise model")
+    g.add_argument(
+        "--objective",
+        choices=("nsr", "adversarial"),
+        default="nsr",
+        help="nsr: reward noise power (default); adversarial: also fight a small reconstruction decoder "
+        "trained alongside on the fitting photos, with their face regions weighted (min-max)",
+    )
+    g.add_argument(
+        "--privacy-term",
+        choices=("l1", "perceptual"),
+        default="l1",
+        help="what the adversarial objective measures: face-weighted pixel L1, or that plus a face-weighted "
+        "distance in the frozen detector's features (perceptual). An identity-embedding term is not "
+        "offered: veil's identity model (dlib) is not differentiable from Python (default: %(default)s)",
+    )
+    g.add_argument(
+        "--adversary-weight", type=float, default=0.25, help="weight of the adversarial term (default: %(default)s)"
+    )
+    g.add_argument(
+        "--face-weight", type=float, default=4.0, help="extra weight of face pixels in that term (default: %(default)s)"
+    )
+    g.add_argument("--adversary-seed", type=int, help="the in-loop adversary's seed (default: drawn from the OS)")
+    g.add_argument(
+        "--noise-model",
+        choices=("per-channel", "conditioned"),
+        default="per-channel",
+        help="per-channel μ, σ (default), or input-conditioned μ(a), σ(a) from a small conv net run on the "
+        "client, started from a per-channel fit (--init-noise)",
+    )
+    g.add_argument(
+        "--init-noise",
+        help="conditioned: the per-channel noise file to start from (default: the noise fitted for ALPHA)",
+    )
+    g.add_argument("--hidden", type=int, default=32, help="conditioned: width of the net (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     from veil.obfuscate.recipe import fit_and_save  # heavy imports only when fitting
-    from veil.weights import load_faceboxes
 
     images = fit_images(args.images)
-    out = Path(args.out) if args.out else noise_path(args.alpha, args.noise_dir)
-    if out.suffix != ".safetensors":
-        raise CLIError(f"--out must end in .safetensors, got {out}")
-    model, digest = load_faceboxes(args.weights)
+    if args.out and Path(args.out).suffix != ".safetensors":
+        raise CLIError(f"--out must end in .safetensors, got {args.out}")
+    model = create_model(args)
+    digest = model.weights_sha256
+    out = Path(args.out) if args.out else noise_path(args.alpha, args.noise_dir, model)
+    if args.objective != "nsr" or args.noise_model != "per-channel":
+        result, meta = _fit_defended(args, model, digest, images, out)
+        _report(args, result, meta, out)
+        return 0
     result, meta = fit_and_save(
         model,
         digest,
@@ -130,6 +175,51 @@ def run(args: argparse.Namespace) -> int:
         crops_per_image=args.crops_per_image,
         progress=not args.quiet,
     )
+    _report(args, result, meta, out)
+    return 0
+
+
+def _fit_defended(args: argparse.Namespace, model, digest: str, images: list[str], out: Path):
+    from dataclasses import replace
+
+    from veil.defenses.adversarial import fit_and_save as fit_defended
+    from veil.digest import sha256_file
+    from veil.obfuscate import find_noise_file, load_obfuscator
+
+    cfg = replace(
+        fit_config(args, args.alpha),
+        objective=args.objective,
+        adversary_weight=args.adversary_weight if args.objective == "adversarial" else 0.0,
+    )
+    init, init_sha = None, None
+    if args.noise_model == "conditioned":
+        path = find_noise_file(args.alpha, args.init_noise, None, model)
+        init, _ = load_obfuscator(args.alpha, noise=path, model=model)
+        init_sha = sha256_file(path)
+    try:
+        return fit_defended(
+            model,
+            digest,
+            images,
+            out,
+            cfg,
+            noise_model=args.noise_model,
+            init_noise=init,
+            init_noise_sha256=init_sha,
+            hidden=args.hidden,
+            privacy_term=args.privacy_term,
+            face_weight=args.face_weight,
+            adversary_seed=args.adversary_seed,
+            crop=args.crop,
+            scale_range=tuple(args.scale_range),
+            crops_per_image=args.crops_per_image,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _report(args: argparse.Namespace, result, meta: dict, out: Path) -> None:
     first, last = result.log[0], result.log[-1]
     print(
         f"fitted ALPHA {args.alpha:g} in {result.seconds:.0f} s on {meta['data']['images']} images: "
@@ -140,4 +230,7 @@ def run(args: argparse.Namespace) -> int:
     log_path = out.with_suffix(".log.json")
     write_json(log_path, result.log)
     print(f"loss log: {log_path}")
-    return 0
+    if "adversary" in meta:
+        a = meta["adversary"]
+        seeds = f"seed {a['seed']}, data order {a['data_order_seed']}"
+        print(f"in-loop adversary: {seeds}, weights SHA-256 {a['weights_sha256'][:16]}…")

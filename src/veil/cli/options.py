@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from veil.cli.errors import CLIError
-from veil.preprocess import FDDB_SCALE, MAX_INPUT_PIXELS
+from veil.preprocess import MAX_INPUT_PIXELS
+
+WEIGHTS_HELP = (
+    "weights file (default: for the default model $VEIL_WEIGHTS, then the veil cache, then the copy shipped "
+    "with veil; always checked against the model's SHA-256)"
+)
 
 
 def add_model_choice(p: argparse.ArgumentParser, split: bool = True, weights: bool = True) -> None:
@@ -33,11 +38,7 @@ def add_model_choice(p: argparse.ArgumentParser, split: bool = True, weights: bo
             "faceboxes: rdcl, inception1, inception2, inception3)",
         )
     if weights:
-        p.add_argument(
-            "--weights",
-            help="weights file (default: for the default model $VEIL_WEIGHTS, then the veil cache, then the "
-            "copy shipped with veil; always checked against the model's SHA-256)",
-        )
+        p.add_argument("--weights", help=WEIGHTS_HELP)
 
 
 def create_model(args: argparse.Namespace, pretrained: bool = True) -> Any:
@@ -55,16 +56,26 @@ def create_model(args: argparse.Namespace, pretrained: bool = True) -> Any:
         raise CLIError(str(exc)) from None
 
 
+def pipeline_from_args(args: argparse.Namespace) -> Any:
+    """The data path the flags name: a :class:`veil.detector.Detector` for a face detector, a
+    :class:`veil.pipeline.SplitPipeline` for any other task (``--model``, ``--split``, ``--weights``,
+    ``--scale``, ``--max-pixels``, ``--backend``)."""
+    from veil.detector import Detector
+    from veil.pipeline import SplitPipeline
+
+    model = create_model(args)
+    cls = Detector if model.config.task == "face-detection" else SplitPipeline
+    return cls(model=model, scale=args.scale, max_pixels=args.max_pixels, backend=args.backend)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--weights``, ``--scale``, ``--max-pixels`` and ``--backend``."""
-    p.add_argument(
-        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
-    )
+    """``--weights``, ``--scale``, ``--max-pixels`` and ``--backend`` (with ``add_model_choice(p, weights=False)``
+    before it for ``--model``/``--split``)."""
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument(
         "--scale",
         type=float,
-        default=FDDB_SCALE,
-        help="resize factor before the network (default: %(default)s, the FDDB test protocol)",
+        help="resize factor before the network (default: the model's; faceboxes: 3, the FDDB test protocol)",
     )
     p.add_argument(
         "--max-pixels",
@@ -180,11 +191,12 @@ def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any
         raise CLIError(f"--seed excludes keyed noise, and $VEIL_NOISE_KEY_FILE is set ({key})")
     if sha is not None:
         sha = _sha256_or_error(sha, CLIError)
-    path = find_noise_file(args.alpha, args.noise, args.noise_dir, detector.weights_sha256)
-    try:
+    path = find_noise_file(args.alpha, args.noise, args.noise_dir, detector.model)
+    try:  # refused, with the reason, when fitted for another model, split, weights or channel count
         obf, meta = load_obfuscator(
             args.alpha,
             noise=path,
+            model=detector.model,
             weights_sha256=detector.weights_sha256,
             seed=seed,
             key=Path(key) if key is not None else None,
@@ -194,13 +206,6 @@ def attach_noise(args: argparse.Namespace, detector: Any) -> tuple[dict[str, Any
         origin = "--noise-sha256" if getattr(args, "noise_sha256", None) else "$VEIL_NOISE_SHA256"
         raise CLIError(f"{exc} (pinned by {origin})") from exc
     meta = {**meta, "noise_mode": obf.mode, **({"noise_key_id": obf.key_id} if obf.key_id else {})}
-    from veil.models.faceboxes import HEAD_CHANNELS
-
-    if getattr(obf, "channels", HEAD_CHANNELS) != HEAD_CHANNELS:  # refuse at load, not at the first image
-        raise CLIError(
-            f"{path} holds noise for {obf.channels} channels, but the head's activation has "
-            f"{HEAD_CHANNELS}; it was not fitted for this model"
-        )
     detector.obfuscator = obf
     return meta, path
 

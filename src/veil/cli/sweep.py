@@ -7,7 +7,7 @@ from pathlib import Path
 
 from veil.cli.errors import CLIError
 from veil.cli.noise import add_fit_args, fit_config, fit_images
-from veil.cli.options import alpha_arg, create_model, fddb_dir
+from veil.cli.options import add_model_choice, alpha_arg, create_model, fddb_dir
 from veil.evaluation.sweep import DEFAULT_ALPHAS
 from veil.obfuscate.artifact import NoiseFileError
 
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--refit", action="store_true", help="fit every ALPHA again even if a noise file exists")
     p.add_argument("--out", default="runs/sweep", help="output directory for sweep.md/json/png (default: %(default)s)")
-    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the shipped ones)")
+    add_model_choice(p)
     p.add_argument(
         "--seed", type=int, help="seed the evaluation noise (a reproducible experiment; default: fresh OS randomness)"
     )
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         from veil.privacy.report import load_reports
 
         reports = load_reports(args.audits)
-    model = create_model(args)
+    model = _detector_model(args)
     digest = model.weights_sha256
     det = CachedHeadDetector(model=model, weights_sha256=digest)
     try:
@@ -162,7 +162,7 @@ def _run_repeats(args: argparse.Namespace, dataset) -> int:
     if args.audits:
         raise CLIError("--audits joins a single sweep; run it without --fits/--draws")
     images = fit_images(args.images)
-    model = create_model(args)
+    model = _detector_model(args)
     digest = model.weights_sha256
     det = CachedHeadDetector(model=model, weights_sha256=digest)
     bank_cache: dict = {}
@@ -197,3 +197,14 @@ def _run_repeats(args: argparse.Namespace, dataset) -> int:
     print(paths["md"].read_text(), end="")
     print(f"wrote {paths['md']}, {paths['json']} (fitted noise in {Path(args.out) / 'noise'})")
     return 0
+
+
+def _detector_model(args: argparse.Namespace):
+    """The model the flags name; the sweep measures FDDB mAP, so it must be a face detector."""
+    model = create_model(args)
+    if model.config.task != "face-detection":
+        raise CLIError(
+            f"veil sweep measures FDDB mAP, a face detector's; {model.name} does {model.config.task} "
+            f"(measure it with `veil evaluate --model {model.name} --noisy --alpha A`)"
+        )
+    return model

@@ -14,7 +14,16 @@ import cv2
 from tqdm import tqdm
 
 from veil.cli.errors import CLIError
-from veil.cli.options import add_model_args, add_noise_args, attach_noise, check_noise_args, check_unique_stems
+from veil.cli.options import (
+    add_model_args,
+    add_model_choice,
+    add_noise_args,
+    attach_noise,
+    check_noise_args,
+    check_unique_stems,
+    create_model,
+    pipeline_from_args,
+)
 from veil.jsonio import write_json
 
 DEFAULT_REPO = "triton-repo"
@@ -25,9 +34,11 @@ _INFER_PARSER: argparse.ArgumentParser | None = None
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export-triton",
-        help="write a Triton model repository serving the detector's tail",
-        description="Export the FaceBoxes tail as Triton models face_detection_base and face_detection_noisy "
-        "(same weights; *_fp16 twins take an FP16 INPUT_0) in three forms, one repository each: "
+        help="write a Triton model repository serving a split model's tail",
+        description="Export the tail of --model at --split (default: FaceBoxes at rdcl) as Triton models "
+        "<prefix>_base and <prefix>_noisy, where <prefix> is face_detection for FaceBoxes at rdcl (the reference "
+        "design's names) and MODEL_SPLIT otherwise (same weights; *_fp16 twins take an FP16 INPUT_0; input, "
+        "outputs and the activation bound follow the model's config) in three forms, one repository each: "
         "OUT/python (python backend; what `veil serve` runs here), OUT/onnx (onnxruntime backend) "
         "and OUT/torchscript (pytorch backend) for stock Triton containers. Every exported file is "
         "checked against the in-process tail (max abs error <= 1e-4).",
@@ -40,9 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which form(s) to write (default: %(default)s)",
     )
     p.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default: %(default)s)")
-    p.add_argument(
-        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
-    )
+    add_model_choice(p)
     p.set_defaults(func=run_export)
 
     p = sub.add_parser(
@@ -96,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "infer",
-        help="detect faces with the tail on a Triton server; only the activation is sent",
+        help="detect faces (or classify, --model NAME) with the tail on a Triton server; only the activation is sent",
         description="Run preprocessing, the head and (with --noisy) the obfuscation here; send only the "
         "activation, as binary tensor data, to the Triton server at --url; post-process the returned "
         "tail outputs here. Writes IMAGE_NAME.jpg (boxes), IMAGE_NAME.json and, when a decoder is "
@@ -128,6 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         help="deadline in seconds for each request; a hung server counts as unreachable (default: %(default)s)",
     )
+    add_model_choice(p, weights=False)
     add_model_args(p)
     add_noise_args(p, seed=False)
     p.set_defaults(func=run_infer)
@@ -136,18 +146,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from veil.serving.repository import FORMATS, write_repository
-    from veil.weights import load_faceboxes
+    from veil.serving.repository import FORMATS, all_models, served_prefix, write_repository
 
-    model, digest = load_faceboxes(args.weights)
+    model = create_model(args)
     formats = FORMATS if args.format == "all" else (args.format,)
     t0 = time.monotonic()
-    report = write_repository(model, args.out, digest, formats, args.max_batch_size)
+    report = write_repository(model, args.out, model.weights_sha256, formats, args.max_batch_size)
     for fmt, repo in report.repositories.items():
         print(f"{fmt:12s} {repo}")
     for k, v in report.max_error.items():
         print(f"check {k}: max |exported - in-process| = {v:.2e}")
     serve = shlex.join(["veil", "serve", "--model-repository", args.out])
+    print(f"models: {', '.join(all_models(served_prefix(model)))} ({model.split_point})")
     print(f"wrote {args.out} in {time.monotonic() - t0:.1f} s; serve it with `{serve}`")
     return 0
 
@@ -226,22 +236,20 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from veil.detector import Detector
+    from veil.postprocess import Classification
     from veil.serving.client import TritonDetector
     from veil.viz import draw_boxes
 
     check_noise_args(args)
     check_unique_stems(args.images)
-    det = Detector.from_weights(
-        args.weights, scale=args.scale, max_pixels=args.max_pixels, backend=args.backend
-    )  # the head runs here; the tail on the server
+    det = pipeline_from_args(args)  # the head runs here; the tail on the server
     meta = attach_noise(args, det)[0] if args.noisy else None
     noise = (
         None
         if meta is None
         else {k: meta.get(k) for k in ("alpha", "family", "weights_sha256", "split_point", "noise_mode")}
     )
-    decoder = _decoder(args.decoder)
+    decoder = _decoder(args.decoder, det.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     client = TritonDetector(det, args.url, args.protocol, fp16=args.fp16, retries=args.retries, timeout=args.timeout)
@@ -255,8 +263,15 @@ def run_infer(args: argparse.Namespace) -> int:
             tqdm.write(f"not processed: {r.name}: {r.error}", file=sys.stderr)
             return
         stem = Path(r.name).stem
-        cv2.imwrite(str(out / f"{stem}.jpg"), draw_boxes(r.image, r.boxes, args.min_score))
-        rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in r.boxes]
+        if isinstance(r.boxes, Classification):
+            answer: dict = {
+                "label": r.boxes.label,
+                "probabilities": [round(float(p), 4) for p in r.boxes.probabilities],
+            }
+        else:
+            cv2.imwrite(str(out / f"{stem}.jpg"), draw_boxes(r.image, r.boxes, args.min_score))
+            rows = [{"box": [round(float(v), 2) for v in b[:4]], "score": round(float(b[4]), 4)} for b in r.boxes]
+            answer = {"detections": rows}
         sent = {
             "tensor": "INPUT_0",
             "shape": list(r.activation.shape),
@@ -270,7 +285,7 @@ def run_infer(args: argparse.Namespace) -> int:
             "model": client.model,
             "sent": sent,
             "noise": noise,
-            "detections": rows,
+            **answer,
         }
         if decoder is not None:
             from veil.privacy.decoders import reconstruct
@@ -278,6 +293,9 @@ def run_infer(args: argparse.Namespace) -> int:
             cv2.imwrite(str(out / f"{stem}.sent.jpg"), reconstruct(decoder, r.activation.float()))
             record["reconstruction"] = f"{stem}.sent.jpg"
         write_json(out / f"{stem}.json", record)
+        if "label" in answer:
+            tqdm.write(f"{r.name}: {answer['label']}")
+            return
         n = int((r.boxes[:, 4] >= args.min_score).sum())
         tqdm.write(f"{r.name}: {n} face{'' if n == 1 else 's'} (score >= {args.min_score})")
 
@@ -340,12 +358,13 @@ def rerun_command(args: argparse.Namespace, images: list[str]) -> str:
     return shlex.join(argv + ["--", *images])
 
 
-def _decoder(path: str | None):
-    """The decoder for reconstructions, or None when none is available (the picture is optional)."""
+def _decoder(path: str | None, model=None):
+    """The decoder for reconstructions of ``model``'s activation, or None when none is available (the picture
+    is optional)."""
     try:
         from veil.privacy.decoders import load_decoder
     except ImportError:
         if path:
             raise CLIError("--decoder given, but veil.privacy.decoders is not available in this installation") from None
         return None
-    return load_decoder(path)
+    return load_decoder(path, model)  # a decoder made for another model or split is refused (or skipped)

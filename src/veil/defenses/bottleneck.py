@@ -323,6 +323,6 @@ def attach(detector, path: str | Path, alpha: float | None = None) -> tuple[Fitt
     """Make ``detector`` (a :class:`~veil.detector.Detector`) run the bottleneck at ``path``: its
     ``obfuscator`` becomes ``lift ∘ bottleneck`` and its tail the distilled one, so the evaluator and
     every front end run the defense unchanged (what would cross the wire is ``fitted.path.wire(a)``)."""
-    fitted, meta = load_bottleneck(path, detector.model, weights_sha256=detector.weights_sha256, alpha=alpha)
+    fitted, meta = load_bottleneck(path, detector.model.network, weights_sha256=detector.weights_sha256, alpha=alpha)
     detector.model, detector.obfuscator = fitted.model, fitted.path
     return fitted, meta

@@ -164,9 +164,13 @@ def attach(detector, path: str | Path, noise: str | Path, alpha: float) -> dict[
     """
     from veil.obfuscate import load_obfuscator
 
-    obf, _ = load_obfuscator(alpha, noise=noise, weights_sha256=detector.weights_sha256)
+    obf, _ = load_obfuscator(alpha, noise=noise, model=detector.model, weights_sha256=detector.weights_sha256)
     model, meta = load_robust_tail(
-        path, detector.model, weights_sha256=detector.weights_sha256, noise_sha256=files.file_sha256(noise), alpha=alpha
+        path,
+        detector.model.network,  # the bare FaceBoxes network (its state_dict keys are the tail file's)
+        weights_sha256=detector.weights_sha256,
+        noise_sha256=files.file_sha256(noise),
+        alpha=alpha,
     )
     detector.model, detector.obfuscator = model, obf
     return meta

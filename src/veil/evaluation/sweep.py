@@ -23,6 +23,7 @@ import torch
 from veil.detector import Detector
 from veil.evaluation.runner import evaluate_fddb
 from veil.jsonio import write_json
+from veil.models import as_split_model
 from veil.obfuscate.artifact import NoiseFileError, find_noise_file, load_obfuscator, noise_path
 from veil.obfuscate.crops import DEFAULT_CROP, DEFAULT_SCALE_RANGE
 from veil.obfuscate.fit import FitConfig
@@ -99,22 +100,23 @@ def sweep_noise(
     :class:`MissingNoiseError` before anything runs. The clean activations of the fitting crops are
     computed once for all fits.
     """
+    model = as_split_model(model, weights_sha256)
     found: dict[float, Path] = {}
     for alpha in [] if refit else alphas:
         try:
-            found[alpha] = find_noise_file(alpha, None, noise_dir, weights_sha256)
+            found[alpha] = find_noise_file(alpha, None, noise_dir, model)
         except NoiseFileError:
             pass  # not fitted yet: fitted below
     missing = [a for a in alphas if a not in found]
     if missing and not images:
         raise MissingNoiseError(
-            f"no fitted noise in {noise_path(missing[0], noise_dir).parent} for ALPHA "
+            f"no fitted noise in {noise_path(missing[0], noise_dir, model).parent} for ALPHA "
             f"{', '.join(f'{a:g}' for a in missing)}, and no photos (unlabeled, not FDDB) to fit it on"
         )
     bank_cache: dict = {}
 
     def get_noise(alpha: float) -> tuple[Any, dict, Path]:
-        path = found.get(alpha) or noise_path(alpha, noise_dir)
+        path = found.get(alpha) or noise_path(alpha, noise_dir, model)
         if alpha in missing:
             fit_and_save(
                 model,
@@ -131,7 +133,7 @@ def sweep_noise(
             log(f"fitted {path}")
         else:
             log(f"reusing {path}")
-        obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=weights_sha256)
+        obf, meta = load_obfuscator(alpha, noise=path, model=model)
         return obf, meta, path
 
     return get_noise

@@ -1,6 +1,6 @@
 """Learned obfuscation of a split model's activation: transform, tuning pass, artifact, NSR.
 
-``load_obfuscator(alpha, noise=None, noise_dir=None, weights_sha256=...)`` is the entry
+``load_obfuscator(alpha, noise=None, noise_dir=None, model=...)`` is the entry
 point for everything that runs noisy inference (detect, evaluate, Triton client); ``key=``
 (bytes or a key file) selects keyed noise. ``check_alpha`` is the one check of an ALPHA value,
 ``noise_path`` the one place a noise file's path is built.

@@ -1,8 +1,11 @@
 """Fitted noise on disk: a safetensors file (μ, log σ, activation statistics) plus JSON metadata.
 
-The metadata binds the noise to what it was fitted for — the model weights' SHA-256 and
-the split point — so noise fitted for other weights or another split is refused rather
-than silently producing a wrong privacy/accuracy trade-off. A file whose noise would turn the
+The metadata binds the noise to what it was fitted for — the model, its split point and the
+weights' SHA-256, all taken from the :class:`veil.models.SplitModel` the caller passes (there is
+no default model) — so noise fitted for another model, split or weights is refused with the
+reason rather than silently producing a wrong privacy/accuracy trade-off. The default noise
+directory is per model (``CACHE/noise/<model.key>/``); the noise that ships with veil is found
+for the default model with its reference weights. A file whose noise would turn the
 obfuscation off, or is absurd (non-finite, σ or μ out of all proportion to the activation statistics
 it records, a noise-to-signal ratio far outside its ALPHA's documented range), is refused with the
 numbers (:func:`check_noise`); a pinned SHA-256 (``sha256=``, ``$VEIL_NOISE_SHA256`` on the CLI)
@@ -25,13 +28,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
-import veil
 from veil import jsonio
-from veil.models.faceboxes import HEAD_CHANNELS, SPLIT_POINT
+from veil.digest import tensors_sha256
+from veil.models import DEFAULT_MODEL, SplitModel, get_config
+from veil.models.pretrained import cache_dir
+from veil.obfuscate import conditioned
 from veil.obfuscate.alpha import check_alpha
+from veil.obfuscate.conditioned import ConditionedObfuscator, effective_log_sigma
 from veil.obfuscate.keystream import NoiseKey, read_key_file
 from veil.obfuscate.noise import FAMILIES, Obfuscator
-from veil.weights import REFERENCE_SHA256, cache_dir
+from veil.version import __version__
 
 FORMAT = "veil-noise/1"
 _TENSORS = ("mu", "log_sigma", "signal_power")
@@ -53,11 +59,12 @@ NSR_BELOW_DB, NSR_ABOVE_DB = 6.0, 15.0
 #: Per-channel bounds against the recorded signal's RMS s = sqrt(mean_c E[a_c²]):
 #: e^-20 ≤ σ_c / s ≤ e^12 and |μ_c| ≤ 1000 s; and no live channel's own NSR below −60 dB.
 LOG_SIGMA_SPAN = (-20.0, 12.0)
-#: Σ_c E[a_c²] of the reference head (weights REFERENCE_SHA256, split faceboxes.rdcl) on natural images:
+#: Σ_c E[a_c²] of the reference head (FaceBoxes' reference weights, split faceboxes.rdcl) on natural images:
 #: 91.6 on 40 fitting crops, 60.0 on 40 FDDB images at ×3 (docs/obfuscation.md). A file for these weights
 #: must record a total within ±10 dB of 75: otherwise scaling σ and the recorded statistics down together
 #: would pass every relative check while the noise vanishes against the real activation.
 REFERENCE_POWER, REFERENCE_POWER_DB = 75.0, 10.0
+REFERENCE_POWER_SPLIT = "faceboxes.rdcl"
 MU_MAX = 1e3
 CHANNEL_FLOOR_DB = -60.0
 
@@ -74,11 +81,27 @@ class NoiseFileWarning(UserWarning):
     """A noise file whose NSR is accepted but far from what the default fit gives at its ALPHA."""
 
 
-def noise_dir() -> Path:
-    """Default home of fitted noise: ``$VEIL_NOISE_DIR``, else ``veil.weights.cache_dir()/"noise"``."""
+def _check_model(model: Any) -> SplitModel | None:
+    if model is not None and not isinstance(model, SplitModel):
+        raise TypeError(
+            "model must be the veil.models.SplitModel the noise is for (veil.models.create), "
+            f"not {type(model).__name__}"
+        )
+    return model
+
+
+def noise_dir(model: SplitModel | None = None) -> Path:
+    """Default home of fitted noise: ``$VEIL_NOISE_DIR``, else ``CACHE/noise/<model.key>`` (model, split and
+    weights: noise for one never lands beside another's)."""
     from veil.settings import settings
 
-    return settings().noise_dir or cache_dir() / "noise"
+    env = settings().noise_dir
+    if env is not None:
+        return env
+    model = _check_model(model)
+    if model is None:
+        raise ValueError("the default noise directory is per model: pass the model (or a directory)")
+    return cache_dir() / "noise" / model.key
 
 
 def noise_filename(alpha: float) -> str:
@@ -86,56 +109,89 @@ def noise_filename(alpha: float) -> str:
     return f"alpha-{check_alpha(alpha):g}.safetensors"
 
 
-def noise_path(alpha: float, directory: str | Path | None = None) -> Path:
+def noise_path(alpha: float, directory: str | Path | None = None, model: SplitModel | None = None) -> Path:
     """Where the noise fitted for ALPHA lives: ``DIR/alpha-<A>.safetensors`` in ``directory``, default
-    :func:`noise_dir`. The one place that path is built (fit-noise writes there, everything else reads)."""
-    return Path(directory if directory is not None else noise_dir()) / noise_filename(alpha)
+    :func:`noise_dir` of ``model``. The one place that path is built (fit-noise writes there, everything
+    else reads)."""
+    return Path(directory if directory is not None else noise_dir(model)) / noise_filename(alpha)
+
+
+def _shipped_for(model: SplitModel, alpha: float) -> Path | None:
+    """The noise shipped with veil for ALPHA, if ``model`` is the default model with the weights it was fitted for."""
+    from veil import assets  # noise that ships for the reference weights (the user's own comes first)
+
+    if model.name != DEFAULT_MODEL:
+        return None
+    shipped = noise_path(alpha, assets.NOISE_DIR)
+    if not shipped.is_file():
+        return None
+    meta = read_metadata(shipped)
+    ok = meta.get("weights_sha256") == model.weights_sha256 and meta.get("split_point") == model.split_point
+    return shipped if ok else None
 
 
 def find_noise_file(
     alpha: float | None,
     noise: str | Path | None = None,
     noise_dir: str | Path | None = None,
-    weights_sha256: str = REFERENCE_SHA256,
+    model: SplitModel | None = None,
 ) -> Path:
-    """The noise file to load for ALPHA: ``noise`` if given; else :func:`noise_path` in ``noise_dir``;
-    else (default directory only) the noise shipped for the reference weights. ``NoiseFileError`` with
-    the command that fits it if there is none."""
+    """The noise file to load for ALPHA: ``noise`` if given; else :func:`noise_path` in ``noise_dir``
+    (default: the model's own directory); else (default directory only) the noise shipped for the
+    default model's reference weights. ``NoiseFileError`` with the command that fits it if there is none."""
     if noise is not None:
         return Path(noise)
     if alpha is None:
         raise ValueError("give ALPHA or an explicit noise file")
-    path = noise_path(alpha, noise_dir)
-    if not path.is_file() and noise_dir is None:
-        from veil import assets  # noise that ships for the reference weights (the user's own comes first)
-
-        shipped = noise_path(alpha, assets.NOISE_DIR)
-        if shipped.is_file() and read_metadata(shipped).get("weights_sha256") == weights_sha256:
+    path = noise_path(alpha, noise_dir, _check_model(model))
+    if not path.is_file() and noise_dir is None and model is not None:
+        shipped = _shipped_for(model, alpha)
+        if shipped is not None:
             return shipped
     if not path.is_file():
+        which = "" if model is None else f" for {model.split_point} (weights {model.weights_sha256[:12] or 'random'})"
+        flags = "" if model is None or model.name == DEFAULT_MODEL else f" --model {model.name}"
+        flags += "" if model is None or model.split == model.config.default_split else f" --split {model.split}"
         raise NoiseFileError(
-            f"no noise fitted for ALPHA {alpha:g} in {path.parent} (looked for {path.name}); fit it with "
-            f"`veil fit-noise --alpha {alpha:g} --images DIR --out {path}` or give the noise file"
+            f"no noise fitted for ALPHA {alpha:g}{which} in {path.parent} (looked for {path.name}); fit it with "
+            f"`veil fit-noise{flags} --alpha {alpha:g} --images DIR --out {path}` or give the noise file"
         )
     return path
 
 
-def save_obfuscator(obf: Obfuscator, path: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write ``obf`` with ``metadata`` (must hold ``alpha`` and ``weights_sha256``); return the path."""
-    for key in ("alpha", "weights_sha256"):
-        if key not in metadata:
-            raise ValueError(f"noise metadata needs {key!r}")
+def save_obfuscator(
+    obf: Obfuscator, path: str | Path, metadata: dict[str, Any], model: SplitModel | None = None
+) -> Path:
+    """Write ``obf`` with ``metadata``; return the path.
+
+    The file records what the noise is for: ``model`` (its name), ``split_point`` and
+    ``weights_sha256``, taken from ``model`` (or given in ``metadata``; they must agree), and
+    ``alpha``. None of them has a default.
+    """
+    ident: dict[str, Any] = {}
+    model = _check_model(model)
+    if model is not None:
+        ident = {"model": model.name, "split_point": model.split_point, "weights_sha256": model.weights_sha256}
+        clash = {k: (metadata[k], v) for k, v in ident.items() if k in metadata and metadata[k] != v}
+        if clash:
+            raise ValueError(f"noise metadata disagrees with the model it is saved for: {clash}")
+    meta = {**ident, **metadata}
+    for key in ("alpha", "model", "split_point", "weights_sha256"):
+        if key not in meta:
+            raise ValueError(f"noise metadata needs {key!r} (pass the model the noise was fitted for)")
     meta = {
         "format": FORMAT,
-        "veil_version": veil.__version__,
-        "split_point": SPLIT_POINT,
+        "veil_version": __version__,
         "family": obf.family,
         "channels": obf.channels,
-        **metadata,
+        **meta,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: getattr(obf, k).detach().float().cpu().contiguous() for k in _TENSORS}
+    if isinstance(obf, ConditionedObfuscator):  # input-conditioned noise: the net too, and its tensors' hash
+        tensors.update(obf.file_tensors())
+        meta.update(format=conditioned.FORMAT, hidden=obf.hidden, tensors_sha256=tensors_sha256(tensors))
     tmp = path.with_suffix(path.suffix + ".part")
     save_file(tensors, str(tmp), metadata={"veil": jsonio.dumps(meta, indent=None)})
     tmp.replace(path)  # never leave a half-written artifact under the final name
@@ -175,9 +231,9 @@ def _metadata(path: Path, data: bytes) -> dict[str, Any]:
         meta = json.loads(raw)
     except (json.JSONDecodeError, TypeError) as exc:
         raise NoiseFileError(f"{path}: noise metadata is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, conditioned.FORMAT):
         fmt = meta.get("format") if isinstance(meta, dict) else None
-        raise NoiseFileError(f"{path}: unknown noise format {fmt!r} (expected {FORMAT})")
+        raise NoiseFileError(f"{path}: unknown noise format {fmt!r} (expected {FORMAT} or {conditioned.FORMAT})")
     return meta
 
 
@@ -272,31 +328,58 @@ def check_noise(
     return nsr
 
 
+def _expected(
+    model: SplitModel | None, weights_sha256: str | None, split_point: str | None
+) -> tuple[str, str, int | None]:
+    """(weights SHA-256, split point, channels) a file must record: the model's, or given explicitly."""
+    model = _check_model(model)
+    if model is not None:
+        return weights_sha256 or model.weights_sha256, split_point or model.split_point, model.channels
+    if weights_sha256 is None or split_point is None:
+        raise ValueError(
+            "which model is the noise for? pass model= (a veil.models.SplitModel), or both weights_sha256= "
+            "and split_point="
+        )
+    return weights_sha256, split_point, None
+
+
 def load_noise_file(
     path: str | Path,
+    model: SplitModel | None = None,
     *,
-    weights_sha256: str = REFERENCE_SHA256,
-    split_point: str = SPLIT_POINT,
+    weights_sha256: str | None = None,
+    split_point: str | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     sha256: str | None = None,
 ) -> tuple[Obfuscator, dict[str, Any]]:
-    """Load one noise file after checking its pinned hash, model, split point and noise (:func:`check_noise`).
+    """Load one noise file after checking its pinned hash, model, split point, weights, channels and
+    noise (:func:`check_noise`). What it must be for comes from ``model`` (``weights_sha256``/``split_point``
+    override or, without a model, replace it); there is no default model.
 
     The file is read once: the hash, metadata and tensors all come from the same bytes.
     """
+    want_sha, want_split, want_channels = _expected(model, weights_sha256, split_point)
     path = Path(path)
     data = _read(path, sha256)
     meta = _metadata(path, data)
-    if meta.get("weights_sha256") != weights_sha256:
+    file_split = meta.get("split_point")
+    file_model = meta.get("model") or (file_split.split(".")[0] if isinstance(file_split, str) else None)
+    want_model = want_split.split(".")[0]
+    if file_model != want_model:
+        raise NoiseFileError(
+            f"{path} was fitted for model {file_model!r} (split point {file_split!r}), but this model is "
+            f"{want_model!r} ({want_split!r}); refit it with `veil fit-noise` for this model"
+        )
+    if file_split != want_split:
+        raise NoiseFileError(
+            f"{path} was fitted at split point {file_split!r}, but the model "
+            f"splits at {want_split!r}; refit it with `veil fit-noise` at this split"
+        )
+    if meta.get("weights_sha256") != want_sha:
         raise NoiseFileError(
             f"{path} was fitted for model weights with SHA-256 {meta.get('weights_sha256')}, but the "
-            f"detector uses {weights_sha256}; refit it with `veil fit-noise` for these weights"
-        )
-    if meta.get("split_point") != split_point:
-        raise NoiseFileError(
-            f"{path} was fitted at split point {meta.get('split_point')!r}, but the model "
-            f"splits at {split_point!r}; refit it with `veil fit-noise`"
+            f"model uses {want_sha or '(random weights)'}; refit it with `veil fit-noise` for these weights"
         )
     if meta.get("family") not in FAMILIES:
         raise NoiseFileError(f"{path}: unknown noise family {meta.get('family')!r}")
@@ -316,6 +399,11 @@ def load_noise_file(
         raise NoiseFileError(
             f"{path}: tensor shapes {[tuple(tensors[k].shape) for k in _TENSORS]} do not match {c} channels"
         )
+    if want_channels is not None and c != want_channels:
+        raise NoiseFileError(
+            f"{path} holds noise for {c} channels, but the activation of {want_split} has {want_channels}; "
+            "it was not fitted for this model"
+        )
     recorded = (meta.get("activation_stats") or {}).get("channel_power")
     if recorded is not None:
         rec = torch.as_tensor(recorded, dtype=torch.float64) if isinstance(recorded, list) else None
@@ -328,7 +416,9 @@ def load_noise_file(
                 f"{path}: the signal_power tensor disagrees with the activation statistics in "
                 "its metadata (the file was edited)"
             )
-    if weights_sha256 == REFERENCE_SHA256 and split_point == SPLIT_POINT and c == HEAD_CHANNELS:
+    ref = get_config(DEFAULT_MODEL)
+    ref_channels = ref.split(REFERENCE_POWER_SPLIT.split(".")[1]).channels
+    if want_split == REFERENCE_POWER_SPLIT and want_sha == ref.weights.sha256 and c == ref_channels:
         total = float(tensors["signal_power"].double().sum())
         if not abs(10 * math.log10(max(total, 1e-300) / REFERENCE_POWER)) <= REFERENCE_POWER_DB:
             raise NoiseFileError(
@@ -337,6 +427,8 @@ def load_noise_file(
                 f"{REFERENCE_POWER * 10 ** (REFERENCE_POWER_DB / 10):g}): its statistics, and the noise measured "
                 "against them, are not this model's"
             )
+    if meta["format"] == conditioned.FORMAT:
+        return _load_conditioned(path, tensors, meta, c, float(alpha), seed, generator), meta
     check_noise(tensors["mu"], tensors["log_sigma"], tensors["signal_power"], float(alpha), where=str(path))
     obf = Obfuscator(c, meta["family"], seed=seed, generator=generator)
     with torch.no_grad():
@@ -346,31 +438,73 @@ def load_noise_file(
     return obf.eval(), meta
 
 
+def _load_conditioned(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    c: int,
+    alpha: float,
+    seed: int | None,
+    generator: torch.Generator | None,
+) -> ConditionedObfuscator:
+    """An input-conditioned noise file (:mod:`veil.obfuscate.conditioned`), after its own checks: the
+    tensors' recorded SHA-256 (any edit after fitting is refused) and the NSR checks on its mean σ(a)²."""
+    digest = tensors_sha256(tensors)
+    if digest != meta.get("tensors_sha256"):
+        raise NoiseFileError(
+            f"{path}: its tensors' SHA-256 {digest} differs from the recorded {meta.get('tensors_sha256')} "
+            "(the file was modified after fitting); refusing it"
+        )
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise NoiseFileError(f"{path} holds non-finite values")
+    try:
+        obf = ConditionedObfuscator(c, meta["family"], hidden=int(meta["hidden"]), seed=seed, generator=generator)
+        obf.load_file_tensors(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise NoiseFileError(f"{path}: conditioned-noise tensors do not fit its settings ({exc})") from exc
+    with torch.no_grad():
+        for k in _TENSORS:
+            getattr(obf, k).copy_(tensors[k])
+    # σ varies with the input; the file is judged on its mean noise power over the fitting data
+    check_noise(obf.mu, effective_log_sigma(obf), obf.signal_power, alpha, where=str(path))
+    obf.requires_grad_(False)
+    return obf.eval()
+
+
 def load_obfuscator(
     alpha: float | None,
     noise: str | Path | None = None,
     noise_dir: str | Path | None = None,
-    weights_sha256: str = REFERENCE_SHA256,
+    model: SplitModel | None = None,
     *,
-    split_point: str = SPLIT_POINT,
+    weights_sha256: str | None = None,
+    split_point: str | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     key: bytes | NoiseKey | os.PathLike | None = None,
     sha256: str | None = None,
 ) -> tuple[Obfuscator, dict[str, Any]]:
-    """Find (:func:`find_noise_file`) and load the noise fitted for ALPHA.
+    """Find (:func:`find_noise_file`) and load the noise fitted for ALPHA for ``model``.
 
-    Refuses a file fitted for other weights, another split point, or another ALPHA than
-    asked. Noise is fresh and unpredictable unless ``seed``/``generator`` is given (experiments
-    only); ``key`` (bytes ≥ 32, a :class:`NoiseKey`, or a key file's path) makes it *keyed*: the
-    same activation always gets the same noise (see :mod:`veil.obfuscate.keystream`). ``sha256``
-    pins the file's hash: any other content is refused.
+    Refuses a file fitted for another model, split point, weights or channel count, or another
+    ALPHA than asked (``weights_sha256``/``split_point`` without a model: see :func:`load_noise_file`).
+    Noise is fresh and unpredictable unless ``seed``/``generator`` is given (experiments only);
+    ``key`` (bytes ≥ 32, a :class:`NoiseKey`, or a key file's path) makes it *keyed*: the same
+    activation always gets the same noise (see :mod:`veil.obfuscate.keystream`). ``sha256`` pins
+    the file's hash: any other content is refused.
     """
     if alpha is not None:
         alpha = check_alpha(alpha)
-    noise = find_noise_file(alpha, noise, noise_dir, weights_sha256)
+    _expected(model, weights_sha256, split_point)  # refuse a call that does not say which model, first
+    noise = find_noise_file(alpha, noise, noise_dir, model)
     obf, meta = load_noise_file(
-        noise, weights_sha256=weights_sha256, split_point=split_point, seed=seed, generator=generator, sha256=sha256
+        noise,
+        model,
+        weights_sha256=weights_sha256,
+        split_point=split_point,
+        seed=seed,
+        generator=generator,
+        sha256=sha256,
     )
     if key is not None:
         obf.set_key(read_key_file(key) if isinstance(key, (str, os.PathLike)) else key)

@@ -21,14 +21,16 @@ import torch
 from torch.utils.data import Dataset
 
 from veil.data.images import list_images
-from veil.preprocess import ImageReadError, load_image, prepare
+from veil.models import InputSpec
+from veil.preprocess import BGR_MEAN, ImageReadError, load_image, prepare
 
 DEFAULT_SCALE_RANGE = (2.0, 6.0)
 DEFAULT_CROP = 512
 
 
 class ImageCrops(Dataset):
-    """``crops_per_image`` random zoomed crops per image: ``[3, crop, crop]`` mean-subtracted BGR tensors.
+    """``crops_per_image`` random zoomed crops per image: ``[C, crop, crop]`` network-ready tensors,
+    normalised as ``input`` says (a model's input spec; default FaceBoxes': mean-subtracted BGR).
 
     Crops are a fixed function of ``(seed, index)``, so a fit's data is reproducible and
     recorded by its settings. Corrupt images are reported once and skipped.
@@ -41,7 +43,14 @@ class ImageCrops(Dataset):
         scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
         crops_per_image: int = 1,
         seed: int = 0,
+        input: InputSpec | None = None,
     ) -> None:
+        if input is not None and input.size is not None:
+            raise ValueError(
+                f"zoomed crops are for models that take any input size; this one takes a fixed {input.size} input "
+                "(give its own network-ready data instead)"
+            )
+        self.input = input
         if crop < 32 or crop % 32:
             raise ValueError(f"crop must be a positive multiple of 32 (the head's stride), got {crop}")
         lo, hi = scale_range
@@ -72,7 +81,8 @@ class ImageCrops(Dataset):
         image = load_image(self.files[i // self.crops_per_image])
         lo, hi = self.scale_range
         scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        t = prepare(image, scale).tensor[0]
+        spec = self.input or InputSpec(mean=BGR_MEAN)  # default: FaceBoxes' normalisation
+        t = prepare(image, scale, mean=spec.mean, std=spec.std, channels=spec.channels).tensor[0]
         sx, sy = t.shape[2] / image.shape[1], t.shape[1] / image.shape[0]
         c = self.crop
         _, h, w = t.shape

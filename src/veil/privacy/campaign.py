@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from veil import jsonio
+from veil.models import as_split_model
 from veil.models.faceboxes import FaceBoxes
 from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, noise_path
 from veil.preprocess import FDDB_SCALE
@@ -90,7 +91,8 @@ def audit_noise(
     """
     from veil.weights import sha256_file
 
-    path = Path(noise) if noise is not None else noise_path(alpha, noise_dir)
+    split_model = as_split_model(model, weights_sha256)  # what the noise file must be for
+    path = Path(noise) if noise is not None else noise_path(alpha, noise_dir, split_model)
     if not path.is_file():
         if noise is not None:
             raise NoiseFileError(f"noise file not found: {path}")
@@ -102,7 +104,7 @@ def audit_noise(
         from veil.obfuscate.recipe import fit_and_save
 
         fit_and_save(model, weights_sha256, fit_dirs, path, FitConfig(alpha=alpha), progress=progress)
-    obf, meta = load_obfuscator(alpha, noise=path, weights_sha256=weights_sha256)
+    obf, meta = load_obfuscator(alpha, noise=path, model=split_model)
     return AuditNoise(obf, meta, sha256_file(path), path)
 
 

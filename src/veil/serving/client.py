@@ -17,13 +17,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from veil.detector import Detector
+from veil.export import output_names
+from veil.pipeline import Prediction, SplitPipeline
 from veil.preprocess import ImageReadError, Prepared, load_image
-from veil.serving.repository import ALL_MODELS, model_name
+from veil.serving.repository import all_models, model_name, served_prefix
 from veil.serving.wire import encode_input, requested_outputs
 
 PROTOCOLS = ("http", "grpc")
@@ -57,7 +59,8 @@ class ImageResult:
     """One image's outcome in :meth:`TritonDetector.run_many`."""
 
     name: str
-    boxes: np.ndarray | None = None
+    #: The task's answer: ``[K,5]`` boxes for face detection, a Classification for a classifier.
+    boxes: Any = None
     error: str | None = None
     unavailable: bool = False  # True when it failed because the server was unreachable
     image: np.ndarray | None = None
@@ -77,10 +80,11 @@ def start_hint() -> str:
 
 
 class TritonDetector:
-    """A detector whose tail runs on a Triton server; ``detect(image)`` like :class:`Detector`.
+    """A pipeline whose tail runs on a Triton server; ``detect(image)`` like :class:`veil.detector.Detector`.
 
-    ``detector`` supplies the head, the optional obfuscator (set → the ``face_detection_noisy``
-    model) and post-processing. Every request has a deadline of ``timeout`` seconds (HTTP and
+    ``detector`` (a :class:`~veil.pipeline.SplitPipeline`, e.g. a Detector) supplies the model, the
+    head, the optional obfuscator (set → the ``<prefix>_noisy`` model, :func:`served_prefix`) and
+    post-processing. Every request has a deadline of ``timeout`` seconds (HTTP and
     gRPC): a server that accepts the connection but never answers (hung, SIGSTOPped) counts as
     unreachable. ``retries`` bounds how often an unreachable server is retried (with doubling
     delays from ``retry_delay``); other errors are not retried.
@@ -88,7 +92,7 @@ class TritonDetector:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: SplitPipeline,
         url: str | None = None,
         protocol: str = "http",
         fp16: bool = False,
@@ -108,7 +112,8 @@ class TritonDetector:
         self.fp16 = fp16
         self.binary = binary
         self.noisy = detector.obfuscator is not None
-        self.model = model or model_name(self.noisy, fp16)
+        self.model = model or model_name(self.noisy, fp16, served_prefix(detector.model))
+        self.outputs = output_names(detector.model)
         self.retries = max(0, int(retries))
         self.retry_delay = retry_delay
         self.timeout = timeout
@@ -196,8 +201,8 @@ class TritonDetector:
         )
 
     # -- one request ---------------------------------------------------------------------------
-    def infer_activation(self, activation: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Send one activation ``[N,128,h,w]``; return the tail's ``(loc, conf)`` as FP32 arrays."""
+    def infer_activation(self, activation: torch.Tensor | np.ndarray) -> tuple[np.ndarray, ...]:
+        """Send one activation ``[N,C,h,w]``; return the tail's outputs as FP32 arrays (FaceBoxes: ``loc, conf``)."""
         a = activation.detach().cpu().numpy() if isinstance(activation, torch.Tensor) else np.asarray(activation)
         last: BaseException | None = None
         for attempt in range(self.retries + 1):
@@ -205,13 +210,13 @@ class TritonDetector:
                 time.sleep(self.retry_delay * 2 ** (attempt - 1))
             try:
                 inp = encode_input(self.protocol, a, self.fp16, self.binary)
-                outputs = requested_outputs(self.protocol, self.binary)
+                outputs = requested_outputs(self.protocol, self.binary, self.outputs)
                 if self.protocol == "grpc":  # gRPC has no deadline unless given one per call
                     res = self.client.infer(self.model, [inp], outputs=outputs, client_timeout=self.timeout)
                 else:  # HTTP: connection_timeout and network_timeout of the client
                     res = self.client.infer(self.model, [inp], outputs=outputs)
                 # Copies: tritonclient returns read-only views of its receive buffer.
-                return np.array(res.as_numpy("OUTPUT_0")), np.array(res.as_numpy("OUTPUT_1"))
+                return tuple(np.array(res.as_numpy(n)) for n in self.outputs)
             except Exception as exc:
                 if not _is_unavailable(exc):
                     raise self._refused(exc) from exc
@@ -229,7 +234,9 @@ class TritonDetector:
                 )
                 msg += f"; the server at {self.url} serves: {', '.join(names) or 'no models'}"
             except Exception:  # noqa: BLE001 - the listing is a courtesy (restricted on veil's servers)
-                msg += f"; veil's servers serve {', '.join(ALL_MODELS)}"
+                msg += (
+                    f"; veil's servers for this model serve {', '.join(all_models(served_prefix(self.detector.model)))}"
+                )
         return InferenceError(f"the Triton server at {self.url} refused the request for model {self.model!r}: {msg}")
 
     # -- whole images --------------------------------------------------------------------------
@@ -237,22 +244,26 @@ class TritonDetector:
         """Preprocess, head and (if configured) obfuscation: the activation that will be sent."""
         return self.detector.client_side(image, obfuscate=obfuscate)
 
-    def boxes_from_activation(self, a: torch.Tensor, prep: Prepared) -> np.ndarray:
+    def boxes_from_activation(self, a: torch.Tensor, prep: Prepared) -> Any:
         """Send ``a`` (as FP16 if so configured), get the tail's outputs, post-process them here."""
         return self._send(a, prep)[0]
 
-    def _send(self, a: torch.Tensor, prep: Prepared) -> tuple[np.ndarray, torch.Tensor]:
+    def _send(self, a: torch.Tensor, prep: Prepared) -> tuple[Prediction, torch.Tensor]:
         if self.fp16:
             a = a.half()
-        loc, conf = self.infer_activation(a)
-        return self.detector.boxes_from_outputs(torch.from_numpy(loc), torch.from_numpy(conf), prep), a
+        outputs = tuple(torch.from_numpy(o) for o in self.infer_activation(a))
+        return self.detector.predict_from_outputs(outputs, prep), a
 
-    def detect_with_activation(self, image: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """Boxes for a uint8 BGR image, and the exact activation that was sent for them."""
+    def detect_with_activation(self, image: np.ndarray) -> tuple[Any, torch.Tensor]:
+        """The answer for a uint8 image (boxes for a detector), and the exact activation that was sent for it."""
         return self._send(*self.client_side(image))
 
-    def detect(self, image: np.ndarray) -> np.ndarray:
-        """``[K,5]`` boxes ``x1,y1,x2,y2,score`` in the image's pixels, with the tail on the server."""
+    def detect(self, image: np.ndarray) -> Any:
+        """``[K,5]`` boxes ``x1,y1,x2,y2,score`` in the image's pixels (a detector's), with the tail on the server."""
+        return self.detect_with_activation(image)[0]
+
+    def predict(self, image: np.ndarray) -> Any:
+        """The task's answer for a uint8 image (:meth:`veil.pipeline.SplitPipeline.predict`), tail on the server."""
         return self.detect_with_activation(image)[0]
 
     def run_many(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,15 +42,16 @@ def encode_input(protocol: str, activation: np.ndarray, fp16: bool = False, bina
     raise ValueError(f"unknown protocol {protocol!r}; use 'http' or 'grpc'")
 
 
-def requested_outputs(protocol: str, binary: bool = True) -> list:
-    """Ask for both outputs (binary over HTTP unless reproducing the JSON reference)."""
+def requested_outputs(protocol: str, binary: bool = True, names: Sequence[str] = OUTPUT_NAMES) -> list:
+    """Ask for every output of the tail (``names``: :func:`veil.export.output_names` of the model;
+    binary over HTTP unless reproducing the JSON reference)."""
     if protocol == "http":
         import tritonclient.http as httpclient
 
-        return [httpclient.InferRequestedOutput(n, binary_data=binary) for n in OUTPUT_NAMES]
+        return [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
     import tritonclient.grpc as grpcclient
 
-    return [grpcclient.InferRequestedOutput(n) for n in OUTPUT_NAMES]
+    return [grpcclient.InferRequestedOutput(n) for n in names]
 
 
 @dataclass

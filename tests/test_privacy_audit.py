@@ -13,19 +13,28 @@ from veil.cli.main import main
 
 
 @pytest.fixture()
-def noise_dir(tmp_path, weights_path):
-    from veil.obfuscate import Obfuscator, save_obfuscator
-    from veil.weights import sha256_file
+def noise_dir(tmp_path, weights_path, dlib_dir):
+    """Noise really fitted (a short fit on the dlib photos, never FDDB), not an untrained file."""
+    from veil.models import create
+    from veil.obfuscate.fit import FitConfig
+    from veil.obfuscate.recipe import fit_and_save
 
-    obf = Obfuscator(128, seed=0, init_sigma=2.0)
+    model = create("faceboxes", weights=weights_path)
     d = tmp_path / "noise"
-    meta = {
-        "alpha": 0.5,
-        "weights_sha256": sha256_file(weights_path),
-        "model": "faceboxes",
-        "split_point": "faceboxes.rdcl",
-    }
-    save_obfuscator(obf, d / "alpha-0.5.safetensors", meta)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit_and_save(
+            model,
+            model.weights_sha256,
+            [dlib_dir],
+            d / "alpha-0.5.safetensors",
+            FitConfig(alpha=0.5, steps=15, batch_size=3),
+            crop=256,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(prev)
     return d
 
 
@@ -69,11 +78,13 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
     finally:
         torch.set_num_threads(prev)
     assert rc == 0
-    assert (tmp_path / "cache" / "attackers" / "naive.safetensors").is_file()
-    assert list((tmp_path / "cache" / "attackers").glob("adaptive-*.safetensors"))
-    assert list((tmp_path / "cache" / "attackers").glob("adaptive-perceptual-*.safetensors"))
-    assert list((tmp_path / "cache" / "attackers" / "audit-cache").glob("clean-*.npz"))  # npz, not pickle
     rep = json.loads((out / "alpha-0.5" / "report.json").read_text())
+    key_dir = tmp_path / "cache" / "attackers" / rep["model_key"]  # model, split and weights
+    assert rep["model_key"].startswith("faceboxes-rdcl-") and rep["split_point"] == "faceboxes.rdcl"
+    assert (key_dir / "naive.safetensors").is_file()
+    assert list(key_dir.glob("adaptive-*.safetensors"))
+    assert list(key_dir.glob("adaptive-perceptual-*.safetensors"))
+    assert list((key_dir / "audit-cache").glob("clean-*.npz"))  # npz, not pickle
     assert rep["alpha"] == 0.5 and rep["scale"] == 3.0 and rep["n_faces"] == 2
     assert rep["chance_rank1"] == pytest.approx(1 / 2, abs=1e-4)
     for group in ("attackers", "clean_baseline"):
@@ -106,6 +117,16 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
     assert clean["attackers"]["naive"] == clean["clean_baseline"]["naive"]
     summary = json.loads((out / "summary.json").read_text())
     assert [r["alpha"] for r in summary] == [0.0, 0.5]
+    # `veil frontier` joins these reports with a sweep's mAP per ALPHA (veil sweep's JSON shape)
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"clean_mAP": 0.97, "rows": [{"alpha": 0.5, "mAP": 0.95, "drop_points": 2.0}]}))
+    assert main(["frontier", "--sweep", str(sweep), "--audits", str(out), "--out", str(tmp_path / "fr")]) == 0
+    rows = json.loads((tmp_path / "fr" / "frontier.json").read_text())
+    assert [(r["alpha"], r["map"]) for r in rows] == [(0.0, 0.97), (0.5, 0.95)]
+    assert rows[1]["worst_rank1"] == rep["worst_rank1"] and rows[1]["worst_attacker"] == rep["worst_attacker"]
+    assert rows[1]["rank1_whitebox"] == rep["attackers"]["whitebox"]["rank1"]
+    assert "| 0.5 | 0.9500 | 2.0000 |" in (tmp_path / "fr" / "frontier.md").read_text()
+    assert (tmp_path / "fr" / "frontier.png").stat().st_size > 1000
 
 
 def test_privacy_columns_and_frontier(tmp_path):
@@ -186,10 +207,20 @@ def test_missing_dataset_names_flag_and_variable(tmp_path, monkeypatch, weights_
     assert "--train-images" in err and "VEIL_FIT_IMAGES" in err
 
 
-def test_leak_by_scale_grows_with_resolution(fddb_dir):
-    from veil.privacy.audit import blur_leak_by_scale, select_fddb_faces
-
-    faces = select_fddb_faces(fddb_dir, max_faces=3)
-    res = blur_leak_by_scale(faces, (1.0, 4.0))
-    assert res[4.0]["face_ssim"] > res[1.0]["face_ssim"]
-    assert res[4.0]["psnr"] > res[1.0]["psnr"]
+def test_leak_scale_cli_grows_with_resolution_and_follows_the_split(fddb_dir, tmp_path, capsys):
+    """`veil leak-scale`: the identity left in the activation grid grows with the input scale; a split with
+    the same stride gives the same numbers; a model without faces is refused with the reason."""
+    js = tmp_path / "leak.json"
+    argv = ["leak-scale", "--dataset", str(fddb_dir), "--max-faces", "3", "--scales", "1", "4", "--json", str(js)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 faces, chance rank-1 0.3333" in out and "scale ×4:" in out
+    res = json.loads(js.read_text())
+    assert set(res) == {"1.0", "4.0"}
+    assert res["4.0"]["face_ssim"] > res["1.0"]["face_ssim"] and res["4.0"]["psnr"] > res["1.0"]["psnr"]
+    assert res["1.0"]["rank1"] <= res["4.0"]["rank1"]
+    assert main([*argv[:-1], str(tmp_path / "incep.json"), "--split", "inception2"]) == 0  # stride 32 too
+    assert json.loads((tmp_path / "incep.json").read_text()) == res
+    capsys.readouterr()
+    assert main(["leak-scale", "--model", "digits", "--dataset", str(fddb_dir), "--max-faces", "2"]) == 2
+    assert "sees no faces" in capsys.readouterr().err

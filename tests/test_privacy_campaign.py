@@ -11,9 +11,10 @@ from veil.obfuscate import NoiseFileError
 
 @pytest.fixture(scope="module")
 def model_sha(weights_path):
-    from veil.weights import load_faceboxes
+    from veil.models import create
 
-    return load_faceboxes(weights_path)
+    m = create("faceboxes", weights=weights_path)
+    return m, m.weights_sha256
 
 
 def test_audit_noise_loads_the_directory_file_and_hashes_it(tmp_path, model_sha):
@@ -29,21 +30,21 @@ def test_audit_noise_loads_the_directory_file_and_hashes_it(tmp_path, model_sha)
         {"alpha": 0.5, "weights_sha256": sha, "model": "faceboxes", "split_point": "faceboxes.rdcl"},
     )
     with pytest.warns(UserWarning, match="NSR"):  # an unfitted file: accepted, with the warning
-        nz = audit_noise(0.5, model, sha, [], noise_dir=tmp_path, progress=False)
+        nz = audit_noise(0.5, model, [], noise_dir=tmp_path, progress=False)
     assert nz.path == path and nz.sha256 == sha256_file(path) and float(nz.meta["alpha"]) == 0.5
     with pytest.raises(NoiseFileError, match=r"not the requested 0\.8"):  # a file for another ALPHA is refused
-        audit_noise(0.8, model, sha, [], noise=path, progress=False)
+        audit_noise(0.8, model, [], noise=path, progress=False)
 
 
 def test_audit_noise_refuses_without_naming_flags(tmp_path, model_sha):
     from veil.privacy.campaign import audit_noise
 
-    model, sha = model_sha
+    model, _ = model_sha
     with pytest.raises(NoiseFileError, match="not found") as e:  # an explicit file is never fitted in its place
-        audit_noise(0.5, model, sha, [tmp_path], noise=tmp_path / "missing.safetensors", progress=False)
+        audit_noise(0.5, model, [tmp_path], noise=tmp_path / "missing.safetensors", progress=False)
     assert "--" not in str(e.value)
     with pytest.raises(NoiseFileError, match="no training photos") as e:
-        audit_noise(0.5, model, sha, [], noise_dir=tmp_path, progress=False)
+        audit_noise(0.5, model, [], noise_dir=tmp_path, progress=False)
     assert "--" not in str(e.value)
     assert not list(tmp_path.iterdir())  # nothing was written
 
@@ -53,13 +54,13 @@ def test_settings_and_arguments_are_checked_before_any_work(tmp_path, model_sha,
     from veil.privacy.campaign import AuditSettings, audit_alphas
     from veil.privacy.train import require_training_dirs
 
-    model, sha = model_sha
+    model, _ = model_sha
     faces = FaceSet([], [])
     with pytest.raises(ValueError, match="must be ≥ 2") as e:
-        audit_alphas(model, sha, faces, [0.5], tmp_path, [], AuditSettings(dup_ks=(1,)))
+        audit_alphas(model, faces, [0.5], tmp_path, [], AuditSettings(dup_ks=(1,)))
     assert "--" not in str(e.value)
     with pytest.raises(ValueError, match="single ALPHA") as e:
-        audit_alphas(model, sha, faces, [0.5, 0.8], tmp_path, [], noise=tmp_path / "n.safetensors")
+        audit_alphas(model, faces, [0.5, 0.8], tmp_path, [], noise=tmp_path / "n.safetensors")
     assert "--" not in str(e.value)
     monkeypatch.delenv("VEIL_FIT_IMAGES", raising=False)
     with pytest.raises(FileNotFoundError) as e:

@@ -54,6 +54,7 @@ def test_enlarged_copies_reach_the_large_bin(faces):  # noqa: PLR0914
     """At ×1 every face is below 192 px at the network, so each gets an enlarged copy at 288 px; the
     copy still identifies its own face (the reference 'original' probe), and the ≥ 192 bin holds every face once."""
     pytest.importorskip("dlib", reason="the identity metric needs the privacy extra (dlib-bin)")
+    from veil.models import build
     from veil.privacy.audit import FaceSet, gallery_for, make_views, references, summarize
     from veil.privacy.verdict import LARGE_BIN
 
@@ -71,10 +72,11 @@ def test_enlarged_copies_reach_the_large_bin(faces):  # noqa: PLR0914
     v3 = make_views(faces, 3.0)
     assert sum(v.kind == "enlarged" for v in v3) == int((sides * 3 < 192).sum())
     g = gallery_for(faces)
-    s = summarize(references(faces, views, 1.0)["ref:original"], g)
+    fb = build("faceboxes")
+    s = summarize(references(faces, views, 1.0, fb)["ref:original"], g)
     assert s["rank1"] == 1.0 and s["bins"][LARGE_BIN]["n"] == n and s["bins"][LARGE_BIN]["n_enlarged"] == n
     assert s["enlarged"]["rank1"] == 1.0
-    const = summarize(references(faces, views, 1.0)["ref:constant"], g)
+    const = summarize(references(faces, views, 1.0, fb)["ref:constant"], g)
     assert const["bins"][LARGE_BIN]["rank1"] <= 0.5  # a grey image does not identify 4 faces
 
 
@@ -114,7 +116,7 @@ def _tiny_attacks(detector, wb_faces=1):
     from veil.privacy.decoders import Decoder
 
     torch.manual_seed(0)
-    return Attacks(detector.head, Decoder().eval(), whitebox_steps=2, whitebox_faces=wb_faces, ks=(2,), dup_ks=(2,))
+    return Attacks(detector.model, Decoder().eval(), whitebox_steps=2, whitebox_faces=wb_faces, ks=(2,), dup_ks=(2,))
 
 
 def test_clean_pass_cache_gives_identical_embeddings(tmp_path, faces, detector):
@@ -127,7 +129,7 @@ def test_clean_pass_cache_gives_identical_embeddings(tmp_path, faces, detector):
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        key = cache_key(two, "w", 3.0, att, True)
+        key = cache_key(two, 3.0, att, True)
         first, g1, cached1 = clean_pass(two, views, att, 3.0, key, tmp_path)
         second, g2, cached2 = clean_pass(two, views, att, 3.0, key, tmp_path)
     finally:
@@ -142,10 +144,15 @@ def test_clean_pass_cache_gives_identical_embeddings(tmp_path, faces, detector):
     # the key changes with what the clean pass depends on
     from veil.privacy.decoders import Decoder
 
-    assert cache_key(two, "w", 2.0, att, True) != key and cache_key(two, "x", 3.0, att, True) != key
+    assert cache_key(two, 2.0, att, True) != key
+    from veil.models import build
+
+    other_weights = _tiny_attacks(detector)
+    other_weights.model = build("faceboxes")  # random weights: another model key
+    assert other_weights.model.key != detector.model.key and cache_key(two, 3.0, other_weights, True) != key
     other = _tiny_attacks(detector)
     other.naive = Decoder()
-    assert cache_key(two, "w", 3.0, other, True) != key
+    assert cache_key(two, 3.0, other, True) != key
 
 
 def test_keyed_noise_repeats_gain_nothing_near_duplicates_do_not_repeat(faces, detector):
@@ -218,13 +225,12 @@ def test_plateau_detector():
 
 
 def test_decoder_records_seed_data_order_and_curve(detector, dlib_dir):
-    from veil.privacy.train import Plateau, seeded_sampler, train_decoder, training_images
+    from veil.privacy.train import Plateau, photo_crops, train_decoder
 
-    imgs = training_images([dlib_dir])[:5]
     torch.set_num_threads(1)
     d1 = train_decoder(
         detector.head,
-        seeded_sampler(imgs, 64, 3.0, seed=5),
+        photo_crops([dlib_dir], 64, 3.0, seed=5),
         max_steps=3,
         batch=2,
         seed=11,
@@ -232,9 +238,9 @@ def test_decoder_records_seed_data_order_and_curve(detector, dlib_dir):
         plateau=Plateau(),
     )
     d2 = train_decoder(
-        detector.head, seeded_sampler(imgs, 64, 3.0, seed=5), max_steps=3, batch=2, seed=11, progress=False
+        detector.head, photo_crops([dlib_dir], 64, 3.0, seed=5), max_steps=3, batch=2, seed=11, progress=False
     )
-    d3 = train_decoder(detector.head, seeded_sampler(imgs, 64, 3.0, seed=6), max_steps=0, batch=2, progress=False)
+    d3 = train_decoder(detector.head, photo_crops([dlib_dir], 64, 3.0, seed=6), max_steps=0, batch=2, progress=False)
     m = d1.meta
     assert m["seed"] == 11 and m["data_order_seed"] == 5 and m["stop_reason"] == "max_steps"
     assert len(m["curve_l1_px"]) == m["steps"] == 3 and m["plateau"]["window"] == 50
@@ -245,9 +251,9 @@ def test_decoder_records_seed_data_order_and_curve(detector, dlib_dir):
 
 
 def test_perceptual_loss_is_zero_on_the_target_and_grows(detector):
-    from veil.privacy.train import FaceFeatures, perceptual_loss
+    from veil.privacy.train import ModelFeatures, perceptual_loss
 
-    feats = FaceFeatures(detector.model.network)
+    feats = ModelFeatures(detector.model)
     x = torch.randn(1, 3, 64, 64) * 40
     assert float(perceptual_loss(feats, x, x)) == pytest.approx(0.0, abs=1e-6)
     assert float(perceptual_loss(feats, x + 30 * torch.randn_like(x), x)) > float(perceptual_loss(feats, x + 3, x))

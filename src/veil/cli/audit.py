@@ -7,25 +7,33 @@ import json
 from pathlib import Path
 
 from veil import jsonio
-from veil.preprocess import FDDB_SCALE
+from veil.cli.options import add_model_choice, create_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "audit",
         help="attack the (obfuscated) activation and measure what leaks",
-        description="Privacy audit on FDDB faces at the deployed scale: naive and adaptive decoders, "
-        "white-box inversion of the public head, and the averaging attack; SSIM/PSNR and "
-        "identity (dlib ResNet rank-1 and TAR at 1% FAR). Writes report.json, report.md "
-        "and image grids into --out (one sub-folder per ALPHA when several are given). "
-        "Decoders train on non-FDDB photos and are cached under the veil cache.",
+        description="Privacy audit at the deployed scale: naive and adaptive decoders, white-box "
+        "inversion of the public head, and the averaging attacks. For a face detector, on FDDB "
+        "faces: SSIM/PSNR and identity (dlib ResNet rank-1 and TAR at 1% FAR). For any other "
+        "model (--model), on the images of --images: how well each attacker reconstructs the "
+        "network input (L1, PSNR, SSIM). Writes report.json and report.md (and image grids for "
+        "faces) into --out (one sub-folder per ALPHA when several are given). Decoders train on "
+        "non-evaluation photos and are cached under the veil cache, per model, split and weights.",
     )
+    add_model_choice(p)
     p.add_argument(
         "--alpha", type=float, nargs="+", required=True, help="ALPHA(s) to audit; 0 audits clean activations only"
     )
     p.add_argument("--noise", help="fitted noise file (single ALPHA); default: the noise directory, else fit it")
     p.add_argument("--noise-dir", help="directory of alpha-<A>.safetensors (default: the veil cache)")
-    p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
+    p.add_argument("--dataset", help="FDDB root, for a face detector (default: $VEIL_DATASET)")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        help="evaluation image folders, for a model without faces (the reconstruction audit)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--max-faces", type=int, help="FDDB faces to evaluate, in fold order (default: every qualifying face present)"
@@ -76,13 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--train-images",
         nargs="+",
-        help="non-FDDB photo folders for decoders and noise fitting (default: $VEIL_FIT_IMAGES)",
+        help="non-evaluation image folders for decoders and noise fitting (default: $VEIL_FIT_IMAGES)",
     )
     p.add_argument(
-        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
-    )
-    p.add_argument(
-        "--scale", type=float, default=FDDB_SCALE, help="input scale of the deployed path (default: %(default)s)"
+        "--scale", type=float, help="input scale of the deployed path (default: the model's, ×3 for faceboxes)"
     )
     p.set_defaults(func=run_audit)
 
@@ -114,11 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "leak-scale",
         help="identity held by the activation grid alone, per input scale",
-        description="For each input scale, reduce the FDDB originals to the head's stride-32 grid "
-        "resolution and back, and score identity (rank-1, TAR at 1% FAR) like an "
-        "attacker: what a perfect decoder could at most recover from the grid's "
+        description="For each input scale, reduce the FDDB originals to the split's activation grid "
+        "resolution (its stride: 32 for faceboxes) and back, and score identity (rank-1, TAR at 1% FAR) "
+        "like an attacker: what a perfect decoder could at most recover from the grid's "
         "resolution. Cheap (no training).",
     )
+    add_model_choice(g, weights=False)
     g.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
     g.add_argument("--max-faces", type=int, help="faces, in fold order (default: every qualifying face)")
     g.add_argument("--min-face", type=float, default=48.0, help="smallest face box side in px (default: %(default)s)")
@@ -150,10 +156,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="l1 (pixels) or perceptual (pixels + the frozen detector's features; default: %(default)s)",
     )
     t.add_argument("--batch", type=int, default=8, help="crops per step (default: %(default)s)")
-    t.add_argument("--scale", type=float, default=FDDB_SCALE, help="input scale (default: %(default)s)")
+    t.add_argument("--scale", type=float, help="input scale (default: the model's, ×3 for faceboxes)")
     t.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
-    t.add_argument("--train-images", nargs="+", help="photo folders (default: $VEIL_FIT_IMAGES)")
-    t.add_argument("--weights", help="FaceBoxes weights")
+    t.add_argument("--train-images", nargs="+", help="non-evaluation image folders (default: $VEIL_FIT_IMAGES)")
+    add_model_choice(t)
     t.set_defaults(func=run_train)
 
 
@@ -176,17 +182,15 @@ def _training_dirs(args: argparse.Namespace) -> list[Path]:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from veil.privacy.audit import select_fddb_faces
-    from veil.privacy.campaign import AuditSettings, audit_alphas
-    from veil.weights import load_faceboxes
+    from veil.privacy.audit import FACE_TASKS, select_fddb_faces
+    from veil.privacy.campaign import AuditSettings, audit_alphas, reconstruction_alphas
 
     if args.noise and len(args.alpha) > 1:
         raise ValueError("--noise names one file: give a single --alpha with it")
     if any(k < 2 for k in args.ks + args.dup_ks):
         raise ValueError("--ks/--dup-ks values must be ≥ 2 (K = 1 is the adaptive attacker itself)")
     dirs = _training_dirs(args)
-    faces = select_fddb_faces(_dataset(args), args.max_faces, args.min_face)
-    model, sha = load_faceboxes(args.weights)
+    model = create_model(args)
     settings = AuditSettings(
         scale=args.scale,
         decoder_minutes=args.decoder_minutes,
@@ -199,9 +203,22 @@ def run_audit(args: argparse.Namespace) -> int:
         enlarge=not args.no_enlarged,
         keyed=args.keyed,
     )
+    if model.config.task not in FACE_TASKS:
+        reconstruction_alphas(
+            model,
+            _eval_images(args),
+            args.alpha,
+            args.out,
+            dirs,
+            settings,
+            noise=args.noise,
+            noise_dir=args.noise_dir,
+            on_report=_print_reconstruction,
+        )
+        return 0
+    faces = select_fddb_faces(_dataset(args), args.max_faces, args.min_face)
     audit_alphas(
         model,
-        sha,
         faces,
         args.alpha,
         args.out,
@@ -212,6 +229,32 @@ def run_audit(args: argparse.Namespace) -> int:
         on_report=_print_summary,
     )
     return 0
+
+
+def _eval_images(args: argparse.Namespace) -> list:
+    """The images of --images, read once (a corrupt one is reported and skipped)."""
+    import sys
+
+    from veil.data.images import list_images
+    from veil.preprocess import ImageReadError, load_image
+
+    if not args.images:
+        raise ValueError(f"model {args.model!r} sees no faces: give its evaluation images with --images DIR")
+    out = []
+    for f in list_images(args.images):
+        try:
+            out.append(load_image(f))
+        except ImageReadError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+    return out
+
+
+def _print_reconstruction(rep: dict, dest: Path) -> None:
+    print(f"ALPHA {rep['alpha']:g}: {rep['n_images']} images of {rep['model']} at {rep['split_point']}")
+    for k, v in rep["attackers"].items():
+        print(f"  {k:16s} L1 {v['l1']:.2f}  PSNR {v['psnr']:.2f} dB  SSIM {v['ssim']}")
+    print(f"  worst {rep['worst_attacker']} (SSIM {rep['worst_ssim']}); competent: {rep['competent']}")
+    print(f"  → {dest / 'report.md'}")
 
 
 def _print_summary(rep: dict, dest: Path) -> None:
@@ -239,19 +282,17 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from veil.privacy.campaign import audit_noise
-    from veil.privacy.train import FaceFeatures, ensure_decoder
-    from veil.weights import load_faceboxes
+    from veil.privacy.train import ModelFeatures, ensure_decoder
 
-    model, sha = load_faceboxes(args.weights)
+    model = create_model(args)
     dirs = _training_dirs(args)
     nz = None
     if args.alpha is not None:  # an adaptive decoder: trained on this ALPHA's noise
-        nz = audit_noise(args.alpha, model, sha, dirs, noise=args.noise, noise_dir=args.noise_dir)
+        nz = audit_noise(args.alpha, model, dirs, noise=args.noise, noise_dir=args.noise_dir)
         nz.obfuscator.to(torch.device(args.device))
     model.to(args.device)
     dec = ensure_decoder(
-        model.head,
-        sha,
+        model,
         args.minutes,
         dirs,
         obfuscator=nz.obfuscator if nz else None,
@@ -260,7 +301,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch=args.batch,
         scale=args.scale,
         loss=args.loss,
-        features=FaceFeatures(model) if args.loss == "perceptual" else None,
+        features=ModelFeatures(model) if args.loss == "perceptual" else None,
         device=args.device,
     )
     md = {k: v for k, v in dec.meta.items() if k != "curve_l1_px"}
@@ -288,8 +329,9 @@ def run_frontier(args: argparse.Namespace) -> int:
 def run_leak_scale(args: argparse.Namespace) -> int:
     from veil.privacy.audit import blur_leak_by_scale, select_fddb_faces
 
+    model = create_model(args, pretrained=False)  # the split's stride is all it needs
     faces = select_fddb_faces(_dataset(args), args.max_faces, args.min_face)
-    res = blur_leak_by_scale(faces, tuple(args.scales))
+    res = blur_leak_by_scale(faces, model, tuple(args.scales))
     print(f"{faces.n_faces} faces, chance rank-1 {1 / faces.n_faces:.4f}")
     for s, m in res.items():
         print(

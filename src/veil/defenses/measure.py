@@ -77,10 +77,10 @@ def train_scoring_decoder(
     (e.g. the naive one trained on clean activations), as the audit's adaptive attacker does.
     """
 
-    from veil.privacy.train import CropSampler, train_decoder, training_images
+    from veil.privacy.train import photo_crops, train_decoder
 
     torch.manual_seed(seed)
-    sampler = CropSampler(training_images(list(dirs)), crop=crop, scale=scale, seed=seed)  # seed recorded as data order
+    sampler = photo_crops(list(dirs), crop=crop, scale=scale, seed=seed)  # seed recorded as data order
     return train_decoder(
         ObservedHead(head, observe),
         sampler,

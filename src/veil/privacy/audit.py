@@ -1,9 +1,10 @@
 """The privacy audit: run every attacker on FDDB faces and measure what leaks.
 
-Everything is scored at the deployed path's scale and preprocessing: the image is resized
-×``scale`` bilinearly, BGR means subtracted, passed through the head; reconstructions (at
-×scale) are resized back to the view's size (area) and compared with the original there,
-at the annotated face boxes.
+Everything is scored on the deployed data path (:func:`veil.privacy.datapath.data_path`: the
+model's own preprocessing at ×``scale``, its head, its obfuscator); reconstructions (at ×scale) are
+resized back to the view's size (area) and compared with the original there, at the annotated face
+boxes. Identity applies where the model's task has faces (``face-detection``); every other model
+gets the reconstruction audit of :mod:`veil.privacy.reconstruction`.
 
 **Faces** (:func:`select_fddb_faces`): every FDDB face present whose dlib-style box is ≥ 48 px
 and inside its image, in fold order; the same faces for every configuration (their digest is
@@ -46,12 +47,14 @@ from torch import nn
 from tqdm import tqdm
 
 from veil import jsonio
-from veil.preprocess import BGR_MEAN, FDDB_SCALE, ImageReadError, load_image, prepare, to_image
+from veil.models import SplitModel
+from veil.preprocess import ImageReadError, load_image
 from veil.privacy import identity, metrics
-from veil.privacy.decoders import decode
+from veil.privacy.datapath import data_path, mean_colour
+from veil.privacy.decoders import decode, decoder_arch, to_pixels
 from veil.privacy.report import GRID_CELL, clip_box, crop_cell, face_grid, learning_curves_plot, write_markdown
 from veil.privacy.verdict import BINS, competence, privacy_columns
-from veil.privacy.whitebox import cell_window, channel_weights, invert_windows
+from veil.privacy.whitebox import cell_window, channel_weights, input_args, invert_windows
 
 #: Faces smaller than this at the network input get an enlarged copy …
 LARGE_PX = 192.0
@@ -245,9 +248,9 @@ def near_duplicate(image: np.ndarray, rng: np.random.Generator, kind: str | None
 
 @dataclass
 class Attacks:
-    """What an adversary has: the public head, decoders, the public obfuscator (if any)."""
+    """What an adversary has: the public model (its head), decoders, the public obfuscator (if any)."""
 
-    head: nn.Module
+    model: SplitModel
     naive: nn.Module
     adaptive: nn.Module | None = None
     obfuscator: nn.Module | None = None
@@ -368,10 +371,11 @@ class Leak:
         )
 
 
-def _activation(head: nn.Module, image: np.ndarray, scale: float) -> tuple[torch.Tensor, tuple[int, int]]:
-    with _stage("head"), torch.no_grad():
-        prep = prepare(image, scale)
-        return head(prep.tensor), (prep.tensor.shape[2], prep.tensor.shape[3])
+def _activation(path: Any, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The clean activation of ``image`` through the data path, and the network input's size."""
+    with _stage("head"):
+        a, prep = path.head_activation(image)
+        return a, (prep.tensor.shape[2], prep.tensor.shape[3])
 
 
 @dataclass
@@ -398,11 +402,17 @@ def run_attacks(
     leaks: dict[str, Leak] = {}
     wb_items: list[_WBItem] = []
     adaptive = attacks.adaptive if attacks.adaptive is not None else attacks.naive
-    noise: nn.Module = nn.Identity()
-    if noisy:
-        if attacks.obfuscator is None:
-            raise ValueError("an obfuscated pass needs the obfuscator (Attacks.obfuscator)")
-        noise = attacks.obfuscator
+    if noisy and attacks.obfuscator is None:
+        raise ValueError("an obfuscated pass needs the obfuscator (Attacks.obfuscator)")
+    path = data_path(attacks.model, scale, attacks.obfuscator if noisy else None)
+    arch = decoder_arch(attacks.model)
+    stride = arch["stride"]
+
+    def noise(a: torch.Tensor) -> torch.Tensor:
+        """The data path's obfuscation of a clean activation (fresh noise each call)."""
+        with torch.no_grad():
+            return path.obfuscator(a) if path.obfuscator is not None else a
+
     rng = np.random.default_rng()
     cache: dict[int, np.ndarray] = {}
 
@@ -421,13 +431,13 @@ def run_attacks(
         with _stage("load"):
             img = original(v)
         vhw = img.shape[:2]
-        a, phw = _activation(attacks.head, img, scale)
+        a, phw = _activation(path, img)
         with _stage("noise"):
             obs = noise(a)
 
         def dec(model: nn.Module, act: torch.Tensor, phw=phw, vhw=vhw) -> np.ndarray:
             with _stage("decode"):
-                return _to_view(to_image(decode(model, act)), phw, vhw)
+                return _to_view(to_pixels(decode(model, act), arch["mean"], arch["std"]), phw, vhw)
 
         leak("naive").add(v, scale, img, dec(attacks.naive, obs), grid_faces=grid_faces)
         if attacks.perceptual is not None:
@@ -441,9 +451,7 @@ def run_attacks(
                     leak(f"adaptive_avg{k}").add(v, scale, img, dec(adaptive, avg), grid_faces=grid_faces)
                 for k in attacks.dup_ks:
                     with _stage("near-duplicates"):
-                        acts = [obs] + [
-                            noise(_activation(attacks.head, near_duplicate(img, rng), scale)[0]) for _ in range(k - 1)
-                        ]
+                        acts = [obs] + [noise(_activation(path, near_duplicate(img, rng))[0]) for _ in range(k - 1)]
                     leak(f"adaptive_dup{k}").add(
                         v, scale, img, dec(adaptive, torch.stack(acts).mean(0)), grid_faces=grid_faces
                     )
@@ -453,7 +461,7 @@ def run_attacks(
                     _WBItem(
                         vi,
                         j,
-                        cell_window(v.boxes[j] * scale, (a.shape[2], a.shape[3])),
+                        cell_window(v.boxes[j] * scale, (a.shape[2], a.shape[3]), stride=stride),
                         (a.shape[2], a.shape[3]),
                         obs,
                         phw,
@@ -478,6 +486,8 @@ def _whitebox(
     """Invert every white-box face window, ``whitebox_batch`` at a time (similar sizes together); score each
     face on its own window, mapped back to view pixels."""
     mu, wt = channel_weights(attacks.obfuscator if noisy else None)
+    inputs = input_args(attacks.model)
+    stride = int(inputs["stride"])
     out = Leak()
     order = sorted(
         range(len(items)),
@@ -489,7 +499,7 @@ def _whitebox(
         chunk = [items[i] for i in order[start : start + bs]]
         with _stage("whitebox-inversion"):
             res = invert_windows(
-                attacks.head,
+                attacks.model.head,
                 [c.target for c in chunk],
                 [c.window for c in chunk],
                 [c.act_hw for c in chunk],
@@ -498,6 +508,7 @@ def _whitebox(
                 mu=mu,
                 weight=wt,
                 upscale=scale,
+                **inputs,
             )
         for i, p in zip(order[start : start + bs], res):
             patches[i] = p
@@ -508,11 +519,13 @@ def _whitebox(
         r0, r1, c0, c1 = it.window
         # the window in view pixels (the prepared image is ×scale, not padded)
         sy, sx = it.prep_hw[0] / vhw[0], it.prep_hw[1] / vhw[1]
-        py1, px1 = min(r1 * 32, it.prep_hw[0]), min(c1 * 32, it.prep_hw[1])
-        patch = to_image(patches[i])[: py1 - r0 * 32, : px1 - c0 * 32]
-        y0, x0 = round(r0 * 32 / sy), round(c0 * 32 / sx)
+        py1, px1 = min(r1 * stride, it.prep_hw[0]), min(c1 * stride, it.prep_hw[1])
+        patch = to_pixels(patches[i], inputs["input_mean"], inputs["input_std"])
+        patch = patch[: py1 - r0 * stride, : px1 - c0 * stride]
+        y0, x0 = round(r0 * stride / sy), round(c0 * stride / sx)
         y1, x1 = round(py1 / sy), round(px1 / sx)
-        rec = np.full_like(img, BGR_MEAN, dtype=np.uint8)  # grey outside the inverted window: no original pixels
+        rec = np.empty_like(img)  # the mean colour outside the inverted window: no original pixels
+        rec[:] = mean_colour(attacks.model)
         rec[y0:y1, x0:x1] = cv2.resize(patch, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
         out.add(v, scale, img, rec, sel=[it.face], region=(x0, y0, x1, y1), grid_faces=grid_faces)
     return out
@@ -583,8 +596,9 @@ def summarize(leak: Leak, gallery: Gallery) -> dict:
 # -- the clean-pass cache -------------------------------------------------------------------------------------
 
 
-def cache_key(faces: FaceSet, weights_sha256: str, scale: float, attacks: Attacks, enlarge: bool) -> str:
-    """Clean-pass key: face-set digest, weights SHA-256, scale, the decoders' weights and white-box settings."""
+def cache_key(faces: FaceSet, scale: float, attacks: Attacks, enlarge: bool) -> str:
+    """Clean-pass key: face-set digest, the model's key (model, split, weights SHA-256), scale, the
+    decoders' weights and white-box settings."""
     from veil.privacy.train import state_sha256
 
     decs = {k: state_sha256(m) for k, m in (("naive", attacks.naive), ("perceptual", attacks.perceptual_clean)) if m}
@@ -592,7 +606,7 @@ def cache_key(faces: FaceSet, weights_sha256: str, scale: float, attacks: Attack
         json.dumps(
             [
                 faces.digest(),
-                weights_sha256,
+                attacks.model.key,
                 float(scale),
                 decs,
                 attacks.whitebox_steps,
@@ -662,14 +676,17 @@ def clean_pass(
         **{**attacks.__dict__, "obfuscator": None, "adaptive": None, "perceptual": attacks.perceptual_clean}
     )
     leaks = run_attacks(faces, views, clean_attacks, scale, noisy=False, progress=progress)
-    leaks.update(references(faces, views, scale))
+    leaks.update(references(faces, views, scale, attacks.model))
     if path is not None:
         save_leaks(path, leaks, gallery)
     return leaks, gallery, False
 
 
-def references(faces: FaceSet, views: list[View], scale: float) -> dict[str, Leak]:
-    """The original, a constant grey image, and the original reduced to the activation's resolution and back."""
+def references(faces: FaceSet, views: list[View], scale: float, model: SplitModel) -> dict[str, Leak]:
+    """The original, a constant image of the model's mean colour, and the original reduced to the
+    activation's resolution and back."""
+    stride = model.stride
+    grey = mean_colour(model)
     refs = {n: Leak() for n in ("ref:original", "ref:constant", "ref:blur_to_activation")}
     img_cache: dict[int, np.ndarray] = {}
     for v in views:
@@ -678,15 +695,18 @@ def references(faces: FaceSet, views: list[View], scale: float) -> dict[str, Lea
             img_cache[v.image] = load_image(faces.images[v.image])
         img = view_image(img_cache[v.image], v)
         refs["ref:original"].add(v, scale, img, img)
-        refs["ref:constant"].add(v, scale, img, np.full_like(img, BGR_MEAN, dtype=np.uint8))
-        refs["ref:blur_to_activation"].add(v, scale, img, blur_reference(img, scale))
+        const = np.empty_like(img)
+        const[:] = grey
+        refs["ref:constant"].add(v, scale, img, const)
+        refs["ref:blur_to_activation"].add(v, scale, img, blur_reference(img, scale, stride))
     return refs
 
 
-def blur_reference(image: np.ndarray, scale: float) -> np.ndarray:
-    """The original reduced to the activation's resolution (×scale/32) and back: what a 1-px-per-cell image shows."""
+def blur_reference(image: np.ndarray, scale: float, stride: int) -> np.ndarray:
+    """The original reduced to the activation's resolution (×scale/stride) and back: what a 1-px-per-cell
+    image shows."""
     h, w = image.shape[:2]
-    sh, sw = max(1, math.ceil(h * scale / 32)), max(1, math.ceil(w * scale / 32))
+    sh, sw = max(1, math.ceil(h * scale / stride)), max(1, math.ceil(w * scale / stride))
     small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
@@ -755,23 +775,27 @@ def audit(
     faces: FaceSet,
     attacks: Attacks,
     alpha: float,
-    scale: float = FDDB_SCALE,
+    scale: float | None = None,
     grid_faces: int = 6,
     out_dir: str | Path | None = None,
     progress: bool = True,
     meta: dict | None = None,
     clean: tuple[dict[str, Leak], Gallery] | None = None,
     views: list[View] | None = None,
-    weights_sha256: str = "",
     cache_dir: Path | None = None,
     enlarge: bool = True,
 ) -> dict:
     """Run every attacker on ``faces``, clean and (if an obfuscator is given) obfuscated; return the report.
+    ``scale``: the deployed input scale (default: the model's, ×3 for FaceBoxes).
 
-    The clean pass (and the originals' embeddings) comes from ``clean`` or the cache in
-    ``cache_dir`` (keyed by face digest, weights, scale, decoders, white-box settings), so several
-    configurations share it. Stage timings are in ``report["timing_s"]``.
+    For models whose task has faces (``face-detection``); any other model gets
+    :func:`veil.privacy.reconstruction.reconstruction_audit`. The clean pass (and the originals'
+    embeddings) comes from ``clean`` or the cache in ``cache_dir`` (keyed by face digest, the model's
+    key, scale, decoders, white-box settings), so several configurations share it. Stage timings
+    are in ``report["timing_s"]``.
     """
+    require_faces(attacks.model)
+    scale = attacks.model.config.input.scale if scale is None else float(scale)
     t0, c0 = time.monotonic(), time.process_time()
     STAGES.clear()
     timing: dict = {}
@@ -779,7 +803,7 @@ def audit(
     noisy = attacks.obfuscator is not None
     from_cache = clean is not None
     if clean is None:
-        key = cache_key(faces, weights_sha256, scale, attacks, enlarge) if cache_dir is not None else None
+        key = cache_key(faces, scale, attacks, enlarge) if cache_dir is not None else None
         c_leaks, gallery, from_cache = clean_pass(faces, views, attacks, scale, key, cache_dir, progress)
     else:
         c_leaks, gallery = clean
@@ -818,7 +842,12 @@ def audit(
     report = {
         "alpha": alpha,
         "scale": scale,
-        "preprocessing": f"bilinear resize ×{scale:g}, BGR minus mean {BGR_MEAN}; scored at the view's size",
+        "model": attacks.model.name,
+        "split_point": attacks.model.split_point,
+        "model_key": attacks.model.key,
+        "preprocessing": f"{attacks.model.name}'s own at ×{scale:g} (input mean "
+        f"{list(attacks.model.config.input.mean)}, std {list(attacks.model.config.input.std)}); "
+        "scored at the view's size",
         "n_faces": n,
         "n_images": len(faces.images),
         "faces_digest": faces.digest(),
@@ -859,15 +888,31 @@ def audit(
     return report
 
 
-def blur_leak_by_scale(faces: FaceSet, scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)) -> dict[float, dict]:
+def blur_leak_by_scale(
+    faces: FaceSet, model: SplitModel, scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+) -> dict[float, dict]:
     """Identity left in the activation *grid* alone, per input scale: the original reduced to the
-    stride-32 grid's resolution at that scale and back, scored like an attacker (no attack needed).
+    split's grid resolution (its stride) at that scale and back, scored like an attacker (no attack needed).
 
     Shows how the deployed input scale sets how much a perfect decoder could recover.
     """
+    require_faces(model)
     gallery = gallery_for(faces)
     out = {}
     for s in scales:
         views = make_views(faces, s, enlarge=False)
-        out[s] = summarize(references(faces, views, s)["ref:blur_to_activation"], gallery)
+        out[s] = summarize(references(faces, views, s, model)["ref:blur_to_activation"], gallery)
     return out
+
+
+#: Tasks whose inputs hold faces: the identity attacks apply to them.
+FACE_TASKS = ("face-detection",)
+
+
+def require_faces(model: SplitModel) -> None:
+    """Identity attacks need faces: refuse a model whose task has none, naming the audit that applies."""
+    if model.config.task not in FACE_TASKS:
+        raise ValueError(
+            f"model {model.name!r} ({model.config.task}) sees no faces: identity attacks do not apply to it; "
+            "its audit is the reconstruction audit (veil.privacy.reconstruction.reconstruction_audit)"
+        )

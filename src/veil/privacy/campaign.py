@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from veil import jsonio
-from veil.models import as_split_model
-from veil.models.faceboxes import FaceBoxes
+from veil.models import SplitModel
 from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, noise_path
-from veil.preprocess import FDDB_SCALE
-from veil.privacy.audit import Attacks, FaceSet, audit, check_independence, make_views
+from veil.privacy.audit import Attacks, FaceSet, audit, check_independence, make_views, require_faces
 from veil.privacy.decoders import Decoder, attackers_dir
-from veil.privacy.train import FaceFeatures, ensure_decoder
+from veil.privacy.train import Batches, ModelFeatures, TrainingData, ensure_decoder
 from veil.privacy.verdict import privacy_columns
 
 NOISE_MODES = ("fresh", "keyed")
@@ -49,7 +49,8 @@ class AuditNoise:
 class AuditSettings:
     """The attackers' budgets and the audit's options (``veil audit``'s defaults)."""
 
-    scale: float = FDDB_SCALE
+    #: input scale of the deployed path (None: the model's own, ×3 for FaceBoxes)
+    scale: float | None = None
     #: wall-time budget of each decoder not cached yet (it stops earlier when its loss plateaus)
     decoder_minutes: float = 15.0
     whitebox_steps: int = 100
@@ -70,15 +71,15 @@ class AuditSettings:
             raise ValueError("averaging K values (ks, dup_ks) must be ≥ 2 (K = 1 is the adaptive attacker itself)")
 
 
-def audit_cache_dir() -> Path:
-    """Where the clean pass (reconstructions' scores and the originals' embeddings) is cached."""
-    return attackers_dir() / "audit-cache"
+def audit_cache_dir(model: SplitModel) -> Path:
+    """Where the clean pass (reconstructions' scores and the originals' embeddings) is cached, under the
+    model's key (model, split, weights hash)."""
+    return attackers_dir(model) / "audit-cache"
 
 
 def audit_noise(
     alpha: float,
-    model: FaceBoxes,
-    weights_sha256: str,
+    model: SplitModel,
     fit_dirs: Sequence[str | Path],
     noise: str | Path | None = None,
     noise_dir: str | Path | None = None,
@@ -91,8 +92,7 @@ def audit_noise(
     """
     from veil.weights import sha256_file
 
-    split_model = as_split_model(model, weights_sha256)  # what the noise file must be for
-    path = Path(noise) if noise is not None else noise_path(alpha, noise_dir, split_model)
+    path = Path(noise) if noise is not None else noise_path(alpha, noise_dir, model)
     if not path.is_file():
         if noise is not None:
             raise NoiseFileError(f"noise file not found: {path}")
@@ -103,14 +103,13 @@ def audit_noise(
         from veil.obfuscate.fit import FitConfig
         from veil.obfuscate.recipe import fit_and_save
 
-        fit_and_save(model, weights_sha256, fit_dirs, path, FitConfig(alpha=alpha), progress=progress)
-    obf, meta = load_obfuscator(alpha, noise=path, model=split_model)
+        fit_and_save(model, model.weights_sha256, fit_dirs, path, FitConfig(alpha=alpha), progress=progress)
+    obf, meta = load_obfuscator(alpha, noise=path, model=model)
     return AuditNoise(obf, meta, sha256_file(path), path)
 
 
 def audit_alphas(
-    model: FaceBoxes,
-    weights_sha256: str,
+    model: SplitModel,
     faces: FaceSet,
     alphas: Sequence[float],
     out: str | Path,
@@ -129,37 +128,39 @@ def audit_alphas(
     """
     s = settings or AuditSettings()
     s.check()
+    require_faces(model)
     if noise is not None and len(alphas) > 1:
         raise ValueError("one noise file names one ALPHA: give a single ALPHA with it")
-    noises = {a: audit_noise(a, model, weights_sha256, train_dirs, noise, noise_dir, progress) for a in alphas if a > 0}
-    views = make_views(faces, s.scale, enlarge=s.enlarge)
+    scale = model.config.input.scale if s.scale is None else s.scale
+    noises = {a: audit_noise(a, model, train_dirs, noise, noise_dir, progress) for a in alphas if a > 0}
+    views = make_views(faces, scale, enlarge=s.enlarge)
     if progress:
         print(
             f"auditing {faces.n_faces} faces in {len(faces.images)} FDDB images ({len(views) - len(faces.images)} "
-            f"enlarged copies) at scale ×{s.scale:g}",
+            f"enlarged copies) at scale ×{scale:g}",
             file=sys.stderr,
         )
-    feats = FaceFeatures(model) if s.perceptual else None
+    feats = ModelFeatures(model) if s.perceptual else None
+    data: TrainingData = train_dirs
 
     def decoder(obf: AuditNoise | None = None, alpha: float | None = None, perceptual: bool = False) -> Decoder:
         return ensure_decoder(
-            model.head,
-            weights_sha256,
+            model,
             s.decoder_minutes,
-            train_dirs,
+            data,
             obfuscator=None if obf is None else obf.obfuscator,
             noise_sha256=None if obf is None else obf.sha256,
             alpha=alpha,
             loss="perceptual" if perceptual else "l1",
             features=feats if perceptual else None,
             progress=progress,
-            scale=s.scale,
+            scale=scale,
         )
 
     naive = decoder()
     naive_p = decoder(perceptual=True) if feats is not None else None
     base = Attacks(
-        model.head,
+        model,
         naive,
         perceptual_clean=naive_p,
         whitebox_steps=s.whitebox_steps,
@@ -203,12 +204,11 @@ def audit_alphas(
                     faces,
                     att,
                     alpha,
-                    s.scale,
+                    scale,
                     out_dir=dest,
                     meta=meta,
                     views=views,
-                    weights_sha256=weights_sha256,
-                    cache_dir=audit_cache_dir(),
+                    cache_dir=audit_cache_dir(model),
                     enlarge=s.enlarge,
                     progress=progress,
                 )
@@ -223,4 +223,75 @@ def audit_alphas(
             {"alpha": r["alpha"], "noise_mode": r.get("noise_mode", "fresh"), **privacy_columns(r)} for r in rows
         ]
         jsonio.write_json(out / "summary.json", summary)
+    return rows
+
+
+def reconstruction_alphas(
+    model: SplitModel,
+    images: Sequence[np.ndarray],
+    alphas: Sequence[float],
+    out: str | Path,
+    data: TrainingData,
+    settings: AuditSettings | None = None,
+    noise: str | Path | None = None,
+    noise_dir: str | Path | None = None,
+    progress: bool = True,
+    on_report: Callable[[dict[str, Any], Path], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The reconstruction audit (:mod:`veil.privacy.reconstruction`, any model) of every ALPHA on ``images``.
+
+    Noise as in :func:`audit_noise` (fitted on the training photos only for models that read photos of
+    any size; others need their noise file to exist); naive and adaptive decoders cached per model key
+    (:func:`~veil.privacy.train.ensure_decoder`, trained on ``data``); one report per ALPHA in ``out``
+    (a sub-folder ``alpha-<A>`` each when there are several).
+    """
+    from veil.privacy.reconstruction import reconstruction_audit
+
+    s = settings or AuditSettings()
+    s.check()
+    if noise is not None and len(alphas) > 1:
+        raise ValueError("one noise file names one ALPHA: give a single ALPHA with it")
+    photos = model.config.input.size is None and not isinstance(data, Batches)
+    fit_dirs = [Path(d) for d in data] if photos and data is not None else []  # type: ignore[union-attr]
+    noises = {a: audit_noise(a, model, fit_dirs, noise, noise_dir, progress) for a in alphas if a > 0}
+    scale = model.config.input.scale if s.scale is None else s.scale
+
+    def decoder(nz: AuditNoise | None = None, alpha: float | None = None) -> Decoder:
+        return ensure_decoder(
+            model,
+            s.decoder_minutes,
+            data,
+            obfuscator=None if nz is None else nz.obfuscator,
+            noise_sha256=None if nz is None else nz.sha256,
+            alpha=alpha,
+            progress=progress,
+            scale=scale,
+        )
+
+    naive = decoder()
+    base = Attacks(
+        model,
+        naive,
+        whitebox_steps=s.whitebox_steps,
+        whitebox_faces=s.whitebox_faces,
+        whitebox_batch=s.whitebox_batch,
+        ks=tuple(s.ks),
+    )
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    for alpha in alphas:
+        dest = out if len(alphas) == 1 else out / f"alpha-{alpha:g}"
+        decs: dict[str, Any] = {"naive": naive.meta}
+        meta: dict[str, Any] = {"decoders": decs}
+        att = base
+        nz = noises.get(alpha)
+        if nz is not None:
+            adaptive = decoder(nz, alpha)
+            decs["adaptive"] = adaptive.meta
+            att = Attacks(**{**base.__dict__, "adaptive": adaptive, "obfuscator": nz.obfuscator})
+            meta.update(noise_file=str(nz.path), noise_sha256=nz.sha256)
+        rep = reconstruction_audit(images, att, alpha, scale, out_dir=dest, progress=progress, meta=meta)
+        rows.append(rep)
+        if on_report is not None:
+            on_report(rep, dest)
     return rows

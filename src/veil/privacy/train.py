@@ -1,140 +1,163 @@
-"""Train reconstruction decoders on non-FDDB images, until their loss plateaus or a wall budget ends.
+"""Train reconstruction decoders on non-evaluation data, until their loss plateaus or a wall budget ends.
 
-Training data are random crops of WIDER / dlib / scikit-image photos taken at the deployed
-input scale (×3 by default, jittered ±25 %) — never FDDB, which is what the audit scores.
-The *naive* decoder sees clean activations; the *adaptive* decoder sees activations passed
-through the fitted obfuscator for the ALPHA under audit (fresh noise every step), starting
-from the naive decoder's weights (an attacker may reuse anything public).
+Training data are network-ready inputs of the attacked model: for photo models, random crops of
+WIDER / dlib photos at the deployed input scale (×3 by default, jittered ±25 %) drawn by the one crop
+sampler (:class:`veil.obfuscate.crops.ImageCrops`, which lists the folders with FDDB refused);
+for any other model, any ``Dataset`` of its network inputs (e.g. a classifier's training split).
+Never the evaluation set, which is what the audit scores. The *naive* decoder sees clean
+activations; the *adaptive* decoder sees activations passed through the fitted obfuscator for the
+ALPHA under audit (fresh noise every step), starting from the naive decoder's weights (an attacker
+may reuse anything public). A decoder's shape comes from the model's config
+(:func:`veil.privacy.decoders.decoder_arch`) and its cache path from ``model.key``.
 
 Independence (issue 9): every decoder draws its own seed from the OS unless one is given;
 the seed (initial weights of a from-scratch decoder) and the data-order seed (which crops,
 in which order) are recorded in its metadata with the per-step learning curve, so the audit
 can refuse a scoring attacker that shares them with an adversary used inside a defense.
 
-Losses: ``l1`` (pixels) or ``perceptual`` (pixels plus a feature-space term). The feature
-space is the frozen FaceBoxes detector's own (conv1 at stride 4, the head's output at stride
-32, and the first three Inception blocks): the only differentiable network in reach that was
-trained on faces (dlib's recogniser is not differentiable from Python, torchvision is not a
-dependency), so its features respond to facial structure rather than to pixel noise.
+Losses: ``l1`` (pixels) or ``perceptual`` (pixels plus a feature-space term). The feature space is
+the frozen attacked model's own (:class:`ModelFeatures`; for FaceBoxes conv1 at stride 4, the
+RDCL output at stride 32 and the first three Inception blocks): the only differentiable network in
+reach that was trained on the task's data (dlib's recogniser is not differentiable from Python,
+torchvision is not a dependency), so its features respond to its structure rather than to pixel noise.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from veil.models.faceboxes import FaceBoxes
-from veil.preprocess import BGR_MEAN, FDDB_SCALE, ImageReadError, load_image
-from veil.privacy.decoders import PIXEL_SCALE, Decoder, save_decoder
+from veil.preprocess import FDDB_SCALE
+from veil.privacy.decoders import PIXEL_SCALE, Decoder, attackers_dir, decoder_arch, model_meta, save_decoder
 
-_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
+if TYPE_CHECKING:
+    from veil.models import SplitModel
+
 LOSSES = ("l1", "perceptual")
+#: Crops drawn per photo index range: large, so every batch draws new crops (ImageCrops is a fixed
+#: function of (seed, index)).
+_CROPS_PER_PHOTO = 1_000_000
 
 
-def training_images(dirs: Sequence[str | Path] | None = None, max_side: int = 640) -> list[np.ndarray]:
-    """Load the training photos (BGR uint8): images under ``dirs`` plus scikit-image's colour samples.
+class Batches:
+    """Random batches of a ``Dataset`` of network inputs ``[K,H,W]`` (or ``(input, label)`` pairs), in an
+    order drawn from its own seed: the data-order seed recorded in a decoder's metadata."""
 
-    Refuses any path containing ``fddb`` (case-insensitive): FDDB is evaluation data only.
-    """
-    images: list[np.ndarray] = []
-    for d in dirs or []:
-        d = Path(d)
-        if "fddb" in str(d).lower():
-            raise ValueError(f"refusing to train an attacker on {d}: FDDB is the evaluation set")
-        if not d.exists():
-            raise FileNotFoundError(f"training image folder not found: {d}")
-        for p in sorted(d.rglob("*") if d.is_dir() else [d]):
-            if p.suffix.lower() in _EXTS:
-                try:
-                    img = load_image(p)
-                except ImageReadError as exc:
-                    print(f"skipped: {exc}")
-                    continue
-                s = max_side / max(img.shape[:2])
-                images.append(cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img)
-    try:
-        import skimage.data as sd
+    def __init__(self, dataset: Dataset, seed: int | None = None, scale: float | None = None) -> None:
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise ValueError("no training data for the decoder")
+        self.dataset = dataset
+        self.seed = secrets.randbits(31) if seed is None else int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        #: the input scale the data was drawn at (photo crops), recorded with the decoder
+        self.scale = scale
 
-        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina"):
-            images.append(np.ascontiguousarray(getattr(sd, name)()[:, :, ::-1]))
-    except Exception:  # noqa: BLE001 - sample data are optional extras
-        pass
-    if not images:
-        raise ValueError("no training images found")
-    return images
-
-
-class CropSampler:
-    """Random crops at the deployed scale: ``crop`` px after a ×``scale`` (jittered) bilinear resize."""
-
-    def __init__(
-        self,
-        images: list[np.ndarray],
-        crop: int = 384,
-        scale: float = FDDB_SCALE,
-        jitter: float = 0.25,
-        rng: np.random.Generator | None = None,
-        seed: int | None = None,
-    ) -> None:
-        if crop % 32:
-            raise ValueError("crop must be a multiple of 32")
-        self.images, self.crop, self.scale, self.jitter = images, crop, scale, jitter
-        #: the data-order seed, recorded in the decoder's metadata (None: not known, e.g. a caller's ``rng``)
-        self.seed = seed
-        self.rng = rng or np.random.default_rng(seed)
-
-    def one(self) -> np.ndarray:
-        img = self.images[self.rng.integers(len(self.images))]
-        s = self.scale * float(np.exp(self.rng.uniform(-self.jitter, self.jitter)))
-        src = int(np.ceil(self.crop / s)) + 1
-        h, w = img.shape[:2]
-        if h < src or w < src:  # small image: upscale it so a crop fits
-            f = src / min(h, w)
-            img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
-            h, w = img.shape[:2]
-        y, x = self.rng.integers(0, h - src + 1), self.rng.integers(0, w - src + 1)
-        patch = cv2.resize(img[y : y + src, x : x + src], None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
-        patch = patch[: self.crop, : self.crop]
-        if self.rng.random() < 0.5:
-            patch = patch[:, ::-1]
-        return patch
+    def one(self, i: int) -> torch.Tensor:
+        item = self.dataset[i]
+        return torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item, dtype=torch.float32)
 
     def batch(self, n: int) -> torch.Tensor:
-        """``[n,3,crop,crop]`` mean-subtracted BGR float tensor (network-input units)."""
-        arr = np.stack([self.one() for _ in range(n)]).astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+        """``[n,K,H,W]`` network inputs."""
+        idx = self.rng.integers(len(self.dataset), size=n)  # type: ignore[arg-type]
+        return torch.stack([self.one(int(i)) for i in idx])
+
+    def reseeded(self, seed: int | None = None) -> Batches:
+        """The same data in another (OS-drawn unless given) order: for a decoder that must not share it."""
+        return Batches(self.dataset, seed, self.scale)
+
+    def describe(self) -> dict[str, Any]:
+        d = getattr(self.dataset, "describe", None)
+        return {**(d() if callable(d) else {"items": len(self.dataset)}), "data_order_seed": self.seed}  # type: ignore[arg-type]
 
 
-class FaceFeatures(nn.Module):
-    """Frozen FaceBoxes features at three depths (stride 4, 32 and 32 after three Inception blocks)."""
+def photo_crops(
+    dirs: Sequence[str | Path],
+    crop: int = 384,
+    scale: float = FDDB_SCALE,
+    jitter: float = 0.25,
+    seed: int | None = None,
+) -> Batches:
+    """Random ``crop``-px crops of the photos under ``dirs`` at ×``scale`` (log-uniform ±``jitter``), the
+    one crop sampler's (:class:`~veil.obfuscate.crops.ImageCrops`), in an order drawn from ``seed``."""
+    from veil.obfuscate.crops import ImageCrops
 
-    model: FaceBoxes
+    seed = secrets.randbits(31) if seed is None else int(seed)
+    lo, hi = scale * math.exp(-jitter), scale * math.exp(jitter)
+    ds = ImageCrops(dirs, crop=crop, scale_range=(lo, hi), crops_per_image=_CROPS_PER_PHOTO, seed=seed)
+    return Batches(ds, seed, scale)
 
-    def __init__(self, model: FaceBoxes) -> None:
+
+class NetworkInputs(Dataset):
+    """Every image under ``dirs`` (listed once, FDDB refused) as the model's network input, through the
+    data path's own preprocessing: the training data of a fixed-size model's decoders. A corrupt image
+    is reported and skipped."""
+
+    def __init__(self, model: SplitModel, dirs: Sequence[str | Path]) -> None:
+        import sys
+
+        from veil.data.images import list_images
+        from veil.preprocess import ImageReadError, load_image
+        from veil.privacy.datapath import data_path
+
+        path = data_path(model)
+        self.tensors: list[torch.Tensor] = []
+        for f in list_images(dirs):
+            try:
+                self.tensors.append(path.preprocess(load_image(f)).tensor[0].clone())
+            except ImageReadError as exc:
+                print(f"skipped: {exc}", file=sys.stderr)
+        if not self.tensors:
+            raise ValueError("no readable training images")
+        self.dirs = [str(d) for d in dirs]
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tensors[i]
+
+    def describe(self) -> dict[str, Any]:
+        return {"images": len(self.tensors), "dirs": self.dirs}
+
+
+class ModelFeatures(nn.Module):
+    """Frozen features of the attacked model at several depths, for the perceptual loss.
+
+    FaceBoxes: conv1 (stride 4), the RDCL output (stride 32) and after the three Inception blocks;
+    any other model: its head's activation.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         object.__setattr__(self, "model", model)  # not a child: its weights are not the decoder's
         for p in model.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        m = self.model
-        f1 = m.conv1(x)
-        a = m.head(x)
-        f3 = m.inception3(m.inception2(m.inception1(a)))
-        return [f1, a, f3]
+        from veil.models.faceboxes import FaceBoxes, FaceBoxesHead
+
+        m: Any = self.model
+        net = getattr(m, "network", m)
+        if isinstance(net, FaceBoxes):
+            f1 = net.conv1(x)
+            a = FaceBoxesHead(net, 0)(x)
+            return [f1, a, net.inception3(net.inception2(net.inception1(a)))]
+        return [m.head(x)]
 
 
-def perceptual_loss(features: FaceFeatures, rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def perceptual_loss(features: ModelFeatures, rec: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over depths of ``|F(rec) − F(target)|`` normalised by ``|F(target)|`` (network-input units in)."""
     with torch.no_grad():
         ft = features(target)
@@ -172,7 +195,7 @@ def state_sha256(dec: nn.Module) -> str:
 
 def train_decoder(
     head: nn.Module,
-    sampler: CropSampler,
+    sampler: Batches,
     minutes: float = 15.0,
     obfuscator: nn.Module | None = None,
     init: Decoder | None = None,
@@ -184,27 +207,31 @@ def train_decoder(
     progress: bool = True,
     seed: int | None = None,
     loss: str = "l1",
-    features: FaceFeatures | None = None,
+    features: ModelFeatures | None = None,
     perceptual_weight: float = 1.0,
     plateau: Plateau | None = None,
     device: str | torch.device = "cpu",
+    arch: dict[str, Any] | None = None,
 ) -> Decoder:
     """Train a decoder until its loss plateaus (``plateau``), ``minutes`` of wall time pass or
     ``max_steps`` are done; L1 in pixel space, plus the feature term for ``loss="perceptual"``.
 
-    ``obfuscator`` (if given) is applied to every clean activation with fresh noise: the
-    adaptive attacker. ``init`` warm-starts from another decoder. ``seed`` (default: drawn from
-    the OS) sets the initial weights; the sampler's own seed sets the data order. The metadata
-    records both, why training stopped, and the learning curve (mean L1 in px per step).
+    ``head`` maps a batch of network inputs to what the attacker observes (a model's head, or a
+    defense's wire code). ``obfuscator`` (if given) is applied to every activation with fresh noise:
+    the adaptive attacker. ``init`` warm-starts from another decoder, else ``arch``
+    (:func:`~veil.privacy.decoders.decoder_arch` of the model; default: FaceBoxes after the RDCL)
+    shapes a fresh one. ``seed`` (default: drawn from the OS) sets the initial weights; the
+    sampler's own seed sets the data order. The metadata records both, why training stopped,
+    and the learning curve (mean L1 in 0..255 pixel levels per step).
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown decoder loss {loss!r}; choose one of {', '.join(LOSSES)}")
     if loss == "perceptual" and features is None:
-        raise ValueError("the perceptual loss needs the detector's features (FaceFeatures(model))")
+        raise ValueError("the perceptual loss needs the model's features (ModelFeatures(model))")
     seed = secrets.randbits(31) if seed is None else int(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        dec = Decoder() if init is None else _clone(init)
+        dec = _fresh(arch) if init is None else _clone(init)
     dec.to(device)
     opt = torch.optim.Adam(dec.parameters(), lr=lr)
     head.eval()
@@ -239,11 +266,11 @@ def train_decoder(
             if obfuscator is not None:
                 a = obfuscator(a)
         rec = dec(a)
-        l1 = F.l1_loss(rec, x / PIXEL_SCALE)
+        l1 = F.l1_loss(rec, x / dec.unit)
         total = (
             l1
             if loss == "l1" or features is None
-            else l1 + perceptual_weight * perceptual_loss(features, rec * PIXEL_SCALE, x)
+            else l1 + perceptual_weight * perceptual_loss(features, rec * dec.unit, x)
         )
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -264,8 +291,7 @@ def train_decoder(
         steps=step,
         seconds=round(time.monotonic() - t0, 1),
         batch=batch,
-        crop=sampler.crop,
-        scale=sampler.scale,
+        data=sampler.describe(),
         final_l1_px=round(float(ema or 0) * PIXEL_SCALE, 2),
         seed=seed,
         data_order_seed=sampler.seed,
@@ -277,6 +303,8 @@ def train_decoder(
         init_sha256=state_sha256(init) if init is not None else None,
         device=str(device),
     )
+    if sampler.scale is not None:
+        info.setdefault("scale", sampler.scale)
     if loss == "perceptual":
         info["perceptual_weight"] = perceptual_weight
     if plateau is not None:
@@ -288,14 +316,16 @@ def train_decoder(
     return dec
 
 
-def seeded_sampler(images: list[np.ndarray], crop: int, scale: float, seed: int | None = None) -> CropSampler:
-    """A crop sampler whose data order comes from its own recorded seed (OS-drawn unless given)."""
-    seed = secrets.randbits(31) if seed is None else int(seed)
-    return CropSampler(images, crop=crop, scale=scale, seed=seed)
+def _fresh(arch: dict[str, Any] | None) -> Decoder:
+    if arch is None:
+        return Decoder()
+    a = dict(arch)
+    widths = a.pop("widths", None)
+    return Decoder(tuple(widths) if widths else None, **a)
 
 
 def _clone(dec: Decoder) -> Decoder:
-    new = Decoder(dec.widths)
+    new = _fresh(dec.arch())
     new.load_state_dict(dec.state_dict())
     return new
 
@@ -320,64 +350,74 @@ def require_training_dirs(dirs: Sequence[str | Path] | None, flag: str | None = 
     return out
 
 
-def decoder_path(kind: str, scale: float, noise_sha256: str | None = None, loss: str = "l1") -> Path:
-    """Cache path of a decoder: ``naive[-perceptual][-x<scale>]`` or
-    ``adaptive[-perceptual]-<noise sha>[-x<scale>]``."""
-    from veil.privacy.decoders import attackers_dir
-
-    suffix = "" if scale == FDDB_SCALE else f"-x{scale:g}"
+def decoder_path(
+    model: SplitModel, kind: str, scale: float | None, noise_sha256: str | None = None, loss: str = "l1"
+) -> Path:
+    """Cache path of a decoder, under the model's key (model, split, weights hash):
+    ``<key>/naive[-perceptual][-x<scale>]`` or ``<key>/adaptive[-perceptual]-<noise sha>[-x<scale>]``."""
+    suffix = "" if scale is None or scale == model.config.input.scale else f"-x{scale:g}"
     tag = "" if loss == "l1" else f"-{loss}"
     if kind == "naive":
-        return attackers_dir() / f"naive{tag}{suffix}.safetensors"
+        return attackers_dir(model) / f"naive{tag}{suffix}.safetensors"
     if not noise_sha256:
         raise ValueError("an adaptive decoder needs the noise file's SHA-256 to be cached")
-    return attackers_dir() / f"adaptive{tag}-{noise_sha256[:16]}{suffix}.safetensors"
+    return attackers_dir(model) / f"adaptive{tag}-{noise_sha256[:16]}{suffix}.safetensors"
+
+
+#: Training data of :func:`ensure_decoder`: photo folders (crops at the deployed scale) or network inputs.
+TrainingData = Sequence[str | Path] | Batches | None
 
 
 def ensure_decoder(
-    head: nn.Module,
-    weights_sha256: str,
+    model: SplitModel,
     minutes: float,
-    train_dirs: Sequence[str | Path] | None = None,
+    data: TrainingData = None,
     obfuscator: nn.Module | None = None,
     noise_sha256: str | None = None,
     alpha: float | None = None,
     crop: int = 384,
     batch: int = 8,
     progress: bool = True,
-    scale: float = FDDB_SCALE,
+    scale: float | None = None,
     loss: str = "l1",
-    features: FaceFeatures | None = None,
+    features: ModelFeatures | None = None,
     plateau: Plateau | None = None,
     device: str | torch.device = "cpu",
 ) -> Decoder:
-    """The cached naive (or, with ``obfuscator``, adaptive) decoder for these weights, input scale
-    and loss; train and cache it if absent.
+    """The cached naive (or, with ``obfuscator``, adaptive) decoder for ``model`` (its key: model, split,
+    weights), input scale and loss; train and cache it if absent.
 
+    ``data``: photo folders (default ``VEIL_FIT_IMAGES``), cropped at ×``scale`` (default: the model's
+    input scale), or :class:`Batches` of the model's network inputs (a fixed-size model's own data).
     The adaptive decoder is keyed by the noise file's SHA-256 and warm-starts from the naive one;
-    a perceptual decoder warm-starts from the L1 decoder of the same kind. A decoder only knows
-    the image statistics of the scale it was trained at, so the scale is part of the cache key
-    (the default ×3 keeps the plain names that ``load_decoder()`` finds).
+    a perceptual decoder warm-starts from the L1 decoder of the same kind. A decoder only knows the
+    image statistics of the scale it was trained at, so the scale is part of the cache key.
+    A cached file made for another model, split or weights is refused, with the reason.
     """
     from veil.privacy.decoders import read_decoder
 
-    path = decoder_path("naive" if obfuscator is None else "adaptive", scale, noise_sha256, loss)
+    scale = model.config.input.scale if scale is None else float(scale)
+    path = decoder_path(model, "naive" if obfuscator is None else "adaptive", scale, noise_sha256, loss)
     if path.is_file():
-        dec = read_decoder(path)
-        same_scale = float(dec.meta.get("scale", FDDB_SCALE)) == float(scale)
-        if dec.meta.get("weights_sha256") == weights_sha256 and same_scale:
+        dec = read_decoder(path, model)
+        if float(dec.meta.get("scale", scale)) == scale:
             return dec
-        print(f"{path} was trained for other weights or another scale; retraining")
-    dirs = require_training_dirs(train_dirs)
-    sampler = seeded_sampler(training_images(dirs), crop=crop, scale=scale)
+        print(f"{path} was trained at another input scale; retraining")
+    if isinstance(data, Batches):
+        batches, sources = data.reseeded(), None
+    else:
+        data = require_training_dirs(data)
+        sources = [str(d) for d in data]
+        # photos of any size: crops at the deployed scale; a fixed-size model: each image as its input
+        fixed = model.config.input.size is not None
+        batches = Batches(NetworkInputs(model, data)) if fixed else photo_crops(data, crop=crop, scale=scale)
 
     def l1_decoder(obf: nn.Module | None, nsha: str | None, a: float | None) -> Decoder:
         """The L1 decoder this one warm-starts from (same settings, its own default plateau)."""
         return ensure_decoder(
-            head,
-            weights_sha256,
+            model,
             minutes,
-            dirs,
+            data,
             obfuscator=obf,
             noise_sha256=nsha,
             alpha=a,
@@ -394,15 +434,16 @@ def ensure_decoder(
     elif obfuscator is not None:
         init = l1_decoder(None, None, None)
     meta = {
+        **model_meta(model),
         "kind": "adaptive" if obfuscator is not None else "naive",
         "alpha": alpha,
-        "weights_sha256": weights_sha256,
         "noise_sha256": noise_sha256,
-        "sources": [str(d) for d in dirs] + ["skimage.data"],
+        "scale": scale,
+        "sources": sources if sources is not None else batches.describe(),
     }
     return train_decoder(
-        head,
-        sampler,
+        model.head,
+        batches,
         minutes=minutes,
         obfuscator=obfuscator,
         init=init,
@@ -414,4 +455,5 @@ def ensure_decoder(
         features=features,
         plateau=plateau if plateau is not None else Plateau(),
         device=device,
+        arch=decoder_arch(model),
     )

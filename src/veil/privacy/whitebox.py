@@ -7,22 +7,31 @@ log-likelihood, i.e. the attacker trusts the channels the noise spares); on clea
 activations ``w = 1``. To stay cheap, only the activation cells around a face (plus a
 margin) are inverted: the head's receptive field is ~79 px, so cells are local, and the
 outermost ring of cells (influenced by the patch's artificial border) is left out of the loss.
+
+Nothing here is one model's: the split's stride, the input's channels and normalisation come in as
+arguments (from the model's config, see :func:`input_args`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from veil.models.faceboxes import HEAD_STRIDE
-from veil.preprocess import to_image
+from veil.privacy.decoders import LEGACY_ARCH, PIXEL_SCALE, decoder_arch, to_pixels
 
-#: Optimisation pixels are in mean-subtracted BGR units / this.
-_UNIT = 64.0
+if TYPE_CHECKING:
+    from veil.models import SplitModel
+
+
+def input_args(model: SplitModel) -> dict[str, Any]:
+    """The keyword arguments :func:`invert_windows` and :func:`cell_window` need from a model's config."""
+    arch = decoder_arch(model)
+    return {"stride": arch["stride"], "input_mean": arch["mean"], "input_std": arch["std"]}
 
 
 def channel_weights(obfuscator: nn.Module | None, averaged: int = 1) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -45,17 +54,17 @@ def tv(x: torch.Tensor) -> torch.Tensor:
 
 
 def cell_window(
-    box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25, context: int = 1
+    box: np.ndarray, act_hw: tuple[int, int], margin: float = 0.25, context: int = 1, stride: int = 32
 ) -> tuple[int, int, int, int]:
     """Activation cells ``(r0, r1, c0, c1)`` covering a box (input pixels) plus ``margin``·size and
-    ``context`` cells."""
+    ``context`` cells, for a split of ``stride`` input pixels per cell."""
     x1, y1, x2, y2 = (float(v) for v in box[:4])
     mx, my = margin * (x2 - x1), margin * (y2 - y1)
     h, w = act_hw
-    r0 = max(0, math.floor((y1 - my) / HEAD_STRIDE) - context)
-    r1 = min(h, math.ceil((y2 + my) / HEAD_STRIDE) + context)
-    c0 = max(0, math.floor((x1 - mx) / HEAD_STRIDE) - context)
-    c1 = min(w, math.ceil((x2 + mx) / HEAD_STRIDE) + context)
+    r0 = max(0, math.floor((y1 - my) / stride) - context)
+    r1 = min(h, math.ceil((y2 + my) / stride) + context)
+    c0 = max(0, math.floor((x1 - mx) / stride) - context)
+    c1 = min(w, math.ceil((x2 + mx) / stride) + context)
     return r0, r1, c0, c1
 
 
@@ -71,10 +80,11 @@ def invert_window(
     mu: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
     history: list[float] | None = None,
+    **inputs: Any,
 ) -> torch.Tensor:
-    """Invert the activation cells ``window`` of ``target [1,C,h,w]``; return the patch ``[1,3,H,W]`` (input units).
+    """Invert the activation cells ``window`` of ``target [1,C,h,w]``; return the patch ``[1,K,H,W]`` (input units).
 
-    One face of :func:`invert_windows` (see there)."""
+    One face of :func:`invert_windows` (see there; ``inputs``: its ``stride``/``input_mean``/``input_std``)."""
     return invert_windows(
         head,
         [target],
@@ -87,6 +97,7 @@ def invert_window(
         mu=mu,
         weight=weight,
         history=history,
+        **inputs,
     )[0]
 
 
@@ -126,8 +137,12 @@ def invert_windows(
     mu: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
     history: list[float] | None = None,
+    stride: int = 32,
+    input_mean: list[float] | None = None,
+    input_std: list[float] | None = None,
 ) -> list[torch.Tensor]:
-    """Invert several faces at once: window ``i`` of ``targets[i] [1,C,h,w]``; return each patch ``[1,3,H_i,W_i]``.
+    """Invert several faces at once: window ``i`` of ``targets[i] [1,C,h,w]``; return each patch ``[1,K,H_i,W_i]``
+    in network-input units (``K`` input channels).
 
     The windows are padded to the largest one and run through the head as one batch (one
     forward/backward per step for all faces instead of one per face); each face has its own
@@ -135,8 +150,16 @@ def invert_windows(
     ``history`` collects the mean data term per step, to show the optimisation works.
     ``upscale`` > 1 optimises a smaller image that is bilinearly upscaled before the head —
     the attacker knows the deployed path resizes ×3, so the true input is itself such an
-    upscale (a strong, free prior).
+    upscale (a strong, free prior). ``stride`` is the split's (input pixels per activation cell);
+    ``input_mean``/``input_std`` the model's input normalisation (default: FaceBoxes' BGR means), which
+    set the number of input channels and the valid pixel range the image is kept in.
     """
+    mean = list(LEGACY_ARCH["mean"] if input_mean is None else input_mean)
+    std = list(LEGACY_ARCH["std"] if input_std is None else input_std)
+    k = len(mean)
+    unit = PIXEL_SCALE / float(np.mean(std))  # optimisation variables ~ unit scale
+    m_t, s_t = torch.tensor(mean).view(1, k, 1, 1), torch.tensor(std).view(1, k, 1, 1)
+    lo, hi = (0.0 - m_t) / s_t / unit, (255.0 - m_t) / s_t / unit
     n = len(targets)
     rows = max(w[1] - w[0] for w in windows)
     cols = max(w[3] - w[2] for w in windows)
@@ -151,10 +174,10 @@ def invert_windows(
         y = y - mu.view(1, -1, 1, 1)
     wt = torch.ones(1, c, 1, 1) if weight is None else weight.view(1, -1, 1, 1)
     norm = (y**2 * wt * mask).mean(dim=(1, 2, 3)).clamp_min(1e-6)  # per face
-    size = (rows * HEAD_STRIDE, cols * HEAD_STRIDE)
-    small = (max(8, round(size[0] / upscale)), max(8, round(size[1] / upscale)))
-    z = torch.zeros(n, 3, *small, requires_grad=True)
-    regions = [((w[1] - w[0]) * HEAD_STRIDE, (w[3] - w[2]) * HEAD_STRIDE) for w in windows]  # each face's own
+    size = (rows * stride, cols * stride)
+    small = (max(min(8, size[0]), round(size[0] / upscale)), max(min(8, size[1]), round(size[1] / upscale)))
+    z = torch.zeros(n, k, *small, requires_grad=True)  # 0: the mean colour
+    regions = [((w[1] - w[0]) * stride, (w[3] - w[2]) * stride) for w in windows]  # each face's own
 
     def render(z: torch.Tensor) -> torch.Tensor:
         return z if small == size else F.interpolate(z, size=size, mode="bilinear", align_corners=False)
@@ -164,7 +187,7 @@ def invert_windows(
         p.requires_grad_(False)
     for _ in range(steps):
         x = render(z)
-        a = head(x * _UNIT)
+        a = head(x * unit)
         data = ((a - y) ** 2 * wt * mask).mean(dim=(1, 2, 3)) / norm
         prior = torch.stack([tv(x[i : i + 1, :, :rh, :rw]) for i, (rh, rw) in enumerate(regions)])
         loss = (data + tv_weight * prior).sum()
@@ -172,15 +195,13 @@ def invert_windows(
         loss.backward()
         opt.step()
         with torch.no_grad():  # stay within valid pixel values
-            z.clamp_(-130 / _UNIT, 150 / _UNIT)
+            z.copy_(torch.maximum(torch.minimum(z, hi), lo))
         if history is not None:
             history.append(float(data.detach().mean()))
-    full = render(z.detach()) * _UNIT
-    return [
-        full[i : i + 1, :, : (w[1] - w[0]) * HEAD_STRIDE, : (w[3] - w[2]) * HEAD_STRIDE] for i, w in enumerate(windows)
-    ]
+    full = render(z.detach()) * unit
+    return [full[i : i + 1, :, : (w[1] - w[0]) * stride, : (w[3] - w[2]) * stride] for i, w in enumerate(windows)]
 
 
-def invert_patch_image(patch: torch.Tensor) -> np.ndarray:
-    """An inverted patch (input units) as a uint8 BGR image."""
-    return to_image(patch)
+def invert_patch_image(patch: torch.Tensor, input_mean: list[float], input_std: list[float]) -> np.ndarray:
+    """An inverted patch (input units) as a uint8 image in the model's input pixels."""
+    return to_pixels(patch, input_mean, input_std)

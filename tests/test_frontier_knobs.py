@@ -159,3 +159,15 @@ def test_defense_files_record_their_adversary(weights_path, wider_dir, tmp_path)
     with pytest.raises(ValueError, match="data_order_seed"):
         files.save(tmp_path / "x.safetensors", "f", t, {"weights_sha256": digest, "adversary": {"seed": 1}})
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_audit_rows_of_noise_take_the_measured_noise_row(tmp_path):
+    """An audit_cost run of ALPHA 0.8 noise has no mAP of its own: it takes the per-channel noise row's."""
+    audit = {"faces": 100, "runs": [{"config": "alpha 0.8, fresh noise", "worst": "perceptual", "worst_rank1": 0.54}]}
+    (tmp_path / "audit_cost.json").write_text(json.dumps(audit))
+    noise = {"defense": "noise", "alpha": 0.8, "nsr_db": 3.6, "map": {"mean": 0.96, "draws": [0.96, 0.96]}}
+    (tmp_path / "noise-0.8-map.json").write_text(json.dumps(noise))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]), clean_map=0.9736)}
+    a = rows["noise (fresh), audit_cost (100 faces)"]
+    assert a["map"] == 0.96 and a["nsr_db"] == 3.6 and a["drop_points"] == 1.36 and a["worst_x_chance"] == 54.0
+    assert a["meets_goal"] is False and rows["noise"]["worst_rank1"] is None

@@ -251,6 +251,13 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
     if clean_map is None and sweep is not None:
         clean_map = sweep.get("clean_mAP")
     by_alpha = {_key(r["alpha"]): r for r in (sweep or {}).get("rows", [])}
+    plain = {_key(r["alpha"]): r for r in rows if r["defense"] == "noise" and r["map"] is not None}
+    for r in rows:  # audit rows of per-channel noise ("noise (fresh), …") take its measured mAP/NSR
+        p = plain.get(_key(r["alpha"])) if r["defense"].startswith("noise (") else None
+        if p is not None and r["map"] is None:
+            r["map"], r["map_draws"] = p["map"], p["map_draws"]
+            r["nsr_db"] = r["nsr_db"] if r["nsr_db"] is not None else p["nsr_db"]
+            r["sources"].append(f"mAP/NSR of the noise row at ALPHA {r['alpha']:g} ({', '.join(p['sources'][:1])})")
     for r in rows:
         s = by_alpha.get(_key(r["alpha"])) if r["defense"].startswith("noise") else None
         if s is not None:

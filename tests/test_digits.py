@@ -19,7 +19,7 @@ from veil.data.digits import SPLITS, export_split, load_split, read_labels
 from veil.digest import sha256_file
 from veil.evaluation.classification import evaluate_classification
 from veil.models import WeightsError, create, get_config
-from veil.obfuscate import load_obfuscator, read_metadata
+from veil.obfuscate import load_obfuscator, noise_path, read_metadata
 from veil.obfuscate.fit import FitConfig
 from veil.obfuscate.whole import EvaluationSplitError, fit_whole_images
 from veil.pipeline import SplitPipeline
@@ -41,12 +41,23 @@ def test_split():
 
 
 @pytest.fixture(scope="module")
-def noise_file(tmp_path_factory, digits):
-    """A real fit at HIGH_ALPHA on the training split (the CLI's defaults: 100 steps of 8)."""
-    images, _, data = builtin.load("digits", "train")
-    out = tmp_path_factory.mktemp("digits-noise") / "alpha.safetensors"
-    fit_whole_images(digits, images, out, FitConfig(alpha=HIGH_ALPHA), data, progress=False)
-    return out
+def cache(tmp_path_factory):
+    """A fresh veil cache for this module: noise lands in its per-model directory."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("veil-cache")
+        mp.setenv("VEIL_CACHE_DIR", str(path))
+        mp.delenv("VEIL_NOISE_DIR", raising=False)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def noise_file(cache, digits):
+    """A real fit at HIGH_ALPHA through the CLI (its defaults: 100 steps of 8), on the training split that
+    ships for the model (no --images), into the model's default noise directory."""
+    assert main(["fit-noise", "--model", "digits", "--alpha", str(HIGH_ALPHA), "--quiet"]) == 0
+    path = noise_path(HIGH_ALPHA, model=digits)
+    assert path.parent.name == digits.key and path.is_file()
+    return path
 
 
 def test_shipped_weights_are_verified_by_their_sha256(digits, tmp_path):
@@ -79,21 +90,25 @@ def test_clean_accuracy_on_the_test_split(digits, test_split):
     assert set(r.per_class) == {str(d) for d in range(10)}
 
 
-def test_fit_noise_records_the_training_split_and_refuses_the_test_split(digits, noise_file, tmp_path):
+def test_fit_noise_records_the_training_split_and_refuses_the_test_split(digits, noise_file, tmp_path, capsys):
     meta = read_metadata(noise_file)
     assert meta["data"]["split"] == "train" and meta["data"]["images"] == 1438
+    assert meta["data"]["data_sha256"] == builtin.load("digits", "train")[2]["data_sha256"]
     assert meta["weights_sha256"] == digits.weights_sha256 and meta["split_point"] == "digits.block1"
-    assert meta["channels"] == digits.channels == 16
+    assert meta["model"] == "digits" and meta["channels"] == digits.channels == 16
     images, _, data = builtin.load("digits", "test")
     with pytest.raises(EvaluationSplitError, match="test"):
         fit_whole_images(digits, images, tmp_path / "x.safetensors", FitConfig(alpha=0.5, steps=1), data)
-    assert not (tmp_path / "x.safetensors").exists()
+    export_split("test", tmp_path / "test")  # the same refusal for a folder of the test split, on the CLI
+    out = tmp_path / "y.safetensors"
+    args = ["fit-noise", "--model", "digits", "--alpha", "0.5", "--images", str(tmp_path / "test"), "--out", str(out)]
+    assert main(args) == 2
+    assert "holds a test split" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists() and not out.exists()
 
 
 def test_noise_at_a_high_alpha_costs_accuracy(digits, noise_file, test_split):
-    obf, _ = load_obfuscator(
-        HIGH_ALPHA, noise=noise_file, weights_sha256=digits.weights_sha256, split_point=digits.split_point
-    )
+    obf, _ = load_obfuscator(HIGH_ALPHA, noise=noise_file, model=digits)
     pipe = SplitPipeline(digits, obfuscator=obf)
     r = evaluate_classification(
         pipe, list(test_split.images), test_split.labels, draws=3, progress=False, settings={"alpha": HIGH_ALPHA}
@@ -109,7 +124,7 @@ def test_cli_evaluate_prints_the_accuracy_clean_and_noisy(noise_file, capsys):
     out = capsys.readouterr().out
     clean = float(re.search(r"^digits-test Acc: ([0-9.]+)$", out, re.M).group(1))
     assert clean >= ACCURACY_FLOOR
-    args = ["evaluate", "--model", "digits", "--noisy", "--alpha", str(HIGH_ALPHA), "--noise", str(noise_file)]
+    args = ["evaluate", "--model", "digits", "--noisy", "--alpha", str(HIGH_ALPHA)]  # found in the model's noise dir
     assert main([*args, "--draws", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     noisy = re.search(rf"^digits-test Acc \(ALPHA {HIGH_ALPHA:g}, obfuscated\): ([0-9.]+) ± ([0-9.]+)", out, re.M)

@@ -154,10 +154,12 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from veil.obfuscate.recipe import fit_and_save  # heavy imports only when fitting
 
-    images = fit_images(args.images)
     if args.out and Path(args.out).suffix != ".safetensors":
         raise CLIError(f"--out must end in .safetensors, got {args.out}")
     model = create_model(args)
+    if model.config.input.size is not None:  # a fixed-size model fits on whole training images
+        return _fit_whole(args, model)
+    images = fit_images(args.images)
     digest = model.weights_sha256
     out = Path(args.out) if args.out else noise_path(args.alpha, args.noise_dir, model)
     if args.objective != "nsr" or args.noise_model != "per-channel":
@@ -175,6 +177,24 @@ def run(args: argparse.Namespace) -> int:
         crops_per_image=args.crops_per_image,
         progress=not args.quiet,
     )
+    _report(args, result, meta, out)
+    return 0
+
+
+def _fit_whole(args: argparse.Namespace, model) -> int:
+    """A fixed-size model (a classifier): whole images of --images (test splits refused), else the training
+    split of the data set that ships for it (veil.data.builtin), prepared by its input spec."""
+    from veil.data.builtin import fitting_images
+    from veil.obfuscate.whole import fit_whole_images
+
+    if args.objective != "nsr" or args.noise_model != "per-channel":
+        raise CLIError("--objective/--noise-model other than the defaults fit face detectors on photos only")
+    out = Path(args.out) if args.out else noise_path(args.alpha, args.noise_dir, model)
+    try:
+        images, data = fitting_images(model.name, args.images)
+        result, meta = fit_whole_images(model, images, out, fit_config(args, args.alpha), data, not args.quiet)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from exc
     _report(args, result, meta, out)
     return 0
 

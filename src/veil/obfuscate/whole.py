@@ -17,20 +17,37 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from veil.models import SplitModel
-from veil.obfuscate.artifact import save_obfuscator
-from veil.obfuscate.fit import FitConfig, FitResult, fit_noise
+from veil.obfuscate.fit import FitConfig, FitResult
+from veil.obfuscate.recipe import fit_and_save
 from veil.pipeline import SplitPipeline
 
-#: Images per pass of the head when the activations are first computed.
-BANK_BATCH = 256
 #: Split names that are never fitted on.
 EVALUATION_SPLITS = ("test",)
 
 
 class EvaluationSplitError(ValueError):
     """Fitting data is an evaluation (test) split."""
+
+
+class PreparedImages(Dataset):
+    """Whole images prepared once as the model's input spec says; ``describe()`` is what the noise file records."""
+
+    def __init__(self, model: SplitModel, images: Sequence[np.ndarray], description: dict[str, Any]) -> None:
+        pipe = SplitPipeline(model, model.weights_sha256)
+        self.inputs = torch.cat([pipe.preprocess(img).tensor for img in images])
+        self.description = {**description, "images": len(images), "input_size": list(model.config.input.size or ())}
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.inputs[i]
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.description)
 
 
 def fit_whole_images(
@@ -42,7 +59,8 @@ def fit_whole_images(
     progress: bool = True,
 ) -> tuple[FitResult, dict[str, Any]]:
     """Fit ``config.alpha`` for ``model`` on uint8 ``images`` (each prepared whole, as its input spec
-    says) and write the noise file ``out``; return the fit and the metadata written.
+    says) with the standard recipe (:func:`veil.obfuscate.recipe.fit_and_save`) and write the noise
+    file ``out``; return the fit and the metadata written.
 
     ``data`` describes the images and is recorded (e.g. ``{"dataset": "digits", "split": "train",
     ...}``); a ``split`` in :data:`EVALUATION_SPLITS` raises :class:`EvaluationSplitError`.
@@ -59,25 +77,5 @@ def fit_whole_images(
         )
     if not len(images):
         raise ValueError("no fitting images")
-    pipe = SplitPipeline(model, model.weights_sha256)
-    x = torch.cat([pipe.preprocess(img).tensor for img in images])
-    loader = [x[i : i + BANK_BATCH] for i in range(0, len(x), BANK_BATCH)]
-    distortion = model.config.distortion
-    if distortion is None:
-        raise ValueError(f"model {model.name!r} names no distortion in its config: it cannot be fitted")
-    result = fit_noise(model.head, model.tail, loader, config, distortion=distortion, progress=progress)
-    meta = {
-        "alpha": config.alpha,
-        "weights_sha256": model.weights_sha256,
-        "model": model.name,
-        "model_split": model.split,
-        "split_point": model.split_point,
-        "model_key": model.key,
-        "fit": dict(vars(config)),
-        "fit_seconds": round(result.seconds, 1),
-        "data": {**data, "images": len(images), "input_size": list(model.config.input.size)},
-        "activation_stats": result.activation_stats,
-        "loss_log": result.log,
-    }
-    save_obfuscator(result.obfuscator, out, meta)
-    return result, meta
+    dataset = PreparedImages(model, images, data)
+    return fit_and_save(model, model.weights_sha256, None, out, config, progress=progress, data=dataset)

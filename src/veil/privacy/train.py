@@ -43,7 +43,7 @@ from veil.preprocess import FDDB_SCALE
 from veil.privacy.decoders import PIXEL_SCALE, Decoder, attackers_dir, decoder_arch, model_meta, save_decoder
 
 if TYPE_CHECKING:
-    from veil.models import SplitModel
+    from veil.models import InputSpec, SplitModel
 
 LOSSES = ("l1", "perceptual")
 #: Crops drawn per photo index range: large, so every batch draws new crops (ImageCrops is a fixed
@@ -88,14 +88,16 @@ def photo_crops(
     scale: float = FDDB_SCALE,
     jitter: float = 0.25,
     seed: int | None = None,
+    input: InputSpec | None = None,
 ) -> Batches:
     """Random ``crop``-px crops of the photos under ``dirs`` at ×``scale`` (log-uniform ±``jitter``), the
-    one crop sampler's (:class:`~veil.obfuscate.crops.ImageCrops`), in an order drawn from ``seed``."""
+    one crop sampler's (:class:`~veil.obfuscate.crops.ImageCrops`), normalised as the model's ``input``
+    spec says (default FaceBoxes'), in an order drawn from ``seed``."""
     from veil.obfuscate.crops import ImageCrops
 
     seed = secrets.randbits(31) if seed is None else int(seed)
     lo, hi = scale * math.exp(-jitter), scale * math.exp(jitter)
-    ds = ImageCrops(dirs, crop=crop, scale_range=(lo, hi), crops_per_image=_CROPS_PER_PHOTO, seed=seed)
+    ds = ImageCrops(dirs, crop=crop, scale_range=(lo, hi), crops_per_image=_CROPS_PER_PHOTO, seed=seed, input=input)
     return Batches(ds, seed, scale)
 
 
@@ -410,7 +412,11 @@ def ensure_decoder(
         sources = [str(d) for d in data]
         # photos of any size: crops at the deployed scale; a fixed-size model: each image as its input
         fixed = model.config.input.size is not None
-        batches = Batches(NetworkInputs(model, data)) if fixed else photo_crops(data, crop=crop, scale=scale)
+        batches = (
+            Batches(NetworkInputs(model, data))
+            if fixed
+            else photo_crops(data, crop=crop, scale=scale, input=model.config.input)
+        )
 
     def l1_decoder(obf: nn.Module | None, nsha: str | None, a: float | None) -> Decoder:
         """The L1 decoder this one warm-starts from (same settings, its own default plateau)."""

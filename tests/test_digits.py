@@ -7,6 +7,7 @@ Real parts throughout: the shipped weights (SHA-256 verified), scikit-learn's di
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -23,6 +24,8 @@ from veil.obfuscate import load_obfuscator, noise_path, read_metadata
 from veil.obfuscate.fit import FitConfig
 from veil.obfuscate.whole import EvaluationSplitError, fit_whole_images
 from veil.pipeline import SplitPipeline
+from veil.serving.client import TritonDetector
+from veil.serving.server import TritonServer, unsupported_reason
 
 #: Measured clean test accuracy is 0.9805 (352/359; docs/models.md); the floor is well below it.
 ACCURACY_FLOOR = 0.95
@@ -137,3 +140,48 @@ def test_top1_class_matches_the_whole_network(digits, test_split):
     x = torch.cat([pipe.preprocess(img).tensor for img in test_split.images[:16]])
     with torch.inference_mode():
         assert torch.equal(digits.tail(digits.head(x)), digits.network(x))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`veil export-triton --model digits` written by the CLI and served by the real tritonserver (loopback,
+    free ports), stopped at the end."""
+    why = unsupported_reason()
+    if why:
+        pytest.skip(f"the bundled tritonserver cannot run here: {why}")
+    out = tmp_path_factory.mktemp("digits-triton") / "repo"
+    assert main(["export-triton", "--model", "digits", "--format", "python", "--out", str(out)]) == 0
+    manifest = json.loads((out / "veil-export.json").read_text())
+    assert manifest["split_point"] == "digits.block1" and "digits_block1_noisy" in manifest["models"]
+    server = TritonServer(out / "python", models=["digits_block1_noisy"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(300)
+def test_triton_round_trip_equals_the_in_process_tail(served, digits, noise_file, test_split, tmp_path, capsys):
+    obf, _ = load_obfuscator(HIGH_ALPHA, noise=noise_file, model=digits)
+    pipe = SplitPipeline(digits, obfuscator=obf)
+    with TritonDetector(pipe, served.grpc_url, "grpc") as client:
+        assert client.model == "digits_block1_noisy"
+        # Only the obfuscated activation leaves: the tail's outputs on exactly what was sent equal the eager tail's.
+        sent = torch.cat([pipe.client_side(img)[0] for img in test_split.images[:8]])
+        clean = torch.cat([pipe.client_side(img, obfuscate=False)[0] for img in test_split.images[:8]])
+        assert sent.shape == (8, 16, 16, 16) and not torch.allclose(sent, clean, atol=1e-3)
+        (logits,) = client.infer_activation(sent)
+        np.testing.assert_allclose(logits, pipe.server_side(sent)[0].numpy(), atol=1e-4)
+        # A whole image: class probabilities back, post-processed here.
+        got, a = client.detect_with_activation(test_split.images[0])
+        ref = pipe.predict_from_outputs(pipe.server_side(a), pipe.preprocess(test_split.images[0]))
+        np.testing.assert_allclose(got.probabilities, ref.probabilities, atol=1e-5)
+        assert got.label == ref.label and abs(float(got.probabilities.sum()) - 1) < 1e-5
+    # The same through the CLI a user runs: `veil infer --model digits --noisy` on a PNG file.
+    export_split("test", tmp_path / "png")
+    args = ["infer", str(tmp_path / "png" / "0002.png"), "--model", "digits", "--noisy", "--alpha", str(HIGH_ALPHA)]
+    assert main([*args, "--url", served.grpc_url, "--protocol", "grpc", "--out", str(tmp_path / "inf")]) == 0
+    record = json.loads((tmp_path / "inf" / "0002.json").read_text())
+    assert record["model"] == "digits_block1_noisy" and record["sent"]["shape"] == [1, 16, 16, 16]
+    assert record["label"] in digits.config.labels and abs(sum(record["probabilities"]) - 1) < 1e-3

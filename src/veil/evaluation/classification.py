@@ -1,7 +1,8 @@
 """Top-1 accuracy of a classification split model, clean and obfuscated (the classifier's evaluator).
 
 The data path is the pipeline's (:class:`veil.pipeline.SplitPipeline`): each image is prepared as
-the model's input spec says and runs through the head once; the clean activations are kept, and
+the model's input spec says and runs through the pipeline's head once (in batches); the clean
+activations are kept, and
 the tail classifies them clean and then under ``draws`` independent draws of the pipeline's
 obfuscator (fresh noise on every draw, as deployed). Accuracy under noise is random, so it is
 reported as mean ± sample standard deviation over the draws, with min and max, beside the clean
@@ -123,12 +124,18 @@ def evaluate_classification(
     classes = len(pipeline.config.labels) or None
     if classes is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
         raise ValueError(f"labels must be class indices 0..{classes - 1}, got {int(y.min())}..{int(y.max())}")
-    acts = torch.cat(
-        [
-            pipeline.head_activation(img)[0]
-            for img in tqdm(images, desc="head", unit="image", disable=not progress, leave=False)
-        ]
-    )
+    # Each image prepared as the model's input spec says, then the head on batches (one image at a time
+    # would spend most of its time starting small convolutions).
+    x = torch.cat([pipeline.preprocess(img).tensor for img in images])
+    with torch.inference_mode():
+        acts = torch.cat(
+            [
+                pipeline.runner.head(x[i : i + batch_size])
+                for i in tqdm(
+                    range(0, len(x), batch_size), desc="head", unit="batch", disable=not progress, leave=False
+                )
+            ]
+        )
 
     def logits(noise: torch.nn.Module | None) -> torch.Tensor:
         out = []

@@ -62,7 +62,7 @@ LARGE_PX = 192.0
 ENLARGE_TARGET = 288.0
 #: Context kept around a face in its enlarged crop, in face sides on each side.
 ENLARGE_CONTEXT = 1.0
-#: Wall and CPU seconds per stage of the current audit (see :func:`_stage`), for the cost benchmark.
+#: Wall and CPU seconds and calls per stage of the current audit (see :func:`_stage`), for the cost benchmark.
 STAGES: dict[str, list[float]] = {}
 
 
@@ -76,9 +76,10 @@ class _stage:  # noqa: N801 - used as a context manager, reads as a label
         self.t, self.c = time.monotonic(), time.process_time()
 
     def __exit__(self, *exc) -> None:
-        s = STAGES.setdefault(self.name, [0.0, 0.0])
+        s = STAGES.setdefault(self.name, [0.0, 0.0, 0])
         s[0] += time.monotonic() - self.t
         s[1] += time.process_time() - self.c
+        s[2] += 1  # calls (e.g. white-box batches done)
 
 
 @dataclass

@@ -238,3 +238,7 @@ def test_veil_audit_runs_the_reconstruction_audit_on_the_digits_classifier(tmp_p
     # no evaluation images: one clear line naming the flag (a model without faces has no FDDB audit)
     assert main(["audit", "--model", "digits", "--alpha", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--images" in capsys.readouterr().err
+    # no noise file for ALPHA 0.6: refused with the reason (never fitted on photo crops), before any training
+    argv = ["audit", "--model", "digits", "--alpha", "0.6", "--images", str(tmp_path / "test"), "--out", str(tmp_path)]
+    assert main([*argv, "--train-images", str(tmp_path / "train")]) == 2
+    assert "fixed input size" in capsys.readouterr().err

@@ -85,17 +85,24 @@ def audit_noise(
     noise_dir: str | Path | None = None,
     progress: bool = True,
 ) -> AuditNoise:
-    """The noise for ALPHA: the file ``noise``, else the one in ``noise_dir`` (default: the veil cache);
-    when that does not exist yet, fit it on ``fit_dirs`` with the default recipe and save it there.
+    """The noise for ALPHA: the file ``noise``, else the one in ``noise_dir`` (default: the model's
+    directory in the veil cache); when that does not exist yet, fit it on ``fit_dirs`` (photos, for a
+    model that reads any input size) with the default recipe and save it there.
 
-    A missing explicit ``noise`` file is an error, never a reason to fit.
+    A missing explicit ``noise`` file is an error, never a reason to fit; so is missing noise for a
+    fixed-size model, which is fitted on its own training data, not on photo crops.
     """
-    from veil.weights import sha256_file
+    from veil.digest import sha256_file
 
     path = Path(noise) if noise is not None else noise_path(alpha, noise_dir, model)
     if not path.is_file():
         if noise is not None:
             raise NoiseFileError(f"noise file not found: {path}")
+        if model.config.input.size is not None:
+            raise NoiseFileError(
+                f"no noise for ALPHA {alpha:g} at {path}: {model.name} takes a fixed input size, so its noise is "
+                "fitted on its own training images (veil.obfuscate.whole.fit_whole_images), not here"
+            )
         if not fit_dirs:
             raise NoiseFileError(f"no noise for ALPHA {alpha:g} at {path} and no training photos to fit it on")
         if progress:
@@ -237,11 +244,15 @@ def reconstruction_alphas(
     noise_dir: str | Path | None = None,
     progress: bool = True,
     on_report: Callable[[dict[str, Any], Path], None] | None = None,
+    labels: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The reconstruction audit (:mod:`veil.privacy.reconstruction`, any model) of every ALPHA on ``images``.
 
+    ``labels`` (a classifier's, one per image): each report also holds the label leak
+    (:func:`veil.privacy.label_leak.label_leak`: the clean classifier's accuracy on the reconstructions).
+
     Noise as in :func:`audit_noise` (fitted on the training photos only for models that read photos of
-    any size; others need their noise file to exist); naive and adaptive decoders cached per model key
+    any size; a fixed-size model's noise file must exist); naive and adaptive decoders cached per model key
     (:func:`~veil.privacy.train.ensure_decoder`, trained on ``data``); one report per ALPHA in ``out``
     (a sub-folder ``alpha-<A>`` each when there are several).
     """
@@ -251,8 +262,7 @@ def reconstruction_alphas(
     s.check()
     if noise is not None and len(alphas) > 1:
         raise ValueError("one noise file names one ALPHA: give a single ALPHA with it")
-    photos = model.config.input.size is None and not isinstance(data, Batches)
-    fit_dirs = [Path(d) for d in data] if photos and data is not None else []  # type: ignore[union-attr]
+    fit_dirs = [] if data is None or isinstance(data, Batches) else [Path(d) for d in data]
     noises = {a: audit_noise(a, model, fit_dirs, noise, noise_dir, progress) for a in alphas if a > 0}
     scale = model.config.input.scale if s.scale is None else s.scale
 
@@ -290,6 +300,10 @@ def reconstruction_alphas(
             decs["adaptive"] = adaptive.meta
             att = Attacks(**{**base.__dict__, "adaptive": adaptive, "obfuscator": nz.obfuscator})
             meta.update(noise_file=str(nz.path), noise_sha256=nz.sha256)
+        if labels is not None and model.config.task == "classification":
+            from veil.privacy.label_leak import label_leak
+
+            meta["label_leak"] = label_leak(att, images, labels, progress=progress)
         rep = reconstruction_audit(images, att, alpha, scale, out_dir=dest, progress=progress, meta=meta)
         rows.append(rep)
         if on_report is not None:

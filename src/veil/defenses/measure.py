@@ -196,7 +196,7 @@ def _large_face_bin(faces, originals, orig_emb, thr, base_emb, head, observe, de
         img = view_image(originals[v.image], v)
         prep = prepare(img, scale)
         rec = to_image(decode(decoder, observe(head(prep.tensor))))
-        rec = _to_orig(rec, (prep.tensor.shape[2], prep.tensor.shape[3]), img.shape[:2])
+        rec = _to_orig(rec, (prep.tensor.shape[2], prep.tensor.shape[3]), (img.shape[0], img.shape[1]))
         probes += list(identity.embed_faces(rec, v.boxes))
         labels += [int(i) for i in v.faces]
         enlarged += len(v.faces)

@@ -204,9 +204,10 @@ def run_audit(args: argparse.Namespace) -> int:
         keyed=args.keyed,
     )
     if model.config.task not in FACE_TASKS:
+        images, labels = _eval_images(args)
         reconstruction_alphas(
             model,
-            _eval_images(args),
+            images,
             args.alpha,
             args.out,
             dirs,
@@ -214,6 +215,7 @@ def run_audit(args: argparse.Namespace) -> int:
             noise=args.noise,
             noise_dir=args.noise_dir,
             on_report=_print_reconstruction,
+            labels=labels,
         )
         return 0
     faces = select_fddb_faces(_dataset(args), args.max_faces, args.min_face)
@@ -231,22 +233,36 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_images(args: argparse.Namespace) -> list:
-    """The images of --images, read once (a corrupt one is reported and skipped)."""
+def _eval_images(args: argparse.Namespace) -> tuple[list, list[int] | None]:
+    """The images of --images, read once (a corrupt one is reported and skipped), and their labels when every
+    folder lists them in a labels.csv (``veil data digits DIR`` writes one): a classifier's label leak."""
     import sys
 
     from veil.data.images import list_images
+    from veil.data.labelled import MANIFEST, read_labels
     from veil.preprocess import ImageReadError, load_image
 
     if not args.images:
         raise ValueError(f"model {args.model!r} sees no faces: give its evaluation images with --images DIR")
-    out = []
-    for f in list_images(args.images):
+    dirs = [Path(d) for d in args.images]
+    listed: dict[Path, int] | None = None
+    if all((d / MANIFEST).is_file() for d in dirs):
+        listed = {}
+        for d in dirs:
+            paths, labels, _ = read_labels(d)
+            listed.update({p.resolve(): int(y) for p, y in zip(paths, labels, strict=True)})
+    out, labels_out = [], []
+    for f in list_images(args.images, evaluation=True):
+        if listed is not None and f.resolve() not in listed:
+            continue  # a file its folder's labels.csv does not list
         try:
             out.append(load_image(f))
         except ImageReadError as exc:
             print(f"skipped: {exc}", file=sys.stderr)
-    return out
+            continue
+        if listed is not None:
+            labels_out.append(listed[f.resolve()])
+    return out, (labels_out if listed is not None else None)
 
 
 def _print_reconstruction(rep: dict, dest: Path) -> None:
@@ -254,6 +270,10 @@ def _print_reconstruction(rep: dict, dest: Path) -> None:
     for k, v in rep["attackers"].items():
         print(f"  {k:16s} L1 {v['l1']:.2f}  PSNR {v['psnr']:.2f} dB  SSIM {v['ssim']}")
     print(f"  worst {rep['worst_attacker']} (SSIM {rep['worst_ssim']}); competent: {rep['competent']}")
+    if "label_leak" in rep:  # a classifier with labelled images
+        leak = rep["label_leak"]
+        acc = ", ".join(f"{k} {v:.4f}" for k, v in leak["accuracy"].items())
+        print(f"  label leak (clean classifier on the reconstructions; chance {leak['chance']:.2f}): {acc}")
     print(f"  → {dest / 'report.md'}")
 
 

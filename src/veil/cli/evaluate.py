@@ -227,7 +227,8 @@ def _labelled_data(dataset: str | None, model: str) -> tuple[list, Any, str]:
     """(images, labels, name) of a classifier's test data: a labelled folder (labels.csv), a built-in data
     set by name, or — without --dataset — the built-in data set named like the model (its test split)."""
     from veil.data import builtin
-    from veil.data.digits import DigitsDataError, read_labels
+    from veil.data.digits import DigitsDataError
+    from veil.data.labelled import LabelledDataError, read_labels
 
     name = dataset if dataset is not None else model
     try:
@@ -243,7 +244,7 @@ def _labelled_data(dataset: str | None, model: str) -> tuple[list, Any, str]:
             return [load_image(p) for p in paths], labels, Path(dataset).name
         except ImageReadError as exc:
             raise CLIError(str(exc)) from exc
-    except DigitsDataError as exc:
+    except (DigitsDataError, LabelledDataError) as exc:
         raise CLIError(str(exc)) from exc
 
 

@@ -46,7 +46,7 @@ def fitting_images(name: str | None, dirs: Sequence[str | Path] | None) -> tuple
             if img is None:
                 raise ValueError(f"cannot decode image (corrupt or not an image): {f}")
             images.append(img)
-        from veil.data.digits import MANIFEST, read_labels
+        from veil.data.labelled import MANIFEST, read_labels
 
         marked = {read_labels(d)[2] for d in map(Path, dirs) if (d / MANIFEST).is_file()}
         split = "train" if marked == {"train"} and all((Path(d) / MANIFEST).is_file() for d in dirs) else "folders"

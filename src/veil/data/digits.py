@@ -24,6 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from veil.data.labelled import MANIFEST, read_labels
+
+__all__ = ["MANIFEST", "SPLITS", "DigitsDataError", "DigitsSplit", "export_split", "load_split", "read_labels"]
+
 #: The two parts of the data set. Nothing is ever fitted or trained on ``test``.
 SPLITS = ("train", "test")
 #: Seed of the stratified split (an explicit, recorded experiment setting).
@@ -39,8 +43,6 @@ SOURCE = (
     "scikit-learn's load_digits: UCI Optical Recognition of Handwritten Digits (test part), "
     "E. Alpaydin and C. Kaynak, 1998, CC BY 4.0"
 )
-#: File written beside exported PNGs: which split they are (a fitting command reads it to refuse the test split).
-MANIFEST = "labels.csv"
 
 
 class DigitsDataError(RuntimeError):
@@ -138,31 +140,3 @@ def export_split(name: str, out: str | Path) -> Path:
         w.writerow(("file", "label", "index", "split"))
         w.writerows(rows)
     return out / MANIFEST
-
-
-def read_labels(directory: str | Path) -> tuple[list[Path], np.ndarray, str | None]:
-    """A labelled image folder in :func:`export_split`'s format: image paths, integer labels and the
-    split its ``labels.csv`` names (None if it has no ``split`` column). Any classification data set
-    laid out this way (``file,label`` rows) works."""
-    directory = Path(directory)
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        raise DigitsDataError(
-            f"{directory} has no {MANIFEST} (columns file,label[,index,split]): not a labelled folder"
-        )
-    paths: list[Path] = []
-    labels: list[int] = []
-    splits: set[str] = set()
-    with open(manifest, newline="") as f:
-        for n, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                paths.append(directory / row["file"])
-                labels.append(int(row["label"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DigitsDataError(f"{manifest}, line {n}: needs a file name and an integer label ({exc})") from None
-            if row.get("split"):
-                splits.add(row["split"])
-    if not paths:
-        raise DigitsDataError(f"{manifest} lists no images")
-    split = "test" if "test" in splits else next(iter(splits), None)
-    return paths, np.asarray(labels, dtype=np.int64), split

@@ -23,25 +23,28 @@ def looks_like_fddb(path: Path) -> bool:
 
 def marked_test_split(path: Path) -> bool:
     """True for a folder whose ``labels.csv`` (``veil data digits`` writes one) says it holds a test split."""
-    manifest = path / "labels.csv"
+    from veil.data.labelled import MANIFEST
+
+    manifest = path / MANIFEST
     if not manifest.is_file():
         return False
     with open(manifest, newline="") as f:
         return any(row.get("split") == "test" for row in csv.DictReader(f))
 
 
-def list_images(dirs: Sequence[str | Path]) -> list[Path]:
-    """All image files under ``dirs`` (recursively, sorted); refuses FDDB, test splits and empty folders."""
+def list_images(dirs: Sequence[str | Path], evaluation: bool = False) -> list[Path]:
+    """All image files under ``dirs`` (recursively, sorted); refuses empty folders and — unless the images
+    are listed for ``evaluation`` (an audit's or evaluation's test images) — FDDB and test splits."""
     files: list[Path] = []
     for d in map(Path, dirs):
         if not d.exists():
             raise FileNotFoundError(f"image folder not found: {d}")
-        if looks_like_fddb(d):
+        if not evaluation and looks_like_fddb(d):
             raise ValueError(
                 f"{d} looks like FDDB (originalPics / FDDB-folds): FDDB is evaluation data "
                 "and is never used for fitting; use the WIDER subset, dlib photos or other images"
             )
-        if d.is_dir() and marked_test_split(d):
+        if not evaluation and d.is_dir() and marked_test_split(d):
             raise ValueError(
                 f"{d} holds a test split (its labels.csv says so): evaluation data is never used for fitting; "
                 "use the training split"

@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 
 from veil import assets, jsonio
-from veil.detector import Detector
 from veil.preprocess import ImageReadError, load_image
 from veil.viz import draw_boxes, side_by_side
 
@@ -147,8 +146,8 @@ def run_demo(
     log=print,
 ) -> DemoReport:
     """Run the demo into ``out`` (created); return its report. The server is always stopped."""
-    from veil.obfuscate import find_noise_file, load_obfuscator
     from veil.privacy.decoders import load_decoder, reconstruct
+    from veil.private import PrivateDetector, make_private
     from veil.serving.client import TritonDetector
     from veil.serving.repository import model_name, served_prefix
     from veil.serving.server import ServerError, TritonServer, unsupported_reason
@@ -160,9 +159,9 @@ def run_demo(
     out = Path(out)
     (out / "boxes").mkdir(parents=True, exist_ok=True)
     photos = _load(images, log)
-    det = Detector.from_weights(weights)
-    noise_file = find_noise_file(alpha, noise, model=det.model)  # named in the report
-    det.obfuscator, meta = load_obfuscator(alpha, noise=noise_file, model=det.model)
+    det = make_private("faceboxes", alpha, noise, weights=weights)  # every check inside (veil.private)
+    assert isinstance(det, PrivateDetector) and det.noise_file is not None  # FaceBoxes: a face detector
+    noise_file, meta = det.noise_file, det.noise_meta  # named in the report
     dec = load_decoder(decoder)
     log(f"exporting the tail for Triton → {out / 'triton-repo'}")
     repo = export_repository(det.model, det.weights_sha256, out / "triton-repo")

@@ -185,3 +185,25 @@ def test_triton_round_trip_equals_the_in_process_tail(served, digits, noise_file
     record = json.loads((tmp_path / "inf" / "0002.json").read_text())
     assert record["model"] == "digits_block1_noisy" and record["sent"]["shape"] == [1, 16, 16, 16]
     assert record["label"] in digits.config.labels and abs(sum(record["probabilities"]) - 1) < 1e-3
+
+
+def test_audit_reconstructs_and_measures_the_label_leak(noise_file, digits, tmp_path, capsys):
+    """`veil audit --model digits` on labelled test images (40 of them, with their labels.csv), decoders
+    trained briefly on the training split's PNGs: the reconstruction report plus the label leak."""
+    export_split("train", tmp_path / "train")
+    export_split("test", tmp_path / "test")
+    manifest = tmp_path / "test" / "labels.csv"
+    manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[:41]))  # header + 40 images
+    argv = ["audit", "--model", "digits", "--alpha", str(HIGH_ALPHA), "--images", str(tmp_path / "test")]
+    argv += ["--train-images", str(tmp_path / "train"), "--out", str(tmp_path / "audit"), "--decoder-minutes", "0.05"]
+    argv += ["--whitebox-faces", "2", "--whitebox-steps", "5", "--ks", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"ALPHA {HIGH_ALPHA:g}: 40 images of digits at digits.block1" in out and "label leak" in out
+    rep = json.loads((tmp_path / "audit" / "report.json").read_text())
+    assert rep["model_key"] == digits.key and rep["n_images"] == 40 and rep["noise_file"] == str(noise_file)
+    leak = rep["label_leak"]
+    assert leak["images"] == 40 and leak["chance"] == 0.1
+    assert set(leak["accuracy"]) == {"original", "clean/naive", "obfuscated/naive", "obfuscated/adaptive"}
+    assert leak["accuracy"]["original"] >= 0.9  # the classifier itself, on these 40 test images
+    assert all(0.0 <= v <= 1.0 for v in leak["accuracy"].values())

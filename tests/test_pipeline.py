@@ -136,3 +136,22 @@ def test_a_bare_faceboxes_network_is_wrapped_and_its_backend_rebuilt(detector):
     net = detector.model.network
     det.model = net  # older code assigns the bare network (e.g. a distilled tail)
     assert det.model.network is net and det.model.split == "rdcl" and det.runner is not first
+
+
+def test_a_task_of_ones_own_brings_its_postprocess(tiny, fddb_image_paths):
+    """A model whose task veil does not know runs through the same path with the config's postprocess."""
+    import dataclasses
+
+    def score(outputs, prep):  # e.g. a regression head: one number per image, in the original's frame
+        return float(outputs[0][0].sum()), prep.orig_size
+
+    image = load_image(fddb_image_paths[0])
+    own = dataclasses.replace(tiny.config, task="scoring", postprocess=score)
+    model = build(tiny.name)
+    model.config = own
+    value, size = SplitPipeline(model).predict(image)
+    logits = SplitPipeline(tiny).server_side(SplitPipeline(tiny).client_side(image)[0])[0]
+    assert size == image.shape[:2] and abs(value - float(logits.sum())) < 1e-4
+    model.config = dataclasses.replace(own, postprocess=None)
+    with pytest.raises(ValueError, match="task 'scoring' and no postprocess"):
+        SplitPipeline(model)

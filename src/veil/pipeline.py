@@ -27,7 +27,8 @@ from veil.preprocess import MAX_INPUT_PIXELS, Prepared, prepare
 
 #: The tasks whose outputs the pipeline turns into answers.
 TASKS = ("face-detection", "classification")
-#: What a prediction is, per task: ``[K,5]`` boxes (x1,y1,x2,y2,score) or a :class:`Classification`.
+#: What a prediction is, per task: ``[K,5]`` boxes (x1,y1,x2,y2,score) or a :class:`Classification` (or
+#: whatever a model's own ``config.postprocess`` returns).
 Prediction = np.ndarray | Classification
 
 
@@ -37,8 +38,11 @@ def predict_from_outputs(
     """One image's tail outputs (batch of one; from a local tail or a server) → the task's answer.
 
     ``face-detection``: ``(loc, conf)`` → ``[K,5]`` boxes in the original image's pixels (``post``
-    thresholds); ``classification``: the first output's logits → :class:`Classification`.
+    thresholds); ``classification``: the first output's logits → :class:`Classification`; any task: the
+    config's own ``postprocess`` when it names one (it comes first).
     """
+    if config.postprocess is not None:
+        return config.postprocess(outputs, prep)
     if config.task == "face-detection":
         loc, conf = outputs[0], outputs[1]
         input_hw = (prep.tensor.shape[2], prep.tensor.shape[3])
@@ -81,8 +85,11 @@ class SplitPipeline:
 
     def __post_init__(self) -> None:
         self.backend = resolve(self.backend)  # an unknown or unsupported backend fails here, clearly
-        if self.config.task not in TASKS:
-            raise ValueError(f"model {self.config.name!r} has task {self.config.task!r}; known: {', '.join(TASKS)}")
+        if self.config.task not in TASKS and self.config.postprocess is None:
+            raise ValueError(
+                f"model {self.config.name!r} has task {self.config.task!r} and no postprocess in its config; "
+                f"the pipeline knows {', '.join(TASKS)}"
+            )
         if self.scale is None:
             self.scale = self.config.input.scale
         if not self.weights_sha256:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,6 +103,9 @@ class ModelConfig:
     #: Class names, for classifiers.
     labels: tuple[str, ...] = ()
     description: str = ""
+    #: ``postprocess(outputs, prepared) -> answer`` for one image (batch of one): a task of your own. None:
+    #: the pipeline's for the built-in tasks (``face-detection`` → boxes, ``classification`` → probabilities).
+    postprocess: Callable[[Outputs, Any], Any] | None = None
 
     @property
     def default_split(self) -> str:

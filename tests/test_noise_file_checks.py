@@ -14,9 +14,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from veil import jsonio
+from veil.models import get_config
 from veil.obfuscate import NoiseFileError, Obfuscator, load_obfuscator, read_metadata, save_obfuscator
 from veil.obfuscate.artifact import NoiseFileWarning, expected_nsr_db, nsr_range_db
 from veil.weights import REFERENCE_SHA256
+
+FACEBOXES = get_config("faceboxes")  # its measured NSR per ALPHA (noise_nsr_db) sets the accepted range
 
 C = 16
 
@@ -25,7 +28,7 @@ def _fitted_like(alpha: float) -> Obfuscator:
     """A file as a fit at ALPHA leaves it: signal power recorded, NSR near the measured value."""
     o = Obfuscator(C)
     power = torch.linspace(0.2, 3.0, C)
-    nsr = expected_nsr_db(alpha) - 1.8  # own statistics read ≈ 1.8 dB below FDDB's (docs/obfuscation.md)
+    nsr = expected_nsr_db(alpha, FACEBOXES) - 1.8  # own statistics read ≈ 1.8 dB below FDDB's (docs/obfuscation.md)
     spread = torch.linspace(-1.5, 1.5, C)  # per-channel allocation, as fits do
     with torch.no_grad():
         o.signal_power.copy_(power)
@@ -92,8 +95,8 @@ def test_tampered_noise_is_refused_with_the_reason(tmp_path, change, reason):
 
 
 def test_noise_far_below_or_above_its_alpha_is_refused_with_the_numbers(tmp_path):
-    lo, hi = nsr_range_db(0.8)
-    assert lo < expected_nsr_db(0.8) - 1.8 < hi
+    lo, hi = nsr_range_db(0.8, FACEBOXES)
+    assert lo < expected_nsr_db(0.8, FACEBOXES) - 1.8 < hi
     quiet = _tamper(_save(tmp_path, stats=False), log_sigma=lambda t: t - 0.5 * math.log(10) * (hi - lo) / 10 * 1.1)
     with pytest.raises(NoiseFileError, match=r"ratio .* is -\d+\.\d dB, far below.*ALPHA 0.8 \(accepted -16.0 … "):
         load_obfuscator(0.8, noise=quiet, **IDENT)
@@ -159,3 +162,19 @@ def test_written_noise_json_is_strict(tmp_path):
 
     json.loads(raw, parse_constant=strict)
     assert jsonio.dumps({"a": [1.0, float("-inf"), np.float32("nan")]}, indent=None) == '{"a": [1.0, null, null]}'
+
+
+def test_the_nsr_range_is_the_models_own_measurement(tmp_path):
+    """FaceBoxes' measured NSR per ALPHA (its config) sets the range for FaceBoxes files only: the same
+    tensors for a model that measured none are held to the per-channel bounds alone."""
+    o = _fitted_like(0.8)
+    with torch.no_grad():
+        o.log_sigma.sub_(math.log(10))  # 20 dB below what a fit at ALPHA 0.8 gives FaceBoxes
+    other = {"weights_sha256": "ab" * 32, "split_point": "mynet.block1"}
+    fb = save_obfuscator(o, tmp_path / "fb.safetensors", {"alpha": 0.8, **FOR})
+    mine = save_obfuscator(o, tmp_path / "mine.safetensors", {"alpha": 0.8, "model": "mynet", **other})
+    with pytest.raises(NoiseFileError, match="far below"):
+        load_obfuscator(0.8, noise=fb, **IDENT)
+    obf, meta = load_obfuscator(0.8, noise=mine, **other)
+    assert meta["model"] == "mynet" and torch.equal(obf.log_sigma, o.log_sigma)
+    assert nsr_range_db(0.8, None) == (-math.inf, math.inf)

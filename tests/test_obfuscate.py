@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from veil.data.images import list_images
+from veil.models import get_config
 from veil.models.faceboxes import SPLIT_POINT
 from veil.obfuscate import (
     NoiseFileError,
@@ -139,7 +140,9 @@ def _save(tmp_path, alpha=0.4, sha=REFERENCE_SHA256, name=None, split_point=SPLI
     path = tmp_path / (name or noise_filename(alpha))
     o = _obf()
     with torch.no_grad():  # recorded statistics that put the noise where a fit at ALPHA does
-        o.signal_power.fill_(float(o.noise_variance().mean()) * 10 ** (-(expected_nsr_db(alpha) - 1.8) / 10))
+        o.signal_power.fill_(
+            float(o.noise_variance().mean()) * 10 ** (-(expected_nsr_db(alpha, get_config("faceboxes")) - 1.8) / 10)
+        )
     meta = {"alpha": alpha, "weights_sha256": sha, "model": split_point.split(".")[0], "split_point": split_point}
     save_obfuscator(o, path, meta)
     return path

@@ -103,6 +103,13 @@ class ModelConfig:
     #: Class names, for classifiers.
     labels: tuple[str, ...] = ()
     description: str = ""
+    #: (ALPHA, NSR dB) that noise fitted at the defaults gives on the model's evaluation data, measured: noise
+    #: files are refused far from it (:func:`veil.obfuscate.artifact.check_noise`). Empty: not measured, only
+    #: the per-channel bounds apply.
+    noise_nsr_db: tuple[tuple[float, float], ...] = ()
+    #: How much lower a noise file's NSR reads on its own recorded (fitting-data) statistics than on the
+    #: evaluation data (their activations carry more power).
+    noise_own_offset_db: float = 0.0
     #: ``postprocess(outputs, prepared) -> answer`` for one image (batch of one): a task of your own. None:
     #: the pipeline's for the built-in tasks (``face-detection`` → boxes, ``classification`` → probabilities).
     postprocess: Callable[[Outputs, Any], Any] | None = None

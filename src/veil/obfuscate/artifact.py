@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from veil import jsonio
 from veil.digest import tensors_sha256
-from veil.models import DEFAULT_MODEL, SplitModel, get_config
+from veil.models import DEFAULT_MODEL, ModelConfig, SplitModel, UnknownModelError, get_config
 from veil.models.pretrained import cache_dir
 from veil.obfuscate import conditioned
 from veil.obfuscate.alpha import check_alpha
@@ -43,11 +43,8 @@ FORMAT = "veil-noise/1"
 _TENSORS = ("mu", "log_sigma", "signal_power")
 _MAX_BYTES = 64 << 20  # a 128-channel noise file is a few KB
 
-#: NSR (dB) of the noise fitted at the defaults per ALPHA, measured on FDDB's activations
-#: (docs/obfuscation.md, "The sweep"). A file's NSR on its *own* recorded statistics (the fitting
-#: crops) reads ≈ :data:`OWN_STATS_OFFSET_DB` lower: their activations carry that much more power.
-MEASURED_NSR_DB = {0.05: -21.28, 0.1: -17.97, 0.2: -14.19, 0.4: -9.15, 0.6: -4.43, 0.8: 3.26, 0.9: 11.68, 0.95: 27.30}
-OWN_STATS_OFFSET_DB = 1.8
+# The NSR a fit at the defaults gives per ALPHA is the model's own measurement: ``ModelConfig.noise_nsr_db``
+# (and ``noise_own_offset_db``), e.g. FaceBoxes' on FDDB. A model without one gets the per-channel bounds only.
 #: Inside the accepted range but this far from the default fit's value: loaded with a warning.
 WARN_DB = 6.0
 #: Every fit starts at this NSR (``FitConfig.init_nsr_db``) and moves towards its ALPHA's value, so a
@@ -79,6 +76,14 @@ class NoiseHashError(NoiseFileError):
 
 class NoiseFileWarning(UserWarning):
     """A noise file whose NSR is accepted but far from what the default fit gives at its ALPHA."""
+
+
+def _registered(name: Any) -> ModelConfig | None:
+    """The registered config of the model named ``name`` (its noise calibration), or None."""
+    try:
+        return get_config(str(name))
+    except UnknownModelError:
+        return None
 
 
 def _check_model(model: Any) -> SplitModel | None:
@@ -243,29 +248,39 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return _metadata(path, _read(path))
 
 
-def expected_nsr_db(alpha: float) -> float | None:
-    """NSR of the default fit at ALPHA, interpolated in :data:`MEASURED_NSR_DB`; None below 0.05 (not measured)."""
-    xs = sorted(MEASURED_NSR_DB)
-    if alpha < xs[0]:
+def expected_nsr_db(alpha: float, config: ModelConfig | None) -> float | None:
+    """NSR of the default fit at ALPHA on the model's evaluation data, interpolated in its measured
+    ``config.noise_nsr_db``; None without a measurement or below the first measured ALPHA."""
+    table = dict(config.noise_nsr_db) if config is not None else {}
+    xs = sorted(table)
+    if not xs or alpha < xs[0]:
         return None
-    return float(np.interp(alpha, xs, [MEASURED_NSR_DB[x] for x in xs]))
+    return float(np.interp(alpha, xs, [table[x] for x in xs]))
 
 
-def nsr_range_db(alpha: float) -> tuple[float, float]:
+def nsr_range_db(alpha: float, config: ModelConfig | None) -> tuple[float, float]:
     """The NSR range (dB, on a file's own statistics) accepted for ALPHA: see :data:`NSR_BELOW_DB`."""
-    e = expected_nsr_db(alpha)
-    if e is None:  # ALPHA < 0.05: little or no privacy asked for; only the per-channel bounds apply
+    if config is None or not config.noise_nsr_db:  # not measured for this model: per-channel bounds only
+        return -math.inf, math.inf
+    e = expected_nsr_db(alpha, config)
+    if e is None:  # ALPHA below the measurements: little or no privacy asked for; only the per-channel bounds apply
         return -math.inf, FIT_START_NSR_DB + NSR_ABOVE_DB
     return min(e, FIT_START_NSR_DB) - NSR_BELOW_DB, max(e, FIT_START_NSR_DB) + NSR_ABOVE_DB
 
 
 def check_noise(
-    mu: torch.Tensor, log_sigma: torch.Tensor, signal_power: torch.Tensor, alpha: float, where: str = "noise file"
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    signal_power: torch.Tensor,
+    alpha: float,
+    where: str = "noise file",
+    config: ModelConfig | None = None,
 ) -> float:
     """Refuse parameters that would disable the obfuscation or are absurd; return the overall NSR (dB).
 
     Judged against the activation statistics the file records (``signal_power``, E[a_c²] on the
-    fitting data), so the same bounds hold for any model and split point.
+    fitting data), so the per-channel bounds hold for any model and split point; the overall NSR is
+    also held to the range the model's ``config`` measured for ALPHA (``noise_nsr_db``), when it has one.
     """
     mu, ls, p = (t.detach().double().cpu() for t in (mu, log_sigma, signal_power))
     for name, t in (("μ", mu), ("log σ", ls), ("signal_power", p)):
@@ -302,10 +317,11 @@ def check_noise(
             f"its recorded power (floor {CHANNEL_FLOOR_DB:g} dB)"
         )
     nsr = 10 * math.log10(float(var.sum()) / float(p.sum()))
-    lo_db, hi_db = nsr_range_db(alpha)
+    lo_db, hi_db = nsr_range_db(alpha, config)
+    offset = config.noise_own_offset_db if config is not None else 0.0
     if not lo_db <= nsr <= hi_db:
-        e = expected_nsr_db(alpha)
-        fit = f"fits at the defaults give {e:+.1f} dB on FDDB" if e is not None else "no fit measured below 0.05"
+        e = expected_nsr_db(alpha, config)
+        fit = f"fits at the defaults give {e:+.1f} dB on its evaluation data" if e is not None else "not measured"
         way = (
             "far below: this noise would leave the activation nearly clean"
             if nsr < lo_db
@@ -316,11 +332,11 @@ def check_noise(
             f"for ALPHA {alpha:g} (accepted {lo_db:+.1f} … {hi_db:+.1f} dB; {fit}); refit it with "
             f"`veil fit-noise --alpha {alpha:g}`"
         )
-    e = expected_nsr_db(alpha)
-    if e is not None and abs(nsr - (e - OWN_STATS_OFFSET_DB)) > WARN_DB:
+    e = expected_nsr_db(alpha, config)
+    if e is not None and abs(nsr - (e - offset)) > WARN_DB:
         warnings.warn(
-            f"{where}: NSR {nsr:+.1f} dB on its own statistics, {nsr - e + OWN_STATS_OFFSET_DB:+.1f} dB from "
-            f"what the default fit gives for ALPHA {alpha:g} ({e - OWN_STATS_OFFSET_DB:+.1f} dB): a short "
+            f"{where}: NSR {nsr:+.1f} dB on its own statistics, {nsr - e + offset:+.1f} dB from "
+            f"what the default fit gives for ALPHA {alpha:g} ({e - offset:+.1f} dB): a short "
             "fit or other settings; its privacy is not that of the documented ALPHA",
             NoiseFileWarning,
             stacklevel=3,
@@ -429,7 +445,8 @@ def load_noise_file(
             )
     if meta["format"] == conditioned.FORMAT:
         return _load_conditioned(path, tensors, meta, c, float(alpha), seed, generator), meta
-    check_noise(tensors["mu"], tensors["log_sigma"], tensors["signal_power"], float(alpha), where=str(path))
+    config = _registered(want_model)
+    check_noise(tensors["mu"], tensors["log_sigma"], tensors["signal_power"], float(alpha), str(path), config)
     obf = Obfuscator(c, meta["family"], seed=seed, generator=generator)
     with torch.no_grad():
         for k in _TENSORS:
@@ -466,7 +483,8 @@ def _load_conditioned(
         for k in _TENSORS:
             getattr(obf, k).copy_(tensors[k])
     # σ varies with the input; the file is judged on its mean noise power over the fitting data
-    check_noise(obf.mu, effective_log_sigma(obf), obf.signal_power, alpha, where=str(path))
+    config = _registered(str(meta.get("split_point", "")).split(".")[0])  # its calibration (noise_nsr_db)
+    check_noise(obf.mu, effective_log_sigma(obf), obf.signal_power, alpha, str(path), config)
     obf.requires_grad_(False)
     return obf.eval()
 

@@ -100,3 +100,41 @@ def test_privacy_terms(model, bank):
 
     with pytest.raises(ValueError, match="privacy_term"):  # and the adversarial one needs its term
         fit_noise(m.head, m.tail, None, FitConfig(alpha=0.5, objective="adversarial"), bank=(bank.acts, bank.outs))
+
+
+def test_fit_noise_cli_objective_and_noise_model(weights_path, dlib_dir, tmp_path):
+    """``veil fit-noise --objective adversarial`` writes plain per-channel noise with its adversary recorded;
+    ``--noise-model conditioned`` writes input-conditioned noise started from a per-channel file."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from veil import assets
+    from veil.cli.main import main
+    from veil.obfuscate.conditioned import ConditionedObfuscator
+
+    common = ["--alpha", "0.8", "--images", str(dlib_dir), "--weights", str(weights_path), "--steps", "2"]
+    common += ["--crop", "256", "--quiet"]
+    runs = {
+        "adv": ["--objective", "adversarial", "--adversary-seed", "77"],
+        "cond": ["--noise-model", "conditioned", "--init-noise", str(assets.NOISE_DIR / "alpha-0.8.safetensors")],
+    }
+    printed = {}
+    for name, extra in runs.items():
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = main(["fit-noise", *common, "--out", str(tmp_path / f"{name}.safetensors"), *extra])
+        assert rc == 0, err.getvalue()
+        printed[name] = out.getvalue()
+    assert "in-loop adversary: seed 77" in printed["adv"] and "in-loop adversary" not in printed["cond"]
+    from veil.digest import sha256_file
+
+    sha = sha256_file(weights_path)
+    adv, meta = load_obfuscator(
+        0.8, noise=tmp_path / "adv.safetensors", weights_sha256=sha, split_point="faceboxes.rdcl"
+    )
+    assert type(adv) is Obfuscator and meta["adversary"]["seed"] == 77 and meta["objective"] == "adversarial"
+    cond, cmeta = load_obfuscator(
+        0.8, noise=tmp_path / "cond.safetensors", weights_sha256=sha, split_point="faceboxes.rdcl"
+    )
+    assert isinstance(cond, ConditionedObfuscator) and cmeta["objective"] == "nsr" and "adversary" not in cmeta
+    assert cmeta["conditioned"]["init_noise_sha256"] == sha256_file(assets.NOISE_DIR / "alpha-0.8.safetensors")

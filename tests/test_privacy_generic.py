@@ -234,6 +234,10 @@ def test_veil_audit_runs_the_reconstruction_audit_on_the_digits_classifier(tmp_p
     print({k: (v["l1"], v["ssim"]) for k, v in att.items()})
     assert rep["competent"] and att["adaptive"]["ssim"] >= att["naive"]["ssim"]
     assert (tmp_path / "cache" / "attackers" / model.key / "naive.safetensors").is_file()
+    from veil.privacy.report import load_reports
+
+    with pytest.raises(ValueError, match="reconstruction audit of 'digits'"):  # not a face detector's frontier
+        load_reports([tmp_path / "o"])
     assert list((tmp_path / "cache" / "attackers" / model.key).glob("adaptive-*.safetensors"))
     # no evaluation images: one clear line naming the flag (a model without faces has no FDDB audit)
     assert main(["audit", "--model", "digits", "--alpha", "0", "--out", str(tmp_path / "x")]) == 2

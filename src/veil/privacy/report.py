@@ -263,6 +263,11 @@ def load_reports(paths: list[str | Path]) -> list[dict]:
     reports: dict[float, dict] = {}
     for f in files:
         rep = json.loads(f.read_text())
+        if rep.get("audit") == "reconstruction":
+            raise ValueError(
+                f"{f} is a reconstruction audit of {rep.get('model')!r} (no faces): the frontier joins a face "
+                "detector's identity audits with its mAP"
+            )
         reports[rep["alpha"]] = rep
     return list(reports.values())
 

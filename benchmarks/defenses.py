@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-decoder", help="write the trained scoring decoder here")
     p.add_argument("--faces", type=int, default=100, help="FDDB faces scored (default: 100)")
     p.add_argument(
+        "--near-duplicates",
+        type=int,
+        default=8,
+        metavar="K",
+        help="also average K observations of near-duplicates of each image (JPEG q90, 1-2 px shifts, ±3 %% zoom, "
+        "video crops), each with fresh noise; 0 skips it (default: %(default)s)",
+    )
+    p.add_argument(
         "--no-large-faces",
         action="store_true",
         help="skip the large-face bin (faces ≥ 192 px at the network, small ones enlarged: the audit's rule)",
@@ -202,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
 
             result["independence_notes"] = check_scoring_independence(result["decoder"], result)
         faces = select_fddb_faces(dataset, max_faces=args.faces)
-        result["identity"] = identity_leak(faces, head, observe, dec, large_faces=not args.no_large_faces)
+        result["identity"] = identity_leak(
+            faces,
+            head,
+            observe,
+            dec,
+            large_faces=not args.no_large_faces,
+            dup_ks=(args.near_duplicates,) if args.near_duplicates > 1 else (),
+        )
         result["identity"]["grey_reference"] = grey_reference(faces)
         result["privacy_seconds"] = round(time.monotonic() - t0, 1)
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]

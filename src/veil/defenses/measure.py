@@ -126,11 +126,17 @@ def identity_leak(
     ks: Sequence[int] = (1, 8),
     progress: bool = True,
     large_faces: bool = False,
+    dup_ks: Sequence[int] = (),
+    dup_seed: int = 0,
 ) -> dict:
     """Rank-1 and TAR@1 %FAR of ``decoder`` on ``observe`` of each FDDB face set image, for each ``k`` in ``ks``.
 
     ``faces`` is a :class:`veil.privacy.audit.FaceSet`. ``k = 1`` is one query; ``k > 1`` decodes the
     mean of ``k`` fresh observations of the same image (the averaging attack).
+
+    ``dup_ks`` also scores the near-duplicate averaging attack (:func:`veil.privacy.audit.near_duplicate`):
+    the mean of one observation of the image and ``k - 1`` of re-sent copies (JPEG q90, 1–2 px shifts,
+    ±3 % zoom, video-crop shifts), each with its own fresh noise (keys ``dup<k>``).
 
     ``large_faces`` also scores the audit's large-face bin (one query): every face whose side at the
     network input is ≥ 192 px as it is, every smaller one as the audit's enlarged copy (a crop
@@ -147,6 +153,8 @@ def identity_leak(
     thr = metrics.far_threshold(orig_emb, 0.01)
     decoder.eval()
     embs: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    dups: dict[int, list[np.ndarray]] = {k: [] for k in dup_ks}
+    rng = np.random.default_rng(dup_seed)
     for img, boxes in tqdm(list(zip(originals, faces.boxes)), desc="identity", unit="img", disable=not progress):
         prep = prepare(img, scale)
         hw = (prep.tensor.shape[2], prep.tensor.shape[3])
@@ -155,16 +163,24 @@ def identity_leak(
             obs = torch.stack([observe(a) for _ in range(k)]).mean(0)
             rec = _to_orig(to_image(decode(decoder, obs)), hw, img.shape[:2])
             embs[k].append(identity.embed_faces(rec, boxes))
+        for k in dup_ks:
+            from veil.privacy.audit import near_duplicate
+
+            copies = [observe(head(prepare(near_duplicate(img, rng), scale).tensor)) for _ in range(k - 1)]
+            obs = torch.stack([observe(a), *copies]).mean(0)
+            rec = _to_orig(to_image(decode(decoder, obs)), hw, img.shape[:2])
+            dups[k].append(identity.embed_faces(rec, boxes))
     n = len(orig_emb)
     out = {"n_faces": n, "n_images": len(originals), "chance_rank1": round(1 / n, 5), "faces_digest": faces.digest()}
-    for k in ks:
-        e = np.concatenate(embs[k])
+    attacks = [(f"k{k}", embs[k]) for k in ks] + [(f"dup{k}", dups[k]) for k in dup_ks]
+    for key, e_list in attacks:
+        e = np.concatenate(e_list)
         r1 = metrics.rank1_rate(orig_emb, e)
         hits = round(r1 * n)
         tar = metrics.tar_at_far(orig_emb, e, thr)
         lo, hi = wilson(hits, n)
         tlo, thi = wilson(round(tar * n), n)
-        out[f"k{k}"] = {
+        out[key] = {
             "rank1": round(r1, 4),
             "rank1_ci95": [round(lo, 4), round(hi, 4)],
             "rank1_x_chance": round(r1 * n, 2),

@@ -117,7 +117,12 @@ def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
         if "identity" in d:
             ident = d["identity"]
             row["chance_rank1"] = ident["chance_rank1"]
-            for k, label in (("k1", "decoder k=1"), ("k8", "decoder avg8"), ("large_k1", LARGE_LABEL)):
+            for k, label in (
+                ("k1", "decoder k=1"),
+                ("k8", "decoder avg8"),
+                ("dup8", "decoder near-dup avg8"),
+                ("large_k1", LARGE_LABEL),
+            ):
                 if k in ident and (
                     label not in row["attackers"] or ident[k]["rank1"] > row["attackers"][label]["rank1"]
                 ):

@@ -27,8 +27,6 @@ from veil.cli.options import (
 from veil.jsonio import write_json
 
 DEFAULT_REPO = "triton-repo"
-#: The split the reference decoder (and `veil train-decoder`'s) reads.
-REFERENCE_DECODER_SPLIT = "faceboxes.rdcl"
 #: The ``veil infer`` parser, kept to print rerun commands that repeat every option given.
 _INFER_PARSER: argparse.ArgumentParser | None = None
 
@@ -369,10 +367,4 @@ def _decoder(path: str | None, model=None):
         if path:
             raise CLIError("--decoder given, but veil.privacy.decoders is not available in this installation") from None
         return None
-    if model is not None and model.split_point != REFERENCE_DECODER_SPLIT:
-        if path:
-            raise CLIError(
-                f"--decoder: decoders here read {REFERENCE_DECODER_SPLIT} activations, not {model.split_point}"
-            )
-        return None  # no picture for another model or split (the audit trains attackers for any)
-    return load_decoder(path)
+    return load_decoder(path, model)  # one made for another model or split: refused if named, else none

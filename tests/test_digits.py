@@ -134,7 +134,7 @@ def test_cli_evaluate_prints_the_accuracy_clean_and_noisy(noise_file, capsys):
     assert noisy is not None and float(noisy.group(1)) < clean, out
 
 
-def test_top1_class_matches_the_whole_network(digits, test_split):
+def test_head_then_tail_is_the_whole_network(digits, test_split):
     """The split changes nothing: head then tail is the whole network, bit for bit."""
     pipe = SplitPipeline(digits)
     x = torch.cat([pipe.preprocess(img).tensor for img in test_split.images[:16]])

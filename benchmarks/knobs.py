@@ -12,6 +12,11 @@ One *cell* = (split point, input scale, ALPHA). For a cell this script
   activation, scored by dlib rank-1 / TAR@1 %FAR on the first ``--faces`` FDDB faces for one
   query (k=1) and for the mean of 8 fresh queries (avg8), with Wilson 95 % intervals.
 
+``--competence`` instead trains the same scoring decoder (same start, seed and budget) on the
+*clean* activation of that split and scale and scores it the same way (row ``clean @ split ×scale``):
+the attacker recipe is competent there only if it identifies ≥ 10× chance, in the large-face bin
+too; a knob's low leak proves nothing where its recipe is not competent on clean activations.
+
 ``--client-cost`` instead times the client side (head + noise) of every split × scale on one
 1920×1080 frame, interleaved round-robin in one process (medians), and records the activation's
 payload bytes (FP32 and FP16) per frame. Given defense files (``--noise A=FILE``,
@@ -212,11 +217,14 @@ def table(folder: Path) -> str:
     docs = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
     cost = next((d["client_cost"] for d in docs if "client_cost" in d), {"cells": []})
     costs = {(c["split"], c["scale"]): c for c in cost["cells"]}
+    clean = {(d["knob"]["split"], d["knob"]["scale"]): d for d in docs if "knob" in d and "map" not in d}
     cells = sorted(
-        (d for d in docs if "knob" in d), key=lambda d: (d["knob"]["scale"], SPLITS.index(d["knob"]["split"]))
+        (d for d in docs if "knob" in d and "map" in d),
+        key=lambda d: (d["knob"]["scale"], SPLITS.index(d["knob"]["split"]), d["alpha"]),
     )
     cols = ["split", "scale", "ALPHA", "clean mAP", "mAP (mean ± sd, n)", "NSR dB", "rank-1 k=1 [95 %]"]
-    cols += ["rank-1 avg8 [95 %]", "rank-1 ≥ 192 px [95 %]", "KiB / 1080p frame (FP32)", "client ms / frame"]
+    cols += ["rank-1 avg8 [95 %]", "rank-1 ≥ 192 px [95 %]", "same recipe on clean: k=1 / ≥ 192 px"]
+    cols += ["KiB / 1080p frame (FP32)", "client ms / frame"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
     def r1(m: dict | None) -> str:
@@ -229,6 +237,8 @@ def table(folder: Path) -> str:
         row = [k["split"], f"×{k['scale']:g}", f"{d['alpha']:g}", f"{d['clean_map']:.4f}"]
         row += [f"{m['mean']:.4f} ± {sd} ({len(m['draws'])})", f"{d['nsr_db']:+.2f}"]
         row += [r1(ident.get("k1")), r1(ident.get("k8")), r1(ident.get("large_k1"))]
+        ref = clean.get((k["split"], k["scale"]), {}).get("identity")
+        row.append("–" if ref is None else f"{ref['k1']['rank1']:.2f} / {ref['large_k1']['rank1']:.2f}")
         row += ["–", "–"] if c is None else [f"{c['bytes_fp32'] / 1024:.0f}", f"{c['client_ms_median']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
@@ -246,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
     p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
     p.add_argument("--skip-privacy", action="store_true")
+    p.add_argument("--competence", action="store_true", help="score the decoder recipe on clean activations")
     p.add_argument("--init", help="warm-start the scoring decoder from this decoder file (e.g. the naive one)")
     p.add_argument("--decoder-steps", type=int, default=120)
     p.add_argument("--decoder-minutes", type=float, default=4.0)
@@ -345,6 +356,43 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = Path(args.dataset) if args.dataset else s.dataset
     model, digest = load_split(args.split, args.weights)
+    if args.competence:
+        from veil.defenses.measure import identity_leak, train_scoring_decoder
+        from veil.privacy.audit import select_fddb_faces
+        from veil.privacy.decoders import read_decoder
+
+        result.update(
+            {
+                "defense": f"clean @ {args.split} ×{args.scale:g}",
+                "alpha": None,
+                "knob": {"split": args.split, "scale": args.scale},
+            }
+        )
+        dec = train_scoring_decoder(
+            model.head,
+            lambda a: a,
+            dirs,
+            minutes=args.decoder_minutes,
+            seed=args.decoder_seed,
+            scale=args.scale,
+            max_steps=args.decoder_steps,
+            init=read_decoder(args.init) if args.init else None,
+            progress=progress,
+        )
+        keys = ("steps", "seconds", "final_l1_px", "seed", "data_order_seed", "init_sha256", "batch", "crop")
+        result["decoder"] = {k: dec.meta.get(k) for k in (*keys, "stop_reason")}
+        result["decoder"]["init_file"] = args.init
+        stage("scoring decoder (clean)")
+        faces = select_fddb_faces(dataset, max_faces=args.faces)
+        result["identity"] = identity_leak(
+            faces, model.head, lambda a: a, dec, scale=args.scale, ks=(1,), progress=progress, large_faces=True
+        )
+        stage("identity")
+        result["stage_seconds"] = stages
+        result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        jsonio.write_json(args.out, result)
+        print(jsonio.dumps({k: result["identity"].get(k) for k in ("k1", "large_k1")}))
+        return 0
     fits, data = fit_cell(model, fit_dirs, args.scale, args.alpha, list(range(args.fits)), args.fit_steps, progress)
     stage("fit")
     result.update(

@@ -12,7 +12,7 @@ from veil.data.check import FDDB_ARCHIVES, FDDB_URL
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "data",
-        help="check a downloaded FDDB copy or photo folders for fitting",
+        help="check a downloaded FDDB copy or photo folders for fitting; write the digits data as PNG files",
         description="Data you fetch yourself. FDDB (evaluation only): download "
         f"{' and '.join(FDDB_ARCHIVES)} from {FDDB_URL} and unpack both into one "
         "directory (DIR/FDDB-folds/, DIR/originalPics/). Fitting photos (noise fitting, "

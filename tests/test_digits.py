@@ -207,3 +207,4 @@ def test_audit_reconstructs_and_measures_the_label_leak(noise_file, digits, tmp_
     assert set(leak["accuracy"]) == {"original", "clean/naive", "obfuscated/naive", "obfuscated/adaptive"}
     assert leak["accuracy"]["original"] >= 0.9  # the classifier itself, on these 40 test images
     assert all(0.0 <= v <= 1.0 for v in leak["accuracy"].values())
+    assert "## Label leak" in (tmp_path / "audit" / "report.md").read_text()

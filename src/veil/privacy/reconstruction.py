@@ -216,4 +216,10 @@ def reconstruction_markdown(report: dict[str, Any]) -> str:
         f"{'beats' if report['competent'] else 'does not beat'} the mean-colour image).",
         "",
     ]
+    leak = report.get("label_leak")  # a classifier audited on labelled images (veil.privacy.label_leak)
+    if leak:
+        lines += ["## Label leak", "", f"{leak['measure']}; chance {leak['chance']:g}.", ""]
+        lines += ["| reconstruction | top-1 accuracy | × chance |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.4f} | {leak['times_chance'][k]:g} |" for k, v in leak["accuracy"].items()]
+        lines.append("")
     return "\n".join(lines)

@@ -54,13 +54,12 @@ def test_adversarial_objective_beats_nsr_for_the_in_loop_adversary(model, bank):
     reconstruction (higher face-weighted error) than NSR noise leaves the same adversary trained alongside."""
     m = model[0]
     errs = {}
-    for name, w in (("nsr", 0.0), ("adversarial", 1.0)):  # weight 0: NSR objective, the adversary only watches
-        cfg = FitConfig(alpha=0.8, steps=40, objective="adversarial", adversary_weight=w)
+    for name, w in (("nsr", 0.0), ("adversarial", 3.0)):  # weight 0: NSR objective, the adversary only watches
+        cfg = FitConfig(alpha=0.8, steps=60, objective="adversarial", adversary_weight=w)
         res, adv = fit_adversarial(m, cfg, bank, adversary_seed=123, window=4, progress=False)
         res.obfuscator.reseed(7)
         errs[name] = reconstruction_error(bank, res.obfuscator, adv.decoder, window=4)
-    print(errs)
-    assert errs["adversarial"] > errs["nsr"] + 0.02, errs
+    assert errs["adversarial"] > errs["nsr"] + 0.03, errs
 
 
 def test_noise_file_records_the_adversary_and_loads_as_plain_noise(model, dlib_dir, tmp_path):

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from veil.models.faceboxes import HEAD_STRIDE
+from veil.models import as_split_model
 from veil.obfuscate.crops import DEFAULT_CROP, DEFAULT_SCALE_RANGE, ImageCrops
 from veil.obfuscate.fit import FitConfig, FitResult, Outputs, fit_noise
 from veil.obfuscate.noise import Obfuscator
@@ -61,7 +61,8 @@ PRIVACY_TERMS = ("l1", "perceptual")
 #: alongside the noise within a CPU fit's budget.
 ADVERSARY_WIDTHS = (64, 32, 16, 8)
 DEFAULT_FACE_WEIGHT = 4.0
-#: The adversary reads a window of this many activation cells per side (× 32 px): cheaper than whole crops.
+#: The adversary reads a window of this many activation cells per side (× the split's stride in px): cheaper
+#: than whole crops.
 DEFAULT_WINDOW = 8
 
 
@@ -136,6 +137,8 @@ class FaceBank:
     outs: Outputs
     images: torch.Tensor  # [N,3,crop,crop] network-input units
     weights: torch.Tensor  # [N,1,crop,crop] 1 + face_weight · face mask
+    #: Input pixels per activation cell (the split's stride, from the model's config): windows of cells ↔ pixels.
+    stride: int
     describe: dict = field(default_factory=dict)
 
 
@@ -154,6 +157,7 @@ def build_face_bank(
 ) -> FaceBank:
     """The fitting crops (:class:`ImageCrops`, FDDB refused) with their clean activations, the tail's clean
     outputs and face-weight maps (the boxes follow each crop's zoom and offset)."""
+    stride = as_split_model(model).stride  # a bare FaceBoxes network: where its head ends
     data = ImageCrops(dirs, crop=crop, scale_range=scale_range, crops_per_image=crops_per_image, seed=seed)
     boxes = face_boxes(dirs)
     model.eval()
@@ -186,6 +190,7 @@ def build_face_bank(
         tuple(torch.cat(p) for p in zip(*outs)),
         torch.cat(imgs),
         weights,
+        stride,
         {
             **data.describe(),
             "dirs": [str(Path(d)) for d in dirs],
@@ -243,7 +248,7 @@ class InLoopAdversary:
         k = min(self.window, h, w)
         y = int(torch.randint(0, h - k + 1, (1,), generator=self.rng))
         x = int(torch.randint(0, w - k + 1, (1,), generator=self.rng))
-        s = HEAD_STRIDE
+        s = self.bank.stride
         img = self.bank.images[idx][:, :, y * s : (y + k) * s, x * s : (x + k) * s]
         wt = self.bank.weights[idx][:, :, y * s : (y + k) * s, x * s : (x + k) * s]
         return noisy[:, :, y : y + k, x : x + k], img, wt
@@ -272,7 +277,9 @@ class InLoopAdversary:
         loss.backward()
         self.opt.step()
         self.curve.append(round(loss.item(), 4))
-        self.decoder.eval()  # the noise's gradient goes through a fixed adversary
+        # The noise's gradient goes through the adversary as it just trained: fixed weights, and BatchNorm on the
+        # batch's statistics as in its own step. (Eval mode would use running statistics that lag the noise while
+        # both move: its output is then worse than a flat guess and the capped term gives no gradient.)
         for p in self.decoder.parameters():
             p.requires_grad_(False)
         try:  # capped at 1 (nothing recovered): no reward for driving a fixed adversary's output astray
@@ -280,6 +287,7 @@ class InLoopAdversary:
         finally:
             for p in self.decoder.parameters():
                 p.requires_grad_(True)
+            self.decoder.eval()
 
     def record(self) -> dict[str, Any]:
         """The noise file's ``adversary`` entry: seeds, final weights' SHA-256, architecture, curve."""
@@ -289,7 +297,7 @@ class InLoopAdversary:
             "weights_sha256": state_sha256(self.decoder),
             "privacy_term": self.kind,
             "widths": list(ADVERSARY_WIDTHS),
-            "window_px": self.window * HEAD_STRIDE,
+            "window_px": self.window * self.bank.stride,
             "steps": len(self.curve),
             "curve_error_ratio": self.curve[:: max(1, len(self.curve) // 100)],
         }
@@ -352,7 +360,7 @@ def reconstruction_error(
         k = min(window, h, w)
         y = int(torch.randint(0, h - k + 1, (1,), generator=rng))
         x = int(torch.randint(0, w - k + 1, (1,), generator=rng))
-        s = HEAD_STRIDE
+        s = bank.stride
         img = bank.images[i : i + 8, :, y * s : (y + k) * s, x * s : (x + k) * s] / PIXEL_SCALE
         wt = bank.weights[i : i + 8, :, y * s : (y + k) * s, x * s : (x + k) * s]
         rec = decoder(noisy[:, :, y : y + k, x : x + k])
@@ -403,7 +411,6 @@ def fit_and_save(
     started from ``init_noise``, a per-channel fit). The metadata records the objective, the privacy term
     and the in-loop adversary's seeds and weights' SHA-256.
     """
-    from veil.models import as_split_model
     from veil.obfuscate.artifact import save_obfuscator
     from veil.obfuscate.conditioned import ConditionedObfuscator
 

@@ -484,7 +484,17 @@ def _load_conditioned(
             getattr(obf, k).copy_(tensors[k])
     # σ varies with the input; the file is judged on its mean noise power over the fitting data
     config = _registered(str(meta.get("split_point", "")).split(".")[0])  # its calibration (noise_nsr_db)
-    check_noise(obf.mu, effective_log_sigma(obf), obf.signal_power, alpha, str(path), config)
+    # σ(a) varies with the input: judged on its mean noise power over the fitting data, against the per-channel
+    # bounds and the *lower* end of ALPHA's range only. The net concentrates noise where the tail needs little
+    # signal, so a high mean power does not mean nothing is left to detect; a low one still means no obfuscation.
+    nsr = check_noise(obf.mu, effective_log_sigma(obf), obf.signal_power, alpha, str(path), None)
+    lo_db, _ = nsr_range_db(alpha, config)
+    if nsr < lo_db:
+        raise NoiseFileError(
+            f"{path}: mean noise-to-signal ratio of its input-conditioned noise on its own recorded activation "
+            f"statistics is {nsr:+.1f} dB, far below what ALPHA {alpha:g} needs (at least {lo_db:+.1f} dB): this "
+            f"noise would leave the activation nearly clean; refit it with `veil fit-noise --alpha {alpha:g}`"
+        )
     obf.requires_grad_(False)
     return obf.eval()
 

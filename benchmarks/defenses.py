@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         def observe(a: torch.Tensor) -> torch.Tensor:
-            return as_decoder_input(fb.bottleneck(a))
+            return as_decoder_input(fb.bottleneck(a), fb.bottleneck.in_channels)
     else:
 
         def observe(a: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
             bott = fb.bottleneck.to(dev)
 
             def observe(a):
-                return as_decoder_input(bott(a))
+                return as_decoder_input(bott(a), bott.in_channels)
 
         init = None
         if args.init:  # a bottleneck's code is not a head activation, but the upsampling layers still transfer

@@ -72,7 +72,7 @@ def test_code_is_deterministic_and_many_to_one(fitted):
         assert not torch.equal(n1, n2)
         assert float((n1 - q1).std()) == pytest.approx(fb.spec.noise_std * fb.spec.step, rel=0.2)
         # The wire carries `channels` maps; an attacker's decoder input is them padded to 128.
-        assert n1.shape[1] == fb.spec.channels and as_decoder_input(n1).shape[1] == 128
+        assert n1.shape[1] == fb.spec.channels and as_decoder_input(n1, fb.bottleneck.in_channels).shape[1] == 128
 
 
 def test_training_lowers_held_out_distortion(fitted):

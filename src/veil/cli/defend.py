@@ -8,6 +8,7 @@ from pathlib import Path
 
 from veil import jsonio
 from veil.cli.main import CLIError
+from veil.cli.options import add_model_choice
 
 
 def _images(args: argparse.Namespace) -> list[Path]:
@@ -19,14 +20,26 @@ def _images(args: argparse.Namespace) -> list[Path]:
     return dirs
 
 
+def _model(args: argparse.Namespace) -> tuple:
+    """The network ``--model/--split/--weights`` name (weights verified) and its weights' SHA-256. The
+    defenses learn against a face detector's outputs on face photos: another task is refused."""
+    from veil.cli.options import create_model
+
+    split = create_model(args)
+    if split.config.task != "face-detection":
+        raise CLIError(
+            f"the defenses are trained against a face detector on face photos; {split.name} is a "
+            f"{split.config.task} model"
+        )
+    return split.network, split.weights_sha256
+
+
 def _common(p: argparse.ArgumentParser, steps: int, minutes: float) -> None:
     p.add_argument(
         "--images", nargs="+", metavar="DIR", help="folders of unlabeled non-FDDB photos (default: $VEIL_FIT_IMAGES)"
     )
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument(
-        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
-    )
+    add_model_choice(p)  # recorded in the file with the weights' SHA-256; refused for another model or split
     p.add_argument("--steps", type=int, default=steps, help="training steps at most (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=minutes, help="wall-time cap in minutes (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="crops per step (default: %(default)s)")
@@ -85,9 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--noise", required=True, metavar="FILE", help="the noise file it was trained against")
     e.add_argument("--alpha", type=float, required=True, metavar="A", help="ALPHA of that noise file")
     e.add_argument("--out", required=True, metavar="REPO", help="Triton repository root (veil export-triton --out)")
-    e.add_argument(
-        "--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, the cache, then the checkpoint shipped with veil)"
-    )
+    add_model_choice(e)
     e.set_defaults(func=run_export_robust)
 
     b = sub.add_parser(
@@ -128,11 +139,10 @@ def run_distill(args: argparse.Namespace) -> int:
     from veil.defenses.robust_tail import distill_tail, save_robust_tail
     from veil.models import as_split_model
     from veil.obfuscate import load_obfuscator
-    from veil.weights import load_faceboxes
 
     _threads(args)
     dirs = _images(args)
-    model, digest = load_faceboxes(args.weights)
+    model, digest = _model(args)
     obf, _ = load_obfuscator(args.alpha, noise=args.noise, model=as_split_model(model, digest))
     cfg = DistillConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     student, log, data = distill_tail(
@@ -171,9 +181,7 @@ def _export_robust(tail: Path, noise: str, alpha: float, repo: str, model, diges
 
 
 def run_export_robust(args: argparse.Namespace) -> int:
-    from veil.weights import load_faceboxes
-
-    model, digest = load_faceboxes(args.weights)
+    model, digest = _model(args)
     _export_robust(Path(args.tail), args.noise, args.alpha, args.out, model, digest)
     return 0
 
@@ -181,11 +189,10 @@ def run_export_robust(args: argparse.Namespace) -> int:
 def run_bottleneck(args: argparse.Namespace) -> int:
     from veil.defenses.bottleneck import BottleneckSpec, fit_bottleneck, save_bottleneck
     from veil.defenses.distill import DistillConfig
-    from veil.weights import load_faceboxes
 
     _threads(args)
     dirs = _images(args)
-    model, digest = load_faceboxes(args.weights)
+    model, digest = _model(args)
     spec = BottleneckSpec.from_alpha(args.alpha, channels=args.channels, levels=args.levels, noise_std=args.noise_std)
     cfg = DistillConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     fitted, log, data = fit_bottleneck(

@@ -1,13 +1,13 @@
 """Client side: a learned deterministic, many-to-one bottleneck of the head's activation, noise on top.
 
-Why (docs/defenses.md, and the feasibility note behind issue 9): fresh additive noise is averaged
-away by repeated queries, so privacy has to come from information that is *removed* before
-anything leaves the trust zone. The bottleneck maps the 128-channel activation to a few channels
-(1×1 conv), squashes them (tanh) and quantises each to a few levels: a finite alphabet per cell,
-identical for every input that rounds the same way. Fresh noise (:class:`~veil.obfuscate.noise.Obfuscator`,
-the project's one noise source) is added on top. On the server a small *lift* (3×3 conv → 128
-channels) and a distilled copy of the tail read it; both are trained together, label-free, against
-the clean detector (:mod:`veil.defenses.distill`).
+Why (docs/defenses.md, and the feasibility note behind issue 9): fresh additive noise is averaged away by
+repeated queries, so privacy has to come from information that is *removed* before anything leaves the
+trust zone. The bottleneck maps the split's activation (its channels from the model's config: 128 for
+FaceBoxes) to a few channels (1×1 conv), squashes them (tanh) and quantises each to a few levels: a
+finite alphabet per cell, identical for every input that rounds the same way. Fresh noise
+(:class:`~veil.obfuscate.noise.Obfuscator`, the project's one noise source) is added on top. On the
+server a small *lift* (3×3 conv → the split's channels) and a distilled copy of the tail read it; both
+are trained together, label-free, against the clean detector (:mod:`veil.defenses.distill`).
 
 ALPHA stays the one knob (:meth:`BottleneckSpec.from_alpha`): higher ALPHA = fewer channels,
 fewer levels, more noise.
@@ -29,7 +29,8 @@ from torch import nn
 from veil.defenses import files
 from veil.defenses.distill import Bank, DistillConfig, config_dict, distill, teacher_and_bank
 from veil.defenses.robust_tail import student_model, tail_state, with_tail
-from veil.models.faceboxes import HEAD_CHANNELS, FaceBoxes
+from veil.models import as_split_model
+from veil.models.faceboxes import FaceBoxes  # the network type the defenses distil (tail by checkpoint names)
 from veil.obfuscate.noise import Obfuscator
 
 FORMAT = "veil-bottleneck/1"
@@ -47,8 +48,8 @@ class BottleneckSpec:
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"ALPHA must be in [0, 1), got {self.alpha}")
-        if not 1 <= self.channels <= HEAD_CHANNELS:
-            raise ValueError(f"channels must be in 1..{HEAD_CHANNELS}, got {self.channels}")
+        if self.channels < 1:  # at most the activation's channels: checked by Bottleneck, which knows the model
+            raise ValueError(f"channels must be ≥ 1, got {self.channels}")
         if self.levels < 2:
             raise ValueError(f"levels must be ≥ 2, got {self.levels}")
         if self.noise_std < 0:
@@ -90,20 +91,23 @@ def quantise(z: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 class Bottleneck(nn.Module):
-    """Trust zone: activation ``[N,128,h,w]`` → wire code ``[N,channels,h,w]`` (quantised, plus fresh noise)."""
+    """Trust zone: activation ``[N,in_channels,h,w]`` → wire code ``[N,channels,h,w]`` (quantised, plus fresh
+    noise). ``in_channels`` is the split's (the model config's ``channels``)."""
 
-    def __init__(self, spec: BottleneckSpec) -> None:
+    def __init__(self, spec: BottleneckSpec, in_channels: int) -> None:
         super().__init__()
-        self.spec = spec
-        self.down = nn.Conv2d(HEAD_CHANNELS, spec.channels, 1)
+        if spec.channels > in_channels:
+            raise ValueError(f"a bottleneck keeps at most the activation's {in_channels} channels, not {spec.channels}")
+        self.spec, self.in_channels = spec, int(in_channels)
+        self.down = nn.Conv2d(in_channels, spec.channels, 1)
         self.in_scale: torch.Tensor
-        self.register_buffer("in_scale", torch.ones(HEAD_CHANNELS))  # 1/RMS per channel, from training data
+        self.register_buffer("in_scale", torch.ones(in_channels))  # 1/RMS per channel, from training data
         self.noise = Obfuscator(spec.channels, init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
 
     def code(self, a: torch.Tensor) -> torch.Tensor:
         """The deterministic, many-to-one part: a finite alphabet of ``levels`` values per element."""
-        if a.ndim != 4 or a.shape[1] != HEAD_CHANNELS:
-            raise ValueError(f"expected a head activation [N,{HEAD_CHANNELS},h,w], got {tuple(a.shape)}")
+        if a.ndim != 4 or a.shape[1] != self.in_channels:
+            raise ValueError(f"expected a head activation [N,{self.in_channels},h,w], got {tuple(a.shape)}")
         z = torch.tanh(self.down(a * self.in_scale.view(1, -1, 1, 1)))
         return quantise(z, self.spec.levels)
 
@@ -113,12 +117,12 @@ class Bottleneck(nn.Module):
 
 
 class Lift(nn.Module):
-    """Server side: wire code ``[N,channels,h,w]`` → a 128-channel map the (distilled) tail reads."""
+    """Server side: wire code ``[N,channels,h,w]`` → the split's ``out_channels`` map the (distilled) tail reads."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, HEAD_CHANNELS, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(HEAD_CHANNELS)
+        self.conv = nn.Conv2d(channels, out_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(z)))
@@ -140,10 +144,11 @@ class BottleneckPath(nn.Module):
         return self.lift(self.bottleneck(a))
 
 
-def as_decoder_input(z: torch.Tensor) -> torch.Tensor:
-    """The wire code zero-padded to 128 channels, so the project's :class:`~veil.privacy.decoders.Decoder`
-    (an attacker) reads exactly what crosses the wire (not the server's lossy lift of it)."""
-    return F.pad(z, (0, 0, 0, 0, 0, HEAD_CHANNELS - z.shape[1]))
+def as_decoder_input(z: torch.Tensor, channels: int) -> torch.Tensor:
+    """The wire code zero-padded to the split's ``channels`` (``bottleneck.in_channels``), so the project's
+    :class:`~veil.privacy.decoders.Decoder` (an attacker) reads exactly what crosses the wire (not the
+    server's lossy lift of it)."""
+    return F.pad(z, (0, 0, 0, 0, 0, channels - z.shape[1]))
 
 
 @dataclass
@@ -152,6 +157,7 @@ class FittedBottleneck:
 
     spec: BottleneckSpec
     path: BottleneckPath
+    #: The network with the distilled tail (cut where the base model's head ends).
     model: FaceBoxes
     #: The in-loop adversary, when one was trained: ``{seed, data_order_seed, weights_sha256}``.
     adversary: dict | None = None
@@ -195,7 +201,8 @@ def fit_bottleneck(
     )
     train, held = bank
     student = student_model(teacher)
-    bott = Bottleneck(spec)
+    split = as_split_model(model)  # the activation's channels and stride come from the model's config
+    bott = Bottleneck(spec, split.channels)
     g = torch.Generator(device=device)
     g.manual_seed(cfg.seed)
     bott.noise = Obfuscator(
@@ -205,9 +212,9 @@ def fit_bottleneck(
     ).requires_grad_(False)
     bott.to(device)
     with torch.no_grad():
-        rms = train.acts.transpose(0, 1).reshape(HEAD_CHANNELS, -1).pow(2).mean(1).sqrt()
+        rms = train.acts.transpose(0, 1).reshape(split.channels, -1).pow(2).mean(1).sqrt()
         bott.in_scale.copy_(1.0 / rms.clamp_min(1e-3 * float(rms.mean())))
-    lift = Lift(spec.channels).to(device)
+    lift = Lift(spec.channels, split.channels).to(device)
     path = BottleneckPath(bott, lift)
     params = [*bott.down.parameters(), *lift.parameters(), *student.tail.parameters()]
     extra = None
@@ -217,7 +224,7 @@ def fit_bottleneck(
         from veil.privacy.decoders import PIXEL_SCALE, Decoder
 
         torch.manual_seed(cfg.seed)  # the adversary's initial weights: recorded with the file (independence)
-        adv = Decoder().to(device)
+        adv = Decoder.for_model(split).to(device)
         adv_opt = torch.optim.Adam(adv.parameters(), lr=adversary_lr)
 
         def extra(step: int, transformed: torch.Tensor, part: Bank) -> torch.Tensor:
@@ -226,12 +233,12 @@ def fit_bottleneck(
                 raise ValueError("an in-loop adversary needs the crops of every bank part (keep_images=True)")
             target = part.images / PIXEL_SCALE
             adv.train()
-            adv_loss = F.l1_loss(adv(as_decoder_input(z.detach())), target)
+            adv_loss = F.l1_loss(adv(as_decoder_input(z.detach(), split.channels)), target)
             adv_opt.zero_grad(set_to_none=True)
             adv_loss.backward()
             adv_opt.step()
             adv.eval()  # the defense's gradient goes through a fixed adversary
-            return -adversary_weight * F.l1_loss(adv(as_decoder_input(z)), target)
+            return -adversary_weight * F.l1_loss(adv(as_decoder_input(z, split.channels)), target)
 
     # The student reads the lifted code: transform = path (bottleneck + lift), trained jointly.
     log = distill(
@@ -278,14 +285,14 @@ def save_bottleneck(
         "log": log,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return files.save(path, FORMAT, tensors, meta)
+    return files.save(path, FORMAT, tensors, meta, model=fitted.model)
 
 
 def load_bottleneck(
     path: str | Path, model: FaceBoxes, *, weights_sha256: str, alpha: float | None = None
 ) -> tuple[FittedBottleneck, dict[str, Any]]:
     """Read a bottleneck file (after the checks of :func:`veil.defenses.files.load`); noise is fresh from the OS."""
-    tensors, meta = files.load(path, FORMAT, weights_sha256=weights_sha256, alpha=alpha)
+    tensors, meta = files.load(path, FORMAT, weights_sha256=weights_sha256, model=model, alpha=alpha)
     s = meta.get("spec") or {}
     try:
         spec = BottleneckSpec(
@@ -296,7 +303,8 @@ def load_bottleneck(
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise files.DefenseFileError(f"{path}: bottleneck settings missing or invalid ({exc})") from exc
-    bott, lift = Bottleneck(spec), Lift(spec.channels)
+    channels = as_split_model(model).channels
+    bott, lift = Bottleneck(spec, channels), Lift(spec.channels, channels)
     try:
         bott.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("client.")}, strict=False)
         missing = {k for k in bott.state_dict() if not k.startswith("noise.")} - {

@@ -1,7 +1,9 @@
 """Defense files: safetensors tensors + one JSON metadata entry, bound to what they were trained for.
 
 Same conventions as noise files (:mod:`veil.obfuscate.artifact`): a ``format`` tag, the base
-model weights' SHA-256, the split point, and here also a SHA-256 over the file's own tensors
+model weights' SHA-256, the model's name, split point and activation channels (from the
+:class:`~veil.models.SplitModel` the defense was trained on, :func:`identity`; a file for another
+model, split or weights is refused with the reason), and here also a SHA-256 over the file's own tensors
 (``tensors_sha256``), so a file edited after training is refused rather than silently used, and
 the SHA-256 of the noise file the defense was trained against (a robust tail fitted for one noise
 is refused with another).
@@ -26,7 +28,7 @@ from safetensors.torch import load_file, save_file
 import veil
 from veil import jsonio
 from veil.digest import tensors_sha256  # defined once, below every layer
-from veil.models.faceboxes import SPLIT_POINT
+from veil.models import as_split_model
 
 
 class DefenseFileError(ValueError):
@@ -44,6 +46,15 @@ def adversary_record(seed: int, data_order_seed: int, module: torch.nn.Module) -
         "data_order_seed": int(data_order_seed),
         "weights_sha256": tensors_sha256(module.state_dict()),
     }
+
+
+def identity(model: torch.nn.Module) -> dict[str, Any]:
+    """What a defense is for, besides the weights: ``{model, split_point, channels}`` from the model's config.
+
+    ``model`` is a :class:`~veil.models.SplitModel` or a bare FaceBoxes network (cut where its head ends).
+    """
+    m = as_split_model(model)
+    return {"model": m.name, "split_point": m.split_point, "channels": m.channels}
 
 
 def _check_adversary(metadata: dict[str, Any]) -> None:
@@ -69,11 +80,27 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-    """Write atomically; ``metadata`` must name ``weights_sha256``. Returns the path."""
+def save(
+    path: str | Path,
+    fmt: str,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+    model: torch.nn.Module | None = None,
+) -> Path:
+    """Write atomically; ``metadata`` must name ``weights_sha256``, and the model the defense was trained on
+    (``model``, whose :func:`identity` is recorded, or ``model``/``split_point`` in ``metadata``: no default).
+    Returns the path."""
     if "weights_sha256" not in metadata:
         raise ValueError("defense metadata needs 'weights_sha256' (the base model's weights)")
     _check_adversary(metadata)
+    ident = identity(model) if model is not None else {}
+    clash = {k: (metadata[k], v) for k, v in ident.items() if k in metadata and metadata[k] != v}
+    if clash:
+        raise ValueError(f"defense metadata disagrees with the model it is saved for: {clash}")
+    metadata = {**ident, **metadata}
+    for key in ("model", "split_point"):
+        if key not in metadata:
+            raise ValueError(f"defense metadata needs {key!r} (pass the model the defense was trained on)")
     tensors = {
         k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
         for k, v in tensors.items()
@@ -81,7 +108,6 @@ def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata:
     meta = {
         "format": fmt,
         "veil_version": veil.__version__,
-        "split_point": SPLIT_POINT,
         **metadata,
         "tensors_sha256": tensors_sha256(tensors),
     }
@@ -94,12 +120,24 @@ def save(path: str | Path, fmt: str, tensors: dict[str, torch.Tensor], metadata:
 
 
 def load(
-    path: str | Path, fmt: str, *, weights_sha256: str, noise_sha256: str | None = None, alpha: float | None = None
+    path: str | Path,
+    fmt: str,
+    *,
+    weights_sha256: str,
+    model: torch.nn.Module | None = None,
+    split_point: str | None = None,
+    noise_sha256: str | None = None,
+    alpha: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a defense file after every check; raise :class:`DefenseFileError` saying which failed.
 
-    ``noise_sha256``/``alpha`` (when given) must match what the file records.
+    What it must be for: ``model`` (its :func:`identity`) or, without one, ``split_point``; there is no
+    default. ``noise_sha256``/``alpha`` (when given) must match what the file records.
     """
+    if model is None and split_point is None:
+        raise ValueError("which model is the defense for? pass model= (a veil.models.SplitModel) or split_point=")
+    want = identity(model) if model is not None else {"model": str(split_point).split(".")[0]}
+    want_split = split_point or want["split_point"]
     path = Path(path)
     if not path.is_file():
         raise DefenseFileError(f"defense file not found: {path}")
@@ -119,8 +157,22 @@ def load(
         raise DefenseFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
     if meta.get("format") != fmt:
         raise DefenseFileError(f"{path} holds {meta.get('format')!r}, not {fmt!r}")
-    if meta.get("split_point") != SPLIT_POINT:
-        raise DefenseFileError(f"{path} was trained at split point {meta.get('split_point')!r}, not {SPLIT_POINT!r}")
+    file_split = meta.get("split_point")
+    file_model = meta.get("model") or (file_split.split(".")[0] if isinstance(file_split, str) else None)
+    if file_model != want["model"]:
+        raise DefenseFileError(
+            f"{path} was trained for model {file_model!r} (split point {file_split!r}), not {want['model']!r} "
+            f"({want_split!r}); train it for this model"
+        )
+    if file_split != want_split:
+        raise DefenseFileError(
+            f"{path} was trained at split point {file_split!r}, not {want_split!r}; train it at this split"
+        )
+    if "channels" in want and meta.get("channels", want["channels"]) != want["channels"]:
+        raise DefenseFileError(
+            f"{path} was trained on a {meta.get('channels')}-channel activation, but {want_split} has "
+            f"{want['channels']}"
+        )
     if meta.get("weights_sha256") != weights_sha256:
         raise DefenseFileError(
             f"{path} was trained for model weights with SHA-256 {meta.get('weights_sha256')}, "

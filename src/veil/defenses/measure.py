@@ -8,9 +8,9 @@ adversary. Scoring reuses the project's pieces (decoder and its training loop, F
 selection, dlib identity embeddings, rank-1 and TAR) unchanged.
 
 ``observe(a)`` is what the server (the attacker) sees for a clean activation ``a``, as a
-128-channel map the :class:`~veil.privacy.decoders.Decoder` reads: ``obfuscator(a)`` for noise
-(with or without a robust tail: the tail changes nothing on the wire), ``as_decoder_input(bottleneck(a))``
-for a bottleneck. Each call draws fresh noise; ``avg_k`` feeds the mean of ``k`` draws (the
+map of the split's channels the :class:`~veil.privacy.decoders.Decoder` reads: ``obfuscator(a)`` for noise
+(with or without a robust tail: the tail changes nothing on the wire), ``as_decoder_input(bottleneck(a),
+channels)`` for a bottleneck. Each call draws fresh noise; ``avg_k`` feeds the mean of ``k`` draws (the
 averaging attack).
 """
 

@@ -135,7 +135,7 @@ def save_robust_tail(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
-    return files.save(path, FORMAT, tail_state(student), meta)
+    return files.save(path, FORMAT, tail_state(student), meta, model=student)
 
 
 def load_robust_tail(
@@ -147,7 +147,9 @@ def load_robust_tail(
     alpha: float | None = None,
 ) -> tuple[FaceBoxes, dict[str, Any]]:
     """``model`` with the robust tail of ``path`` swapped in, after the file's checks; and its metadata."""
-    state, meta = files.load(path, FORMAT, weights_sha256=weights_sha256, noise_sha256=noise_sha256, alpha=alpha)
+    state, meta = files.load(
+        path, FORMAT, weights_sha256=weights_sha256, model=model, noise_sha256=noise_sha256, alpha=alpha
+    )
     return with_tail(model, state), meta
 
 

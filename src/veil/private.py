@@ -123,7 +123,7 @@ def make_private(
                 f"no noise fitted for ALPHA {alpha:g} for {m.split_point} with weights "
                 f"{m.weights_sha256[:12] or '(random)'} (looked in {path.parent}); fit it here with "
                 "make_private(..., fit_images=[DIR, ...]) (folders of unlabeled photos, not the evaluation set), "
-                f"or `veil fit-noise{flags} --alpha {alpha:g} --images DIR`"
+                f"or `veil fit-noise{flags} --alpha {alpha:g} --images DIR`{exc.legacy_hint}"
             ) from exc
         _fit(m, alpha, fit_images, path, progress)
     obf, meta = load_obfuscator(alpha, noise=path, model=m, seed=seed, key=key, sha256=noise_sha256)

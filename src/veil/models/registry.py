@@ -183,7 +183,7 @@ class SplitModel(nn.Module):
     @property
     def key(self) -> str:
         """``model-split-<first 12 hex of the weights' SHA-256>``: the cache and noise-directory key."""
-        return f"{self.config.name}-{self.split_spec.name}-{(self.weights_sha256 or 'random')[:12]}"
+        return model_key(self.config.name, self.split_spec.name, self.weights_sha256)
 
     def train(self, mode: bool = True) -> SplitModel:
         """Also flip the unregistered ``head``/``tail`` views (shared BatchNorm must follow)."""
@@ -195,6 +195,11 @@ class SplitModel(nn.Module):
     def forward(self, x: torch.Tensor) -> Outputs:
         out = self.tail(self.head(x))
         return out if isinstance(out, tuple) else (out,)
+
+
+def model_key(name: str, split: str, weights_sha256: str) -> str:
+    """:attr:`SplitModel.key` from its parts (e.g. what a file's metadata records): ``model-split-<sha12>``."""
+    return f"{name}-{split}-{(weights_sha256 or 'random')[:12]}"
 
 
 Builder = Callable[[str], SplitNetwork]

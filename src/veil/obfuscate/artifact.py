@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from veil import jsonio
 from veil.digest import tensors_sha256
 from veil.models import DEFAULT_MODEL, ModelConfig, SplitModel, UnknownModelError, get_config
 from veil.models.pretrained import cache_dir
+from veil.models.registry import model_key
 from veil.obfuscate import conditioned
 from veil.obfuscate.alpha import check_alpha
 from veil.obfuscate.conditioned import ConditionedObfuscator, effective_log_sigma
@@ -68,6 +70,9 @@ CHANNEL_FLOOR_DB = -60.0
 
 class NoiseFileError(ValueError):
     """A noise file is missing, corrupt, or fitted for another model or split point."""
+
+    #: For a failed lookup: what old-layout noise files exist and how to move them (:func:`legacy_noise_hint`).
+    legacy_hint: str = ""
 
 
 class NoiseHashError(NoiseFileError):
@@ -135,6 +140,57 @@ def _shipped_for(model: SplitModel, alpha: float) -> Path | None:
     return shipped if ok else None
 
 
+def legacy_noise_dir() -> Path:
+    """Where noise lived before per-model directories: ``CACHE/noise/alpha-<A>.safetensors`` (no model,
+    split or weights in the path); nothing is looked up there any more."""
+    return cache_dir() / "noise"
+
+
+def _legacy_home(path: Path) -> tuple[Path | None, str]:
+    """The per-model directory an old-layout file belongs in (from its metadata), or None; and what it is for."""
+    try:
+        meta = read_metadata(path)
+    except (NoiseFileError, OSError) as exc:
+        return None, f"unreadable: {exc}"
+    split_point, sha = meta.get("split_point"), meta.get("weights_sha256")
+    if not isinstance(split_point, str) or "." not in split_point or not isinstance(sha, str):
+        return None, "its metadata names no split point and weights"
+    name, split = split_point.split(".", 1)
+    return legacy_noise_dir() / model_key(name, split, sha), f"for {split_point}, weights {sha[:12] or 'random'}"
+
+
+def migrate_legacy_noise(model: SplitModel) -> tuple[list[Path], list[str]]:
+    """Old-layout noise files (:func:`legacy_noise_dir`) whose metadata names ``model``'s split point and
+    weights are moved into its directory (``CACHE/noise/<model.key>/``, same name); returns the moved files'
+    new paths and, for every other old-layout file, a line saying what it is for and the command that moves it.
+    """
+    moved: list[Path] = []
+    others: list[str] = []
+    mine = legacy_noise_dir() / model.key
+    for f in sorted(legacy_noise_dir().glob("alpha-*.safetensors")):
+        home, what = _legacy_home(f)
+        if home == mine and not (mine / f.name).exists():
+            mine.mkdir(parents=True, exist_ok=True)
+            os.replace(f, mine / f.name)  # same file system: atomic, nothing half-moved
+            moved.append(mine / f.name)
+        elif home is None:
+            others.append(f"{f} ({what}; refit it)")
+        else:
+            q = shlex.quote
+            others.append(f"{f} ({what}): `mkdir -p {q(str(home))} && mv {q(str(f))} {q(str(home))}/`")
+    return moved, others
+
+
+def legacy_noise_hint(others: list[str]) -> str:
+    """The sentence a failed lookup adds about old-layout files (:func:`migrate_legacy_noise`'s ``others``)."""
+    if not others:
+        return ""
+    return (
+        f" Noise files in the layout before per-model directories ({legacy_noise_dir()}/alpha-*.safetensors) "
+        "are not looked up; each belongs in its model's directory: " + "; ".join(others)
+    )
+
+
 def find_noise_file(
     alpha: float | None,
     noise: str | Path | None = None,
@@ -143,12 +199,29 @@ def find_noise_file(
 ) -> Path:
     """The noise file to load for ALPHA: ``noise`` if given; else :func:`noise_path` in ``noise_dir``
     (default: the model's own directory); else (default directory only) the noise shipped for the
-    default model's reference weights. ``NoiseFileError`` with the command that fits it if there is none."""
+    default model's reference weights. ``NoiseFileError`` with the command that fits it if there is none.
+
+    Noise files in the old layout (:func:`legacy_noise_dir`) are moved into the model's directory when their
+    metadata names its split point and weights (with a warning); the error names the others and how to move them.
+    """
+    from veil.settings import settings
+
     if noise is not None:
         return Path(noise)
     if alpha is None:
         raise ValueError("give ALPHA or an explicit noise file")
     path = noise_path(alpha, noise_dir, _check_model(model))
+    others: list[str] = []
+    if not path.is_file() and noise_dir is None and model is not None and settings().noise_dir is None:
+        moved, others = migrate_legacy_noise(model)
+        if moved:
+            warnings.warn(
+                f"moved {len(moved)} noise file(s) fitted for {model.split_point} (weights "
+                f"{model.weights_sha256[:12] or 'random'}) from the old layout {legacy_noise_dir()} into "
+                f"{path.parent}: {', '.join(p.name for p in moved)}",
+                UserWarning,
+                stacklevel=2,
+            )
     if not path.is_file() and noise_dir is None and model is not None:
         shipped = _shipped_for(model, alpha)
         if shipped is not None:
@@ -157,10 +230,13 @@ def find_noise_file(
         which = "" if model is None else f" for {model.split_point} (weights {model.weights_sha256[:12] or 'random'})"
         flags = "" if model is None or model.name == DEFAULT_MODEL else f" --model {model.name}"
         flags += "" if model is None or model.split == model.config.default_split else f" --split {model.split}"
-        raise NoiseFileError(
+        err = NoiseFileError(
             f"no noise fitted for ALPHA {alpha:g}{which} in {path.parent} (looked for {path.name}); fit it with "
             f"`veil fit-noise{flags} --alpha {alpha:g} --images DIR --out {path}` or give the noise file"
+            + legacy_noise_hint(others)
         )
+        err.legacy_hint = legacy_noise_hint(others)
+        raise err
     return path
 
 

@@ -28,7 +28,7 @@ from veil.viz import draw_boxes
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "detect",
-        help="detect faces in images and draw the boxes",
+        help="detect faces in images and draw the boxes (or classify, --model NAME), all locally",
         description="Detect faces; write IMAGE_NAME.jpg with boxes drawn and "
         "IMAGE_NAME.json with all boxes and scores into --out. With a classifier (--model NAME), "
         "IMAGE_NAME.json holds the predicted label and the class probabilities.",

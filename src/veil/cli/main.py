@@ -13,14 +13,15 @@ from veil.cli.errors import CLIError  # also re-exported: cli/defend.py imports 
 from veil.cli.threads import COMPUTE_COMMANDS, add_threads_arg, set_threads
 
 #: Order in ``--help``: the data's path first, then operations. Unlisted modules follow.
-_ORDER = ["demo", "weights", "data", "detect", "evaluate", "noise", "sweep", "audit", "triton", "k8s"]
+_ORDER = ["demo", "models", "weights", "data", "detect", "evaluate", "noise", "sweep", "audit", "triton", "k8s"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="veil",
-        description="Confidential face detection: run the detector's head locally, obfuscate its "
-        "activation with learned noise, and send only that to the tail.",
+        description="Confidential inference with split models: run a model's head locally, obfuscate its "
+        "activation with learned noise, and send only that to the tail on a server. FaceBoxes (face "
+        "detection) is the default model; `veil models` lists every registered model and its splits.",
     )
     parser.add_argument("--version", action="version", version=f"veil {veil.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -22,20 +22,21 @@ WEIGHTS_HELP = (
 def add_model_choice(p: argparse.ArgumentParser, split: bool = True, weights: bool = True) -> None:
     """``--model NAME`` (a registered split model), ``--split NAME`` and ``--weights FILE``: which network
     runs, where it is cut and which weights it loads. The one definition of these flags."""
-    from veil.models import DEFAULT_MODEL, list_models
+    from veil.models import DEFAULT_MODEL, get_config, list_models
 
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         choices=list_models(),
-        help="registered split model (default: %(default)s); `veil weights path --model NAME` shows its weights",
+        help="registered split model (default: %(default)s); `veil models` lists them with their splits and weights",
     )
     if split:
+        splits = "; ".join(f"{n}: {', '.join(s.name for s in get_config(n).splits)}" for n in list_models())
         p.add_argument(
             "--split",
             metavar="NAME",
-            help="where the model is cut into head and tail (default: the model's first split; "
-            "faceboxes: rdcl, inception1, inception2, inception3)",
+            help=f"where the model is cut into head and tail (default: the model's first split; {splits}; "
+            "`veil models` lists each split's channels and stride)",
         )
     if weights:
         p.add_argument("--weights", help=WEIGHTS_HELP)

@@ -237,7 +237,8 @@ class InLoopAdversary:
         self.data_order_seed = int(data_order_seed)
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
-            self.decoder = Decoder(ADVERSARY_WIDTHS)
+            # shaped for the bank's activation (the split's channels and stride); FaceBoxes: 128, 32
+            self.decoder = Decoder(ADVERSARY_WIDTHS, channels=int(bank.acts.shape[1]), stride=bank.stride)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
         self.rng = torch.Generator().manual_seed(self.data_order_seed)
         self.features = _Features(model) if privacy_term == "perceptual" and model is not None else None

@@ -204,6 +204,7 @@ def export_triton(
 
     from veil import export
     from veil.jsonio import write_json
+    from veil.models import as_split_model
     from veil.serving import repository
     from veil.serving.pbtxt import dumps, map_entries
 
@@ -214,6 +215,8 @@ def export_triton(
     robust, meta = load_robust_tail(
         tail_file, model, weights_sha256=weights_sha256, noise_sha256=noise_sha256, alpha=alpha
     )
+    # The served tail's input/output dims and activation bound come from the model (its split's config).
+    signature, stride = export.signature(robust), as_split_model(robust).stride
     root = Path(out)
     stage = root / ".stage-robust"
     shutil.rmtree(stage, ignore_errors=True)
@@ -242,7 +245,7 @@ def export_triton(
             mdir = root / fmt / ROBUST_MODEL
             shutil.rmtree(mdir, ignore_errors=True)
             (mdir / "1").mkdir(parents=True)
-            config = repository.model_config(ROBUST_MODEL, fmt, False, max_batch_size)
+            config = repository.model_config(ROBUST_MODEL, fmt, False, max_batch_size, 1, signature, stride)
             config["parameters"] = [e for e in config.get("parameters", []) if e["key"] not in params] + map_entries(
                 params
             )

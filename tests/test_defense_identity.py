@@ -61,3 +61,18 @@ def test_defense_commands_refuse_a_model_that_is_not_a_face_detector(tmp_path, w
     argv = ["fit-bottleneck", "--alpha", "0.8", "--out", str(out), "--images", str(wider_dir), "--model", "digits"]
     assert main(argv) == 2
     assert "digits is a classification model" in capsys.readouterr().err and not out.exists()
+
+
+def test_robust_tail_tensors_are_the_tail_of_the_split():
+    """At rdcl everything but conv1/conv2; deeper, the head's Inception blocks stay the client's (not in the file)."""
+    from veil.defenses.robust_tail import with_tail
+
+    rdcl, deep = FaceBoxes(0), FaceBoxes(2)
+    assert set(tail_state(rdcl)) == {k for k in rdcl.state_dict() if not k.startswith(("conv1.", "conv2."))}
+    assert not any(k.startswith(("conv1.", "conv2.", "inception1.", "inception2.")) for k in tail_state(deep))
+    state = {k: v + 1.0 if v.is_floating_point() else v for k, v in tail_state(deep).items()}
+    out = with_tail(deep, state)
+    assert all(torch.equal(out.state_dict()[k], v) for k, v in state.items())
+    assert torch.equal(out.inception2.branch1x1.conv.weight, deep.inception2.branch1x1.conv.weight)  # head kept
+    with pytest.raises(files.DefenseFileError, match="do not fit"):
+        with_tail(rdcl, state)  # an inception2 tail lacks rdcl's tail (inception1, inception2)

@@ -40,13 +40,12 @@ FORMAT = "veil-robust-tail/1"
 ROBUST_MODEL = "face_detection_robust"
 #: Written beside the model's ``config.pbtxt``: what the served tail is (file, hashes, noise, ALPHA).
 SERVED_META = "veil-robust-tail.json"
-#: Parameters and buffers of the full model that belong to the tail (everything but the head's).
-_HEAD_PREFIXES = ("conv1.", "conv2.")
 
 
 def tail_state(model: FaceBoxes) -> dict[str, torch.Tensor]:
-    """The tail's parameters and BatchNorm statistics, keyed as in the full model's ``state_dict``."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(_HEAD_PREFIXES)}
+    """The tail's parameters and BatchNorm statistics, keyed as in the full model's ``state_dict``: those of
+    ``model.tail``, which starts where the head ends at the model's split (at ``rdcl``: all but conv1, conv2)."""
+    return dict(model.tail.state_dict())
 
 
 def student_model(model: FaceBoxes) -> FaceBoxes:

@@ -171,3 +171,27 @@ def test_audit_rows_of_noise_take_the_measured_noise_row(tmp_path):
     a = rows["noise (fresh), audit_cost (100 faces)"]
     assert a["map"] == 0.96 and a["nsr_db"] == 3.6 and a["drop_points"] == 1.36 and a["worst_x_chance"] == 54.0
     assert a["meets_goal"] is False and rows["noise"]["worst_rank1"] is None
+
+
+def test_knob_rows_make_no_claim_where_the_recipe_is_not_competent_on_clean(tmp_path):
+    def ident(r1):
+        m = {"rank1": r1, "rank1_ci95": [0.0, 0.05], "tar_at_far1": 0.0, "tar_ci95": [0.0, 0.04]}
+        return {"n_faces": 100, "chance_rank1": 0.01, "k1": m, "k8": m, "large_k1": m}
+
+    for split, clean_r1 in (("inception2", 0.03), ("rdcl", 0.48)):
+        knob = {"split": split, "scale": 3.0}
+        cell = {"defense": f"noise @ {split} ×3", "alpha": 0.8, "knob": knob, "identity": ident(0.01)}
+        cell["map"] = {"mean": 0.966, "draws": [0.966, 0.966]}
+        clean = {"defense": f"clean @ {split} ×3", "alpha": None, "knob": knob, "identity": ident(clean_r1)}
+        (tmp_path / f"{split}.json").write_text(json.dumps(cell))
+        (tmp_path / f"clean-{split}.json").write_text(json.dumps(clean))
+    (tmp_path / "lone.json").write_text(
+        json.dumps({**cell, "defense": "noise @ inception1 ×3", "knob": {"split": "inception1", "scale": 3.0}})
+    )
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]), clean_map=0.9735)}
+    assert rows["noise @ inception2 ×3"]["competent"] is False and rows["noise @ inception2 ×3"]["meets_goal"] is None
+    assert rows["noise @ rdcl ×3"]["competent"] is True and rows["noise @ rdcl ×3"]["meets_goal"] is True
+    assert rows["noise @ inception1 ×3"]["competent"] is None and rows["noise @ inception1 ×3"]["meets_goal"] is None
+    assert main(["frontier", "--defenses", str(tmp_path), "--clean-map", "0.9735", "--out", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "frontier_all.md").read_text()
+    assert "no claim: attacker not competent on clean" in md and "– (competence not measured)" in md

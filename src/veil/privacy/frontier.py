@@ -27,6 +27,9 @@ from veil.viz import save_figure
 GOAL_X_CHANCE = 2.0
 #: ... at a mAP drop of at most this many points.
 GOAL_DROP_POINTS = 2.0
+#: The audit's competence rule: the attacker recipe must identify at least this many times chance on
+#: clean activations (large-face bin where measured), else a low leak says nothing about the defense.
+COMPETENT_X_CHANCE = 10.0
 
 
 def _key(alpha: Any) -> float | None:
@@ -289,7 +292,39 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
         )
         if r["meets_goal"] and (r.get("independence") or "").startswith(("clash", "unverified")):
             r["meets_goal"] = None  # a scorer that may share the defense's adversary proves nothing
+    _competence(rows)
     return sorted(rows, key=lambda r: (r["defense"] != "clean", r["defense"], r["alpha"] or 0.0))
+
+
+def _competence(rows: list[dict]) -> None:
+    """Knob rows (``knob``: split, scale) are judged against the same recipe on that split's clean
+    activation (the ``clean @ split ×scale`` row of ``benchmarks/knobs.py --competence``): where it
+    identifies less than :data:`COMPETENT_X_CHANCE` × chance (in the large-face bin when measured),
+    ``competent`` is False and the row makes no claim; without such a row, ``competent`` is None."""
+    refs = {
+        (r["knob"]["split"], float(r["knob"]["scale"])): r
+        for r in rows
+        if r.get("knob") and r["defense"].startswith("clean @")
+    }
+    for r in rows:
+        if not r.get("knob") or r["defense"].startswith("clean @"):
+            continue
+        ref = refs.get((r["knob"]["split"], float(r["knob"]["scale"])))
+        if ref is None or not ref["attackers"] or not ref["chance_rank1"]:
+            r["competent"] = None
+        else:
+            a = ref["attackers"].get(LARGE_LABEL) or ref["attackers"][ref["worst_attacker"]]
+            r["competent"] = a["rank1"] / ref["chance_rank1"] >= COMPETENT_X_CHANCE
+        if r["competent"] is not True and r["meets_goal"]:
+            r["meets_goal"] = None
+
+
+def _goal(r: dict) -> str:
+    if r.get("knob") and r.get("competent") is False:
+        return "no claim: attacker not competent on clean"
+    if r.get("knob") and r.get("competent") is None and r["meets_goal"] is None and r["worst_rank1"] is not None:
+        return "– (competence not measured)"
+    return {None: "–", True: "yes", False: "no"}[r["meets_goal"]]
 
 
 def _num(v: Any, fmt: str = "{:.4f}") -> str:
@@ -322,7 +357,7 @@ def markdown(rows: list[dict]) -> str:
             "–" if r["worst_rank1"] is None else f"{r['worst_rank1']:.3f} ({_num(r['worst_x_chance'], '{:g}')}×)"
         )
         cells += [_num(r["worst_tar_at_far1"], "{:.3f}"), _num(r["client_ms"], "{:.2f}")]
-        cells += [_num(r["bytes_per_request"], "{:d}"), {None: "–", True: "yes", False: "no"}[r["meets_goal"]]]
+        cells += [_num(r["bytes_per_request"], "{:d}"), _goal(r)]
         if "independent" in head[-1]:
             ind = r.get("independence")
             cells.append("–" if ind is None else ("yes" if ind == "ok" else "**NO** (" + ind + ")"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from veil.models import InputSpec, ModelConfig, SplitNetwork, SplitSpec, WeightsSpec, build, register_model
+from veil.models import InputSpec, ModelConfig, SplitNetwork, SplitSpec, WeightsSpec, build
 
 TINY = ModelConfig(
     name="tiny-grey-test",
@@ -23,7 +23,6 @@ TINY = ModelConfig(
 )
 
 
-@register_model(TINY)
 def tiny(split: str) -> SplitNetwork:
     c1 = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU())
     c2 = nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU())
@@ -48,6 +47,14 @@ def photos(dlib_dir, wider_dir):
     train = [dlib_dir, *sorted((wider_dir / "images").iterdir())[:60]]
     held_out = [load_image(p) for p in list_images([wider_dir / "images"])[-12:]]
     return train, held_out
+
+
+@pytest.fixture(autouse=True)
+def _tiny_registered(monkeypatch):
+    """The tiny model is registered for this module's tests only (other tests list the real registry)."""
+    from veil.models import registry
+
+    monkeypatch.setitem(registry._REGISTRY, TINY.name, (TINY, tiny))
 
 
 @pytest.fixture(autouse=True)

@@ -131,7 +131,7 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
         "offered: veil's identity model (dlib) is not differentiable from Python (default: %(default)s)",
     )
     g.add_argument(
-        "--adversary-weight", type=float, default=3.0, help="weight of the adversarial term (default: %(default)s)"
+        "--adversary-weight", type=float, default=0.1, help="weight of the adversarial term (default: %(default)s)"
     )
     g.add_argument(
         "--face-weight", type=float, default=4.0, help="extra weight of face pixels in that term (default: %(default)s)"

@@ -379,7 +379,18 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
     pts = [r for r in rows if r["map"] is not None and r["worst_rank1"] is not None]
     knobs = [r for r in pts if r.get("knob")]  # one point per split × scale: one series, each point labelled
     if knobs:
-        ax.plot([r["worst_rank1"] for r in knobs], [r["map"] for r in knobs], "s", label="knobs: split × scale")
+        ok = [r for r in knobs if r.get("competent") is not False]
+        weak = [r for r in knobs if r.get("competent") is False]
+        if ok:
+            ax.plot([r["worst_rank1"] for r in ok], [r["map"] for r in ok], "s", label="knobs: split × scale")
+        if weak:  # hollow: the attacker recipe cannot read the clean activation there either
+            ax.plot(
+                [r["worst_rank1"] for r in weak],
+                [r["map"] for r in weak],
+                "s",
+                mfc="none",
+                label="knobs, no claim (attacker not competent on clean)",
+            )
         for r in knobs:
             k = r["knob"]
             ax.annotate(

@@ -79,7 +79,7 @@ def independence(doc: dict) -> str | None:
 
     from veil.privacy.audit import IndependenceError, check_independence, defense_adversaries
 
-    if not defense_adversaries(doc):
+    if not defense_adversaries(doc) or "identity" not in doc:  # nothing scored here: nothing to check
         return None
     if not isinstance(doc.get("decoder"), dict):
         return "unverified: no scoring decoder recorded"

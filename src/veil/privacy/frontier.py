@@ -376,7 +376,7 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
-    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # more series than the default 10 colours
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])  # more series than the default 10 colours
     pts = [r for r in rows if r["map"] is not None and r["worst_rank1"] is not None]
     knobs = [r for r in pts if r.get("knob")]  # one point per split × scale: one series, each point labelled
     if knobs:

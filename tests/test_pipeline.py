@@ -155,3 +155,22 @@ def test_a_task_of_ones_own_brings_its_postprocess(tiny, fddb_image_paths):
     model.config = dataclasses.replace(own, postprocess=None)
     with pytest.raises(ValueError, match="task 'scoring' and no postprocess"):
         SplitPipeline(model)
+
+
+def test_observe_is_the_client_side_on_a_batch_and_trainable(detector, fddb_image_paths):
+    """An attacker's training batch goes through the same head and noise as a client's image, and
+    what comes out can be trained on (an inference-mode tensor could not)."""
+    from veil.obfuscate import load_obfuscator
+
+    pipe = SplitPipeline(detector.model, detector.weights_sha256, scale=1.0)
+    prep = pipe.preprocess(load_image(fddb_image_paths[0]))
+    a_client, _ = pipe.client_side(prep)
+    a_batch = pipe.observe(torch.cat([prep.tensor, prep.tensor]))
+    assert a_batch.shape[0] == 2 and not a_batch.is_inference()
+    torch.testing.assert_close(a_batch[:1], a_client)
+    conv = nn.Conv2d(a_batch.shape[1], 1, 1)
+    conv(a_batch).mean().backward()  # raises for inference tensors
+    assert conv.weight.grad is not None
+    pipe.obfuscator = load_obfuscator(0.8, model=pipe.model)[0]
+    noisy = pipe.observe(prep.tensor)
+    assert not torch.equal(noisy, a_client) and not torch.equal(noisy, pipe.observe(prep.tensor))

@@ -171,6 +171,16 @@ class SplitPipeline:
             a = self.obfuscator(a)
         return a, prep
 
+    def observe(self, x: torch.Tensor, obfuscate: bool = True) -> torch.Tensor:
+        """The client side on a batch of already prepared network inputs (an attacker's training
+        crops): what would leave the trust zone for each, as an ordinary tensor (not an
+        inference-mode one), so a decoder can be trained on it."""
+        with torch.inference_mode():
+            a = self.runner.head(x)
+            if obfuscate and self.obfuscator is not None:
+                a = self.obfuscator(a)
+        return a.clone()
+
     @torch.inference_mode()
     def server_side(self, a: torch.Tensor) -> Outputs:
         """What the server computes: the tail's outputs on an activation (here, in this process)."""

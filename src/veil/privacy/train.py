@@ -28,7 +28,7 @@ import hashlib
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from veil.preprocess import FDDB_SCALE
+from veil.privacy.datapath import data_path
 from veil.privacy.decoders import PIXEL_SCALE, Decoder, attackers_dir, decoder_arch, model_meta, save_decoder
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def state_sha256(dec: nn.Module) -> str:
 
 
 def train_decoder(
-    head: nn.Module,
+    head: Callable[[torch.Tensor], torch.Tensor],
     sampler: Batches,
     minutes: float = 15.0,
     obfuscator: nn.Module | None = None,
@@ -218,9 +219,10 @@ def train_decoder(
     """Train a decoder until its loss plateaus (``plateau``), ``minutes`` of wall time pass or
     ``max_steps`` are done; L1 in pixel space, plus the feature term for ``loss="perceptual"``.
 
-    ``head`` maps a batch of network inputs to what the attacker observes (a model's head, or a
-    defense's wire code). ``obfuscator`` (if given) is applied to every activation with fresh noise:
-    the adaptive attacker. ``init`` warm-starts from another decoder, else ``arch``
+    ``head`` maps a batch of network inputs to what the attacker observes (the data path's
+    :meth:`~veil.pipeline.SplitPipeline.observe`, a model's head, or a defense's wire code);
+    ``obfuscator`` (if given) is then applied to every activation with fresh noise: the adaptive
+    attacker. ``init`` warm-starts from another decoder, else ``arch``
     (:func:`~veil.privacy.decoders.decoder_arch` of the model; default: FaceBoxes after the RDCL)
     shapes a fresh one. ``seed`` (default: drawn from the OS) sets the initial weights; the
     sampler's own seed sets the data order. The metadata records both, why training stopped,
@@ -236,7 +238,8 @@ def train_decoder(
         dec = _fresh(arch) if init is None else _clone(init)
     dec.to(device)
     opt = torch.optim.Adam(dec.parameters(), lr=lr)
-    head.eval()
+    if isinstance(head, nn.Module):
+        head.eval()
     budget = minutes * 60.0
     t0 = time.monotonic()
     step, ema, reason = 0, None, "budget"
@@ -447,11 +450,11 @@ def ensure_decoder(
         "scale": scale,
         "sources": sources if sources is not None else batches.describe(),
     }
+    # What the attacker trains on comes from the library's one data path (head, then the noise).
     return train_decoder(
-        model.head,
+        data_path(model, scale, obfuscator).observe,
         batches,
         minutes=minutes,
-        obfuscator=obfuscator,
         init=init,
         batch=batch,
         out=path,

@@ -219,11 +219,19 @@ def register_model(config: ModelConfig) -> Callable[[Builder], Builder]:
 
 
 def list_models() -> list[str]:
+    """Every registered model's name: veil's own, and those installed packages add (:mod:`veil.models.plugins`)."""
+    from veil.models.plugins import load_plugins
+
+    load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_config(name: str) -> ModelConfig:
     """The config registered under ``name``, or :class:`UnknownModelError` listing the known names."""
+    if name not in _REGISTRY:
+        from veil.models.plugins import load_plugins
+
+        load_plugins()  # an installed package's model, not imported yet
     try:
         return _REGISTRY[name][0]
     except KeyError:

@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tiny_models import register_tiny, tiny_config
 from torch import nn
 
 from veil.detector import Detector
-from veil.models import InputSpec, ModelConfig, SplitNetwork, SplitSpec, WeightsSpec, build, registry
+from veil.models import InputSpec, build
 from veil.pipeline import SplitPipeline
 from veil.postprocess import Classification, classify
 from veil.preprocess import load_image, prepare
@@ -17,37 +18,17 @@ from veil.preprocess import load_image, prepare
 MEAN, STD = 100.0, 50.0
 
 
-class _TinyClassifier(nn.Module):
-    """8×8 grey → 3 logits; cut after the first conv (4 channels at stride 2)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
-        self.fc = nn.Linear(4 * 4 * 4, 3)
-        object.__setattr__(self, "head", nn.Sequential(self.conv, nn.ReLU()))
-        object.__setattr__(self, "tail", nn.Sequential(nn.Flatten(), self.fc))
-
-
 @pytest.fixture
 def tiny():
     """A classification model registered for this test only (random weights, fixed test seed)."""
-    config = ModelConfig(
-        name="tiny-classifier",
-        task="classification",
-        splits=(SplitSpec("conv", 4, 2),),
-        weights=WeightsSpec(filename="none.pth", sha256="0" * 64),
+    config = tiny_config(
+        "tiny-classifier",
+        4,
         input=InputSpec(mean=(MEAN,) * 3, std=(STD,) * 3, size=(8, 8), channels=1),
-        outputs=("logits",),
         labels=("zero", "one", "two"),
     )
-
-    def make(split: str) -> SplitNetwork:
-        torch.manual_seed(0)  # a fixed test network, not noise
-        net = _TinyClassifier()
-        return SplitNetwork(net, net.head, net.tail)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(registry._REGISTRY, config.name, (config, make))
+        register_tiny(mp, config, seed=0)
         yield build(config.name)
 
 

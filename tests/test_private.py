@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tiny_models import register_tiny, tiny_config
 
 import veil
 from veil.detector import Detector
-from veil.models import InputSpec, ModelConfig, SplitNetwork, SplitSpec, WeightsSpec, build, create, registry
+from veil.models import InputSpec, build, create
 from veil.models.distortion import classification_distortion
 from veil.obfuscate import NoiseFileError, load_obfuscator, read_metadata
 from veil.preprocess import load_image
@@ -62,35 +62,15 @@ def test_make_private_says_how_to_fit_and_refuses_another_splits_noise(empty_cac
         veil.make_private(create("faceboxes"), split="inception1")
 
 
-class _Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 6, 3, stride=2, padding=1)
-        self.fc = nn.Linear(6 * 8 * 8, 4)
-        with torch.no_grad():  # confident logits that the activation moves: a classifier worth obfuscating
-            self.fc.weight.mul_(5)
-        object.__setattr__(self, "head", nn.Sequential(self.conv, nn.ReLU()))
-        object.__setattr__(self, "tail", nn.Sequential(nn.Flatten(), self.fc))
-
-
 def test_make_private_fits_a_classifier_once_on_the_photos_named(empty_cache, monkeypatch, dlib_dir, tmp_path):
-    config = ModelConfig(
-        name="tiny-private",
-        task="classification",
-        splits=(SplitSpec("conv", 6, 2),),
-        weights=WeightsSpec(filename="none.pth", sha256="0" * 64),
+    config = tiny_config(
+        "tiny-private",
+        6,
         input=InputSpec(mean=(100.0,) * 3, std=(50.0,) * 3, size=(16, 16), channels=1),
-        outputs=("logits",),
         distortion=classification_distortion,
         labels=("w", "x", "y", "z"),
     )
-
-    def make(split: str) -> SplitNetwork:
-        torch.manual_seed(2)  # a fixed test network, not noise
-        net = _Tiny()
-        return SplitNetwork(net, net.head, net.tail)
-
-    monkeypatch.setitem(registry._REGISTRY, config.name, (config, make))
+    register_tiny(monkeypatch, config, seed=2, gain=5.0)  # confident logits: a classifier worth obfuscating
     model = build(config.name)
     with pytest.raises(NoNoiseError, match=r"--model tiny-private --alpha 0\.5"):
         veil.make_private(model, alpha=0.5)

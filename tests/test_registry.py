@@ -4,41 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from tiny_models import TinyClassifier, register_tiny, tiny_config
 
 from veil.digest import sha256_file
-from veil.models import (
-    InputSpec,
-    ModelConfig,
-    SplitNetwork,
-    SplitSpec,
-    WeightsError,
-    WeightsSpec,
-    create,
-    get_config,
-    registry,
-)
+from veil.models import InputSpec, WeightsError, WeightsSpec, create, get_config
 from veil.models import pretrained as P
-
-
-class _Tiny(nn.Module):
-    """A two-layer net: enough to load, verify and split; nothing FaceBoxes about it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
-        self.fc = nn.Linear(4 * 4 * 4, 10)
-        # Views onto the same weights (not registered: their keys would duplicate the network's).
-        object.__setattr__(self, "head", nn.Sequential(self.conv, nn.ReLU()))
-        object.__setattr__(self, "tail", nn.Sequential(nn.Flatten(), self.fc))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.head(x))
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)  # a fixed test network, not noise
-    return _Tiny().state_dict()
+    return TinyClassifier(4, 8, 10).state_dict()
 
 
 @pytest.fixture
@@ -46,20 +21,13 @@ def tiny(tmp_path, monkeypatch):
     """A model registered for this test only, whose weights 'ship' at tmp_path/tiny.pth."""
     shipped = tmp_path / "tiny.pth"
     torch.save(_state(0), shipped)
-    config = ModelConfig(
-        name="tiny-test",
-        task="classification",
-        splits=(SplitSpec("conv", 4, 2),),
+    config = tiny_config(
+        "tiny-test",
+        4,
         weights=WeightsSpec(filename="tiny.pth", sha256=sha256_file(shipped), shipped=shipped),
         input=InputSpec(size=(8, 8), channels=1),
-        outputs=("logits",),
     )
-
-    def build(split: str) -> SplitNetwork:
-        net = _Tiny()
-        return SplitNetwork(net, net.head, net.tail)
-
-    monkeypatch.setitem(registry._REGISTRY, config.name, (config, build))
+    register_tiny(monkeypatch, config, classes=10)
     monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("VEIL_WEIGHTS", raising=False)
     return config

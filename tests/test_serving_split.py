@@ -9,11 +9,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_models import register_tiny, tiny_config
 from torch import nn
 
 from veil.cli.main import main
 from veil.detector import Detector
-from veil.models import InputSpec, ModelConfig, SplitNetwork, SplitSpec, WeightsSpec, build, registry
+from veil.models import InputSpec, build
 from veil.pipeline import SplitPipeline
 from veil.preprocess import load_image
 from veil.serving.client import InferenceError, TritonDetector
@@ -23,17 +24,6 @@ from veil.serving.server import TritonServer, unsupported_reason
 pytestmark = pytest.mark.timeout(300)
 
 
-class _Classifier(nn.Module):
-    """12×12 grey → 3 logits, cut after a stride-2 conv (5 channels, a 6×6 activation)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 5, 3, stride=2, padding=1)
-        self.fc = nn.Linear(5 * 6 * 6, 3)
-        object.__setattr__(self, "head", nn.Sequential(self.conv, nn.ReLU()))
-        object.__setattr__(self, "tail", nn.Sequential(nn.Flatten(), self.fc))
-
-
 class _Shift(nn.Module):
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         return a + 0.25
@@ -41,23 +31,14 @@ class _Shift(nn.Module):
 
 @pytest.fixture(scope="module")
 def classifier():
-    config = ModelConfig(
-        name="tiny-served",
-        task="classification",
-        splits=(SplitSpec("conv", 5, 2),),
-        weights=WeightsSpec(filename="none.pth", sha256="0" * 64),
+    config = tiny_config(
+        "tiny-served",
+        5,
         input=InputSpec(mean=(90.0,) * 3, std=(60.0,) * 3, size=(12, 12), channels=1),
-        outputs=("logits",),
         labels=("a", "b", "c"),
     )
-
-    def make(split: str) -> SplitNetwork:
-        torch.manual_seed(1)  # a fixed test network, not noise
-        net = _Classifier()
-        return SplitNetwork(net, net.head, net.tail)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(registry._REGISTRY, config.name, (config, make))
+        register_tiny(mp, config, seed=1)
         yield build(config.name)
 
 

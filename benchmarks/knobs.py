@@ -210,6 +210,28 @@ def client_cost(
     }
 
 
+def scoring_decoder(model, transform, dirs, args: argparse.Namespace, progress: bool, result: dict):
+    """The attacker's decoder on ``transform``'s output (identity: the clean activation), its settings in ``result``."""
+    from veil.defenses.measure import train_scoring_decoder
+    from veil.privacy.decoders import read_decoder
+
+    dec = train_scoring_decoder(
+        model.head,
+        transform,
+        dirs,
+        minutes=args.decoder_minutes,
+        seed=args.decoder_seed,
+        scale=args.scale,
+        max_steps=args.decoder_steps,
+        init=read_decoder(args.init) if args.init else None,
+        progress=progress,
+    )
+    keys = ("steps", "seconds", "final_l1_px", "seed", "data_order_seed", "init_sha256", "batch", "crop", "stop_reason")
+    result["decoder"] = {k: dec.meta.get(k) for k in keys}
+    result["decoder"]["init_file"] = args.init
+    return dec
+
+
 def table(folder: Path) -> str:
     """The knob cells and client costs under ``folder`` as one markdown table (what docs/privacy.md shows)."""
     import json
@@ -357,9 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Path(args.dataset) if args.dataset else s.dataset
     model, digest = load_split(args.split, args.weights)
     if args.competence:
-        from veil.defenses.measure import identity_leak, train_scoring_decoder
+        from veil.defenses.measure import identity_leak
         from veil.privacy.audit import select_fddb_faces
-        from veil.privacy.decoders import read_decoder
 
         result.update(
             {
@@ -368,20 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                 "knob": {"split": args.split, "scale": args.scale},
             }
         )
-        dec = train_scoring_decoder(
-            model.head,
-            lambda a: a,
-            dirs,
-            minutes=args.decoder_minutes,
-            seed=args.decoder_seed,
-            scale=args.scale,
-            max_steps=args.decoder_steps,
-            init=read_decoder(args.init) if args.init else None,
-            progress=progress,
-        )
-        keys = ("steps", "seconds", "final_l1_px", "seed", "data_order_seed", "init_sha256", "batch", "crop")
-        result["decoder"] = {k: dec.meta.get(k) for k in (*keys, "stop_reason")}
-        result["decoder"]["init_file"] = args.init
+        dec = scoring_decoder(model, lambda a: a, dirs, args, progress, result)
         stage("scoring decoder (clean)")
         faces = select_fddb_faces(dataset, max_faces=args.faces)
         result["identity"] = identity_leak(
@@ -432,36 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     result["nsr_db"] = round(statistics.mean(nsrs), 2)
     result["nsr_db_draws"] = [round(v, 2) for v in nsrs]
     if not args.skip_privacy:
-        from veil.defenses.measure import grey_reference, identity_leak, train_scoring_decoder
+        from veil.defenses.measure import grey_reference, identity_leak
         from veil.privacy.audit import select_fddb_faces
-        from veil.privacy.decoders import read_decoder
 
         obf = fits[0].obfuscator
         t0 = time.monotonic()
-        dec = train_scoring_decoder(
-            model.head,
-            obf,
-            dirs,
-            minutes=args.decoder_minutes,
-            seed=args.decoder_seed,
-            scale=args.scale,
-            max_steps=args.decoder_steps,
-            init=read_decoder(args.init) if args.init else None,
-            progress=progress,
-        )
-        keys = (
-            "steps",
-            "seconds",
-            "final_l1_px",
-            "seed",
-            "data_order_seed",
-            "init_sha256",
-            "batch",
-            "crop",
-            "stop_reason",
-        )
-        result["decoder"] = {k: dec.meta.get(k) for k in keys}
-        result["decoder"]["init_file"] = args.init
+        dec = scoring_decoder(model, obf, dirs, args, progress, result)
         stage("scoring decoder")
         faces = select_fddb_faces(dataset, max_faces=args.faces)
         result["identity"] = identity_leak(

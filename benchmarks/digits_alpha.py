@@ -55,6 +55,16 @@ def main() -> int:
     test_images, test_labels, _ = builtin.load("digits", "test")
     pipe = SplitPipeline(model)
     clean = evaluate_classification(pipe, test_images, test_labels, "digits-test", progress=False).clean_accuracy
+
+    def noisy(obfuscator, alpha: float):
+        """The test accuracy over ``a.draws`` noise draws of ``obfuscator`` (the pipeline is left clean)."""
+        pipe.obfuscator = obfuscator
+        r = evaluate_classification(
+            pipe, test_images, test_labels, "digits-test", draws=a.draws, progress=False, settings={"alpha": alpha}
+        )
+        pipe.obfuscator = None
+        return r
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for alpha in a.alphas:
@@ -66,27 +76,8 @@ def main() -> int:
                     model, train_images, out, FitConfig(alpha=alpha, seed=seed), train_data, progress=False
                 )
                 fit_s = time.perf_counter() - t0
-                pipe.obfuscator = result.obfuscator
-                r = evaluate_classification(
-                    pipe,
-                    test_images,
-                    test_labels,
-                    "digits-test",
-                    draws=a.draws,
-                    progress=False,
-                    settings={"alpha": alpha},
-                )
-                pipe.obfuscator = isotropic_like(result.obfuscator)
-                iso = evaluate_classification(
-                    pipe,
-                    test_images,
-                    test_labels,
-                    "digits-test",
-                    draws=a.draws,
-                    progress=False,
-                    settings={"alpha": alpha},
-                )
-                pipe.obfuscator = None
+                r = noisy(result.obfuscator, alpha)
+                iso = noisy(isotropic_like(result.obfuscator), alpha)
                 fits.append(
                     {
                         "fit_seed": seed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from veil.cli.errors import CLIError
 from veil.cli.options import add_model_choice, alpha_arg, create_model
@@ -65,6 +66,16 @@ def fit_images(given: list[str] | None) -> list[str]:
             "faces that are not the evaluation set, e.g. WIDER FACE; never FDDB)"
         )
     return images
+
+
+def fit_data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The cropping options of :func:`add_fit_args` and ``--quiet``, as the photo-fitting functions' keywords."""
+    return {
+        "crop": args.crop,
+        "scale_range": tuple(args.scale_range),
+        "crops_per_image": args.crops_per_image,
+        "progress": not args.quiet,
+    }
 
 
 def fit_config(args: argparse.Namespace, alpha: float) -> FitConfig:
@@ -172,10 +183,7 @@ def run(args: argparse.Namespace) -> int:
         images,
         out,
         fit_config(args, args.alpha),
-        crop=args.crop,
-        scale_range=tuple(args.scale_range),
-        crops_per_image=args.crops_per_image,
-        progress=not args.quiet,
+        **fit_data_options(args),
     )
     _report(args, result, meta, out)
     return 0
@@ -230,10 +238,7 @@ def _fit_defended(args: argparse.Namespace, model, digest: str, images: list[str
             privacy_term=args.privacy_term,
             face_weight=args.face_weight,
             adversary_seed=args.adversary_seed,
-            crop=args.crop,
-            scale_range=tuple(args.scale_range),
-            crops_per_image=args.crops_per_image,
-            progress=not args.quiet,
+            **fit_data_options(args),
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from veil.cli.errors import CLIError
-from veil.cli.noise import add_fit_args, fit_config, fit_images
+from veil.cli.noise import add_fit_args, fit_config, fit_data_options, fit_images
 from veil.cli.options import add_model_choice, alpha_arg, create_model, fddb_dir
 from veil.evaluation.sweep import DEFAULT_ALPHAS
 from veil.obfuscate.artifact import NoiseFileError
@@ -118,10 +118,7 @@ def run(args: argparse.Namespace) -> int:
             images=args.images or [str(p) for p in settings().fit_images],
             noise_dir=args.noise_dir,
             refit=args.refit,
-            crop=args.crop,
-            scale_range=tuple(args.scale_range),
-            crops_per_image=args.crops_per_image,
-            progress=not args.quiet,
+            **fit_data_options(args),
         )
     except MissingNoiseError as exc:
         raise CLIError(f"{exc}: pass --images DIR… or set VEIL_FIT_IMAGES") from exc
@@ -174,10 +171,7 @@ def _run_repeats(args: argparse.Namespace, dataset) -> int:
             images,
             path,
             cfg,
-            crop=args.crop,
-            scale_range=tuple(args.scale_range),
-            crops_per_image=args.crops_per_image,
-            progress=not args.quiet,
+            **fit_data_options(args),
             bank_cache=bank_cache,
         )
         return result.obfuscator

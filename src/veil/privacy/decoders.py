@@ -291,8 +291,3 @@ def reconstruct(decoder: Decoder, activation: torch.Tensor, size: tuple[int, int
     if size is not None:
         img = img[: size[0], : size[1]]
     return np.ascontiguousarray(img)
-
-
-def output_size(activation_hw: tuple[int, int], stride: int) -> tuple[int, int]:
-    """Pixel size a decoder produces for an activation of size ``(h, w)`` at ``stride``."""
-    return activation_hw[0] * stride, activation_hw[1] * stride

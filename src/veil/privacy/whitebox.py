@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from veil.privacy.decoders import LEGACY_ARCH, PIXEL_SCALE, decoder_arch, to_pixels
+from veil.privacy.decoders import LEGACY_ARCH, PIXEL_SCALE, decoder_arch
 
 if TYPE_CHECKING:
     from veil.models import SplitModel
@@ -200,8 +200,3 @@ def invert_windows(
             history.append(float(data.detach().mean()))
     full = render(z.detach()) * unit
     return [full[i : i + 1, :, : (w[1] - w[0]) * stride, : (w[3] - w[2]) * stride] for i, w in enumerate(windows)]
-
-
-def invert_patch_image(patch: torch.Tensor, input_mean: list[float], input_std: list[float]) -> np.ndarray:
-    """An inverted patch (input units) as a uint8 image in the model's input pixels."""
-    return to_pixels(patch, input_mean, input_std)

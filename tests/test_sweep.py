@@ -278,22 +278,9 @@ def test_sweep_with_audits_shows_utility_and_leakage_side_by_side(noise_dir, tin
         }
         (d / "report.json").write_text(json.dumps(rep))
     out = tmp_path / "sweep"
-    rc, stdout, err = run_cli(
-        "sweep",
-        "--alphas",
-        "0.8",
-        "--dataset",
-        tiny_fddb,
-        "--noise-dir",
-        noise_dir,
-        "--out",
-        out,
-        "--weights",
-        weights_path,
-        "--quiet",
-        "--audits",
-        audits,
-    )
+    sweep_args = ["sweep", "--alphas", "0.8", "--dataset", tiny_fddb, "--noise-dir", noise_dir, "--out", out]
+    sweep_args += ["--weights", weights_path, "--quiet", "--audits"]
+    rc, stdout, err = run_cli(*sweep_args, audits)
     assert rc == 0, err
     rows = json.loads((out / "frontier.json").read_text())
     sweep = json.loads((out / "sweep.json").read_text())
@@ -301,22 +288,7 @@ def test_sweep_with_audits_shows_utility_and_leakage_side_by_side(noise_dir, tin
     assert rows[0]["map"] == sweep["clean_mAP"] and rows[1]["map"] == sweep["rows"][0]["mAP"]
     assert rows[1]["worst_attacker"] == "adaptive" and rows[1]["worst_rank1_x_chance"] == 4.0
     assert "worst rank-1" in stdout and (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    rc, _, err = run_cli(
-        "sweep",
-        "--alphas",
-        "0.8",
-        "--dataset",
-        tiny_fddb,
-        "--noise-dir",
-        noise_dir,
-        "--out",
-        out,
-        "--weights",
-        weights_path,
-        "--quiet",
-        "--audits",
-        tmp_path / "none",
-    )
+    rc, _, err = run_cli(*sweep_args, tmp_path / "none")
     assert rc == 2 and "veil audit" in err
 
 

@@ -310,6 +310,22 @@ class Leak:
         with _stage("identity+ssim"):
             self._add(view, scale, original, rec, sel, region, grid_faces)
 
+    def add_embedding(self, view: View, scale: float, emb: np.ndarray, sel: list[int] | None = None) -> None:
+        """Record embeddings an attacker predicted directly (no image, e.g. the identity regressor of
+        :mod:`veil.privacy.regressor`) for the view's faces ``sel``; it has no pixel scores (NaN SSIM)."""
+        sel = list(range(len(view.faces))) if sel is None else sel
+        if len(emb) != len(sel):
+            raise ValueError(f"{len(emb)} embeddings for {len(sel)} faces")
+        if not sel:
+            return
+        self.emb.append(np.asarray(emb, np.float64).reshape(len(sel), identity.EMBEDDING_DIM))
+        px = view.net_px(scale)
+        for j in sel:
+            self.face.append(int(view.faces[j]))
+            self.net_px.append(float(px[j]))
+            self.kind.append(view.kind)
+            self.face_ssim.append(math.nan)
+
     def _add(
         self,
         view: View,

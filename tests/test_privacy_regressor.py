@@ -1,0 +1,102 @@
+"""The identity-regression attacker (veil.privacy.regressor): ROI-align, training, files, scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from veil.privacy.regressor import (
+    IdentityRegressor,
+    RegressorMismatchError,
+    build_samples,
+    read_regressor,
+    roi_cells,
+    train_regressor,
+)
+
+
+@pytest.fixture(scope="module")
+def rdcl(weights_path):
+    from veil.models.pretrained import create
+
+    return create("faceboxes", "rdcl", weights=weights_path)
+
+
+@pytest.fixture(scope="module")
+def samples(rdcl, dlib_dir):
+    """Samples of the dlib photos' 43 faces, two sizes each (not cached: the test builds them)."""
+    return build_samples([rdcl], [dlib_dir], sizes_per_face=2, cache=False, progress=False)["rdcl"]
+
+
+def test_roi_cells_reads_a_known_gradient():
+    """Channel 0 holds each cell's column index, channel 1 its row: bilinear samples read back the
+    cell coordinate of every sample point, p / stride − ½, in the right image of the batch."""
+    stride, h, w = 32, 12, 16
+    cols = torch.arange(w, dtype=torch.float32).expand(h, w)
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+    a = torch.zeros(2, 2, h, w)
+    a[1, 0], a[1, 1] = cols, rows  # image 1 holds the gradients, image 0 zeros
+    box = torch.tensor([[1, 96.0, 64.0, 224.0, 256.0]])
+    out = roi_cells(a, box, stride, cells=4, context=0.0, samples=1)
+    xs = 96 + (np.arange(4) + 0.5) * (224 - 96) / 4
+    ys = 64 + (np.arange(4) + 0.5) * (256 - 64) / 4
+    np.testing.assert_allclose(out[0, 0].numpy(), np.tile(xs / stride - 0.5, (4, 1)), atol=1e-5)
+    np.testing.assert_allclose(out[0, 1].numpy(), np.tile((ys / stride - 0.5)[:, None], (1, 4)), atol=1e-5)
+    assert roi_cells(a, torch.tensor([[0, 96.0, 64.0, 224.0, 256.0]]), stride, 4, 0.0).abs().max() == 0
+    # context: one face side each way triples the extent about the same centre
+    wide = roi_cells(a, torch.tensor([[1, 128.0, 128.0, 192.0, 192.0]]), stride, cells=3, context=1.0, samples=1)
+    np.testing.assert_allclose(wide[0, 0, 0].numpy(), np.array([96, 160, 224]) / stride - 0.5, atol=1e-5)
+
+
+def test_roi_cells_maps_a_box_to_its_cells():
+    """A block of ones at rows 3–4, columns 5–6 is read at its box and nowhere else."""
+    a = torch.zeros(1, 3, 10, 12)
+    a[0, :, 3:5, 5:7] = 1.0
+    on = roi_cells(a, torch.tensor([[0, 5 * 32.0, 3 * 32.0, 7 * 32.0, 5 * 32.0]]), 32, cells=4, context=0.0)
+    off = roi_cells(a, torch.tensor([[0, 0.0, 0.0, 64.0, 64.0]]), 32, cells=4, context=0.0)
+    assert on[0, :, 1:3, 1:3].min() == pytest.approx(1.0)  # the inner bins lie fully in the block
+    assert on.mean() > 0.75
+    assert off.abs().max() == 0
+    with pytest.raises(ValueError, match="batch indices"):
+        roi_cells(a, torch.tensor([[1, 0.0, 0.0, 64.0, 64.0]]), 32)
+
+
+def test_training_records_its_meta_and_file_refused_for_another_split(rdcl, samples, tmp_path, weights_path):
+    from veil.models.pretrained import create
+    from veil.privacy.train import Plateau, state_sha256
+
+    assert len(samples) == 2 * 43 and samples.held_out.any() and (~samples.held_out).any()
+    out = tmp_path / "r.safetensors"
+    reg = train_regressor(samples, rdcl, max_steps=6, batch=8, eval_every=3, progress=False, plateau=Plateau(), out=out)
+    md = reg.meta
+    assert md["steps"] == 6 and md["stop_reason"] == "max_steps" and len(md["curve_loss"]) == 6
+    assert isinstance(md["seed"], int) and isinstance(md["data_order_seed"], int)
+    assert md["state_sha256"] == state_sha256(reg) and md["split_point"] == rdcl.split_point
+    assert [s for s, _ in md["held_out_rank1_curve"]] == [3, 6]
+    back = read_regressor(tmp_path / "r.safetensors", rdcl)
+    assert state_sha256(back) == md["state_sha256"] and back.stride == 32
+    rois = samples.rois([0, 1], None, back.cells, back.context)
+    torch.testing.assert_close(back(rois), reg.eval()(rois))
+    deeper = create("faceboxes", "inception2", weights=weights_path)
+    with pytest.raises(RegressorMismatchError, match="split point"):
+        read_regressor(tmp_path / "r.safetensors", deeper)
+    with pytest.raises(RegressorMismatchError, match="channels"):
+        train_regressor(samples, rdcl, regressor=IdentityRegressor(64), max_steps=1, progress=False)
+
+
+def test_a_leak_of_predicted_embeddings_is_scored_like_any_attacker(fddb_dir):
+    """Predictions equal to the gallery identify every face; a rotation of them identifies none."""
+    from veil.privacy.audit import Leak, gallery_for, make_views, select_fddb_faces, summarize
+
+    faces = select_fddb_faces(fddb_dir, max_faces=8)
+    gallery = gallery_for(faces)
+    views = make_views(faces, 3.0, enlarge=False)
+    right, wrong = Leak(), Leak()
+    for v in views:
+        right.add_embedding(v, 3.0, gallery.emb[v.faces])
+        wrong.add_embedding(v, 3.0, gallery.emb[(v.faces + 1) % faces.n_faces])
+    assert summarize(right, gallery)["rank1"] == 1.0
+    assert summarize(wrong, gallery)["rank1"] == 0.0
+    with pytest.raises(ValueError, match="embeddings for"):
+        right.add_embedding(views[0], 3.0, gallery.emb[:0], sel=[0])

@@ -15,6 +15,14 @@ this measures
         --tail T.safetensors --out J.json
     python benchmarks/defenses.py --defense bottleneck --alpha 0.8 --bottleneck B.safetensors --out J.json
     python benchmarks/defenses.py --defense clean --out J.json     # the clean reference (naive attacker)
+    python benchmarks/defenses.py --defense bottleneck --split inception3 --alpha 0.6 --bottleneck B.safetensors \
+        --out J.json                      # a bottleneck trained at another split (defenses_train.py --split)
+    python benchmarks/defenses.py --defense robust-tail --scale 2 --alpha 0.9 --noise N.safetensors \
+        --tail T.safetensors --original-tail-map --out J.json    # levers combined: noise fitted at ×2 + its tail
+
+Away from the default deployment (the RDCL, ×3) the row is named ``DEFENSE @ SPLIT ×SCALE`` and carries
+``knob: {split, scale}``, so ``veil frontier`` judges it against the same attacker recipe on that split's
+clean activation (``benchmarks/knobs.py --competence``), as it does the knob cells.
 
 Short decoder training makes every leak number a *lower bound* on what a patient attacker recovers.
 """
@@ -35,6 +43,33 @@ import torch
 from veil.settings import settings
 
 
+@torch.no_grad()
+def code_nsr_db(head, fitted, dataset: Path, scale: float, images: int = 30) -> float:
+    """A bottleneck's NSR: its noise power over its quantised code's power on the first FDDB images (as
+    ``benchmarks/knobs.py --client-cost`` measures it at the RDCL): privacy there is the code's, not the noise's."""
+    from veil.data.fddb import read_fddb
+    from veil.defenses.bottleneck import deterministic_copy
+    from veil.obfuscate.nsr import nsr_report, nsr_sums
+    from veil.preprocess import load_image, prepare
+
+    ds = read_fddb(dataset)
+    code, total = deterministic_copy(fitted), None
+    for im in [im for im, ok in zip(ds.images, ds.present) if ok][:images]:
+        sums = nsr_sums(code(head(prepare(load_image(im.path), scale).tensor)), fitted.bottleneck.noise)
+        total = sums if total is None else total + sums
+    return nsr_report(total)["nsr_db"]
+
+
+def wire_bytes(fitted, scale: float, frame_hw: tuple[int, int] = (1080, 1920)) -> tuple[int, int]:
+    """Bytes of the wire code for one 1920×1080 frame at ``scale``: as FP32 (how it is sent) and packed at
+    log2(levels) bits per element; the activation is ⌈H/32⌉ × ⌈W/32⌉ cells at every split."""
+    import math
+
+    h, w = (math.ceil(math.ceil(v * scale) / 32) for v in frame_hw)
+    n = fitted.spec.channels * h * w
+    return 4 * n, math.ceil(n * math.log2(fitted.spec.levels) / 8)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -45,6 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         "`--noise-model conditioned` (loaded like any noise file; named apart on the frontier)",
     )
     p.add_argument("--alpha", type=float)
+    p.add_argument(
+        "--split",
+        default="rdcl",
+        choices=("rdcl", "inception1", "inception2", "inception3"),
+        help="where FaceBoxes' head ends (the defense files must be trained there) (default: %(default)s)",
+    )
+    p.add_argument("--scale", type=float, default=3.0, help="input scale of FDDB and of the attacker (default: 3)")
+    p.add_argument("--label", help="the row's defense name on the frontier (default: DEFENSE, + ' @ SPLIT ×SCALE')")
+    p.add_argument(
+        "--original-tail-map",
+        action="store_true",
+        help="robust-tail: also evaluate the same noise read by the original tail (what the robust tail adds)",
+    )
     p.add_argument("--noise", help="fitted noise file (noise, robust-tail)")
     p.add_argument("--tail", help="robust tail file (robust-tail)")
     p.add_argument("--bottleneck", help="bottleneck file (bottleneck)")
@@ -91,9 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     s = settings()
     dataset = Path(args.dataset) if args.dataset else s.dataset
     dirs = [Path(d) for d in args.images] if args.images else list(s.fit_images)
-    det = Detector.from_weights(args.weights or s.weights)
+    det = Detector.from_weights(args.weights or s.weights, split=args.split, scale=args.scale)
     head = det.model.head
-    meta: dict = {"defense": args.defense, "alpha": args.alpha}
+    base_model = det.model
+    default = args.split == "rdcl" and args.scale == 3.0
+    label = args.label or (args.defense if default else f"{args.defense} @ {args.split} ×{args.scale:g}")
+    meta: dict = {"defense": label, "alpha": args.alpha, "split": args.split, "scale": args.scale}
+    if not default:  # judged by the frontier against the same recipe on this split's clean activation
+        meta["knob"] = {"split": args.split, "scale": args.scale}
+    stages: dict[str, float] = {}
+    t_stage = time.monotonic()
+
+    def stage(name: str) -> None:
+        nonlocal t_stage
+        stages[name] = round(time.monotonic() - t_stage, 1)
+        t_stage = time.monotonic()
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {stages[name]} s", flush=True)
+
     if args.defense in ("noise", "adversarial", "conditioned"):
         from veil.obfuscate.artifact import read_metadata
 
@@ -110,10 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         observe = obf
     elif args.defense == "robust-tail":
         from veil.defenses import robust_tail
+        from veil.obfuscate.artifact import read_metadata
 
         tmeta = robust_tail.attach(det, args.tail, args.noise, args.alpha)
         observe = det.obfuscator  # the wire is the noise's: the tail changes nothing the server sees
         meta["noise_sha256"] = file_sha256(args.noise)
+        nmeta = read_metadata(args.noise)
+        meta["adversary"] = nmeta.get("adversary")  # the noise's in-loop decoder, if it was fitted against one
+        meta["noise_fit"] = {k: nmeta.get(k) for k in ("format", "objective", "noise_model", "fit_seconds")}
+        meta["noise_file"] = args.noise
+        meta["tail_file"] = args.tail
         meta["tail_sha256"] = file_sha256(args.tail)
         meta["tail_distill"] = {
             "steps": tmeta["log"][-1]["step"],
@@ -130,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         fb, bmeta = bottleneck.attach(det, args.bottleneck, args.alpha)
         as_decoder_input = bottleneck.as_decoder_input
         meta["bottleneck_sha256"] = file_sha256(args.bottleneck)
+        meta["bottleneck_file"] = args.bottleneck  # re-score: load_bottleneck(file, model at split).path.wire
+        meta["wire"] = "veil.defenses.bottleneck.load_bottleneck(bottleneck_file, model).path.wire(clean activation)"
+        meta["nsr_db"] = code_nsr_db(head, fb, dataset, args.scale)
+        meta["bytes_per_request"], meta["bytes_packed"] = wire_bytes(fb, args.scale)
         meta["spec"] = bmeta["spec"]
         meta["adversary_weight"] = bmeta.get("adversary_weight")
         meta["adversary"] = bmeta.get("adversary")  # {seed, data_order_seed, weights_sha256} when one was trained
@@ -145,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def observe(a: torch.Tensor) -> torch.Tensor:
             return as_decoder_input(fb.bottleneck(a), fb.bottleneck.in_channels)
+
+        stage("load and code NSR")
     else:
 
         def observe(a: torch.Tensor) -> torch.Tensor:
@@ -158,13 +232,15 @@ def main(argv: list[str] | None = None) -> int:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]] if argv is None else argv),
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
     }
     if not args.skip_map:
         from veil.evaluation import evaluate_fddb
 
         maps = []
         for i in range(args.map_draws if det.obfuscator is not None else 1):
-            r = evaluate_fddb(det, dataset, progress=True, nsr=det.obfuscator is not None)
+            noisy = det.obfuscator is not None and args.defense != "bottleneck"  # the code's NSR: code_nsr_db
+            r = evaluate_fddb(det, dataset, progress=True, nsr=noisy)
             maps.append(r.mAP)
             if r.nsr is not None:
                 result.setdefault("nsr_fddb", []).append(r.nsr)
@@ -181,6 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             result["map_clean_input"] = round(evaluate_fddb(det, dataset, progress=True).mAP, 4)
             det.obfuscator = obf_kept
             print(f"FDDB mAP on clean activations: {result['map_clean_input']:.4f}", flush=True)
+        if args.original_tail_map and args.defense == "robust-tail":
+            robust_kept, det.model = det.model, base_model
+            draws = [evaluate_fddb(det, dataset, progress=True).mAP for _ in range(args.map_draws)]
+            det.model = robust_kept
+            result["map_original_tail"] = {
+                "draws": [round(m, 4) for m in draws],
+                "mean": round(statistics.mean(draws), 4),
+            }
+            print(f"FDDB mAP, same noise, original tail: {result['map_original_tail']['mean']:.4f}", flush=True)
+        stage("FDDB mAP")
     if not args.skip_privacy:
         from veil.defenses.measure import grey_reference, identity_leak, train_scoring_decoder
         from veil.privacy.audit import select_fddb_faces
@@ -198,13 +284,15 @@ def main(argv: list[str] | None = None) -> int:
                 minutes=args.decoder_minutes,
                 seed=args.decoder_seed,
                 max_steps=args.decoder_steps,
+                scale=args.scale,
                 init=init,
             )
             if args.save_decoder:
                 save_decoder(dec, args.save_decoder, dec.meta)
+        stage("scoring decoder")
         keys = ("steps", "seconds", "final_l1_px", "seed", "data_order_seed", "init_sha256", "batch", "crop")
         result["decoder"] = {k: dec.meta.get(k) for k in keys}
-        result["decoder"]["file"] = args.decoder
+        result["decoder"]["file"] = args.decoder or args.save_decoder
         if result.get("adversary"):  # never score with the defense's own adversary (seed, data order, weights)
             from veil.defenses.measure import check_scoring_independence
 
@@ -215,11 +303,14 @@ def main(argv: list[str] | None = None) -> int:
             head,
             observe,
             dec,
+            scale=args.scale,
             large_faces=not args.no_large_faces,
             dup_ks=(args.near_duplicates,) if args.near_duplicates > 1 else (),
         )
         result["identity"]["grey_reference"] = grey_reference(faces)
         result["privacy_seconds"] = round(time.monotonic() - t0, 1)
+        stage("identity")
+    result["stage_seconds"] = stages
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

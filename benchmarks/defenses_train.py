@@ -31,13 +31,14 @@ def _job(name: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     from veil.defenses.distill import DistillConfig, training_noise
     from veil.defenses.files import file_sha256
-    from veil.models import as_split_model
+    from veil.models import as_split_model, create
     from veil.obfuscate import load_obfuscator
-    from veil.weights import load_faceboxes
 
     t0 = time.monotonic()
     out = Path(args.out)
-    model, digest = load_faceboxes(args.weights)
+    split_model = create("faceboxes", args.split, weights=args.weights)  # the head ends at --split
+    model, digest = split_model.network, split_model.weights_sha256
+    zoom = (2.0 * args.scale / 3.0, 2.0 * args.scale)  # the ×3 recipe's (2, 6), scaled: same face sizes at the net
     dev = args.device
     kind, _, rest = name.partition("-")
     adv = rest.endswith("-adv")
@@ -55,6 +56,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
             cfg,
             crop=args.crop,
             crops_per_image=args.crops_per_image,
+            scale_range=zoom,
             device=dev,
             progress=False,
         )
@@ -67,10 +69,13 @@ def _job(name: str, args: argparse.Namespace) -> dict:
             cfg=cfg,
             log=log,
             data=data,
-            extra={"device": str(dev)},
+            extra={"device": str(dev), "scale": args.scale},
         )
         return {
             "job": name,
+            "file": str(out / f"{name}.safetensors"),
+            "split": args.split,
+            "scale": args.scale,
             "held_out": [log[0].get("held_out_distortion"), log[-1].get("held_out_distortion")],
             "steps": log[-1]["step"],
             "seconds": round(time.monotonic() - t0, 1),
@@ -90,6 +95,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
             adversary_weight=w,
             crop=args.crop,
             crops_per_image=args.crops_per_image,
+            scale_range=zoom,
             device=dev,
             progress=False,
         )
@@ -98,6 +104,9 @@ def _job(name: str, args: argparse.Namespace) -> dict:
         )
         return {
             "job": name,
+            "file": str(out / f"{name}.safetensors"),
+            "split": args.split,
+            "scale": args.scale,
             "spec": spec.as_dict(),
             "held_out": [log[0].get("held_out_distortion"), log[-1].get("held_out_distortion")],
             "steps": log[-1]["step"],
@@ -139,6 +148,7 @@ def _job(name: str, args: argparse.Namespace) -> dict:
             minutes=args.minutes,
             seed=seed,
             max_steps=args.decoder_steps,
+            scale=args.scale,
             batch=args.decoder_batch,
             progress=False,
             device=dev,
@@ -167,6 +177,20 @@ def _safe(name: str, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--split",
+        default="rdcl",
+        choices=("rdcl", "inception1", "inception2", "inception3"),
+        help="where FaceBoxes' head ends: every defense and attacker of this run works on that split's activation "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=3.0,
+        help="input scale the defenses and attackers train for: the photos' zoom range is (2, 6) × scale/3 "
+        "(default: %(default)s, FDDB's protocol)",
+    )
     p.add_argument("--weights", required=True)
     p.add_argument("--images", nargs="+", required=True, help="non-FDDB photo folders")
     p.add_argument("--noise-dir", required=True, help="folder of alpha-A.safetensors noise files")

@@ -130,6 +130,7 @@ def teacher_and_bank(
     seed: int,
     crop: int,
     crops_per_image: int,
+    scale_range: tuple[float, float] = (2.0, 6.0),
     keep_images: bool = False,
     progress: bool = True,
     device: str | torch.device = "cpu",
@@ -137,7 +138,9 @@ def teacher_and_bank(
     """The frozen teacher (a copy of ``model`` on ``device``) and its (train, held-out) banks.
 
     Every defense distils from the same two things; ``bank`` (from :func:`build_bank`) skips the
-    teacher pass when given. ``model`` itself is not modified beyond ``eval()``.
+    teacher pass when given. ``model`` itself is not modified beyond ``eval()``. The teacher is cut
+    where ``model``'s head ends (any split of the model), so a defense trains at that split.
+    ``scale_range`` is the photos' zoom (the default suits the ×3 input scale; ×s: ``(2s/3, 2s)``).
     """
     torch.manual_seed(seed)
     model.eval()
@@ -149,6 +152,7 @@ def teacher_and_bank(
             dirs,
             crop=crop,
             crops_per_image=crops_per_image,
+            scale_range=scale_range,
             seed=seed,
             keep_images=keep_images,
             progress=progress,
@@ -253,15 +257,15 @@ def distill(
 
 
 def training_noise(obf: Obfuscator, device: str | torch.device, seed: int) -> Obfuscator:
-    """A copy of ``obf`` (same μ, σ) drawing from a seeded torch generator on ``device``: fresh ε every
-    step, reproducible training, and fast on an accelerator. Only for training; served noise stays ``obf``'s."""
+    """A frozen copy of ``obf`` (any :class:`~veil.obfuscate.noise.Obfuscator`: per-channel μ, σ or an
+    input-conditioned μ(a), σ(a) with its net) drawing ε from a seeded torch generator on ``device``:
+    fresh ε every step, reproducible training, and fast on an accelerator. Only for training; served
+    noise stays ``obf``'s (its fresh AES-CTR stream, or its key)."""
+    out = copy.deepcopy(obf)  # the copy gets no stream of its own (Obfuscator.__getstate__)
+    out.set_key(None)
     g = torch.Generator(device=device)
     g.manual_seed(seed)
-    out = Obfuscator(obf.channels, obf.family, generator=g)
-    with torch.no_grad():
-        out.mu.copy_(obf.mu)
-        out.log_sigma.copy_(obf.log_sigma)
-        out.signal_power.copy_(obf.signal_power)
+    out._seed, out._explicit, out._generators = None, g, {}
     return out.to(device).eval().requires_grad_(False)
 
 

@@ -81,6 +81,7 @@ def distill_tail(
     *,
     crop: int = 640,
     crops_per_image: int = 2,
+    scale_range: tuple[float, float] = (2.0, 6.0),
     bank: tuple[Bank, Bank] | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
@@ -88,8 +89,9 @@ def distill_tail(
     """Distil a copy of ``model``'s tail to read ``transform(a)`` (fresh noise per call); return it, log, data.
 
     ``model`` (the teacher) is not modified. ``bank`` (from :func:`build_bank`) skips the teacher pass.
-    An :class:`~veil.obfuscate.noise.Obfuscator` transform is trained through a seeded copy
-    (:func:`~veil.defenses.distill.training_noise`): fresh ε every step. The student is returned on CPU.
+    An :class:`~veil.obfuscate.noise.Obfuscator` transform (per-channel or input-conditioned) is trained
+    through a seeded copy (:func:`~veil.defenses.distill.training_noise`): fresh ε every step. The
+    student is returned on CPU. ``scale_range``: the photos' zoom (default for ×3; ×s: ``(2s/3, 2s)``).
     """
     teacher, bank = teacher_and_bank(
         model,
@@ -98,6 +100,7 @@ def distill_tail(
         seed=cfg.seed,
         crop=crop,
         crops_per_image=crops_per_image,
+        scale_range=scale_range,
         progress=progress,
         device=device,
     )

@@ -86,8 +86,8 @@ def test_noise_file_records_the_adversary_and_loads_as_plain_noise(model, dlib_d
 
 def test_privacy_terms(model, bank):
     m = model[0]
-    with pytest.raises(ValueError, match="not differentiable"):
-        InLoopAdversary(bank, "identity", model=model[0])
+    with pytest.raises(ValueError, match="unknown privacy term 'pixels'"):
+        InLoopAdversary(bank, "pixels", model=model[0])
     adv = InLoopAdversary(bank, "perceptual", model=model[0], seed=1)
     noisy = bank.acts[:4].clone().requires_grad_(True)
     term = adv.term(0, torch.arange(4), noisy)

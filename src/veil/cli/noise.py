@@ -135,11 +135,20 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--privacy-term",
-        choices=("l1", "perceptual"),
+        choices=("l1", "perceptual", "identity", "identity+l1"),
         default="l1",
-        help="what the adversarial objective measures: face-weighted pixel L1, or that plus a face-weighted "
-        "distance in the frozen detector's features (perceptual). An identity-embedding term is not "
-        "offered: veil's identity model (dlib) is not differentiable from Python (default: %(default)s)",
+        help="what the adversarial objective measures: l1 = a decoder's face-weighted pixel L1; perceptual = "
+        "that plus a face-weighted distance in the frozen detector's features; identity = how well an identity "
+        "regressor trained alongside (it reads the activation around each annotated face of at least "
+        "--min-face px and predicts the face's dlib embedding, since dlib itself gives no gradient) predicts "
+        "who is there, relative to guessing the mean identity; identity+l1 = the mean of both "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--min-face",
+        type=int,
+        default=24,  # veil.defenses.adversarial.MIN_IDENTITY_FACE (not imported here: the CLI loads light)
+        help="identity terms: smallest face (shorter side, crop px) given an embedding target (default: %(default)s)",
     )
     g.add_argument(
         "--adversary-weight", type=float, default=0.1, help="weight of the adversarial term (default: %(default)s)"
@@ -236,6 +245,7 @@ def _fit_defended(args: argparse.Namespace, model, digest: str, images: list[str
             init_noise_sha256=init_sha,
             hidden=args.hidden,
             privacy_term=args.privacy_term,
+            min_face=args.min_face,
             face_weight=args.face_weight,
             adversary_seed=args.adversary_seed,
             **fit_data_options(args),
@@ -255,7 +265,7 @@ def _report(args: argparse.Namespace, result, meta: dict, out: Path) -> None:
     log_path = out.with_suffix(".log.json")
     write_json(log_path, result.log)
     print(f"loss log: {log_path}")
-    if "adversary" in meta:
-        a = meta["adversary"]
+    for a in meta.get("adversaries") or ([meta["adversary"]] if "adversary" in meta else []):
         seeds = f"seed {a['seed']}, data order {a['data_order_seed']}"
-        print(f"in-loop adversary: {seeds}, weights SHA-256 {a['weights_sha256'][:16]}…")
+        kind = f" ({a['kind']})" if a.get("kind") else ""
+        print(f"in-loop adversary: {seeds}, weights SHA-256 {a['weights_sha256'][:16]}…{kind}")

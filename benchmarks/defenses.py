@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--defense",
-        choices=["clean", "noise", "adversarial", "conditioned", "robust-tail", "bottleneck"],
+        choices=["clean", "noise", "adversarial", "adversarial-identity", "conditioned", "robust-tail", "bottleneck"],
         required=True,
-        help="adversarial / conditioned: a noise file from `veil fit-noise --objective adversarial` / "
-        "`--noise-model conditioned` (loaded like any noise file; named apart on the frontier)",
+        help="adversarial / adversarial-identity / conditioned: a noise file from `veil fit-noise --objective "
+        "adversarial` (--privacy-term identity) / `--noise-model conditioned` (loaded like any noise file; named "
+        "apart on the frontier)",
     )
     p.add_argument("--alpha", type=float)
     p.add_argument(
@@ -156,13 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         t_stage = time.monotonic()
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {stages[name]} s", flush=True)
 
-    if args.defense in ("noise", "adversarial", "conditioned"):
+    if args.defense in ("noise", "adversarial", "adversarial-identity", "conditioned"):
         from veil.obfuscate.artifact import read_metadata
 
         obf, nmeta = load_obfuscator(args.alpha, noise=args.noise, model=det.model)
         det.obfuscator = obf
         meta["noise_sha256"] = file_sha256(args.noise)
         meta["adversary"] = read_metadata(args.noise).get("adversary")  # an adversarial fit's in-loop decoder
+        if read_metadata(args.noise).get("adversaries"):  # identity+l1: decoder and identity regressor
+            meta["adversaries"] = read_metadata(args.noise)["adversaries"]
+        meta["noise_file"] = args.noise
         meta["noise_fit"] = {
             k: nmeta.get(k)
             for k in ("format", "objective", "noise_model", "privacy_term", "conditioned", "fit_seconds")

@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         meta["noise_fit"] = {k: nmeta.get(k) for k in ("format", "objective", "noise_model", "fit_seconds")}
         meta["noise_file"] = args.noise
         meta["tail_file"] = args.tail
+        meta["combination"] = [
+            f"{nmeta.get('noise_model') or 'per-channel'} noise ({nmeta.get('objective') or 'nsr'} objective)",
+            "robust tail",
+        ]
         meta["tail_sha256"] = file_sha256(args.tail)
         meta["tail_distill"] = {
             "steps": tmeta["log"][-1]["step"],

@@ -204,10 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         from veil.defenses import bottleneck
 
         fb, bmeta = bottleneck.attach(det, args.bottleneck, args.alpha)
-        as_decoder_input = bottleneck.as_decoder_input
         meta["bottleneck_sha256"] = file_sha256(args.bottleneck)
         meta["bottleneck_file"] = args.bottleneck  # re-score: load_bottleneck(file, model at split).path.wire
-        meta["wire"] = "veil.defenses.bottleneck.load_bottleneck(bottleneck_file, model).path.wire(clean activation)"
+        meta["wire"] = "veil.defenses.bottleneck.load_bottleneck(bottleneck_file, model at split)[0].observe"
         meta["nsr_db"] = code_nsr_db(head, fb, dataset, args.scale)
         meta["bytes_per_request"], meta["bytes_packed"] = wire_bytes(fb, args.scale)
         meta["spec"] = bmeta["spec"]
@@ -223,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
 
-        def observe(a: torch.Tensor) -> torch.Tensor:
-            return as_decoder_input(fb.bottleneck(a), fb.bottleneck.in_channels)
+        observe = fb.observe  # the wire code, padded to the split's channels for the decoder
 
         stage("load and code NSR")
     else:

@@ -56,6 +56,8 @@ def test_bottleneck_at_a_deeper_split_trains_records_its_split_and_is_refused_el
     with torch.no_grad():
         z1, z2 = loaded.path.wire(a), loaded.path.wire(a)
     assert z1.shape == (1, spec.channels, *a.shape[2:]) and not torch.equal(z1, z2)
+    seen = loaded.observe(a)  # an attacker's observation: the code padded to the split's 128 channels, fresh noise
+    assert seen.shape == a.shape and not seen[:, spec.channels :].any() and not torch.equal(seen, loaded.observe(a))
     rdcl = create("faceboxes", "rdcl", weights=weights_path).network
     with pytest.raises(files.DefenseFileError, match=r"trained at split point .faceboxes\.inception3."):
         load_bottleneck(path, rdcl, weights_sha256=digest)

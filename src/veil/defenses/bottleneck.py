@@ -166,6 +166,12 @@ class FittedBottleneck:
     def bottleneck(self) -> Bottleneck:
         return self.path.bottleneck
 
+    def observe(self, a: torch.Tensor) -> torch.Tensor:
+        """What an attacker built for the split's activation reads, given the *clean* activation ``a``: the
+        wire code (fresh noise each call) zero-padded to the split's channels (:func:`as_decoder_input`).
+        Hand it to any attacker (a pixel decoder, an identity regressor) as its observation function."""
+        return as_decoder_input(self.path.wire(a), self.bottleneck.in_channels)
+
 
 def fit_bottleneck(
     model: FaceBoxes,

@@ -418,6 +418,9 @@ class InLoopAdversary:
         no reward for driving a fixed adversary's output astray."""
         for p in net.parameters():
             p.requires_grad_(False)
+        for m in net.modules():  # dropout only adds noise to what the adversary recovers
+            if isinstance(m, nn.Dropout):
+                m.eval()
         try:
             return -fn().clamp(max=1.0)
         finally:
@@ -454,13 +457,20 @@ class InLoopAdversary:
             return reg(roi_cells(act, boxes, self.bank.stride, reg.cells, reg.context))
 
         reg.train()
-        pred = predict(noisy.detach())
-        loss = regression_loss(pred, target)
+        loss = regression_loss(predict(noisy.detach()), target)
         self.regressor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.regressor_opt.step()
-        self.identity_curve.append(round(float(identity_ratio(pred.detach(), target, mean)), 4))
-        return self._through_fixed(reg, lambda: identity_ratio(predict(noisy), target, mean))
+        seen: list[torch.Tensor] = []
+
+        def ratio() -> torch.Tensor:
+            seen.append(identity_ratio(predict(noisy), target, mean))
+            return seen[-1]
+
+        term = self._through_fixed(reg, ratio)
+        # the curve: its error ratio as the noise sees it (before the cap; above 1 = worse than the mean guess)
+        self.identity_curve.append(round(float(seen[-1].detach()), 4))
+        return term
 
     def term(self, step: int, idx: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
         """One step of each adversary on the detached ``noisy`` activation, then minus what it recovers through

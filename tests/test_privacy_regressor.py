@@ -100,3 +100,34 @@ def test_a_leak_of_predicted_embeddings_is_scored_like_any_attacker(fddb_dir):
     assert summarize(wrong, gallery)["rank1"] == 0.0
     with pytest.raises(ValueError, match="embeddings for"):
         right.add_embedding(views[0], 3.0, gallery.emb[:0], sel=[0])
+
+
+def test_extra_samples_have_their_own_targets_and_stay_off_held_out_photos(rdcl, samples, dlib_dir):
+    """Jittered face boxes and random patches get face index −1 and their own embedding; none comes from
+    a held-out photo; the retrieval term trains, and keep_best returns the recorded best evaluation."""
+    more = build_samples(
+        [rdcl],
+        [dlib_dir],
+        sizes_per_face=2,
+        jittered_per_face=1,
+        patches_per_photo=1,
+        extra_sizes=1,
+        cache=False,
+        progress=False,
+    )["rdcl"]
+    extra = more.face < 0
+    n_train_faces = len(np.unique(samples.face[~samples.held_out]))
+    assert extra.sum() == more.meta["extra_samples"]
+    assert more.meta["extra_samples"] >= n_train_faces  # one jittered box per training face, plus patches
+    assert not (more.held_out & extra).any()
+    # the faces' own samples keep their faces' targets, in the same order
+    torch.testing.assert_close(more.targets[~extra], samples.targets)
+    # a jittered box's target differs from its face's (its own embedding of the photo at that box)
+    assert not any(torch.equal(t, u) for t in more.targets[extra][:5] for u in samples.targets)
+    reg = train_regressor(
+        more, rdcl, max_steps=4, batch=8, eval_every=2, contrastive=1.0, keep_best=True, progress=False
+    )
+    curve = dict(reg.meta["held_out_rank1_curve"])
+    assert reg.meta["best_step"] in (*curve, 4) and reg.meta["contrastive"] == 1.0
+    if reg.meta["best_step"] != 4:
+        assert reg.meta["held_out_rank1"] == pytest.approx(curve[reg.meta["best_step"]], abs=1e-4)

@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     from veil.privacy.audit import FaceSet, Leak, View
 
 #: ROI-align output: cells × cells per face.
-ROI_CELLS = 8
+ROI_CELLS = 6
 #: Context around the face box read by the regressor, in face sides on each side.
-ROI_CONTEXT = 0.5
+ROI_CONTEXT = 0.25
 #: Face sizes at the network input that training samples are drawn over (the audit's bins).
 SIZE_RANGE = (48.0, 400.0)
 #: What is applied to a clean activation before the regressor reads it (None: the clean activation).
@@ -112,40 +112,46 @@ def roi_cells(
 class IdentityRegressor(nn.Module):
     """ROI cells ``[N,C,cells,cells]`` → a predicted dlib embedding ``[N,dim]``.
 
-    Per-channel input normalisation (buffers set from the training data), three 3×3 convolutions
-    (the last with stride 2), then a two-layer MLP.
+    Per-channel input normalisation (buffers set from the training data), ``depth`` convolution
+    blocks (a 1×1 reduction to ``width`` channels, then 3×3), dropout, and a linear map to the
+    embedding (through a ``hidden`` layer if non-zero). ``depth=0`` is a linear (ridge-like)
+    regressor on the normalised cells. Small by design: there are only a few hundred non-FDDB
+    identities to train on, and a wide network memorises them (held-out rank-1 at chance).
     """
 
     def __init__(
-        self, channels: int, cells: int = ROI_CELLS, dim: int = EMBEDDING_DIM, width: int = 128, hidden: int = 512
+        self,
+        channels: int,
+        cells: int = ROI_CELLS,
+        dim: int = EMBEDDING_DIM,
+        width: int = 64,
+        hidden: int = 0,
+        depth: int = 1,
+        dropout: float = 0.3,
+        context: float = ROI_CONTEXT,
     ) -> None:
         super().__init__()
-        if cells < 2:
-            raise ValueError(f"cells must be ≥ 2, got {cells}")
+        if cells < 1:
+            raise ValueError(f"cells must be ≥ 1, got {cells}")
         self.channels, self.cells, self.dim, self.width, self.hidden = channels, cells, dim, width, hidden
+        self.depth, self.dropout, self.context = depth, dropout, float(context)
         self.stride = 0  # input pixels per activation cell, set by for_model (0: unknown)
-        self.context = ROI_CONTEXT
         self.register_buffer("in_mean", torch.zeros(channels))
         self.register_buffer("in_std", torch.ones(channels))
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(inplace=True),
-        )
-        side = (cells + 1) // 2
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(2 * width * side * side, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.2),
-            nn.Linear(hidden, dim),
-        )
+        layers: list[nn.Module] = []
+        c = channels
+        for i in range(depth):
+            k = 1 if i == 0 else 3
+            layers += [nn.Conv2d(c, width, k, padding=k // 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            c = width
+        self.body = nn.Sequential(*layers)
+        flat = c * cells * cells
+        head: list[nn.Module] = [nn.Flatten(), nn.Dropout(dropout)]
+        if hidden:
+            head += [nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, dim)]
+        else:
+            head += [nn.Linear(flat, dim)]
+        self.head = nn.Sequential(*head)
         self.meta: dict[str, Any] = {}
 
     @classmethod
@@ -162,6 +168,8 @@ class IdentityRegressor(nn.Module):
             "dim": self.dim,
             "width": self.width,
             "hidden": self.hidden,
+            "depth": self.depth,
+            "dropout": self.dropout,
             "stride": self.stride,
             "context": self.context,
         }
@@ -214,15 +222,37 @@ class Samples:
     def indices(self, held_out: bool) -> np.ndarray:
         return np.flatnonzero(self.held_out == held_out)
 
-    def rois(self, idx: Sequence[int], wire: Wire | None, cells: int, context: float) -> torch.Tensor:
-        """ROI cells of samples ``idx``, each window passed through ``wire`` (fresh noise per call)."""
+    def rois(
+        self,
+        idx: Sequence[int],
+        wire: Wire | None,
+        cells: int,
+        context: float,
+        jitter: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ) -> torch.Tensor:
+        """ROI cells of samples ``idx``, each window passed through ``wire`` (fresh noise per call).
+
+        ``jitter`` (training): each box is shifted by up to ±``jitter`` of its side and rescaled by up
+        to ±``jitter`` (drawn from ``rng``), so the regressor does not depend on one annotation style
+        (WIDER's boxes for training, FDDB's ellipse-derived squares for scoring).
+        """
         out = []
         for i in idx:
             a = self.windows[int(i)]
             if wire is not None:
                 with torch.no_grad():
                     a = wire(a)
-            row = torch.cat([torch.zeros(1), self.boxes[int(i)]])[None]
+            b = self.boxes[int(i)].clone()
+            if jitter > 0 and rng is not None:
+                w, h = float(b[2] - b[0]), float(b[3] - b[1])
+                cx, cy = (
+                    float(b[0] + b[2]) / 2 + rng.uniform(-jitter, jitter) * w,
+                    float(b[1] + b[3]) / 2 + rng.uniform(-jitter, jitter) * h,
+                )
+                f = float(np.exp(rng.uniform(-jitter, jitter)))
+                b = torch.tensor([cx - f * w / 2, cy - f * h / 2, cx + f * w / 2, cy + f * h / 2])
+            row = torch.cat([torch.zeros(1), b])[None]
             out.append(roi_cells(a.float(), row, self.stride, cells, context))
         return torch.cat(out)
 
@@ -292,8 +322,10 @@ def build_samples(
     held_out: float = 0.15,
     seed: int = 0,
     size_range: tuple[float, float] = SIZE_RANGE,
-    cells: int = ROI_CELLS,
-    context: float = ROI_CONTEXT,
+    context: float = 0.5,
+    jittered_per_face: int = 0,
+    patches_per_photo: int = 0,
+    extra_sizes: int = 2,
     progress: bool = True,
     cache: bool = True,
 ) -> dict[str, Samples]:
@@ -303,9 +335,17 @@ def build_samples(
     ``sizes_per_face`` views, each the audit's enlarged crop (:func:`veil.privacy.audit.view_image`,
     one face side of context) resized so the face reaches the network at a size drawn log-uniformly
     over ``size_range``, every second one mirrored. The head runs once per view (the data path's
-    preprocessing at ×``scale``); each split keeps only the activation window around the ROI (one
-    cell of margin). ``seed`` fixes the sizes and mirrors (the samples are data, not an attacker's
-    secret). Returns split name → :class:`Samples`.
+    preprocessing at ×``scale``); each split keeps only the activation window around the face box
+    enlarged by ``context`` face sides (the most a regressor may read), plus one cell of margin.
+    ``seed`` fixes the sizes and mirrors (the samples are data, not an attacker's secret).
+    Returns split name → :class:`Samples`.
+
+    More data than the few hundred identities (training faces only, never held-out photos), each
+    with its *own* target (the dlib embedding of the photo at that box) and face index −1:
+    ``jittered_per_face`` boxes per face shifted and rescaled by up to ±30 % (how the embedding moves
+    with framing), and ``patches_per_photo`` random square boxes per photo (the regressor learns what
+    the identity model computes from any content, as a pixel decoder learns inversion from any crop);
+    ``extra_sizes`` views each.
     """
     from veil.preprocess import ImageReadError, load_image
     from veil.privacy import identity
@@ -322,15 +362,41 @@ def build_samples(
         "held_out": held_out,
         "seed": seed,
         "size_range": list(size_range),
-        "cells": cells,
-        "context": context,
+        "window_context": context,
         "enlarge_context": ENLARGE_CONTEXT,
     }
+    if jittered_per_face or patches_per_photo:
+        settings.update(
+            jittered_per_face=jittered_per_face, patches_per_photo=patches_per_photo, extra_sizes=extra_sizes
+        )
     paths = {m.split: sample_path(m, scale, settings) for m in models}
     if cache and all(p.is_file() for p in paths.values()):
         return {m.split: load_samples(paths[m.split], m) for m in models}
     faces = training_faces(dirs, min_side, held_out)
     rng = np.random.default_rng(seed)
+    # (photo, box, held out, face index or -1, views)
+    entries = [(p, b, ho, i, sizes_per_face) for i, (p, b, ho) in enumerate(faces)]
+    for p, b, ho in faces:
+        if ho:
+            continue
+        w, h = b[2] - b[0], b[3] - b[1]
+        for _ in range(jittered_per_face):
+            cx, cy = (b[0] + b[2]) / 2 + rng.uniform(-0.3, 0.3) * w, (b[1] + b[3]) / 2 + rng.uniform(-0.3, 0.3) * h
+            f = math.exp(rng.uniform(-0.3, 0.3))
+            entries.append(
+                (p, np.array([cx - f * w / 2, cy - f * h / 2, cx + f * w / 2, cy + f * h / 2]), False, -1, extra_sizes)
+            )
+    if patches_per_photo:
+        for p in sorted({p for p, _b, ho in faces if not ho}):
+            try:
+                ph, pw = load_image(p).shape[:2]
+            except ImageReadError:
+                continue  # reported when its faces are read
+            for _ in range(patches_per_photo):
+                side = math.exp(rng.uniform(math.log(min_side), math.log(max(min_side + 1, min(pw, ph) / 2))))
+                x0, y0 = rng.uniform(0, pw - side), rng.uniform(0, ph - side)
+                entries.append((p, np.array([x0, y0, x0 + side, y0 + side]), False, -1, extra_sizes))
+    entries.sort(key=lambda e: str(e[0]))
     path = data_path(models[0], scale)
     heads = _heads(models)
     stride = int(models[0].stride)
@@ -340,7 +406,7 @@ def build_samples(
     t0 = time.monotonic()
     photo, img = None, None
     lo, hi = math.log(size_range[0]), math.log(size_range[1])
-    for fi, (p, box, ho) in enumerate(tqdm(faces, desc="regressor samples", unit="face", disable=not progress)):
+    for p, box, ho, fi, n_views in tqdm(entries, desc="regressor samples", unit="box", disable=not progress):
         if p != photo:
             photo = p
             try:
@@ -360,11 +426,11 @@ def build_samples(
         m = ENLARGE_CONTEXT * side
         cx0, cy0 = max(0, int(x1 - m)), max(0, int(y1 - m))
         cx1, cy1 = min(w, math.ceil(x2 + m)), min(h, math.ceil(y2 + m))
-        for s in range(sizes_per_face):
+        for s in range(n_views):
             net_side = math.exp(rng.uniform(lo, hi))
             f = net_side / (side * scale)
             vb = (np.array([x1, y1, x2, y2]) - np.array([cx0, cy0, cx0, cy0])) * f
-            view = View(0, np.array([fi]), vb[None], "enlarged", (cx0, cy0, cx1, cy1), f)
+            view = View(0, np.array([max(fi, 0)]), vb[None], "enlarged", (cx0, cy0, cx1, cy1), f)
             vimg = view_image(img, view)
             if s % 2 == 1:  # mirrored
                 vimg = np.ascontiguousarray(vimg[:, ::-1])
@@ -392,8 +458,9 @@ def build_samples(
     info = {
         **settings,
         "scale": scale,
-        "faces": len(set(face_ids)),
+        "faces": len({f for f in face_ids if f >= 0}),
         "faces_held_out": len({f for f, h in zip(face_ids, held) if h}),
+        "extra_samples": sum(f < 0 for f in face_ids),
         "samples": len(targets),
         "skipped": skipped,
         "seconds": round(time.monotonic() - t0, 1),
@@ -471,9 +538,24 @@ def load_samples(path: Path, model: SplitModel) -> Samples:
 # -- training ---------------------------------------------------------------------------------------------------
 
 
-def regression_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared distance (what rank-1 ranks by) plus cosine distance (direction, scale-free)."""
-    return ((pred - target) ** 2).sum(1).mean() + (1 - F.cosine_similarity(pred, target, dim=1)).mean()
+def regression_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    gallery: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    contrastive: float = 0.0,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Squared distance (what rank-1 ranks by) plus cosine distance (direction, scale-free); with
+    ``contrastive`` > 0, plus that weight times a retrieval term: cross-entropy of the softmax over
+    ``−‖pred − g‖² / temperature`` for every training target ``g`` in ``gallery``, the right one at
+    ``labels`` (rank-1 is a retrieval, and a few hundred identities are too few to learn it from
+    the distance to one's own target alone)."""
+    loss = ((pred - target) ** 2).sum(1).mean() + (1 - F.cosine_similarity(pred, target, dim=1)).mean()
+    if contrastive > 0 and gallery is not None and labels is not None:
+        logits = -torch.cdist(pred, gallery).pow(2) / temperature
+        loss = loss + contrastive * F.cross_entropy(logits, labels)
+    return loss
 
 
 def held_out_rank1(reg: IdentityRegressor, smp: Samples, wire: Wire | None = None, batch: int = 64) -> float | None:
@@ -510,6 +592,10 @@ def train_regressor(
     data_order_seed: int | None = None,
     plateau: Any = None,
     eval_every: int = 100,
+    jitter: float = 0.1,
+    contrastive: float = 0.0,
+    temperature: float = 0.05,
+    keep_best: bool = False,
     out: str | Path | None = None,
     meta: dict | None = None,
     progress: bool = True,
@@ -523,7 +609,9 @@ def train_regressor(
     from the OS unless given; both are recorded in ``.meta`` with the per-step loss curve, the
     held-out rank-1 every ``eval_every`` steps, the stop reason, and the weights' SHA-256
     (:func:`veil.privacy.train.state_sha256`). ``regressor`` warm-starts from another one (its
-    weights' hash recorded as ``init_sha256``).
+    weights' hash recorded as ``init_sha256``). ``keep_best`` returns the weights of the evaluation
+    with the best held-out rank-1 (model selection on held-out *training-source* faces, never on
+    the audit's), recorded as ``best_step``.
     """
     from veil.privacy.decoders import model_meta
     from veil.privacy.train import state_sha256
@@ -533,6 +621,12 @@ def train_regressor(
     train_idx = samples.indices(False)
     if len(train_idx) == 0:
         raise ValueError("no training samples (every face is held out)")
+    # the retrieval gallery: one row per training target (a face's, or an extra sample's own)
+    ident = np.where(samples.face >= 0, samples.face, -1 - np.arange(len(samples)))
+    _uniq, first, label_of = np.unique(ident[train_idx], return_index=True, return_inverse=True)
+    gallery = samples.targets[train_idx[first]]
+    labels = np.zeros(len(samples), np.int64)
+    labels[train_idx] = label_of
     init_sha = None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -557,6 +651,7 @@ def train_regressor(
     budget = minutes * 60.0
     t0 = time.monotonic()
     step, reason = 0, "budget"
+    best: tuple[float, int, dict] | None = None
     curve: list[float] = []
     val_curve: list[list[float]] = []
     bar = tqdm(total=max_steps, desc="train regressor", unit="step", disable=not progress)
@@ -577,8 +672,10 @@ def train_regressor(
         reg.train()
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))  # dropout only
-            pred = reg(samples.rois(idx, wire, reg.cells, reg.context))
-        loss = regression_loss(pred, samples.targets[idx])
+            pred = reg(samples.rois(idx, wire, reg.cells, reg.context, jitter, rng))
+        loss = regression_loss(
+            pred, samples.targets[idx], gallery, torch.as_tensor(labels[idx]), contrastive, temperature
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -588,11 +685,18 @@ def train_regressor(
             r = held_out_rank1(reg, samples, wire)
             if r is not None:
                 val_curve.append([step, round(r, 4)])
+                if keep_best and (best is None or r > best[0]):
+                    best = (r, step, {k: v.clone() for k, v in reg.state_dict().items()})
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(curve[-20:]):.3f}", val=val_curve[-1][1] if val_curve else None)
     bar.close()
     reg.eval()
     final_val = held_out_rank1(reg, samples, wire)
+    best_step = step
+    if best is not None and best[0] > (final_val or 0.0):
+        reg.load_state_dict(best[2])
+        best_step = best[1]
+        final_val = held_out_rank1(reg, samples, wire)
     info = dict(meta or {})
     info.update(
         model_meta(model),
@@ -602,6 +706,11 @@ def train_regressor(
         batch=batch,
         lr=lr,
         weight_decay=weight_decay,
+        box_jitter=jitter,
+        contrastive=contrastive,
+        temperature=temperature,
+        keep_best=keep_best,
+        best_step=best_step,
         seed=seed,
         data_order_seed=data_order_seed,
         stop_reason=reason,
@@ -610,7 +719,7 @@ def train_regressor(
         held_out_rank1_curve=val_curve,
         held_out_rank1=None if final_val is None else round(final_val, 4),
         held_out_faces=len(np.unique(samples.face[samples.held_out])),
-        train_faces=len(np.unique(samples.face[~samples.held_out])),
+        train_faces=len(np.unique(samples.face[~samples.held_out & (samples.face >= 0)])),
         samples=samples.meta,
         init_sha256=init_sha,
     )
@@ -683,9 +792,16 @@ def read_regressor(path: str | Path, model: SplitModel | None = None) -> Identit
                 f"{model.channels} at stride {model.stride}"
             )
     reg = IdentityRegressor(
-        int(arch["channels"]), int(arch["cells"]), int(arch["dim"]), int(arch["width"]), int(arch["hidden"])
+        int(arch["channels"]),
+        int(arch["cells"]),
+        int(arch["dim"]),
+        int(arch["width"]),
+        int(arch["hidden"]),
+        int(arch.get("depth", 1)),
+        float(arch.get("dropout", 0.3)),
+        float(arch["context"]),
     )
-    reg.stride, reg.context = int(arch["stride"]), float(arch["context"])
+    reg.stride = int(arch["stride"])
     try:
         reg.load_state_dict(state)
     except RuntimeError as exc:

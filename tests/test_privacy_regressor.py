@@ -131,3 +131,57 @@ def test_extra_samples_have_their_own_targets_and_stay_off_held_out_photos(rdcl,
     assert reg.meta["best_step"] in (*curve, 4) and reg.meta["contrastive"] == 1.0
     if reg.meta["best_step"] != 4:
         assert reg.meta["held_out_rank1"] == pytest.approx(curve[reg.meta["best_step"]], abs=1e-4)
+
+
+def test_the_audit_runs_the_regressor_as_regressor_leaks_does(rdcl, samples, fddb_dir):
+    """The audit's attacker pass scores the regressor on the same probes, boxes and activations as
+    :func:`regressor_leaks` (clean: identical embeddings), and on noise adds its averaging attack."""
+    from veil.obfuscate.noise import Obfuscator
+    from veil.privacy.audit import Attacks, make_views, run_attacks, select_fddb_faces
+    from veil.privacy.decoders import Decoder
+    from veil.privacy.regressor import regressor_leaks
+
+    reg = train_regressor(samples, rdcl, max_steps=3, batch=8, eval_every=0, progress=False)
+    faces = select_fddb_faces(fddb_dir, max_faces=3)
+    views = make_views(faces, 1.0, enlarge=True)[:3]
+    att = Attacks(rdcl, Decoder.for_model(rdcl), whitebox_faces=0, ks=(2,), dup_ks=(), regressor=reg)
+    leaks = run_attacks(faces, views, att, 1.0, noisy=False, progress=False)
+    ref = regressor_leaks(reg, rdcl, faces, views, 1.0, progress=False)["regressor"]
+    np.testing.assert_allclose(np.concatenate(leaks["regressor"].emb), np.concatenate(ref.emb), atol=1e-5)
+    assert leaks["regressor"].face == ref.face and leaks["regressor"].kind == ref.kind
+    noisy = Attacks(**{**att.__dict__, "obfuscator": Obfuscator(rdcl.channels), "regressor_adaptive": reg})
+    leaks = run_attacks(faces, views, noisy, 1.0, noisy=True, progress=False)
+    assert {"regressor", "regressor_avg2"} <= set(leaks)
+    assert not np.allclose(np.concatenate(leaks["regressor"].emb), np.concatenate(ref.emb))  # noise arrived
+
+
+def test_frontier_reads_regressor_cells_as_attackers_of_the_knob_rows(tmp_path):
+    """A clean cell lands on ``clean @ split ×scale`` and decides the noisy row's competence with its
+    large-face bin; the noisy cell's attackers join the ``noise @ split ×scale`` row."""
+    import json
+
+    from veil.privacy.frontier import REGRESSOR_LARGE_LABEL, finish_rows, load_rows
+
+    def cell(alpha, k1, large):
+        m = {"rank1": k1, "rank1_ci95": [0.0, 0.1], "tar_at_far1": 0.0, "tar_ci95": [0.0, 0.04]}
+        big = {"n": 100, "rank1": large, "rank1_ci95": [0.0, 0.2]}
+        atk = {"regressor": {**m, "bins": {">=192": big}}, "regressor_avg8": dict(m)}
+        return {
+            "split": "inception2",
+            "scale": 3.0,
+            "alpha": alpha,
+            "regressor": {},
+            "chance_rank1": 0.01,
+            "attackers": atk,
+        }
+
+    (tmp_path / "clean.json").write_text(json.dumps(cell(None, 0.2, 0.3)))
+    (tmp_path / "noisy.json").write_text(json.dumps(cell(0.8, 0.01, 0.02)))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
+    clean, noisy = rows["clean @ inception2 ×3"], rows["noise @ inception2 ×3"]
+    assert clean["attackers"][REGRESSOR_LARGE_LABEL]["rank1"] == 0.3
+    assert noisy["worst_rank1"] == 0.02 and noisy["worst_attacker"] == REGRESSOR_LARGE_LABEL
+    assert noisy["competent"] is True  # 30× chance on clean in the large-face bin
+    (tmp_path / "clean.json").write_text(json.dumps(cell(None, 0.02, 0.05)))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
+    assert rows["noise @ inception2 ×3"]["competent"] is False

@@ -71,6 +71,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-perceptual", action="store_true", help="leave out the perceptual-loss decoder")
     p.add_argument(
+        "--regressor",
+        action="store_true",
+        help="also the identity regressor (predicts the face embedding from the activation at the box; "
+        "face detectors): its training samples are built once per scale and cached (minutes), then one "
+        "regressor is trained clean and one per ALPHA (--regressor-minutes each, cached); scoring adds "
+        "about a second per view",
+    )
+    p.add_argument(
+        "--regressor-minutes", type=float, default=6.0, help="training budget per regressor (default: %(default)s)"
+    )
+    p.add_argument(
         "--no-enlarged",
         action="store_true",
         help="leave out the enlarged copies of faces below 192 px at the network (not a full audit)",
@@ -202,6 +213,8 @@ def run_audit(args: argparse.Namespace) -> int:
         perceptual=not args.no_perceptual,
         enlarge=not args.no_enlarged,
         keyed=args.keyed,
+        regressor=args.regressor,
+        regressor_minutes=args.regressor_minutes,
     )
     if model.config.task not in FACE_TASKS:
         images, labels = _eval_images(args)

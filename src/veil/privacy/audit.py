@@ -26,7 +26,8 @@ obfuscated with the audited noise), ``perceptual`` (the same with a feature-spac
 ``adaptive_avgK`` (the adaptive decoder on the mean of K obfuscations of the same image),
 ``adaptive_dupK`` (on the mean of K obfuscated *near-duplicates*: re-encoded, shifted,
 rescaled) and ``whitebox`` (likelihood-weighted inversion of the public head, around each face,
-batched across faces).
+batched across faces); with an identity regressor (``Attacks.regressor``: :mod:`veil.privacy.regressor`)
+also ``regressor``, ``regressor_avgK`` and ``regressor_dupK`` (its predicted embeddings, no pixels).
 """
 
 from __future__ import annotations
@@ -267,6 +268,10 @@ class Attacks:
     whitebox_faces: int = 40
     #: Faces inverted together in one batch.
     whitebox_batch: int = 8
+    #: identity regressor (:mod:`veil.privacy.regressor`) trained on clean activations (None: not run)
+    regressor: nn.Module | None = None
+    #: the regressor trained on the audited obfuscation (the obfuscated pass uses it, else ``regressor``)
+    regressor_adaptive: nn.Module | None = None
 
 
 def _to_view(rec: np.ndarray, prep_hw: tuple[int, int], view_hw: tuple[int, int]) -> np.ndarray:
@@ -424,6 +429,7 @@ def run_attacks(
     path = data_path(attacks.model, scale, attacks.obfuscator if noisy else None)
     arch = decoder_arch(attacks.model)
     stride = arch["stride"]
+    reg = attacks.regressor_adaptive if noisy and attacks.regressor_adaptive is not None else attacks.regressor
 
     def noise(a: torch.Tensor) -> torch.Tensor:
         """The data path's obfuscation of a clean activation (fresh noise each call)."""
@@ -459,6 +465,14 @@ def run_attacks(
         leak("naive").add(v, scale, img, dec(attacks.naive, obs), grid_faces=grid_faces)
         if attacks.perceptual is not None:
             leak("perceptual").add(v, scale, img, dec(attacks.perceptual, obs), grid_faces=grid_faces)
+
+        def regress(name: str, act: torch.Tensor, v=v, reg=reg) -> None:
+            """The identity regressor (veil.privacy.regressor) on the same observation as the decoders."""
+            if reg is not None:
+                with _stage("regressor"):
+                    leak(name).add_embedding(v, scale, reg.predict(act, v.boxes * scale))
+
+        regress("regressor", obs)
         if noisy:
             leak("adaptive").add(v, scale, img, dec(adaptive, obs), grid_faces=grid_faces)
             with torch.no_grad():
@@ -466,12 +480,13 @@ def run_attacks(
                     with _stage("noise"):
                         avg = torch.stack([noise(a) for _ in range(k)]).mean(0)
                     leak(f"adaptive_avg{k}").add(v, scale, img, dec(adaptive, avg), grid_faces=grid_faces)
+                    regress(f"regressor_avg{k}", avg)
                 for k in attacks.dup_ks:
                     with _stage("near-duplicates"):
                         acts = [obs] + [noise(_activation(path, near_duplicate(img, rng))[0]) for _ in range(k - 1)]
-                    leak(f"adaptive_dup{k}").add(
-                        v, scale, img, dec(adaptive, torch.stack(acts).mean(0)), grid_faces=grid_faces
-                    )
+                    dup = torch.stack(acts).mean(0)
+                    leak(f"adaptive_dup{k}").add(v, scale, img, dec(adaptive, dup), grid_faces=grid_faces)
+                    regress(f"regressor_dup{k}", dup)
         for j, f in enumerate(v.faces):
             if f < attacks.whitebox_faces:
                 wb_items.append(
@@ -618,7 +633,8 @@ def cache_key(faces: FaceSet, scale: float, attacks: Attacks, enlarge: bool) -> 
     decoders' weights and white-box settings."""
     from veil.privacy.train import state_sha256
 
-    decs = {k: state_sha256(m) for k, m in (("naive", attacks.naive), ("perceptual", attacks.perceptual_clean)) if m}
+    pairs = (("naive", attacks.naive), ("perceptual", attacks.perceptual_clean), ("regressor", attacks.regressor))
+    decs = {k: state_sha256(m) for k, m in pairs if m}
     return hashlib.sha256(
         json.dumps(
             [
@@ -690,7 +706,13 @@ def clean_pass(
     with _stage("gallery"):
         gallery = gallery_for(faces)
     clean_attacks = Attacks(
-        **{**attacks.__dict__, "obfuscator": None, "adaptive": None, "perceptual": attacks.perceptual_clean}
+        **{
+            **attacks.__dict__,
+            "obfuscator": None,
+            "adaptive": None,
+            "perceptual": attacks.perceptual_clean,
+            "regressor_adaptive": None,
+        }
     )
     leaks = run_attacks(faces, views, clean_attacks, scale, noisy=False, progress=progress)
     leaks.update(references(faces, views, scale, attacks.model))
@@ -852,6 +874,10 @@ def audit(
     for e in extra:
         clean_s.setdefault(e, clean_s["naive"])
         attackers.setdefault(e, clean_s["naive"])
+    if "regressor" in clean_s:  # likewise the regressor's averages on clean activations
+        for e in (*(f"regressor_avg{k}" for k in attacks.ks), *(f"regressor_dup{k}" for k in attacks.dup_ks)):
+            clean_s.setdefault(e, clean_s["regressor"])
+            attackers.setdefault(e, clean_s["regressor"])
     timing["scoring"] = round(time.monotonic() - t2, 1)
     timing["stages_wall_cpu"] = {k: [round(v[0], 1), round(v[1], 1)] for k, v in STAGES.items()}
     n = faces.n_faces

@@ -65,6 +65,10 @@ class AuditSettings:
     enlarge: bool = True
     #: also audit keyed noise under a random audit key
     keyed: bool = False
+    #: also run the identity regressor (veil.privacy.regressor): clean and per ALPHA, cached
+    regressor: bool = False
+    #: wall-time budget of each regressor not cached yet
+    regressor_minutes: float = 6.0
 
     def check(self) -> None:
         if any(k < 2 for k in (*self.ks, *self.dup_ks)):
@@ -164,8 +168,22 @@ def audit_alphas(
             scale=scale,
         )
 
+    def regressor(obf: AuditNoise | None = None):
+        from veil.privacy.regressor import ensure_regressor
+
+        return ensure_regressor(
+            model,
+            train_dirs,
+            scale,
+            wire=None if obf is None else obf.obfuscator,
+            noise_sha256=None if obf is None else obf.sha256,
+            minutes=s.regressor_minutes,
+            progress=progress,
+        )
+
     naive = decoder()
     naive_p = decoder(perceptual=True) if feats is not None else None
+    reg_clean = regressor() if s.regressor else None
     base = Attacks(
         model,
         naive,
@@ -175,6 +193,7 @@ def audit_alphas(
         whitebox_batch=s.whitebox_batch,
         ks=tuple(s.ks),
         dup_ks=tuple(s.dup_ks),
+        regressor=reg_clean,
     )
     out = Path(out)
     rows: list[dict[str, Any]] = []
@@ -186,6 +205,8 @@ def audit_alphas(
             decs: dict[str, Any] = {"naive": naive.meta}
             if naive_p is not None:
                 decs["perceptual_clean"] = naive_p.meta
+            if reg_clean is not None:
+                decs["regressor"] = reg_clean.meta
             att = base
             meta: dict[str, Any] = {"decoders": decs}
             nz = noises.get(alpha)
@@ -195,8 +216,17 @@ def audit_alphas(
                 decs["adaptive"] = adaptive.meta
                 if perc is not None:
                     decs["perceptual"] = perc.meta
+                reg_adaptive = regressor(nz) if s.regressor else None
+                if reg_adaptive is not None:
+                    decs["regressor_adaptive"] = reg_adaptive.meta
                 att = Attacks(
-                    **{**base.__dict__, "adaptive": adaptive, "obfuscator": nz.obfuscator, "perceptual": perc}
+                    **{
+                        **base.__dict__,
+                        "adaptive": adaptive,
+                        "obfuscator": nz.obfuscator,
+                        "perceptual": perc,
+                        "regressor_adaptive": reg_adaptive,
+                    }
                 )
                 meta.update(
                     noise_file=str(nz.path),

@@ -219,7 +219,7 @@ def apply_costs(rows: list[dict[str, Any]], costs: list[dict[str, Any]]) -> None
 
 
 def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Rows from any mix of defenses.py, knobs.py, audit_cost.py and ``veil audit`` JSONs (folders: every
+    """Rows from any mix of defenses.py, knobs.py, regressor.py, audit_cost.py and ``veil audit`` JSONs (folders: every
     ``*.json`` and ``report.json`` below). Refuses a file it cannot place, with the reason."""
     files: list[Path] = []
     for p in map(Path, paths):
@@ -229,6 +229,7 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
     defenses: list[tuple[str, dict]] = []
     rows: list[dict[str, Any]] = []
     costs: list[dict[str, Any]] = []
+    regressors: list[tuple[str, dict]] = []
     for f in files:
         try:
             doc = json.loads(f.read_text())
@@ -240,6 +241,8 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
             defenses.append((str(f), doc))
         elif "runs" in doc and "faces" in doc:
             rows += audit_cost_rows(str(f), doc)
+        elif "regressor" in doc and "split" in doc and "attackers" in doc:
+            regressors.append((str(f), doc))
         elif "attackers" in doc and "chance_rank1" in doc:
             rows += audit_report_rows(str(f), doc)
         elif "client_cost" in doc:
@@ -249,8 +252,41 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
                 f"{f}: neither a benchmarks/defenses.py or knobs.py, benchmarks/audit_cost.py nor a veil audit JSON"
             )
     rows = defense_rows(defenses) + rows
+    apply_regressors(rows, regressors)
     apply_costs(rows, costs)
     return rows
+
+
+#: The identity regressor's large-face attacker (``benchmarks/regressor.py``): one query, faces ≥ 192 px.
+REGRESSOR_LARGE_LABEL = "regressor k=1, faces ≥ 192 px"
+
+
+def apply_regressors(rows: list[dict[str, Any]], docs: list[tuple[str, dict]]) -> None:
+    """``benchmarks/regressor.py`` cells as attacker columns of the knob rows they attack: a clean cell on
+    ``clean @ split ×scale`` (the competence reference), a noisy one on ``noise @ split ×scale`` at its
+    ALPHA (a row is made when absent). Attackers ``regressor k=1``, ``regressor avg8``, ``regressor
+    near-dup avg8`` and :data:`REGRESSOR_LARGE_LABEL`; repeated cells keep each one's highest rank-1."""
+    for name, d in docs:
+        split, scale, alpha = d["split"], float(d["scale"]), d.get("alpha")
+        defense = f"{'clean' if alpha is None else 'noise'} @ {split} ×{scale:g}"
+        row = next((r for r in rows if r["defense"] == defense and _key(r["alpha"]) == _key(alpha)), None)
+        if row is None:
+            row = _new_row(defense, alpha)
+            row["knob"] = {"split": split, "scale": scale}
+            rows.append(row)
+        row["sources"].append(name)
+        row["chance_rank1"] = row["chance_rank1"] or d["chance_rank1"]
+        atk = d["attackers"]
+        found = [
+            ("regressor k=1", atk.get("regressor")),
+            ("regressor avg8", atk.get("regressor_avg8")),
+            ("regressor near-dup avg8", atk.get("regressor_dup8")),
+            (REGRESSOR_LARGE_LABEL, (atk.get("regressor") or {}).get("bins", {}).get(">=192")),
+        ]
+        for label, m in found:
+            keep = label not in row["attackers"] or (m and m["rank1"] > row["attackers"][label]["rank1"])
+            if m and m.get("rank1") is not None and keep:
+                row["attackers"][label] = _attacker(m)
 
 
 def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map: float | None = None) -> list[dict]:
@@ -313,7 +349,8 @@ def _competence(rows: list[dict]) -> None:
         if ref is None or not ref["attackers"] or not ref["chance_rank1"]:
             r["competent"] = None
         else:
-            a = ref["attackers"].get(LARGE_LABEL) or ref["attackers"][ref["worst_attacker"]]
+            large = [ref["attackers"][k] for k in (LARGE_LABEL, REGRESSOR_LARGE_LABEL) if k in ref["attackers"]]
+            a = max(large, key=lambda m: m["rank1"]) if large else ref["attackers"][ref["worst_attacker"]]
             r["competent"] = a["rank1"] / ref["chance_rank1"] >= COMPETENT_X_CHANCE
         if r["competent"] is not True and r["meets_goal"]:
             r["meets_goal"] = None

@@ -863,3 +863,57 @@ def regressor_leaks(
                     v, scale, reg.predict(torch.stack(acts).mean(0), boxes)
                 )
     return leaks
+
+
+# -- the audit's regressor --------------------------------------------------------------------------------------
+
+#: The samples the audit's regressor trains on (besides the faces: jittered boxes and random patches).
+SAMPLE_RECIPE: dict[str, Any] = {"sizes_per_face": 4, "jittered_per_face": 3, "patches_per_photo": 8}
+#: How the audit's regressor trains (selected on held-out WIDER faces, never on FDDB).
+TRAIN_RECIPE: dict[str, Any] = {"contrastive": 1.0, "keep_best": True, "weight_decay": 1e-2, "lr": 1e-3}
+
+
+def regressor_path(model: SplitModel, scale: float, noise_sha256: str | None = None) -> Path:
+    """Cache path of the audit's regressor under the model's key: ``regressor[-<noise sha>]-x<scale>``."""
+    from veil.privacy.decoders import attackers_dir
+
+    tag = "" if not noise_sha256 else f"-{noise_sha256[:16]}"
+    return attackers_dir(model) / f"regressor{tag}-x{scale:g}.safetensors"
+
+
+def ensure_regressor(
+    model: SplitModel,
+    dirs: Sequence[str | Path],
+    scale: float | None = None,
+    wire: Wire | None = None,
+    noise_sha256: str | None = None,
+    minutes: float = 6.0,
+    progress: bool = True,
+) -> IdentityRegressor:
+    """The cached regressor for ``model`` at ×``scale`` on the clean activation (or, with ``wire`` and the
+    noise file's ``noise_sha256``, on that obfuscation); trained from scratch (OS-drawn seeds) and cached
+    if absent, on samples of the non-FDDB photos ``dirs`` (:data:`SAMPLE_RECIPE`, cached too)."""
+    from veil.privacy.train import Plateau
+
+    scale = model.config.input.scale if scale is None else float(scale)
+    if wire is not None and not noise_sha256:
+        raise ValueError("a regressor for an obfuscation needs the noise file's SHA-256 to be cached")
+    path = regressor_path(model, scale, noise_sha256 if wire is not None else None)
+    if path.is_file():
+        return read_regressor(path, model)
+    samples = build_samples([model], dirs, scale=scale, progress=progress, **SAMPLE_RECIPE)[model.split]
+    return train_regressor(
+        samples,
+        model,
+        wire,
+        minutes=minutes,
+        plateau=Plateau(window=100, tol=0.01, patience=3),
+        out=path,
+        meta={
+            "scale": scale,
+            "noise_sha256": noise_sha256,
+            "trained_on": "obfuscated" if wire is not None else "clean",
+        },
+        progress=progress,
+        **TRAIN_RECIPE,
+    )

@@ -19,6 +19,12 @@ WORST_OF = (
     "adaptive_avg16",
     "adaptive_dup4",
     "adaptive_dup16",
+    # the identity regressor (veil.privacy.regressor), when the audit runs it
+    "regressor",
+    "regressor_avg4",
+    "regressor_avg16",
+    "regressor_dup4",
+    "regressor_dup16",
 )
 #: The recipe is competent when its best clean attacker reaches this multiple of chance in the large-face bin.
 COMPETENCE_FACTOR = 10.0

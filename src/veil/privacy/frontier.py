@@ -404,6 +404,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _knob_kind(defense: str) -> str:
+    """The defense a split × scale point runs ("bottleneck ", "robust-tail ", …), "" for plain noise."""
+    kind = defense.split(" @ ")[0]
+    return "" if kind == "noise" else kind + " "
+
+
 def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> Path:
     """mAP against worst-attacker rank-1, one line per defense (points labelled by ALPHA); the goal
     region (≤ 2× chance, drop ≤ 2 points) shaded when chance and the clean mAP are known."""
@@ -432,7 +438,7 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
         for r in knobs:
             k = r["knob"]
             ax.annotate(
-                f"{k['split']} ×{k['scale']:g} α={r['alpha']:g}",
+                f"{_knob_kind(r['defense'])}{k['split']} ×{k['scale']:g} α={r['alpha']:g}",
                 (r["worst_rank1"], r["map"]),
                 textcoords="offset points",
                 xytext=(4, -9),

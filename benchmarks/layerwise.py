@@ -1,0 +1,167 @@
+"""Layer-wise inversion attacker at a deep split: is the "no claim" of the deep splits a weak attacker?
+
+The audit's pixel decoders identify 2–3 % from the clean inception2/3 activation, so a low leak
+there makes no claim (issue 9's competence rule: ≥ 10× chance on the clean activation, in the
+large-face bin too). This script trains a :class:`veil.privacy.layerwise.FeatureInverter` (deep
+split → RDCL activation, non-FDDB photo crops, fresh noise every step when ``--noise`` or
+``--bottleneck`` is given) and chains it with an existing RDCL decoder (``--decoder``), then scores
+the chain like every other scoring decoder (:func:`veil.defenses.measure.identity_leak`: the first
+``--faces`` FDDB faces ≥ 48 px, one query and the mean of 8, and the large-face bin).
+
+    python benchmarks/layerwise.py --split inception3 --decoder NAIVE_RDCL --minutes 8 --out R.json
+    python benchmarks/layerwise.py --split inception3 --bottleneck BN.safetensors --decoder NAIVE_RDCL --out R.json
+
+The decoder's own rank-1 on the clean RDCL activation bounds what the chain can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from veil import jsonio
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", required=True, help="the deep split attacked (e.g. inception3)")
+    p.add_argument("--shallow", default="rdcl", help="the split whose decoder is reused (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=3.0)
+    p.add_argument("--decoder", required=True, help="a decoder of the shallow split (e.g. the naive one)")
+    obf = p.add_mutually_exclusive_group()
+    obf.add_argument("--noise", help="a noise file of the deep split: the adaptive inverter sees its output")
+    obf.add_argument("--bottleneck", help="a bottleneck file of the deep split: the inverter reads its wire code")
+    p.add_argument("--minutes", type=float, default=8.0, help="inverter wall budget (default: %(default)s)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--seed", type=int, help="inverter seed (default: drawn from the OS)")
+    p.add_argument("--images", nargs="+", help="non-FDDB photos (default: $VEIL_FIT_IMAGES)")
+    p.add_argument("--weights", help="FaceBoxes weights (default: $VEIL_WEIGHTS, then the cache)")
+    p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
+    p.add_argument("--faces", type=int, default=100)
+    p.add_argument("--save", help="write the trained inverter (safetensors) here")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="JSON result file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from safetensors.torch import save_file
+
+    import veil.models
+    from veil.defenses.measure import identity_leak
+    from veil.privacy.audit import select_fddb_faces
+    from veil.privacy.decoders import read_decoder
+    from veil.privacy.layerwise import ChainedDecoder, check_pair, train_inverter
+    from veil.privacy.train import photo_crops
+    from veil.settings import settings
+    from veil.weights import load_state_dict, resolve_weights, verify
+
+    s = settings()
+    progress = not args.quiet
+    t0 = time.monotonic()
+    result: dict = {
+        "load_at_start": [round(x, 2) for x in os.getloadavg()],
+        "threads": args.threads,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        "split": args.split,
+        "shallow": args.shallow,
+        "scale": args.scale,
+    }
+    path = resolve_weights(args.weights)
+    digest = verify(path)
+    state = load_state_dict(path)
+    models = {}
+    for split in (args.split, args.shallow):
+        sm = veil.models.build("faceboxes", split)
+        sm.network.load_state_dict(state, strict=True)
+        sm.network.eval()
+        models[split] = sm
+    deep, shallow = models[args.split], models[args.shallow]
+    check_pair(deep, shallow)
+
+    wire = None
+    if args.noise:
+        from veil.obfuscate import load_obfuscator
+
+        wire, meta = load_obfuscator(None, noise=args.noise, model=deep)
+        result["defense"] = {"kind": "noise", "file": args.noise, "alpha": meta.get("alpha")}
+    elif args.bottleneck:
+        from veil.defenses import bottleneck as bn
+
+        fitted, _meta = bn.load_bottleneck(args.bottleneck, deep.network, weights_sha256=digest)
+        wire = fitted.observe
+        result["defense"] = {"kind": "bottleneck", "file": args.bottleneck, "alpha": fitted.spec.alpha}
+    else:
+        result["defense"] = {"kind": "clean"}
+
+    def observe(a: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return wire(a) if wire is not None else a
+
+    dirs = [Path(d) for d in args.images] if args.images else list(s.fit_images)
+    sampler = photo_crops(dirs, scale=args.scale)
+    channels_in = int(observe(deep.network.head(sampler.batch(1))).shape[1])
+    inv = train_inverter(
+        deep.network.head,
+        shallow.network.head,
+        sampler,
+        in_channels=channels_in,
+        out_channels=shallow.channels,
+        wire=wire,
+        minutes=args.minutes,
+        max_steps=args.max_steps,
+        batch=args.batch,
+        width=args.width,
+        depth=args.depth,
+        seed=args.seed,
+        progress=progress,
+    )
+    result["inverter"] = inv.meta
+    result["stage_seconds"] = {"inverter": round(time.monotonic() - t0, 1)}
+    if args.save:
+        save_file(
+            inv.state_dict(),
+            args.save,
+            metadata={"meta": jsonio.dumps({k: v for k, v in inv.meta.items() if "curve" not in k})},
+        )
+    dec = read_decoder(args.decoder)
+    result["decoder"] = {
+        "file": args.decoder,
+        **{k: dec.meta.get(k) for k in ("steps", "seed", "data_order_seed", "loss")},
+    }
+    chain = ChainedDecoder(inv, dec)
+    faces = select_fddb_faces(Path(args.dataset) if args.dataset else s.dataset, max_faces=args.faces)
+    t1 = time.monotonic()
+    result["identity"] = identity_leak(
+        faces,
+        deep.network.head,
+        observe,
+        chain,
+        scale=args.scale,
+        ks=(1, 8) if wire is not None else (1,),
+        progress=progress,
+        large_faces=True,
+    )
+    result["stage_seconds"]["identity"] = round(time.monotonic() - t1, 1)
+    result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["weights_sha256"] = digest
+    jsonio.write_json(args.out, result)
+    ident = result["identity"]
+    print(jsonio.dumps({k: ident[k] for k in ident if k in ("k1", "k8", "large_k1")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contrastive", type=float, default=1.0, help="weight of the retrieval term (default: 1)")
     p.add_argument("--eval-every", type=int, default=100, help="held-out rank-1 every N steps (default: 100)")
     p.add_argument("--last", action="store_true", help="keep the last weights, not the best on held-out WIDER faces")
+    p.add_argument("--no-plateau", action="store_true", help="train the whole --minutes (no plateau stop)")
     p.add_argument("--jittered-per-face", type=int, default=0, help="extra samples: jittered face boxes per face")
     p.add_argument("--patches-per-photo", type=int, default=0, help="extra samples: random boxes per photo")
     p.add_argument("--seed", type=int, help="regressor seed (default: drawn from the OS)")
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         seed=args.seed,
         data_order_seed=args.data_order_seed,
-        plateau=Plateau(window=100, tol=0.01, patience=3),
+        plateau=None if args.no_plateau else Plateau(window=100, tol=0.01, patience=3),
         progress=progress,
         arch={"width": args.width, "depth": args.depth, "hidden": args.hidden},
         weight_decay=args.weight_decay,

@@ -185,3 +185,17 @@ def test_frontier_reads_regressor_cells_as_attackers_of_the_knob_rows(tmp_path):
     (tmp_path / "clean.json").write_text(json.dumps(cell(None, 0.02, 0.05)))
     rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
     assert rows["noise @ inception2 ×3"]["competent"] is False
+
+
+def test_stretched_wider_photos_get_their_aspect_back(wider_dir, dlib_dir):
+    """The WIDER subset's photos were stretched to 416×416; its size list gives each its original aspect
+    (faces stretched by ±25 % would teach the regressor stretched identities). Other photos stay."""
+    from veil.privacy.regressor import ORIGINAL_SIZES, unstretch_factors
+
+    lines = (wider_dir / ORIGINAL_SIZES).read_text().splitlines()[1:3]
+    for line in lines:
+        name, w, h = line.split("\t")[:3]
+        fx, fy = unstretch_factors(wider_dir / "images" / name, (416, 416))
+        assert fx == 1.0 and fy == pytest.approx(float(h) / float(w))
+    photo = sorted(dlib_dir.glob("*.jpg"))[0]
+    assert unstretch_factors(photo, (300, 400)) == (1.0, 1.0)

@@ -28,9 +28,11 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -281,6 +283,39 @@ def training_faces(
     return out
 
 
+#: A folder's list of its photos' original sizes (the WIDER subset's: photos stretched to 416×416).
+ORIGINAL_SIZES = "estimated_original_sizes.tsv"
+
+
+@lru_cache(maxsize=8)
+def _original_sizes(tsv: Path) -> dict[str, tuple[float, float]]:
+    out = {}
+    for line in tsv.read_text().splitlines()[1:]:
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            out[parts[0]] = (float(parts[1]), float(parts[2]))
+    return out
+
+
+def unstretch_factors(photo: Path, hw: tuple[int, int]) -> tuple[float, float]:
+    """``(fx, fy)`` that give a stretched photo back its original aspect ratio (width kept), where a folder
+    above it lists original sizes (:data:`ORIGINAL_SIZES`); ``(1, 1)`` elsewhere. Identity features
+    depend on face geometry: a regressor trained on faces stretched by ±25 % learns stretched faces."""
+    for root in list(photo.parents)[:3]:
+        tsv = root / ORIGINAL_SIZES
+        if tsv.is_file():
+            for base in (root / "images", root):
+                try:
+                    rel = photo.resolve().relative_to(base.resolve()).as_posix()
+                except ValueError:
+                    continue
+                size = _original_sizes(tsv).get(rel)
+                if size:
+                    h, w = hw
+                    return 1.0, (w * size[1] / size[0]) / h
+    return 1.0, 1.0
+
+
 def _heads(models: Sequence[SplitModel]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """One function giving every model's activation of a network input: for FaceBoxes splits of the same
     weights the RDCL runs once and the Inception blocks follow in turn (consecutive splits)."""
@@ -326,6 +361,7 @@ def build_samples(
     jittered_per_face: int = 0,
     patches_per_photo: int = 0,
     extra_sizes: int = 2,
+    unstretch: bool = True,
     progress: bool = True,
     cache: bool = True,
 ) -> dict[str, Samples]:
@@ -345,7 +381,8 @@ def build_samples(
     ``jittered_per_face`` boxes per face shifted and rescaled by up to ±30 % (how the embedding moves
     with framing), and ``patches_per_photo`` random square boxes per photo (the regressor learns what
     the identity model computes from any content, as a pixel decoder learns inversion from any crop);
-    ``extra_sizes`` views each.
+    ``extra_sizes`` views each. ``unstretch``: photos stretched to a square (the WIDER subset) get their
+    original aspect ratio back first (:func:`unstretch_factors`), boxes with them.
     """
     from veil.preprocess import ImageReadError, load_image
     from veil.privacy import identity
@@ -365,6 +402,8 @@ def build_samples(
         "window_context": context,
         "enlarge_context": ENLARGE_CONTEXT,
     }
+    if unstretch:
+        settings["unstretch"] = ORIGINAL_SIZES
     if jittered_per_face or patches_per_photo:
         settings.update(
             jittered_per_face=jittered_per_face, patches_per_photo=patches_per_photo, extra_sizes=extra_sizes
@@ -392,6 +431,9 @@ def build_samples(
                 ph, pw = load_image(p).shape[:2]
             except ImageReadError:
                 continue  # reported when its faces are read
+            if unstretch:
+                fx, fy = unstretch_factors(p, (ph, pw))
+                ph, pw = round(ph * fy), round(pw * fx)
             for _ in range(patches_per_photo):
                 side = math.exp(rng.uniform(math.log(min_side), math.log(max(min_side + 1, min(pw, ph) / 2))))
                 x0, y0 = rng.uniform(0, pw - side), rng.uniform(0, ph - side)
@@ -409,15 +451,21 @@ def build_samples(
     for p, box, ho, fi, n_views in tqdm(entries, desc="regressor samples", unit="box", disable=not progress):
         if p != photo:
             photo = p
+            fx = fy = 1.0
             try:
                 img = load_image(p)
+                if unstretch:
+                    fx, fy = unstretch_factors(p, img.shape[:2])
+                    if (fx, fy) != (1.0, 1.0):
+                        size = (round(img.shape[1] * fx), round(img.shape[0] * fy))
+                        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if fy < 1 else cv2.INTER_LINEAR)
             except ImageReadError as exc:
                 skipped.append(str(exc))
                 img = None
         if img is None:
             continue
         h, w = img.shape[:2]
-        x1, y1, x2, y2 = np.clip(box, 0, [w - 1, h - 1, w, h])
+        x1, y1, x2, y2 = np.clip(np.asarray(box) * [fx, fy, fx, fy], 0, [w - 1, h - 1, w, h])
         if x2 - x1 < 2 or y2 - y1 < 2:
             skipped.append(f"{p.name}: a face box outside the photo")
             continue

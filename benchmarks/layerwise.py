@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     obf.add_argument("--bottleneck", help="a bottleneck file of the deep split: the inverter reads its wire code")
     p.add_argument("--minutes", type=float, default=8.0, help="inverter wall budget (default: %(default)s)")
     p.add_argument("--max-steps", type=int)
+    p.add_argument(
+        "--finetune-minutes",
+        type=float,
+        default=0.0,
+        help="then train the whole chain end to end on pixel L1 for this long (default: %(default)s)",
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--depth", type=int, default=3)
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
     p.add_argument("--faces", type=int, default=100)
     p.add_argument("--save", help="write the trained inverter (safetensors) here")
+    p.add_argument("--inverter", help="start from this saved inverter (--save) instead of a fresh one")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="JSON result file")
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from veil.defenses.measure import identity_leak
     from veil.privacy.audit import select_fddb_faces
     from veil.privacy.decoders import read_decoder
-    from veil.privacy.layerwise import ChainedDecoder, check_pair, train_inverter
+    from veil.privacy.layerwise import ChainedDecoder, FeatureInverter, check_pair, train_inverter
     from veil.privacy.train import photo_crops
     from veil.settings import settings
     from veil.weights import load_state_dict, resolve_weights, verify
@@ -113,21 +120,36 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [Path(d) for d in args.images] if args.images else list(s.fit_images)
     sampler = photo_crops(dirs, scale=args.scale)
     channels_in = int(observe(deep.network.head(sampler.batch(1))).shape[1])
-    inv = train_inverter(
-        deep.network.head,
-        shallow.network.head,
-        sampler,
-        in_channels=channels_in,
-        out_channels=shallow.channels,
-        wire=wire,
-        minutes=args.minutes,
-        max_steps=args.max_steps,
-        batch=args.batch,
-        width=args.width,
-        depth=args.depth,
-        seed=args.seed,
-        progress=progress,
-    )
+    if args.inverter:
+        import json
+
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(args.inverter, "pt") as fh:
+            saved = json.loads((fh.metadata() or {})["meta"])
+        if saved.get("adaptive") != (wire is not None) or saved.get("in_channels") != channels_in:
+            p.error(f"{args.inverter} was trained for another observation (adaptive={saved.get('adaptive')})")
+        inv = FeatureInverter(saved["in_channels"], saved["out_channels"], saved["width"], saved["depth"])
+        inv.load_state_dict(load_file(args.inverter))
+        inv.meta = {**saved, "file": args.inverter}
+        inv.eval()
+    else:
+        inv = train_inverter(
+            deep.network.head,
+            shallow.network.head,
+            sampler,
+            in_channels=channels_in,
+            out_channels=shallow.channels,
+            wire=wire,
+            minutes=args.minutes,
+            max_steps=args.max_steps,
+            batch=args.batch,
+            width=args.width,
+            depth=args.depth,
+            seed=args.seed,
+            progress=progress,
+        )
     result["inverter"] = inv.meta
     result["stage_seconds"] = {"inverter": round(time.monotonic() - t0, 1)}
     if args.save:
@@ -142,6 +164,21 @@ def main(argv: list[str] | None = None) -> int:
         **{k: dec.meta.get(k) for k in ("steps", "seed", "data_order_seed", "loss")},
     }
     chain = ChainedDecoder(inv, dec)
+    if args.finetune_minutes > 0:
+        from veil.defenses.measure import ObservedHead
+        from veil.privacy.train import train_decoder
+
+        t1 = time.monotonic()
+        chain = train_decoder(  # duck-typed warm start: the chain is deep-copied and trained whole
+            ObservedHead(deep.network.head, observe),
+            photo_crops(dirs, scale=args.scale),
+            minutes=args.finetune_minutes,
+            init=chain,  # type: ignore[arg-type]
+            lr=5e-4,
+            progress=progress,
+        )
+        result["finetune"] = {k: v for k, v in chain.meta.items() if k not in ("inverter", "decoder")}
+        result["stage_seconds"]["finetune"] = round(time.monotonic() - t1, 1)
     faces = select_fddb_faces(Path(args.dataset) if args.dataset else s.dataset, max_faces=args.faces)
     t1 = time.monotonic()
     result["identity"] = identity_leak(

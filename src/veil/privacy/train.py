@@ -330,6 +330,12 @@ def _fresh(arch: dict[str, Any] | None) -> Decoder:
 
 
 def _clone(dec: Decoder) -> Decoder:
+    """A trainable copy of a warm start: a :class:`Decoder` rebuilt from its arch; any other decoder-like
+    module (e.g. :class:`~veil.privacy.layerwise.ChainedDecoder`: ``forward`` and ``unit``) deep-copied."""
+    if not isinstance(dec, Decoder):
+        import copy
+
+        return copy.deepcopy(dec)
     new = _fresh(dec.arch())
     new.load_state_dict(dec.state_dict())
     return new

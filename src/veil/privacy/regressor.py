@@ -404,6 +404,8 @@ def build_samples(
     }
     if unstretch:
         settings["unstretch"] = ORIGINAL_SIZES
+        # (samples built before patch boxes were drawn in stored-photo pixels had them scaled twice)
+        settings["patch_boxes"] = "stored-pixels"
     if jittered_per_face or patches_per_photo:
         settings.update(
             jittered_per_face=jittered_per_face, patches_per_photo=patches_per_photo, extra_sizes=extra_sizes
@@ -428,12 +430,9 @@ def build_samples(
     if patches_per_photo:
         for p in sorted({p for p, _b, ho in faces if not ho}):
             try:
-                ph, pw = load_image(p).shape[:2]
+                ph, pw = load_image(p).shape[:2]  # boxes in the photo as stored: unstretched below with the faces'
             except ImageReadError:
                 continue  # reported when its faces are read
-            if unstretch:
-                fx, fy = unstretch_factors(p, (ph, pw))
-                ph, pw = round(ph * fy), round(pw * fx)
             for _ in range(patches_per_photo):
                 side = math.exp(rng.uniform(math.log(min_side), math.log(max(min_side + 1, min(pw, ph) / 2))))
                 x0, y0 = rng.uniform(0, pw - side), rng.uniform(0, ph - side)

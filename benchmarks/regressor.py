@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=100, help="held-out rank-1 every N steps (default: 100)")
     p.add_argument("--last", action="store_true", help="keep the last weights, not the best on held-out WIDER faces")
     p.add_argument("--no-plateau", action="store_true", help="train the whole --minutes (no plateau stop)")
+    p.add_argument(
+        "--samples-tag",
+        help="use the cached samples regressor-samples-x<scale>-<TAG> of each split (what earlier cells trained on)",
+    )
     p.add_argument("--jittered-per-face", type=int, default=0, help="extra samples: jittered face boxes per face")
     p.add_argument("--patches-per-photo", type=int, default=0, help="extra samples: random boxes per photo")
     p.add_argument("--seed", type=int, help="regressor seed (default: drawn from the OS)")
@@ -167,15 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     models = {sp: create("faceboxes", sp, weights=weights) for sp in SPLITS}
     model = models[args.split]
     # one head pass gives every split's samples (consecutive blocks); cached under each split's key
-    samples = build_samples(
-        list(models.values()),
-        dirs,
-        scale=args.scale,
-        sizes_per_face=args.sizes_per_face,
-        jittered_per_face=args.jittered_per_face,
-        patches_per_photo=args.patches_per_photo,
-        progress=progress,
-    )[args.split]
+    if args.samples_tag:
+        from veil.privacy.decoders import attackers_dir
+        from veil.privacy.regressor import load_samples
+
+        f = attackers_dir(model) / f"regressor-samples-x{args.scale:g}-{args.samples_tag}.safetensors"
+        samples = load_samples(f, model)
+    else:
+        samples = build_samples(
+            list(models.values()),
+            dirs,
+            scale=args.scale,
+            sizes_per_face=args.sizes_per_face,
+            jittered_per_face=args.jittered_per_face,
+            patches_per_photo=args.patches_per_photo,
+            progress=progress,
+        )[args.split]
+    result["samples_tag"] = args.samples_tag
     stage("samples")
     wire = None
     if not args.clean:

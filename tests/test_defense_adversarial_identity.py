@@ -142,7 +142,9 @@ def test_fit_noise_cli_identity_term(weights_path, dlib_dir, tmp_path):
     from veil import assets
 
     rc, out, _ = _cli(["fit-noise", "--help"])
-    assert rc == 0 and "identity+l1" in out and "dlib embedding" in " ".join(out.split())
+    text = " ".join(out.split())
+    assert rc == 0 and "identity+l1" in out and "dlib embedding" in text
+    assert f"given an embedding target (default: {MIN_IDENTITY_FACE})" in text  # the CLI's default is the library's
     rc, _, err = _cli(["fit-noise", "--alpha", "0.8", "--objective", "adversarial", "--privacy-term", "bogus"])
     assert rc == 2 and "invalid choice: 'bogus'" in err and "identity" in err
     with pytest.raises(ValueError, match="unknown privacy term 'bogus'; choose one of l1, perceptual, identity"):

@@ -63,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from safetensors.torch import save_file
 
-    import veil.models
     from veil.defenses.measure import identity_leak
+    from veil.models.pretrained import create
     from veil.privacy.audit import select_fddb_faces
     from veil.privacy.decoders import read_decoder
     from veil.privacy.layerwise import ChainedDecoder, FeatureInverter, check_pair, train_inverter
     from veil.privacy.train import photo_crops
     from veil.settings import settings
-    from veil.weights import load_state_dict, resolve_weights, verify
+    from veil.weights import resolve_weights, verify
 
     s = settings()
     progress = not args.quiet
@@ -88,13 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = resolve_weights(args.weights)
     digest = verify(path)
-    state = load_state_dict(path)
-    models = {}
-    for split in (args.split, args.shallow):
-        sm = veil.models.build("faceboxes", split)
-        sm.network.load_state_dict(state, strict=True)
+    models = {split: create("faceboxes", split, weights=path) for split in (args.split, args.shallow)}
+    for sm in models.values():
         sm.network.eval()
-        models[split] = sm
     deep, shallow = models[args.split], models[args.shallow]
     check_pair(deep, shallow)
 
@@ -192,10 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         large_faces=True,
     )
     result["stage_seconds"]["identity"] = round(time.monotonic() - t1, 1)
+    ident = result["identity"]
+    # the frontier's attacker-cell format (as benchmarks/regressor.py's): attacker → rank-1, TAR, large-face bin
+    result["alpha"] = result["defense"].get("alpha")
+    result["chance_rank1"] = ident["chance_rank1"]
+    result["attacker_family"] = "layerwise"
+    result["attackers"] = {
+        "layerwise": {**ident["k1"], "bins": {">=192": ident["large_k1"]}},
+        **({"layerwise_avg8": ident["k8"]} if "k8" in ident else {}),
+    }
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["weights_sha256"] = digest
     jsonio.write_json(args.out, result)
-    ident = result["identity"]
     print(jsonio.dumps({k: ident[k] for k in ident if k in ("k1", "k8", "large_k1")}))
     return 0
 

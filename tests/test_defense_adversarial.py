@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
+from veil.data.boxes import face_boxes
 from veil.defenses.adversarial import (
     InLoopAdversary,
     build_face_bank,
-    face_boxes,
     fit_adversarial,
     fit_and_save,
     reconstruction_error,

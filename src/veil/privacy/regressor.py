@@ -10,7 +10,7 @@ attacker: the predicted embedding is matched against the gallery of original fac
 chance 1/N).
 
 Training data are **non-FDDB faces only** (the WIDER subset, the dlib photos: boxes from
-:func:`veil.defenses.adversarial.face_boxes`), built the way the audit builds its enlarged views
+:func:`veil.data.boxes.face_boxes`), built the way the audit builds its enlarged views
 (:func:`veil.privacy.audit.make_views`): a crop with one face side of context, resized so the face
 reaches the network at a size drawn log-uniformly over the audit's bins (48–400 px), several sizes
 per face, half of them mirrored. The head runs once per sample and the activation window around
@@ -270,12 +270,12 @@ def training_faces(
 ) -> list[tuple[Path, np.ndarray, bool]]:
     """``(photo, box, held_out)`` for every annotated face ≥ ``min_side`` px under ``dirs`` (FDDB refused).
 
-    Boxes come from the project's one box reader (:func:`veil.defenses.adversarial.face_boxes`). The
+    Boxes come from the project's one box reader (:func:`veil.data.boxes.face_boxes`). The
     held-out split is by photo (a hash of its name), so no held-out face shares a photo with a
     training one.
     """
+    from veil.data.boxes import face_boxes
     from veil.data.images import list_images
-    from veil.defenses.adversarial import face_boxes
 
     list_images(dirs)  # refuses FDDB folders, with the reason
     out = []

@@ -199,3 +199,23 @@ def test_stretched_wider_photos_get_their_aspect_back(wider_dir, dlib_dir):
         assert fx == 1.0 and fy == pytest.approx(float(h) / float(w))
     photo = sorted(dlib_dir.glob("*.jpg"))[0]
     assert unstretch_factors(photo, (300, 400)) == (1.0, 1.0)
+
+
+def test_the_audit_trains_its_regressor_once_and_caches_it(rdcl, dlib_dir, tmp_path, monkeypatch):
+    """``ensure_regressor`` (what ``veil audit --regressor`` calls): trained and saved under the model's key
+    on the first call, read back (same weights) on the next; a noisy one needs its noise file's hash."""
+    from veil.privacy import regressor as rg
+    from veil.privacy.train import state_sha256
+
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(rg.SAMPLE_RECIPE, "sizes_per_face", 1)
+    monkeypatch.setitem(rg.SAMPLE_RECIPE, "jittered_per_face", 0)
+    monkeypatch.setitem(rg.SAMPLE_RECIPE, "patches_per_photo", 0)
+    first = rg.ensure_regressor(rdcl, [dlib_dir], 3.0, minutes=0.02, progress=False)
+    path = rg.regressor_path(rdcl, 3.0)
+    assert path.is_file() and str(tmp_path) in str(path) and rdcl.key in str(path)
+    again = rg.ensure_regressor(rdcl, [dlib_dir], 3.0, minutes=0.02, progress=False)
+    assert state_sha256(again) == state_sha256(first) == again.meta["state_sha256"]
+    assert again.meta["trained_on"] == "clean" and again.meta["seed"] == first.meta["seed"]
+    with pytest.raises(ValueError, match="SHA-256"):
+        rg.ensure_regressor(rdcl, [dlib_dir], 3.0, wire=lambda a: a, minutes=0.02, progress=False)

@@ -17,6 +17,7 @@ The decoder's own rank-1 on the clean RDCL activation bounds what the chain can 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -28,12 +29,29 @@ import torch
 from veil import jsonio
 
 
+def add_cells(result: dict) -> dict:
+    """The frontier's attacker-cell fields (as ``benchmarks/regressor.py``'s): ``attackers`` (one query with
+    its large-face bin, the mean of 8 when obfuscated), ``chance_rank1`` and the defense's ALPHA."""
+    ident = result["identity"]
+    result["alpha"] = result["defense"].get("alpha")
+    result["chance_rank1"] = ident["chance_rank1"]
+    result["attacker_family"] = "layerwise"
+    result["attackers"] = {
+        "layerwise": {**ident["k1"], "bins": {">=192": ident["large_k1"]}},
+        **({"layerwise_avg8": ident["k8"]} if "k8" in ident else {}),
+    }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--split", required=True, help="the deep split attacked (e.g. inception3)")
+    p.add_argument("--split", help="the deep split attacked (e.g. inception3)")
+    p.add_argument(
+        "--add-cells", nargs="+", metavar="JSON", help="add the attacker-cell fields to results written before them"
+    )
     p.add_argument("--shallow", default="rdcl", help="the split whose decoder is reused (default: %(default)s)")
     p.add_argument("--scale", type=float, default=3.0)
-    p.add_argument("--decoder", required=True, help="a decoder of the shallow split (e.g. the naive one)")
+    p.add_argument("--decoder", help="a decoder of the shallow split (e.g. the naive one)")
     obf = p.add_mutually_exclusive_group()
     obf.add_argument("--noise", help="a noise file of the deep split: the adaptive inverter sees its output")
     obf.add_argument("--bottleneck", help="a bottleneck file of the deep split: the inverter reads its wire code")
@@ -57,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inverter", help="start from this saved inverter (--save) instead of a fresh one")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out", required=True, help="JSON result file")
+    p.add_argument("--out", help="JSON result file")
     args = p.parse_args(argv)
+    if args.add_cells:
+        for f in args.add_cells:
+            jsonio.write_json(f, add_cells(json.loads(Path(f).read_text())))
+        return 0
+    if not (args.split and args.decoder and args.out):
+        p.error("--split, --decoder and --out are required")
     torch.set_num_threads(args.threads)
 
     from safetensors.torch import save_file
@@ -117,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     sampler = photo_crops(dirs, scale=args.scale)
     channels_in = int(observe(deep.network.head(sampler.batch(1))).shape[1])
     if args.inverter:
-        import json
-
         from safetensors import safe_open
         from safetensors.torch import load_file
 
@@ -188,19 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         large_faces=True,
     )
     result["stage_seconds"]["identity"] = round(time.monotonic() - t1, 1)
-    ident = result["identity"]
-    # the frontier's attacker-cell format (as benchmarks/regressor.py's): attacker → rank-1, TAR, large-face bin
-    result["alpha"] = result["defense"].get("alpha")
-    result["chance_rank1"] = ident["chance_rank1"]
-    result["attacker_family"] = "layerwise"
-    result["attackers"] = {
-        "layerwise": {**ident["k1"], "bins": {">=192": ident["large_k1"]}},
-        **({"layerwise_avg8": ident["k8"]} if "k8" in ident else {}),
-    }
+    add_cells(result)
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["weights_sha256"] = digest
     jsonio.write_json(args.out, result)
-    print(jsonio.dumps({k: ident[k] for k in ident if k in ("k1", "k8", "large_k1")}))
+    print(jsonio.dumps({k: v["rank1"] for k, v in result["attackers"].items()}))
     return 0
 
 

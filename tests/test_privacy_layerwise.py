@@ -65,3 +65,34 @@ def test_inverter_output_is_in_the_shallow_units():
         inv.out.weight.zero_()
         inv.out.bias.fill_(1.0)
     assert torch.allclose(inv.eval()(torch.randn(1, 8, 3, 3)), torch.full((1, 4, 3, 3), 3.0))
+
+
+def test_frontier_places_layerwise_cells_and_judges_competence_with_them(tmp_path):
+    """The layer-wise cells of benchmarks/layerwise.py (written by its add_cells) land on the knob rows: a
+    competent clean cell makes the noisy row's claim count, and its averaging attacker can be the worst."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from veil.privacy.frontier import finish_rows, load_rows
+
+    spec = importlib.util.spec_from_file_location("lw", Path(__file__).parents[1] / "benchmarks" / "layerwise.py")
+    lw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lw)
+
+    def cell(alpha, k1, large, k8=None):
+        m = lambda r: {"rank1": r, "rank1_ci95": [0.0, 0.3], "tar_at_far1": 0.0, "tar_ci95": [0.0, 0.1]}  # noqa: E731
+        ident = {"chance_rank1": 0.01, "k1": m(k1), "large_k1": m(large), **({"k8": m(k8)} if k8 else {})}
+        defense = {"kind": "clean"} if alpha is None else {"kind": "noise", "alpha": alpha}
+        return lw.add_cells(
+            {"split": "inception1", "scale": 3.0, "inverter": {}, "defense": defense, "identity": ident}
+        )
+
+    (tmp_path / "clean.json").write_text(json.dumps(cell(None, 0.2, 0.22)))
+    (tmp_path / "noisy.json").write_text(json.dumps(cell(0.8, 0.09, 0.11, k8=0.2)))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
+    noisy = rows["noise @ inception1 ×3"]
+    assert noisy["competent"] is True and noisy["worst_attacker"] == "layerwise avg8" and noisy["worst_rank1"] == 0.2
+    (tmp_path / "clean.json").write_text(json.dumps(cell(None, 0.02, 0.03)))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
+    assert rows["noise @ inception1 ×3"]["competent"] is False

@@ -237,37 +237,55 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
             raise ValueError(f"{f}: not JSON ({e})") from e
         if not isinstance(doc, dict):
             raise ValueError(f"{f}: expected a JSON object")
-        if "defense" in doc:
+        if ("regressor" in doc or "inverter" in doc) and "split" in doc and "attackers" in doc:
+            regressors.append((str(f), doc))  # attacker cells (their "defense" says what they attacked)
+        elif "defense" in doc:
             defenses.append((str(f), doc))
         elif "runs" in doc and "faces" in doc:
             rows += audit_cost_rows(str(f), doc)
-        elif "regressor" in doc and "split" in doc and "attackers" in doc:
-            regressors.append((str(f), doc))
         elif "attackers" in doc and "chance_rank1" in doc:
             rows += audit_report_rows(str(f), doc)
         elif "client_cost" in doc:
             costs += cost_entries(str(f), doc)
         else:
             raise ValueError(
-                f"{f}: neither a benchmarks/defenses.py or knobs.py, benchmarks/audit_cost.py nor a veil audit JSON"
+                f"{f}: neither a benchmarks/defenses.py, knobs.py, regressor.py, layerwise.py or audit_cost.py "
+                "result nor a veil audit JSON"
             )
     rows = defense_rows(defenses) + rows
-    apply_regressors(rows, regressors)
+    apply_attacker_cells(rows, regressors)
     apply_costs(rows, costs)
     return rows
 
 
+#: Attacker families scored per split × scale cell by their own benchmark: the identity regressor
+#: (``benchmarks/regressor.py``) and the layer-wise inversion (``benchmarks/layerwise.py``).
+CELL_FAMILIES = ("regressor", "layerwise")
 #: The identity regressor's large-face attacker (``benchmarks/regressor.py``): one query, faces ≥ 192 px.
 REGRESSOR_LARGE_LABEL = "regressor k=1, faces ≥ 192 px"
+#: Every attacker label of a large-face bin (one query, faces ≥ 192 px): what competence is judged on.
+LARGE_LABELS = (LARGE_LABEL, *(f"{f} k=1, faces ≥ 192 px" for f in CELL_FAMILIES))
 
 
-def apply_regressors(rows: list[dict[str, Any]], docs: list[tuple[str, dict]]) -> None:
-    """``benchmarks/regressor.py`` cells as attacker columns of the knob rows they attack: a clean cell on
-    ``clean @ split ×scale`` (the competence reference), a noisy one on ``noise @ split ×scale`` at its
-    ALPHA (a row is made when absent). Attackers ``regressor k=1``, ``regressor avg8``, ``regressor
-    near-dup avg8`` and :data:`REGRESSOR_LARGE_LABEL`; repeated cells keep each one's highest rank-1."""
+def _family(doc: dict) -> str:
+    fam = doc.get("attacker_family") or ("regressor" if "regressor" in doc else "layerwise")
+    if fam not in CELL_FAMILIES:
+        raise ValueError(f"unknown attacker family {fam!r}; known: {', '.join(CELL_FAMILIES)}")
+    return fam
+
+
+def apply_attacker_cells(rows: list[dict[str, Any]], docs: list[tuple[str, dict]]) -> None:
+    """Attacker cells (:data:`CELL_FAMILIES`) as attacker columns of the knob rows they attack: a clean
+    cell on ``clean @ split ×scale`` (the competence reference), a noisy one on ``noise @ split ×scale``
+    at its ALPHA (a row is made when absent). Attackers ``<family> k=1``, ``<family> avg8``,
+    ``<family> near-dup avg8`` and ``<family> k=1, faces ≥ 192 px``; repeated cells keep each one's
+    highest rank-1."""
     for name, d in docs:
+        fam = _family(d)
         split, scale, alpha = d["split"], float(d["scale"]), d.get("alpha")
+        kind = (d.get("defense") or {}).get("kind") if isinstance(d.get("defense"), dict) else None
+        if kind not in (None, "clean", "noise"):  # other defenses' cells are not knob rows: not placed here
+            raise ValueError(f"{name}: a {kind} cell has no knob row; score it with benchmarks/defenses.py")
         defense = f"{'clean' if alpha is None else 'noise'} @ {split} ×{scale:g}"
         row = next((r for r in rows if r["defense"] == defense and _key(r["alpha"]) == _key(alpha)), None)
         if row is None:
@@ -278,10 +296,10 @@ def apply_regressors(rows: list[dict[str, Any]], docs: list[tuple[str, dict]]) -
         row["chance_rank1"] = row["chance_rank1"] or d["chance_rank1"]
         atk = d["attackers"]
         found = [
-            ("regressor k=1", atk.get("regressor")),
-            ("regressor avg8", atk.get("regressor_avg8")),
-            ("regressor near-dup avg8", atk.get("regressor_dup8")),
-            (REGRESSOR_LARGE_LABEL, (atk.get("regressor") or {}).get("bins", {}).get(">=192")),
+            (f"{fam} k=1", atk.get(fam)),
+            (f"{fam} avg8", atk.get(f"{fam}_avg8")),
+            (f"{fam} near-dup avg8", atk.get(f"{fam}_dup8")),
+            (f"{fam} k=1, faces ≥ 192 px", (atk.get(fam) or {}).get("bins", {}).get(">=192")),
         ]
         for label, m in found:
             keep = label not in row["attackers"] or (m and m["rank1"] > row["attackers"][label]["rank1"])
@@ -349,7 +367,7 @@ def _competence(rows: list[dict]) -> None:
         if ref is None or not ref["attackers"] or not ref["chance_rank1"]:
             r["competent"] = None
         else:
-            large = [ref["attackers"][k] for k in (LARGE_LABEL, REGRESSOR_LARGE_LABEL) if k in ref["attackers"]]
+            large = [ref["attackers"][k] for k in LARGE_LABELS if k in ref["attackers"]]
             a = max(large, key=lambda m: m["rank1"]) if large else ref["attackers"][ref["worst_attacker"]]
             r["competent"] = a["rank1"] / ref["chance_rank1"] >= COMPETENT_X_CHANCE
         if r["competent"] is not True and r["meets_goal"]:

@@ -144,6 +144,8 @@ class IdentityRegressor(nn.Module):
         self.channels, self.cells, self.dim, self.width, self.hidden = channels, cells, dim, width, hidden
         self.depth, self.dropout, self.context = depth, dropout, float(context)
         self.stride = 0  # input pixels per activation cell, set by for_model (0: unknown)
+        self.in_mean: torch.Tensor
+        self.in_std: torch.Tensor
         self.register_buffer("in_mean", torch.zeros(channels))
         self.register_buffer("in_std", torch.ones(channels))
         layers: list[nn.Module] = []
@@ -232,7 +234,7 @@ class Samples:
 
     def rois(
         self,
-        idx: Sequence[int],
+        idx: Sequence[int] | np.ndarray,
         wire: Wire | None,
         cells: int,
         context: float,
@@ -327,7 +329,7 @@ def _heads(models: Sequence[SplitModel]) -> Callable[[torch.Tensor], list[torch.
     weights the RDCL runs once and the Inception blocks follow in turn (consecutive splits)."""
     from veil.models.faceboxes import FaceBoxes
 
-    nets = [m.network for m in models]
+    nets: list[Any] = [m.network for m in models]  # FaceBoxes, checked below
     same = len({m.weights_sha256 for m in models}) == 1
     if same and all(isinstance(n, FaceBoxes) for n in nets):
         net = nets[0]
@@ -460,7 +462,7 @@ def build_samples(
             try:
                 img = load_image(p)
                 if unstretch:
-                    fx, fy = unstretch_factors(p, img.shape[:2])
+                    fx, fy = unstretch_factors(p, (img.shape[0], img.shape[1]))
                     if (fx, fy) != (1.0, 1.0):
                         size = (round(img.shape[1] * fx), round(img.shape[0] * fy))
                         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if fy < 1 else cv2.INTER_LINEAR)

@@ -96,3 +96,31 @@ def test_frontier_places_layerwise_cells_and_judges_competence_with_them(tmp_pat
     (tmp_path / "clean.json").write_text(json.dumps(cell(None, 0.02, 0.03)))
     rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
     assert rows["noise @ inception1 ×3"]["competent"] is False
+
+
+def test_ensure_chain_trains_once_caches_and_the_audit_scores_it(splits, dlib_dir, fddb_dir, tmp_path, monkeypatch):
+    """At the first split there is nothing to chain; at inception1 the inverter and the RDCL's naive decoder
+    are trained once and cached (a second call reads them), a file is refused for another split, and the
+    audit's attacker pass scores the chain (``layerwise``, and its average on noise)."""
+    from veil.obfuscate.noise import Obfuscator
+    from veil.privacy.audit import Attacks, make_views, run_attacks, select_fddb_faces
+    from veil.privacy.decoders import Decoder, DecoderMismatchError
+    from veil.privacy.layerwise import ensure_chain, inverter_path, read_inverter
+
+    monkeypatch.setenv("VEIL_CACHE_DIR", str(tmp_path))
+    deep = splits["inception1"]
+    assert ensure_chain(splits["rdcl"], 0.01, [dlib_dir], 1.0, progress=False) is None
+    chain = ensure_chain(deep, 0.01, [dlib_dir], 1.0, progress=False)
+    path = inverter_path(deep, 1.0)
+    assert path.is_file() and chain.meta["inverter"]["split_point"] == "faceboxes.inception1"
+    again = ensure_chain(deep, 0.01, [dlib_dir], 1.0, progress=False)
+    assert torch.equal(again.inverter.blocks[0].c1.weight, chain.inverter.blocks[0].c1.weight)  # read, not retrained
+    with pytest.raises(DecoderMismatchError, match="inception1"):
+        read_inverter(path, splits["rdcl"])
+    faces = select_fddb_faces(fddb_dir, max_faces=2)
+    views = make_views(faces, 1.0, enlarge=False)[:2]
+    att = Attacks(deep, Decoder.for_model(deep), whitebox_faces=0, ks=(2,), dup_ks=(), layerwise=chain)
+    leaks = run_attacks(faces, views, att, 1.0, noisy=False, progress=False)
+    assert len(leaks["layerwise"].emb) == len(leaks["naive"].emb) > 0
+    noisy = Attacks(**{**att.__dict__, "obfuscator": Obfuscator(deep.channels), "layerwise_adaptive": chain})
+    assert {"layerwise", "layerwise_avg2"} <= set(run_attacks(faces, views, noisy, 1.0, noisy=True, progress=False))

@@ -82,6 +82,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--regressor-minutes", type=float, default=6.0, help="training budget per regressor (default: %(default)s)"
     )
     p.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="at a deep split (e.g. --split inception1), also the layer-wise attacker: a network maps the "
+        "activation back to the model's first split and that split's naive decoder reads it (the pixel "
+        "decoders alone are weak on deep features); one inverter clean and one per ALPHA "
+        "(--layerwise-minutes each, cached); no effect at the first split",
+    )
+    p.add_argument(
+        "--layerwise-minutes", type=float, default=8.0, help="training budget per inverter (default: %(default)s)"
+    )
+    p.add_argument(
         "--no-enlarged",
         action="store_true",
         help="leave out the enlarged copies of faces below 192 px at the network (not a full audit)",
@@ -215,6 +226,8 @@ def run_audit(args: argparse.Namespace) -> int:
         keyed=args.keyed,
         regressor=args.regressor,
         regressor_minutes=args.regressor_minutes,
+        layerwise=args.layerwise,
+        layerwise_minutes=args.layerwise_minutes,
     )
     if model.config.task not in FACE_TASKS:
         images, labels = _eval_images(args)

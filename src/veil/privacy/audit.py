@@ -27,7 +27,10 @@ obfuscated with the audited noise), ``perceptual`` (the same with a feature-spac
 ``adaptive_dupK`` (on the mean of K obfuscated *near-duplicates*: re-encoded, shifted,
 rescaled) and ``whitebox`` (likelihood-weighted inversion of the public head, around each face,
 batched across faces); with an identity regressor (``Attacks.regressor``: :mod:`veil.privacy.regressor`)
-also ``regressor``, ``regressor_avgK`` and ``regressor_dupK`` (its predicted embeddings, no pixels).
+also ``regressor``, ``regressor_avgK`` and ``regressor_dupK`` (its predicted embeddings, no pixels);
+at a deep split with a layer-wise chain (``Attacks.layerwise``: :mod:`veil.privacy.layerwise`, the deep
+activation mapped back to the first split's and read by that split's decoder) also ``layerwise``,
+``layerwise_avgK`` and ``layerwise_dupK``.
 """
 
 from __future__ import annotations
@@ -272,6 +275,10 @@ class Attacks:
     regressor: nn.Module | None = None
     #: the regressor trained on the audited obfuscation (the obfuscated pass uses it, else ``regressor``)
     regressor_adaptive: nn.Module | None = None
+    #: layer-wise chain (:mod:`veil.privacy.layerwise`) trained on clean activations of a deep split (None: not run)
+    layerwise: nn.Module | None = None
+    #: the chain trained on the audited obfuscation (the obfuscated pass uses it, else ``layerwise``)
+    layerwise_adaptive: nn.Module | None = None
 
 
 def _to_view(rec: np.ndarray, prep_hw: tuple[int, int], view_hw: tuple[int, int]) -> np.ndarray:
@@ -430,6 +437,7 @@ def run_attacks(
     arch = decoder_arch(attacks.model)
     stride = arch["stride"]
     reg = attacks.regressor_adaptive if noisy and attacks.regressor_adaptive is not None else attacks.regressor
+    chain = attacks.layerwise_adaptive if noisy and attacks.layerwise_adaptive is not None else attacks.layerwise
 
     def noise(a: torch.Tensor) -> torch.Tensor:
         """The data path's obfuscation of a clean activation (fresh noise each call)."""
@@ -473,6 +481,13 @@ def run_attacks(
                     leak(name).add_embedding(v, scale, reg.predict(act, v.boxes * scale))
 
         regress("regressor", obs)
+
+        def layerwise(name: str, act: torch.Tensor, v=v, img=img, dec=dec) -> None:
+            """The layer-wise chain (veil.privacy.layerwise) on the same observation as the decoders."""
+            if chain is not None:
+                leak(name).add(v, scale, img, dec(chain, act), grid_faces=grid_faces)
+
+        layerwise("layerwise", obs)
         if noisy:
             leak("adaptive").add(v, scale, img, dec(adaptive, obs), grid_faces=grid_faces)
             with torch.no_grad():
@@ -481,12 +496,14 @@ def run_attacks(
                         avg = torch.stack([noise(a) for _ in range(k)]).mean(0)
                     leak(f"adaptive_avg{k}").add(v, scale, img, dec(adaptive, avg), grid_faces=grid_faces)
                     regress(f"regressor_avg{k}", avg)
+                    layerwise(f"layerwise_avg{k}", avg)
                 for k in attacks.dup_ks:
                     with _stage("near-duplicates"):
                         acts = [obs] + [noise(_activation(path, near_duplicate(img, rng))[0]) for _ in range(k - 1)]
                     dup = torch.stack(acts).mean(0)
                     leak(f"adaptive_dup{k}").add(v, scale, img, dec(adaptive, dup), grid_faces=grid_faces)
                     regress(f"regressor_dup{k}", dup)
+                    layerwise(f"layerwise_dup{k}", dup)
         for j, f in enumerate(v.faces):
             if f < attacks.whitebox_faces:
                 wb_items.append(
@@ -633,7 +650,12 @@ def cache_key(faces: FaceSet, scale: float, attacks: Attacks, enlarge: bool) -> 
     decoders' weights and white-box settings."""
     from veil.privacy.train import state_sha256
 
-    pairs = (("naive", attacks.naive), ("perceptual", attacks.perceptual_clean), ("regressor", attacks.regressor))
+    pairs = (
+        ("naive", attacks.naive),
+        ("perceptual", attacks.perceptual_clean),
+        ("regressor", attacks.regressor),
+        ("layerwise", attacks.layerwise),
+    )
     decs = {k: state_sha256(m) for k, m in pairs if m}
     return hashlib.sha256(
         json.dumps(
@@ -712,6 +734,7 @@ def clean_pass(
             "adaptive": None,
             "perceptual": attacks.perceptual_clean,
             "regressor_adaptive": None,
+            "layerwise_adaptive": None,
         }
     )
     leaks = run_attacks(faces, views, clean_attacks, scale, noisy=False, progress=progress)
@@ -874,10 +897,11 @@ def audit(
     for e in extra:
         clean_s.setdefault(e, clean_s["naive"])
         attackers.setdefault(e, clean_s["naive"])
-    if "regressor" in clean_s:  # likewise the regressor's averages on clean activations
-        for e in (*(f"regressor_avg{k}" for k in attacks.ks), *(f"regressor_dup{k}" for k in attacks.dup_ks)):
-            clean_s.setdefault(e, clean_s["regressor"])
-            attackers.setdefault(e, clean_s["regressor"])
+    for fam in ("regressor", "layerwise"):  # likewise their averages on clean activations
+        if fam in clean_s:
+            for e in (*(f"{fam}_avg{k}" for k in attacks.ks), *(f"{fam}_dup{k}" for k in attacks.dup_ks)):
+                clean_s.setdefault(e, clean_s[fam])
+                attackers.setdefault(e, clean_s[fam])
     timing["scoring"] = round(time.monotonic() - t2, 1)
     timing["stages_wall_cpu"] = {k: [round(v[0], 1), round(v[1], 1)] for k, v in STAGES.items()}
     n = faces.n_faces

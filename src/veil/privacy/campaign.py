@@ -69,6 +69,10 @@ class AuditSettings:
     regressor: bool = False
     #: wall-time budget of each regressor not cached yet
     regressor_minutes: float = 6.0
+    #: also run the layer-wise chain at a deep split (veil.privacy.layerwise): clean and per ALPHA, cached
+    layerwise: bool = False
+    #: wall-time budget of each layer-wise inverter not cached yet
+    layerwise_minutes: float = 8.0
 
     def check(self) -> None:
         if any(k < 2 for k in (*self.ks, *self.dup_ks)):
@@ -181,9 +185,24 @@ def audit_alphas(
             progress=progress,
         )
 
+    def layerwise(obf: AuditNoise | None = None):
+        from veil.privacy.layerwise import ensure_chain
+
+        return ensure_chain(
+            model,
+            s.layerwise_minutes,
+            train_dirs,
+            scale,
+            obfuscator=None if obf is None else obf.obfuscator,
+            noise_sha256=None if obf is None else obf.sha256,
+            decoder_minutes=s.decoder_minutes,
+            progress=progress,
+        )
+
     naive = decoder()
     naive_p = decoder(perceptual=True) if feats is not None else None
     reg_clean = regressor() if s.regressor else None
+    chain_clean = layerwise() if s.layerwise else None
     base = Attacks(
         model,
         naive,
@@ -194,6 +213,7 @@ def audit_alphas(
         ks=tuple(s.ks),
         dup_ks=tuple(s.dup_ks),
         regressor=reg_clean,
+        layerwise=chain_clean,
     )
     out = Path(out)
     rows: list[dict[str, Any]] = []
@@ -207,6 +227,8 @@ def audit_alphas(
                 decs["perceptual_clean"] = naive_p.meta
             if reg_clean is not None:
                 decs["regressor"] = reg_clean.meta
+            if chain_clean is not None:
+                decs["layerwise"] = chain_clean.meta["inverter"]
             att = base
             meta: dict[str, Any] = {"decoders": decs}
             nz = noises.get(alpha)
@@ -219,6 +241,9 @@ def audit_alphas(
                 reg_adaptive = regressor(nz) if s.regressor else None
                 if reg_adaptive is not None:
                     decs["regressor_adaptive"] = reg_adaptive.meta
+                chain_adaptive = layerwise(nz) if chain_clean is not None else None
+                if chain_adaptive is not None:
+                    decs["layerwise_adaptive"] = chain_adaptive.meta["inverter"]
                 att = Attacks(
                     **{
                         **base.__dict__,
@@ -226,6 +251,7 @@ def audit_alphas(
                         "obfuscator": nz.obfuscator,
                         "perceptual": perc,
                         "regressor_adaptive": reg_adaptive,
+                        "layerwise_adaptive": chain_adaptive,
                     }
                 )
                 meta.update(

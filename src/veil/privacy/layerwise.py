@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -202,3 +203,115 @@ def train_inverter(
     if plateau is not None:
         inv.meta["plateau"] = {"window": plateau.window, "tol": plateau.tol, "patience": plateau.patience}
     return inv
+
+
+# -- the audit's layer-wise attackers (cached like its decoders) ------------------------------------------------
+
+
+def shallow_sibling(model: SplitModel) -> SplitModel | None:
+    """The same model and weights cut at its first split (None when ``model`` is cut there already)."""
+    from veil.models import build
+
+    first = model.config.default_split
+    if model.split == first:
+        return None
+    sib = build(model.name, first)
+    sib.network.load_state_dict(model.network.state_dict(), strict=True)
+    sib.weights_sha256 = model.weights_sha256
+    check_pair(model, sib)
+    sib.network.eval()
+    return sib
+
+
+def inverter_path(model: SplitModel, scale: float, noise_sha256: str | None = None) -> Path:
+    """Cache path of a layer-wise inverter, under the deep model's key, by scale and (adaptive) noise."""
+    from veil.privacy.decoders import attackers_dir
+
+    kind = "naive" if noise_sha256 is None else f"adaptive-{noise_sha256[:16]}"
+    return attackers_dir(model) / f"layerwise-{kind}-x{scale:g}.safetensors"
+
+
+def save_inverter(inv: FeatureInverter, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Weights and metadata (JSON values), written atomically."""
+    from safetensors.torch import save_file
+
+    from veil import jsonio
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".part")
+    md = {k: jsonio.dumps(v, indent=None) for k, v in meta.items()}
+    save_file({k: v.contiguous() for k, v in inv.state_dict().items()}, str(tmp), metadata=md)
+    tmp.replace(p)
+    return p
+
+
+def read_inverter(path: str | Path, model: SplitModel) -> FeatureInverter:
+    """Load an inverter file; refused (with the reason) when made for another model, split or weights."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from veil.privacy.decoders import DecoderMismatchError
+
+    with safe_open(str(path), "pt") as fh:
+        meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+    if meta.get("split_point") != model.split_point or (
+        meta.get("weights_sha256") and model.weights_sha256 and meta["weights_sha256"] != model.weights_sha256
+    ):
+        raise DecoderMismatchError(
+            f"{path} inverts {meta.get('split_point')!r} of weights {str(meta.get('weights_sha256'))[:12]}…, "
+            f"not {model.split_point!r} of {model.weights_sha256[:12]}…"
+        )
+    inv = FeatureInverter(int(meta["in_channels"]), int(meta["out_channels"]), int(meta["width"]), int(meta["depth"]))
+    inv.load_state_dict(load_file(str(path)), strict=True)
+    inv.meta = meta
+    return inv.eval()
+
+
+def ensure_chain(
+    model: SplitModel,
+    minutes: float,
+    data: Sequence[str | Path] | None,
+    scale: float,
+    *,
+    obfuscator: nn.Module | None = None,
+    noise_sha256: str | None = None,
+    decoder_minutes: float | None = None,
+    progress: bool = True,
+) -> ChainedDecoder | None:
+    """The audit's layer-wise attacker for a deep split: a cached inverter (trained ``minutes`` on crops of
+    ``data`` at ×``scale``, on ``obfuscator``'s output when given: adaptive) chained with the cached naive
+    decoder of the model's first split (:func:`veil.privacy.train.ensure_decoder`, ``decoder_minutes``).
+    None when ``model`` is cut at its first split (there the decoders read it directly)."""
+    from veil.privacy.decoders import model_meta
+    from veil.privacy.train import Plateau, ensure_decoder, photo_crops, require_training_dirs
+
+    sib = shallow_sibling(model)
+    if sib is None:
+        return None
+    dirs = require_training_dirs(data)
+    dec = ensure_decoder(
+        sib, minutes if decoder_minutes is None else decoder_minutes, dirs, scale=scale, progress=progress
+    )
+    path = inverter_path(model, scale, noise_sha256 if obfuscator is not None else None)
+    if path.is_file():
+        inv = read_inverter(path, model)
+    else:
+        wire = None if obfuscator is None else obfuscator
+        inv = train_inverter(
+            model.head,
+            sib.head,
+            photo_crops(dirs, scale=scale, input=model.config.input),
+            in_channels=model.channels,
+            out_channels=sib.channels,
+            wire=wire,
+            minutes=minutes,
+            plateau=Plateau(window=100, tol=0.01, patience=3),
+            progress=progress,
+        )
+        meta = {**model_meta(model), **inv.meta, "scale": scale, "noise_sha256": noise_sha256}
+        save_inverter(inv, path, meta)
+        inv.meta = meta
+    return ChainedDecoder(inv, dec)

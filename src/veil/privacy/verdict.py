@@ -25,6 +25,12 @@ WORST_OF = (
     "regressor_avg16",
     "regressor_dup4",
     "regressor_dup16",
+    # the layer-wise chain (veil.privacy.layerwise), when the audit runs it at a deep split
+    "layerwise",
+    "layerwise_avg4",
+    "layerwise_avg16",
+    "layerwise_dup4",
+    "layerwise_dup16",
 )
 #: The recipe is competent when its best clean attacker reaches this multiple of chance in the large-face bin.
 COMPETENCE_FACTOR = 10.0

@@ -117,6 +117,10 @@ def test_ensure_chain_trains_once_caches_and_the_audit_scores_it(splits, dlib_di
     assert torch.equal(again.inverter.blocks[0].c1.weight, chain.inverter.blocks[0].c1.weight)  # read, not retrained
     with pytest.raises(DecoderMismatchError, match="inception1"):
         read_inverter(path, splits["rdcl"])
+    tuned = ensure_chain(deep, 0.01, [dlib_dir], 1.0, finetune_minutes=0.005, progress=False)
+    assert tuned.meta["finetune"]["steps"] >= 1 and path.with_name(path.stem + "-finetuned.safetensors").is_file()
+    cached = ensure_chain(deep, 0.01, [dlib_dir], 1.0, finetune_minutes=0.005, progress=False)
+    assert torch.equal(cached.decoder.out[0].weight, tuned.decoder.out[0].weight)  # the tuned chain, read back
     faces = select_fddb_faces(fddb_dir, max_faces=2)
     views = make_views(faces, 1.0, enlarge=False)[:2]
     att = Attacks(deep, Decoder.for_model(deep), whitebox_faces=0, ks=(2,), dup_ks=(), layerwise=chain)

@@ -93,6 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--layerwise-minutes", type=float, default=8.0, help="training budget per inverter (default: %(default)s)"
     )
     p.add_argument(
+        "--layerwise-finetune-minutes",
+        type=float,
+        default=8.0,
+        help="then train each chain end to end on pixel L1 this long, cached (default: %(default)s; 0: off)",
+    )
+    p.add_argument(
         "--no-enlarged",
         action="store_true",
         help="leave out the enlarged copies of faces below 192 px at the network (not a full audit)",
@@ -228,6 +234,7 @@ def run_audit(args: argparse.Namespace) -> int:
         regressor_minutes=args.regressor_minutes,
         layerwise=args.layerwise,
         layerwise_minutes=args.layerwise_minutes,
+        layerwise_finetune_minutes=args.layerwise_finetune_minutes,
     )
     if model.config.task not in FACE_TASKS:
         images, labels = _eval_images(args)

@@ -73,6 +73,8 @@ class AuditSettings:
     layerwise: bool = False
     #: wall-time budget of each layer-wise inverter not cached yet
     layerwise_minutes: float = 8.0
+    #: then the whole chain trains end to end on pixel L1 this long (0: off)
+    layerwise_finetune_minutes: float = 8.0
 
     def check(self) -> None:
         if any(k < 2 for k in (*self.ks, *self.dup_ks)):
@@ -196,6 +198,7 @@ def audit_alphas(
             obfuscator=None if obf is None else obf.obfuscator,
             noise_sha256=None if obf is None else obf.sha256,
             decoder_minutes=s.decoder_minutes,
+            finetune_minutes=s.layerwise_finetune_minutes,
             progress=progress,
         )
 

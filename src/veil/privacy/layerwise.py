@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -231,8 +231,8 @@ def inverter_path(model: SplitModel, scale: float, noise_sha256: str | None = No
     return attackers_dir(model) / f"layerwise-{kind}-x{scale:g}.safetensors"
 
 
-def save_inverter(inv: FeatureInverter, path: str | Path, meta: dict[str, Any]) -> Path:
-    """Weights and metadata (JSON values), written atomically."""
+def save_inverter(inv: nn.Module, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Weights (an inverter's, or a whole fine-tuned chain's) and metadata (JSON values), written atomically."""
     from safetensors.torch import save_file
 
     from veil import jsonio
@@ -246,8 +246,9 @@ def save_inverter(inv: FeatureInverter, path: str | Path, meta: dict[str, Any]) 
     return p
 
 
-def read_inverter(path: str | Path, model: SplitModel) -> FeatureInverter:
-    """Load an inverter file; refused (with the reason) when made for another model, split or weights."""
+def read_inverter(path: str | Path, model: SplitModel, chain: ChainedDecoder | None = None) -> nn.Module:
+    """Load an inverter file (into a copy of ``chain`` when the file holds a fine-tuned chain); refused
+    (with the reason) when made for another model, split or weights."""
     import json
 
     from safetensors import safe_open
@@ -264,6 +265,13 @@ def read_inverter(path: str | Path, model: SplitModel) -> FeatureInverter:
             f"{path} inverts {meta.get('split_point')!r} of weights {str(meta.get('weights_sha256'))[:12]}…, "
             f"not {model.split_point!r} of {model.weights_sha256[:12]}…"
         )
+    if chain is not None:
+        import copy
+
+        tuned = copy.deepcopy(chain)
+        tuned.load_state_dict(load_file(str(path)), strict=True)
+        tuned.meta = {**chain.meta, "finetune": meta.get("finetune")}
+        return tuned.eval()
     inv = FeatureInverter(int(meta["in_channels"]), int(meta["out_channels"]), int(meta["width"]), int(meta["depth"]))
     inv.load_state_dict(load_file(str(path)), strict=True)
     inv.meta = meta
@@ -279,12 +287,15 @@ def ensure_chain(
     obfuscator: nn.Module | None = None,
     noise_sha256: str | None = None,
     decoder_minutes: float | None = None,
+    finetune_minutes: float = 0.0,
     progress: bool = True,
 ) -> ChainedDecoder | None:
     """The audit's layer-wise attacker for a deep split: a cached inverter (trained ``minutes`` on crops of
     ``data`` at ×``scale``, on ``obfuscator``'s output when given: adaptive) chained with the cached naive
-    decoder of the model's first split (:func:`veil.privacy.train.ensure_decoder`, ``decoder_minutes``).
-    None when ``model`` is cut at its first split (there the decoders read it directly)."""
+    decoder of the model's first split (:func:`veil.privacy.train.ensure_decoder`, ``decoder_minutes``);
+    with ``finetune_minutes`` the whole chain then trains end to end on pixel L1 (cached too: after
+    inception2 that is what made it competent). None when ``model`` is cut at its first split (there the
+    decoders read it directly)."""
     from veil.privacy.decoders import model_meta
     from veil.privacy.train import Plateau, ensure_decoder, photo_crops, require_training_dirs
 
@@ -297,7 +308,7 @@ def ensure_chain(
     )
     path = inverter_path(model, scale, noise_sha256 if obfuscator is not None else None)
     if path.is_file():
-        inv = read_inverter(path, model)
+        inv = cast(FeatureInverter, read_inverter(path, model))
     else:
         wire = None if obfuscator is None else obfuscator
         inv = train_inverter(
@@ -314,4 +325,26 @@ def ensure_chain(
         meta = {**model_meta(model), **inv.meta, "scale": scale, "noise_sha256": noise_sha256}
         save_inverter(inv, path, meta)
         inv.meta = meta
-    return ChainedDecoder(inv, dec)
+    chain = ChainedDecoder(inv, dec)
+    if finetune_minutes <= 0:
+        return chain
+    ft_path = path.with_name(path.stem + "-finetuned.safetensors")
+    if ft_path.is_file():
+        return cast(ChainedDecoder, read_inverter(ft_path, model, chain=chain))
+    from veil.privacy.decoders import Decoder
+    from veil.privacy.train import train_decoder
+
+    trained = train_decoder(
+        model.head,
+        photo_crops(dirs, scale=scale, input=model.config.input),
+        minutes=finetune_minutes,
+        obfuscator=obfuscator,
+        init=cast(Decoder, chain),  # a decoder-like module: deep-copied and trained whole
+        lr=5e-4,
+        progress=progress,
+    )
+    tuned = cast(ChainedDecoder, trained)
+    info = {k: v for k, v in trained.meta.items() if k not in ("inverter", "decoder")}
+    tuned.meta = {"inverter": inv.meta, "decoder": dict(dec.meta or {}), "finetune": info}
+    save_inverter(tuned, ft_path, {**model_meta(model), **inv.arch(), "finetune": info, "scale": scale})
+    return tuned

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,6 +131,8 @@ def train_inverter(
     plateau, ``minutes`` of wall time or ``max_steps``; the seed (OS-drawn unless given), the
     data-order seed, the stop reason and the learning curve go into ``.meta``.
     """
+    from veil.privacy.train import budget_step
+
     seed = secrets.randbits(31) if seed is None else int(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -147,19 +148,10 @@ def train_inverter(
     )
     inv.train()
     while True:
-        elapsed = time.monotonic() - t0
-        if max_steps is not None and step >= max_steps:
-            reason = "max_steps"
+        stop = budget_step(opt, lr, step, time.monotonic() - t0, budget, max_steps, plateau, curve)
+        if stop is not None:
+            reason = stop
             break
-        if elapsed >= budget:
-            reason = "budget"
-            break
-        if plateau is not None and plateau.update(curve):
-            reason = "plateau"
-            break
-        frac = step / max_steps if max_steps else elapsed / budget
-        for g in opt.param_groups:
-            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0))))
         x = sampler.batch(batch)
         with torch.no_grad():
             target = shallow(x)

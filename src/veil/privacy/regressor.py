@@ -669,7 +669,7 @@ def train_regressor(
     the audit's), recorded as ``best_step``.
     """
     from veil.privacy.decoders import model_meta
-    from veil.privacy.train import state_sha256
+    from veil.privacy.train import budget_step, state_sha256
 
     seed = secrets.randbits(31) if seed is None else int(seed)
     data_order_seed = secrets.randbits(31) if data_order_seed is None else int(data_order_seed)
@@ -711,18 +711,10 @@ def train_regressor(
     val_curve: list[list[float]] = []
     bar = tqdm(total=max_steps, desc="train regressor", unit="step", disable=not progress)
     while True:
-        if max_steps is not None and step >= max_steps:
-            reason = "max_steps"
+        stop = budget_step(opt, lr, step, time.monotonic() - t0, budget, max_steps, plateau, curve)
+        if stop is not None:
+            reason = stop
             break
-        if time.monotonic() - t0 >= budget:
-            reason = "budget"
-            break
-        if plateau is not None and plateau.update(curve):
-            reason = "plateau"
-            break
-        frac = step / max_steps if max_steps else (time.monotonic() - t0) / budget
-        for g in opt.param_groups:
-            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         idx = rng.choice(train_idx, size=min(batch, len(train_idx)), replace=False)
         reg.train()
         with torch.random.fork_rng():

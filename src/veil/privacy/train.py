@@ -187,6 +187,31 @@ class Plateau:
         return self._flat >= self.patience
 
 
+def budget_step(
+    opt: torch.optim.Optimizer,
+    lr: float,
+    step: int,
+    elapsed: float,
+    budget: float,
+    max_steps: int | None,
+    plateau: Plateau | None,
+    curve: list[float],
+) -> str | None:
+    """One bookkeeping step of every attacker's training loop: why to stop (``max_steps``, ``budget`` of
+    wall seconds, ``plateau`` of the loss ``curve``), else None after setting the learning rate on a cosine
+    decay over the budget (to 5 % of ``lr``)."""
+    if max_steps is not None and step >= max_steps:
+        return "max_steps"
+    if elapsed >= budget:
+        return "budget"
+    if plateau is not None and plateau.update(curve):
+        return "plateau"
+    frac = step / max_steps if max_steps else elapsed / budget
+    for g in opt.param_groups:
+        g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0))))
+    return None
+
+
 def state_sha256(dec: nn.Module) -> str:
     """SHA-256 of a module's weights (to record which weights a decoder started from)."""
     h = hashlib.sha256()
@@ -252,19 +277,10 @@ def train_decoder(
     )
     dec.train()
     while True:
-        elapsed = time.monotonic() - t0
-        if max_steps is not None and step >= max_steps:
-            reason = "max_steps"
+        stop = budget_step(opt, lr, step, time.monotonic() - t0, budget, max_steps, plateau, curve)
+        if stop is not None:
+            reason = stop
             break
-        if elapsed >= budget:
-            reason = "budget"
-            break
-        if plateau is not None and plateau.update(curve):
-            reason = "plateau"
-            break
-        frac = step / max_steps if max_steps else elapsed / budget
-        for g in opt.param_groups:  # cosine decay over the budget
-            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0))))
         x = sampler.batch(batch).to(device)
         with torch.no_grad():
             a = head(x)

@@ -430,13 +430,33 @@ def _knob_kind(defense: str) -> str:
 
 def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> Path:
     """mAP against worst-attacker rank-1, one line per defense (points labelled by ALPHA); the goal
-    region (≤ 2× chance, drop ≤ 2 points) shaded when chance and the clean mAP are known."""
+    region (≤ 2× chance, drop ≤ 2 points) shaded when chance and the clean mAP are known. Two panels:
+    everything, and the corner near the goal (mAP within 12 points of clean), where the points crowd."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+    fig, (full, near, key) = plt.subplots(
+        1, 3, figsize=(15, 5.2), dpi=110, gridspec_kw={"width_ratios": [1, 1.25, 0.55]}
+    )
+    for ax in (full, near):
+        _draw(ax, rows, clean_map, knob_labels=ax is near)
+    full.set_title("every measured point", fontsize=9)
+    if clean_map is not None:
+        near.set_ylim(clean_map - 0.12, clean_map + 0.01)
+        near.set_xlim(0, 0.5)
+        near.set_title("near the goal (the shaded corner)", fontsize=9)
+    key.axis("off")  # the legend's own panel, so the layout keeps it whole
+    handles, labels = full.get_legend_handles_labels()
+    if handles:
+        key.legend(handles, labels, fontsize=7, loc="center left")
+    return save_figure(fig, out)
+
+
+def _draw(ax, rows: list[dict], clean_map: float | None, knob_labels: bool) -> None:
+    import matplotlib.pyplot as plt
+
     ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])  # more series than the default 10 colours
     pts = [r for r in rows if r["map"] is not None and r["worst_rank1"] is not None]
     knobs = [r for r in pts if r.get("knob")]  # one point per split × scale: one series, each point labelled
@@ -453,7 +473,7 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
                 mfc="none",
                 label="knobs, no claim (attacker not competent on clean)",
             )
-        for r in knobs:
+        for r in knobs if knob_labels else []:
             k = r["knob"]
             ax.annotate(
                 f"{_knob_kind(r['defense'])}{k['split']} ×{k['scale']:g} α={r['alpha']:g}",
@@ -495,9 +515,6 @@ def plot(rows: list[dict], out: str | Path, clean_map: float | None = None) -> P
     ax.set_xlabel("worst-attacker rank-1 identification (lower = more private)")
     ax.set_ylabel("FDDB mAP (higher = more useful)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    return save_figure(fig, out)
 
 
 def write_all(rows: list[dict], out: str | Path, clean_map: float | None = None) -> str:

@@ -85,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--split, --decoder and --out are required")
     torch.set_num_threads(args.threads)
 
-    from safetensors.torch import save_file
-
     from veil.defenses.measure import identity_leak
     from veil.models.pretrained import create
     from veil.privacy.audit import select_fddb_faces
-    from veil.privacy.decoders import read_decoder
-    from veil.privacy.layerwise import ChainedDecoder, FeatureInverter, check_pair, train_inverter
+    from veil.privacy.decoders import model_meta, read_decoder
+    from veil.privacy.layerwise import (
+        ChainedDecoder,
+        check_pair,
+        read_inverter,
+        save_inverter,
+        train_inverter,
+    )
     from veil.privacy.train import photo_crops
     from veil.settings import settings
     from veil.weights import resolve_weights, verify
@@ -141,17 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     sampler = photo_crops(dirs, scale=args.scale)
     channels_in = int(observe(deep.network.head(sampler.batch(1))).shape[1])
     if args.inverter:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(args.inverter, "pt") as fh:
-            saved = json.loads((fh.metadata() or {})["meta"])
-        if saved.get("adaptive") != (wire is not None) or saved.get("in_channels") != channels_in:
-            p.error(f"{args.inverter} was trained for another observation (adaptive={saved.get('adaptive')})")
-        inv = FeatureInverter(saved["in_channels"], saved["out_channels"], saved["width"], saved["depth"])
-        inv.load_state_dict(load_file(args.inverter))
-        inv.meta = {**saved, "file": args.inverter}
-        inv.eval()
+        inv = read_inverter(args.inverter, deep)  # refused for another split or weights
+        if inv.meta.get("adaptive") != (wire is not None) or inv.in_channels != channels_in:
+            p.error(f"{args.inverter} was trained for another observation (adaptive={inv.meta.get('adaptive')})")
+        inv.meta = {**inv.meta, "file": args.inverter}
     else:
         inv = train_inverter(
             deep.network.head,
@@ -171,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     result["inverter"] = inv.meta
     result["stage_seconds"] = {"inverter": round(time.monotonic() - t0, 1)}
     if args.save:
-        save_file(
-            inv.state_dict(),
-            args.save,
-            metadata={"meta": jsonio.dumps({k: v for k, v in inv.meta.items() if "curve" not in k})},
-        )
+        save_inverter(inv, args.save, {**model_meta(deep), **{k: v for k, v in inv.meta.items() if "curve" not in k}})
     dec = read_decoder(args.decoder)
     result["decoder"] = {
         "file": args.decoder,

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,27 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def git_commit() -> str:
+    """The checkout's short commit hash ("" outside a git checkout): every result records the code it ran."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=ROOT
+    ).stdout.strip()
+
+
+class Stages:
+    """Wall seconds of a run's consecutive stages: ``stage("fit")`` closes the stage that began at the last
+    call (or at creation), prints it, and records it in :attr:`seconds` (the result's ``stage_seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        self.seconds[name] = round(time.monotonic() - self._t, 1)
+        self._t = time.monotonic()
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.seconds[name]} s", flush=True)
 
 
 def machine() -> dict[str, Any]:

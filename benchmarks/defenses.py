@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,6 +70,8 @@ def wire_bytes(fitted, scale: float, frame_hw: tuple[int, int] = (1080, 1920)) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _common import Stages, git_commit, uptime  # beside this script (run as a script)
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--defense",
@@ -148,14 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict = {"defense": label, "alpha": args.alpha, "split": args.split, "scale": args.scale}
     if not default:  # judged by the frontier against the same recipe on this split's clean activation
         meta["knob"] = {"split": args.split, "scale": args.scale}
-    stages: dict[str, float] = {}
-    t_stage = time.monotonic()
-
-    def stage(name: str) -> None:
-        nonlocal t_stage
-        stages[name] = round(time.monotonic() - t_stage, 1)
-        t_stage = time.monotonic()
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {stages[name]} s", flush=True)
+    stage = Stages()
 
     if args.defense in ("noise", "adversarial", "adversarial-identity", "conditioned"):
         from veil.obfuscate.artifact import read_metadata
@@ -234,11 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         **meta,
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_at_start": [round(x, 2) for x in load]},
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]] if argv is None else argv),
-        "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
+        "uptime": uptime(),
     }
     if not args.skip_map:
         from veil.evaluation import evaluate_fddb
@@ -316,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         result["identity"]["grey_reference"] = grey_reference(faces)
         result["privacy_seconds"] = round(time.monotonic() - t0, 1)
         stage("identity")
-    result["stage_seconds"] = stages
+    result["stage_seconds"] = stage.seconds
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -267,6 +266,8 @@ def table(folder: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _common import Stages, git_commit  # beside this script (run as a script)
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", choices=SPLITS, default="rdcl")
     p.add_argument("--scale", type=float, default=3.0)
@@ -329,21 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "load_at_start": [round(x, 2) for x in os.getloadavg()],
         },
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
     }
     if os.environ.get("VEIL_CODE_SNAPSHOT"):  # run from `git archive <commit>` while the tree was being edited
         result["code_snapshot"] = os.environ["VEIL_CODE_SNAPSHOT"]
-    stages: dict[str, float] = {}
-    t_stage = time.monotonic()
-
-    def stage(name: str) -> None:
-        nonlocal t_stage
-        stages[name] = round(time.monotonic() - t_stage, 1)
-        t_stage = time.monotonic()
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {stages[name]} s", flush=True)
+    stage = Stages()
 
     if args.client_cost:
         frame_path = Path(args.frame) if args.frame else list_images(fit_dirs)[0]
@@ -396,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             faces, model.head, lambda a: a, dec, scale=args.scale, ks=(1,), progress=progress, large_faces=True
         )
         stage("identity")
-        result["stage_seconds"] = stages
+        result["stage_seconds"] = stage.seconds
         result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
         jsonio.write_json(args.out, result)
         print(jsonio.dumps({k: result["identity"].get(k) for k in ("k1", "large_k1")}))
@@ -454,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         result["identity"]["grey_reference"] = grey_reference(faces)
         result["privacy_seconds"] = round(time.monotonic() - t0, 1)
         stage("identity")
-    result["stage_seconds"] = stages
+    result["stage_seconds"] = stage.seconds
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     jsonio.write_json(args.out, result)
     short = {k: result.get(k) for k in ("defense", "alpha", "clean_map", "map", "nsr_db")}

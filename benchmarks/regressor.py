@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -87,6 +85,8 @@ def table(folder: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _common import Stages, git_commit, uptime  # beside this script (run as a script)
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", choices=SPLITS, default="rdcl")
     p.add_argument("--scale", type=float, default=3.0)
@@ -151,21 +151,12 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "threads": args.threads,
             "load_at_start": [round(x, 2) for x in os.getloadavg()],
-            "uptime_at_start": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
+            "uptime_at_start": uptime(),
         },
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
     }
-    stages: dict[str, float] = {}
-    t_stage = time.monotonic()
-
-    def stage(name: str) -> None:
-        nonlocal t_stage
-        stages[name] = round(time.monotonic() - t_stage, 1)
-        t_stage = time.monotonic()
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {stages[name]} s", flush=True)
+    stage = Stages()
 
     weights = args.weights or s.weights
     models = {sp: create("faceboxes", sp, weights=weights) for sp in SPLITS}
@@ -242,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for v in result["attackers"].values():
         v.pop("ssim", None), v.pop("psnr", None), v.pop("face_ssim", None)
-    result["stage_seconds"] = stages
+    result["stage_seconds"] = stage.seconds
     result["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     jsonio.write_json(args.out, result)
     for k, v in result["attackers"].items():

@@ -85,6 +85,7 @@ def table(folder: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common beside this script, also when loaded by path
     from _common import Stages, git_commit, uptime  # beside this script (run as a script)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,9 @@ def add_cells(result: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common beside this script, also when loaded by path
+    from _common import git_commit
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", help="the deep split attacked (e.g. inception3)")
     p.add_argument(
@@ -106,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "load_at_start": [round(x, 2) for x in os.getloadavg()],
         "threads": args.threads,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "split": args.split,
         "shallow": args.shallow,

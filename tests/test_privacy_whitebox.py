@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from veil.preprocess import load_image, prepare
-from veil.privacy.whitebox import cell_window, channel_weights, invert_window
+from veil.privacy.whitebox import cell_window, channel_weights, invert_window, invert_windows
 
 
 def test_inversion_lowers_objective(detector, dlib_dir):
@@ -45,3 +45,29 @@ def test_channel_weights_follow_noise():
     assert torch.all(w[:-1] > w[1:])  # noisier channels are trusted less
     _, w16 = channel_weights(obf, averaged=16)
     assert w16[-1] / w16[0] > w[-1] / w[0]  # averaging makes noisy channels more useful
+
+
+def test_learned_init_starts_the_search_there(detector, dlib_dir):
+    """The hybrid attack: a start from a reconstruction (here the truth itself, the ideal decoder) begins
+    near the activation's optimum and stays on the image, where the grey start begins far away."""
+    img = load_image(dlib_dir / "2008_002506.jpg")[80:208, 200:328]
+    prep = prepare(img, 3.0)
+    with torch.no_grad():
+        a = detector.head(prep.tensor)
+    hw = (a.shape[2], a.shape[3])
+    win = cell_window(np.array([0, 0, 384, 384]), hw, margin=0.0, context=0)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grey: list[float] = []
+        invert_window(detector.head, a, win, hw, steps=3, upscale=3.0, history=grey)
+        hinted: list[float] = []
+        patch = invert_windows(
+            detector.head, [a], [win], [hw], steps=3, upscale=3.0, history=hinted, init=[prep.tensor]
+        )[0]
+    finally:
+        torch.set_num_threads(prev)
+    assert hinted[0] < 0.2 * grey[0], (hinted[0], grey[0])
+    truth = prep.tensor[0, :, : patch.shape[2], : patch.shape[3]]
+    p, t = patch[0].mean(0).numpy().ravel(), truth.mean(0).numpy().ravel()
+    assert np.corrcoef(p, t)[0, 1] > 0.8

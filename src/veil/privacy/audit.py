@@ -271,6 +271,14 @@ class Attacks:
     whitebox_faces: int = 40
     #: Faces inverted together in one batch.
     whitebox_batch: int = 8
+    #: a decoder of clean activations whose reconstruction starts the white-box search (the hybrid attack:
+    #: a learned prior, then the optimisation corrects it against the activation; None: the mean colour)
+    whitebox_init: nn.Module | None = None
+    #: the same for the obfuscated pass (a decoder trained on the audited obfuscation; else ``whitebox_init``)
+    whitebox_init_adaptive: nn.Module | None = None
+    #: what the white-box inverts in the obfuscated pass (default: the model's head; a defense with a public,
+    #: deterministic client-side step after the head, such as a bottleneck's code, puts it here)
+    whitebox_head: nn.Module | None = None
     #: identity regressor (:mod:`veil.privacy.regressor`) trained on clean activations (None: not run)
     regressor: nn.Module | None = None
     #: the regressor trained on the audited obfuscation (the obfuscated pass uses it, else ``regressor``)
@@ -543,12 +551,25 @@ def _whitebox(
         key=lambda i: (items[i].window[1] - items[i].window[0]) * (items[i].window[3] - items[i].window[2]),
     )
     patches: dict[int, torch.Tensor] = {}
+    starts: dict[int, torch.Tensor] = {}  # item → the init decoder's reconstruction of its window
+    init_dec = attacks.whitebox_init_adaptive if noisy and attacks.whitebox_init_adaptive is not None else None
+    init_dec = init_dec if init_dec is not None else attacks.whitebox_init
+    if init_dec is not None:
+        recon, last = None, -1
+        for i, it in enumerate(items):  # items come in view order: one decode per view
+            if it.view != last:
+                with _stage("decode"):
+                    recon, last = decode(init_dec, it.target), it.view
+            r0, r1, c0, c1 = it.window
+            starts[i] = recon[:, :, r0 * stride : r1 * stride, c0 * stride : c1 * stride].clone()  # type: ignore[index]
+
     bs = max(1, attacks.whitebox_batch)
     for start in tqdm(range(0, len(order), bs), desc="white-box", unit="batch", disable=not progress):
         chunk = [items[i] for i in order[start : start + bs]]
+        init = [starts[i] for i in order[start : start + bs]] if starts else None
         with _stage("whitebox-inversion"):
             res = invert_windows(
-                attacks.model.head,
+                attacks.whitebox_head if noisy and attacks.whitebox_head is not None else attacks.model.head,
                 [c.target for c in chunk],
                 [c.window for c in chunk],
                 [c.act_hw for c in chunk],
@@ -557,6 +578,7 @@ def _whitebox(
                 mu=mu,
                 weight=wt,
                 upscale=scale,
+                init=init,
                 **inputs,
             )
         for i, p in zip(order[start : start + bs], res):
@@ -655,6 +677,7 @@ def cache_key(faces: FaceSet, scale: float, attacks: Attacks, enlarge: bool) -> 
         ("perceptual", attacks.perceptual_clean),
         ("regressor", attacks.regressor),
         ("layerwise", attacks.layerwise),
+        ("whitebox_init", attacks.whitebox_init),
     )
     decs = {k: state_sha256(m) for k, m in pairs if m}
     return hashlib.sha256(

@@ -237,7 +237,8 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
             raise ValueError(f"{f}: not JSON ({e})") from e
         if not isinstance(doc, dict):
             raise ValueError(f"{f}: expected a JSON object")
-        if ("regressor" in doc or "inverter" in doc) and "split" in doc and "attackers" in doc:
+        cell = "regressor" in doc or "inverter" in doc or "attacker_family" in doc
+        if cell and "split" in doc and "attackers" in doc:
             regressors.append((str(f), doc))  # attacker cells (their "defense" says what they attacked)
         elif "defense" in doc:
             defenses.append((str(f), doc))
@@ -259,8 +260,9 @@ def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
 
 
 #: Attacker families scored per split × scale cell by their own benchmark: the identity regressor
-#: (``benchmarks/regressor.py``) and the layer-wise inversion (``benchmarks/layerwise.py``).
-CELL_FAMILIES = ("regressor", "layerwise")
+#: (``benchmarks/regressor.py``), the layer-wise inversion (``benchmarks/layerwise.py``) and the white-box
+#: search from grey or from the layer-wise chain's reconstruction (``benchmarks/whitebox.py``).
+CELL_FAMILIES = ("regressor", "layerwise", "whitebox", "hybrid")
 #: The identity regressor's large-face attacker (``benchmarks/regressor.py``): one query, faces ≥ 192 px.
 REGRESSOR_LARGE_LABEL = "regressor k=1, faces ≥ 192 px"
 #: Every attacker label of a large-face bin (one query, faces ≥ 192 px): what competence is judged on.
@@ -277,16 +279,18 @@ def _family(doc: dict) -> str:
 def apply_attacker_cells(rows: list[dict[str, Any]], docs: list[tuple[str, dict]]) -> None:
     """Attacker cells (:data:`CELL_FAMILIES`) as attacker columns of the knob rows they attack: a clean
     cell on ``clean @ split ×scale`` (the competence reference), a noisy one on ``noise @ split ×scale``
-    at its ALPHA (a row is made when absent). Attackers ``<family> k=1``, ``<family> avg8``,
-    ``<family> near-dup avg8`` and ``<family> k=1, faces ≥ 192 px``; repeated cells keep each one's
-    highest rank-1."""
+    at its ALPHA, a bottleneck one on ``bottleneck @ split ×scale`` (a row is made when absent). A cell
+    also scoring another family on the same faces (the hybrid's chain) fills that family's columns.
+    Attackers ``<family> k=1``, ``<family> avg8``, ``<family> near-dup avg8`` and ``<family> k=1, faces ≥
+    192 px``; repeated cells keep each one's highest rank-1."""
     for name, d in docs:
         fam = _family(d)
         split, scale, alpha = d["split"], float(d["scale"]), d.get("alpha")
         kind = (d.get("defense") or {}).get("kind") if isinstance(d.get("defense"), dict) else None
-        if kind not in (None, "clean", "noise"):  # other defenses' cells are not knob rows: not placed here
+        if kind not in (None, "clean", "noise", "bottleneck"):
             raise ValueError(f"{name}: a {kind} cell has no knob row; score it with benchmarks/defenses.py")
-        defense = f"{'clean' if alpha is None else 'noise'} @ {split} ×{scale:g}"
+        prefix = "bottleneck" if kind == "bottleneck" else "clean" if alpha is None else "noise"
+        defense = f"{prefix} @ {split} ×{scale:g}"
         row = next((r for r in rows if r["defense"] == defense and _key(r["alpha"]) == _key(alpha)), None)
         if row is None:
             row = _new_row(defense, alpha)
@@ -296,10 +300,14 @@ def apply_attacker_cells(rows: list[dict[str, Any]], docs: list[tuple[str, dict]
         row["chance_rank1"] = row["chance_rank1"] or d["chance_rank1"]
         atk = d["attackers"]
         found = [
-            (f"{fam} k=1", atk.get(fam)),
-            (f"{fam} avg8", atk.get(f"{fam}_avg8")),
-            (f"{fam} near-dup avg8", atk.get(f"{fam}_dup8")),
-            (f"{fam} k=1, faces ≥ 192 px", (atk.get(fam) or {}).get("bins", {}).get(">=192")),
+            item
+            for f in (fam, *(f for f in CELL_FAMILIES if f != fam and f in atk))
+            for item in (
+                (f"{f} k=1", atk.get(f)),
+                (f"{f} avg8", atk.get(f"{f}_avg8")),
+                (f"{f} near-dup avg8", atk.get(f"{f}_dup8")),
+                (f"{f} k=1, faces ≥ 192 px", (atk.get(f) or {}).get("bins", {}).get(">=192")),
+            )
         ]
         for label, m in found:
             keep = label not in row["attackers"] or (m and m["rank1"] > row["attackers"][label]["rank1"])

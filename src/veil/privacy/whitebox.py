@@ -140,6 +140,7 @@ def invert_windows(
     stride: int = 32,
     input_mean: list[float] | None = None,
     input_std: list[float] | None = None,
+    init: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Invert several faces at once: window ``i`` of ``targets[i] [1,C,h,w]``; return each patch ``[1,K,H_i,W_i]``
     in network-input units (``K`` input channels).
@@ -153,6 +154,9 @@ def invert_windows(
     upscale (a strong, free prior). ``stride`` is the split's (input pixels per activation cell);
     ``input_mean``/``input_std`` the model's input normalisation (default: FaceBoxes' BGR means), which
     set the number of input channels and the valid pixel range the image is kept in.
+    ``init`` (one patch ``[1,K,H_i,W_i]`` per face, network-input units, e.g. a trained decoder's
+    reconstruction of the window) starts the search there instead of at the mean colour: a learned
+    prior that the optimisation then corrects to match the activation (the hybrid attack).
     """
     mean = list(LEGACY_ARCH["mean"] if input_mean is None else input_mean)
     std = list(LEGACY_ARCH["std"] if input_std is None else input_std)
@@ -176,7 +180,15 @@ def invert_windows(
     norm = (y**2 * wt * mask).mean(dim=(1, 2, 3)).clamp_min(1e-6)  # per face
     size = (rows * stride, cols * stride)
     small = (max(min(8, size[0]), round(size[0] / upscale)), max(min(8, size[1]), round(size[1] / upscale)))
-    z = torch.zeros(n, k, *small, requires_grad=True)  # 0: the mean colour
+    z = torch.zeros(n, k, *small)  # 0: the mean colour
+    if init is not None:
+        for i, p in enumerate(init):
+            rh, rw = min(p.shape[2], size[0]), min(p.shape[3], size[1])
+            full0 = torch.zeros(1, k, *size)
+            full0[:, :, :rh, :rw] = p[:, :, :rh, :rw].float() / unit
+            z[i] = F.interpolate(full0, size=small, mode="area")[0] if small != size else full0[0]
+        z = torch.maximum(torch.minimum(z, hi), lo)
+    z.requires_grad_(True)
     regions = [((w[1] - w[0]) * stride, (w[3] - w[2]) * stride) for w in windows]  # each face's own
 
     def render(z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""The hybrid white-box attack (a decoder's reconstruction starts the search) and its frontier cells."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(scope="module")
+def deep(weights_path):
+    from veil.models.pretrained import create
+
+    return create("faceboxes", "inception1", weights=weights_path)
+
+
+class _Counting(nn.Module):
+    """A decoder that counts its calls (the hybrid's start must come from it)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(a)
+
+
+def test_audit_starts_the_whitebox_from_the_adaptive_decoder_through_a_bottleneck_code(deep, fddb_dir):
+    """In the obfuscated pass the search starts from ``whitebox_init_adaptive`` and inverts ``whitebox_head``
+    (head, then the bottleneck's public code): with the observation being that code, the search starts
+    near its optimum, so the white-box face is scored."""
+    from veil.defenses.bottleneck import Bottleneck, BottleneckSpec, as_decoder_input
+    from veil.defenses.measure import ObservedHead
+    from veil.privacy.audit import Attacks, make_views, run_attacks, select_fddb_faces
+    from veil.privacy.decoders import Decoder
+
+    torch.manual_seed(0)
+    bn = Bottleneck(BottleneckSpec.from_alpha(0.6), deep.channels).eval()
+
+    class Wire(nn.Module):
+        def forward(self, a: torch.Tensor) -> torch.Tensor:
+            return as_decoder_input(bn(a), deep.channels)
+
+    start, clean_start = _Counting(Decoder.for_model(deep)), _Counting(Decoder.for_model(deep))
+    faces = select_fddb_faces(fddb_dir, max_faces=2)
+    views = make_views(faces, 1.0, enlarge=False)[:1]
+    att = Attacks(
+        deep,
+        Decoder.for_model(deep),
+        obfuscator=Wire(),
+        whitebox_steps=2,
+        whitebox_faces=2,
+        ks=(),
+        dup_ks=(),
+        whitebox_init=clean_start,
+        whitebox_init_adaptive=start,
+        whitebox_head=ObservedHead(deep.network.head, lambda a: as_decoder_input(bn.code(a), deep.channels)),
+    )
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        leaks = run_attacks(faces, views, att, 1.0, noisy=True, progress=False)
+    finally:
+        torch.set_num_threads(prev)
+    assert start.calls == 1 and clean_start.calls == 0  # one decode per view, the adaptive one
+    assert len(leaks["whitebox"].emb) == 1
+
+
+def _cell(fam: str, kind: str, alpha, main: float, large: float, chain: float | None = None) -> dict:
+    m = lambda r: {"rank1": r, "rank1_ci95": [0.0, 0.5], "tar_at_far1": 0.0, "tar_ci95": [0.0, 0.1]}  # noqa: E731
+    atk = {fam: {**m(main), "bins": {">=192": m(large)}}}
+    if chain is not None:
+        atk["layerwise"] = {**m(chain), "bins": {">=192": m(chain)}}
+    return {
+        "split": "inception3",
+        "scale": 3.0,
+        "alpha": alpha,
+        "defense": {"kind": kind, **({"alpha": alpha} if alpha is not None else {})},
+        "attacker_family": fam,
+        "chance_rank1": 0.01,
+        "attackers": atk,
+    }
+
+
+def test_frontier_places_hybrid_cells_on_clean_and_bottleneck_rows(tmp_path):
+    """A hybrid cell fills its own columns and its chain's; a competent clean hybrid makes the inception3
+    bottleneck row's claim count, and its worst attacker is read from the bottleneck cell."""
+    from veil.privacy.frontier import finish_rows, load_rows
+
+    (tmp_path / "clean.json").write_text(json.dumps(_cell("hybrid", "clean", None, 0.3, 0.35, chain=0.04)))
+    (tmp_path / "bn.json").write_text(json.dumps(_cell("hybrid", "bottleneck", 0.6, 0.02, 0.03, chain=0.01)))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
+    ref, bn = rows["clean @ inception3 ×3"], rows["bottleneck @ inception3 ×3"]
+    assert ref["attackers"]["layerwise k=1"]["rank1"] == 0.04 and ref["attackers"]["hybrid k=1"]["rank1"] == 0.3
+    assert bn["competent"] is True
+    assert bn["worst_attacker"] == "hybrid k=1, faces ≥ 192 px" and bn["worst_rank1"] == 0.03
+    (tmp_path / "clean.json").write_text(json.dumps(_cell("hybrid", "clean", None, 0.03, 0.05)))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
+    assert rows["bottleneck @ inception3 ×3"]["competent"] is False
+
+
+def test_whitebox_benchmark_scores_one_face_and_refuses_a_foreign_decoder(deep, weights_path, fddb_dir, tmp_path):
+    """benchmarks/whitebox.py end to end on two real faces (two Adam steps): a cell the frontier reads; a
+    decoder made for another split is refused with the reason."""
+    from veil.models.pretrained import create
+    from veil.privacy.decoders import Decoder, DecoderMismatchError, model_meta, save_decoder
+
+    spec = importlib.util.spec_from_file_location("wb", Path(__file__).parents[1] / "benchmarks" / "whitebox.py")
+    wb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wb)
+    torch.manual_seed(0)
+    mine = save_decoder(Decoder.for_model(deep), tmp_path / "dec.safetensors", model_meta(deep))
+    rdcl = create("faceboxes", "rdcl", weights=weights_path)
+    other = save_decoder(Decoder.for_model(rdcl), tmp_path / "rdcl.safetensors", model_meta(rdcl))
+    common = ["--split", "inception1", "--scale", "1", "--faces", "2", "--steps", "2", "--quiet"]
+    common += ["--weights", str(weights_path), "--dataset", str(fddb_dir)]
+    out = tmp_path / "cell.json"
+    assert wb.main([*common, "--decoder", str(mine), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["attacker_family"] == "whitebox" and doc["attackers"]["whitebox"]["n_probes"] == 2
+    assert doc["chance_rank1"] == 0.5 and out.with_suffix(".png").is_file()
+    with pytest.raises(DecoderMismatchError, match="rdcl"):
+        wb.main([*common, "--decoder", str(other), "--out", str(tmp_path / "x.json")])

@@ -65,6 +65,8 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
                 "3",
                 "--whitebox-faces",
                 "1",
+                "--whitebox-start",
+                "decoder",
                 "--train-images",
                 str(dlib_dir),
                 "--weights",
@@ -107,7 +109,7 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
         md = rep["decoders"][name]
         assert md["seed"] is not None and md["data_order_seed"] is not None and len(md["curve_l1_px"]) == md["steps"]
     assert rep["noise_mode"] == "fresh" and "competent" in rep and "passes_every_bin" in rep
-    assert rep["attackers"]["whitebox"]["n_probes"] == 1
+    assert rep["attackers"]["whitebox"]["n_probes"] == 1 and rep["whitebox_start"] == "decoder"  # the hybrid
     assert rep["references"]["original"]["rank1"] == 1.0 and rep["references"]["original"]["ssim"] == 1.0
     assert rep["references"]["constant"]["ssim"] < 0.9
     assert rep["worst_attacker"] in rep["attackers"]

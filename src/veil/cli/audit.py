@@ -55,6 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--whitebox-batch", type=int, default=8, help="faces inverted together (default: %(default)s)")
     p.add_argument(
+        "--whitebox-start",
+        choices=("grey", "decoder"),  # veil.privacy.campaign.WHITEBOX_STARTS (imported lazily)
+        default="grey",
+        help="where the white-box search starts: grey (the mean colour) or decoder (the hybrid attack: from the "
+        "layer-wise chain's reconstruction with --layerwise at a deep split, else the naive or adaptive "
+        "decoder's; default: %(default)s)",
+    )
+    p.add_argument(
         "--ks",
         type=int,
         nargs="+",
@@ -225,6 +233,7 @@ def run_audit(args: argparse.Namespace) -> int:
         whitebox_steps=args.whitebox_steps,
         whitebox_faces=args.whitebox_faces,
         whitebox_batch=args.whitebox_batch,
+        whitebox_start=args.whitebox_start,
         ks=tuple(args.ks),
         dup_ks=tuple(args.dup_ks),
         perceptual=not args.no_perceptual,

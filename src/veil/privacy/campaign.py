@@ -45,6 +45,10 @@ class AuditNoise:
     path: Path
 
 
+#: where the white-box search may start (:attr:`AuditSettings.whitebox_start`)
+WHITEBOX_STARTS = ("grey", "decoder")
+
+
 @dataclass
 class AuditSettings:
     """The attackers' budgets and the audit's options (``veil audit``'s defaults)."""
@@ -56,6 +60,9 @@ class AuditSettings:
     whitebox_steps: int = 100
     whitebox_faces: int = 40
     whitebox_batch: int = 8
+    #: where the white-box search starts: "grey" (the mean colour) or "decoder" (the hybrid: the layer-wise
+    #: chain's reconstruction at a deep split with ``layerwise``, else the naive/adaptive decoder's)
+    whitebox_start: str = "grey"
     #: averaging attack: obfuscations averaged per image (each ≥ 2; K = 1 is the adaptive attacker)
     ks: tuple[int, ...] = (4, 16)
     #: near-duplicate averaging: obfuscated near-duplicates averaged per image (empty: off)
@@ -79,6 +86,8 @@ class AuditSettings:
     def check(self) -> None:
         if any(k < 2 for k in (*self.ks, *self.dup_ks)):
             raise ValueError("averaging K values (ks, dup_ks) must be ≥ 2 (K = 1 is the adaptive attacker itself)")
+        if self.whitebox_start not in WHITEBOX_STARTS:
+            raise ValueError(f"whitebox_start must be one of {', '.join(WHITEBOX_STARTS)}, not {self.whitebox_start!r}")
 
 
 def audit_cache_dir(model: SplitModel) -> Path:
@@ -217,6 +226,7 @@ def audit_alphas(
         dup_ks=tuple(s.dup_ks),
         regressor=reg_clean,
         layerwise=chain_clean,
+        whitebox_init=(chain_clean or naive) if s.whitebox_start == "decoder" else None,
     )
     out = Path(out)
     rows: list[dict[str, Any]] = []
@@ -233,7 +243,7 @@ def audit_alphas(
             if chain_clean is not None:
                 decs["layerwise"] = chain_clean.meta["inverter"]
             att = base
-            meta: dict[str, Any] = {"decoders": decs}
+            meta: dict[str, Any] = {"decoders": decs, "whitebox_start": s.whitebox_start}
             nz = noises.get(alpha)
             if nz is not None:
                 adaptive = decoder(nz, alpha)
@@ -255,6 +265,9 @@ def audit_alphas(
                         "perceptual": perc,
                         "regressor_adaptive": reg_adaptive,
                         "layerwise_adaptive": chain_adaptive,
+                        "whitebox_init_adaptive": (chain_adaptive or adaptive)
+                        if s.whitebox_start == "decoder"
+                        else None,
                     }
                 )
                 meta.update(

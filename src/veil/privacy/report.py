@@ -40,11 +40,14 @@ def crop_cell(img: np.ndarray, box: np.ndarray, margin: float = 0.25) -> np.ndar
 
 def face_grid(faces, clean: dict, noisy: dict, n: int = 6) -> np.ndarray | None:
     """Rows = the first faces; columns = original, then each attacker on the clean and on the obfuscated
-    activation (a grey cell where an attacker did not attack that face). ``clean``/``noisy``: name → Leak."""
+    activation (a grey cell where an attacker did not attack that face). ``clean``/``noisy``: name → Leak;
+    the audit's attackers come in their usual order, any other with pictures (e.g. ``layerwise``) after them."""
     from veil.preprocess import load_image
 
     cols = []
-    for name in _ORDER:
+    pictured = {k for d in (clean, noisy) for k, lk in d.items() if lk.grid and not k.startswith("ref:")}
+    extra = [k for k in dict.fromkeys([*clean, *noisy]) if k in pictured and k not in _ORDER]
+    for name in (*_ORDER, *extra):
         if name in clean:
             cols.append((f"{name} clean", clean[name]))
         if name in noisy:

@@ -97,3 +97,21 @@ def write(name: str, result: dict[str, Any], out: str | None = None) -> Path:
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def defense_observation(model: Any, digest: str, noise: str | None = None, bottleneck: str | None = None):
+    """What a defense file (``--noise`` or ``--bottleneck``) sends for a split's clean activation:
+    ``(observe, fitted, defense)`` — the observation (the noise module itself, or the bottleneck's wire code
+    zero-padded to the split's channels; None: clean), the loaded bottleneck (else None) and the result's
+    ``defense`` record. Files are refused for another split or weights by their loaders."""
+    if noise:
+        from veil.obfuscate import load_obfuscator
+
+        obf, meta = load_obfuscator(None, noise=noise, model=model)
+        return obf, None, {"kind": "noise", "file": noise, "alpha": meta.get("alpha")}
+    if bottleneck:
+        from veil.defenses import bottleneck as bn
+
+        fitted, _meta = bn.load_bottleneck(bottleneck, model.network, weights_sha256=digest)
+        return fitted.observe, fitted, {"kind": "bottleneck", "file": bottleneck, "alpha": fitted.spec.alpha}
+    return None, None, {"kind": "clean"}

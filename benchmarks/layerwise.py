@@ -44,7 +44,7 @@ def add_cells(result: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common beside this script, also when loaded by path
-    from _common import git_commit
+    from _common import defense_observation, git_commit
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", help="the deep split attacked (e.g. inception3)")
@@ -122,20 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     deep, shallow = models[args.split], models[args.shallow]
     check_pair(deep, shallow)
 
-    wire = None
-    if args.noise:
-        from veil.obfuscate import load_obfuscator
-
-        wire, meta = load_obfuscator(None, noise=args.noise, model=deep)
-        result["defense"] = {"kind": "noise", "file": args.noise, "alpha": meta.get("alpha")}
-    elif args.bottleneck:
-        from veil.defenses import bottleneck as bn
-
-        fitted, _meta = bn.load_bottleneck(args.bottleneck, deep.network, weights_sha256=digest)
-        wire = fitted.observe
-        result["defense"] = {"kind": "bottleneck", "file": args.bottleneck, "alpha": fitted.spec.alpha}
-    else:
-        result["defense"] = {"kind": "clean"}
+    wire, _fitted, result["defense"] = defense_observation(deep, digest, args.noise, args.bottleneck)
 
     def observe(a: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -52,7 +52,7 @@ class _Observe(nn.Module):
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
-    from _common import git_commit
+    from _common import defense_observation, git_commit
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", default="inception3", help="the split attacked (default: %(default)s)")
@@ -99,24 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     digest = verify(path)
     model = create("faceboxes", args.split, weights=path)
     model.network.eval()
-    obfuscator: nn.Module | None = None
+    observe, fitted, result["defense"] = defense_observation(model, digest, args.noise, args.bottleneck)
+    obfuscator: nn.Module | None = observe if isinstance(observe, nn.Module) or observe is None else _Observe(observe)
     wb_head: nn.Module | None = None
-    if args.noise:
-        from veil.obfuscate import load_obfuscator
-
-        obfuscator, meta = load_obfuscator(None, noise=args.noise, model=model)
-        result["defense"] = {"kind": "noise", "file": args.noise, "alpha": meta.get("alpha")}
-    elif args.bottleneck:
-        from veil.defenses import bottleneck as bn
+    if fitted is not None:  # the search inverts the head and the bottleneck's public, deterministic code
+        from veil.defenses.bottleneck import as_decoder_input
         from veil.defenses.measure import ObservedHead
 
-        fitted, _ = bn.load_bottleneck(args.bottleneck, model.network, weights_sha256=digest)
         code = fitted.bottleneck
-        obfuscator = _Observe(fitted.observe)
-        wb_head = ObservedHead(model.network.head, lambda a: bn.as_decoder_input(code.code(a), code.in_channels))
-        result["defense"] = {"kind": "bottleneck", "file": args.bottleneck, "alpha": fitted.spec.alpha}
-    else:
-        result["defense"] = {"kind": "clean"}
+        wb_head = ObservedHead(model.network.head, lambda a: as_decoder_input(code.code(a), code.in_channels))
     result["alpha"] = result["defense"].get("alpha")
 
     start: nn.Module | None = None

@@ -90,7 +90,7 @@ def _cell(fam: str, kind: str, alpha, main: float, large: float, chain: float | 
 def test_frontier_places_hybrid_cells_on_clean_and_bottleneck_rows(tmp_path):
     """A hybrid cell fills its own columns and its chain's; a competent clean hybrid makes the inception3
     bottleneck row's claim count, and its worst attacker is read from the bottleneck cell."""
-    from veil.privacy.frontier import finish_rows, load_rows
+    from veil.privacy.frontier import _goal, finish_rows, load_rows
 
     (tmp_path / "clean.json").write_text(json.dumps(_cell("hybrid", "clean", None, 0.3, 0.35, chain=0.04)))
     (tmp_path / "bn.json").write_text(json.dumps(_cell("hybrid", "bottleneck", 0.6, 0.02, 0.03, chain=0.01)))
@@ -101,7 +101,14 @@ def test_frontier_places_hybrid_cells_on_clean_and_bottleneck_rows(tmp_path):
     assert bn["worst_attacker"] == "hybrid k=1, faces ≥ 192 px" and bn["worst_rank1"] == 0.03
     (tmp_path / "clean.json").write_text(json.dumps(_cell("hybrid", "clean", None, 0.03, 0.05)))
     rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
-    assert rows["bottleneck @ inception3 ×3"]["competent"] is False
+    assert rows["bottleneck @ inception3 ×3"]["competent"] is False  # no mAP here: nothing to judge
+    (tmp_path / "bn.json").write_text(json.dumps(_cell("hybrid", "bottleneck", 0.6, 0.04, 0.03)))
+    rows = finish_rows(load_rows([tmp_path]))
+    bn = next(r for r in rows if r["defense"].startswith("bottleneck"))
+    bn["map"], bn["drop_points"], bn["meets_goal"] = 0.96, 1.3, False  # as finish_rows sets it with an mAP
+    assert bn["competent"] is False and _goal(bn) == "no"  # a leak above 2x chance fails even so
+    bn["meets_goal"] = None
+    assert _goal(bn).startswith("no claim")
 
 
 def test_whitebox_benchmark_scores_one_face_and_refuses_a_foreign_decoder(deep, weights_path, fddb_dir, tmp_path):

@@ -385,8 +385,8 @@ def _competence(rows: list[dict]) -> None:
 def _goal(r: dict) -> str:
     if r["defense"].startswith("clean @"):
         return "– (competence reference)"
-    if r.get("knob") and r.get("competent") is False:
-        return "no claim: attacker not competent on clean"
+    if r.get("knob") and r.get("competent") is False and r["meets_goal"] is not False:
+        return "no claim: attacker not competent on clean"  # a low leak proves nothing; a high one still fails
     if r.get("knob") and r.get("competent") is None and r["meets_goal"] is None and r["worst_rank1"] is not None:
         return "– (competence not measured)"
     return {None: "–", True: "yes", False: "no"}[r["meets_goal"]]

@@ -115,3 +115,15 @@ def defense_observation(model: Any, digest: str, noise: str | None = None, bottl
         fitted, _meta = bn.load_bottleneck(bottleneck, model.network, weights_sha256=digest)
         return fitted.observe, fitted, {"kind": "bottleneck", "file": bottleneck, "alpha": fitted.spec.alpha}
     return None, None, {"kind": "clean"}
+
+
+def run_record(argv: list[str] | None, threads: int) -> dict[str, Any]:
+    """The head of a result: the load at start, torch threads, the commit and the command line as run."""
+    import sys
+
+    return {
+        "load_at_start": [round(x, 2) for x in os.getloadavg()],
+        "threads": threads,
+        "commit": git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+    }

@@ -44,7 +44,7 @@ def add_cells(result: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common beside this script, also when loaded by path
-    from _common import defense_observation, git_commit
+    from _common import defense_observation, run_record
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", help="the deep split attacked (e.g. inception3)")
@@ -105,15 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     s = settings()
     progress = not args.quiet
     t0 = time.monotonic()
-    result: dict = {
-        "load_at_start": [round(x, 2) for x in os.getloadavg()],
-        "threads": args.threads,
-        "commit": git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
-        "split": args.split,
-        "shallow": args.shallow,
-        "scale": args.scale,
-    }
+    result: dict = {**run_record(argv, args.threads), "split": args.split, "shallow": args.shallow, "scale": args.scale}
     path = resolve_weights(args.weights)
     digest = verify(path)
     models = {split: create("faceboxes", split, weights=path) for split in (args.split, args.shallow)}

@@ -52,7 +52,7 @@ class _Observe(nn.Module):
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
-    from _common import defense_observation, git_commit
+    from _common import defense_observation, run_record
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", default="inception3", help="the split attacked (default: %(default)s)")
@@ -87,14 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = settings()
     t0 = time.monotonic()
-    result: dict = {
-        "load_at_start": [round(x, 2) for x in os.getloadavg()],
-        "threads": args.threads,
-        "commit": git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
-        "split": args.split,
-        "scale": args.scale,
-    }
+    result: dict = {**run_record(argv, args.threads), "split": args.split, "scale": args.scale}
     path = resolve_weights(args.weights)
     digest = verify(path)
     model = create("faceboxes", args.split, weights=path)

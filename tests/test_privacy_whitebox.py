@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from veil.preprocess import load_image, prepare
 from veil.privacy.whitebox import cell_window, channel_weights, invert_window, invert_windows
 
 
-def test_inversion_lowers_objective(detector, dlib_dir):
-    # A face from the dlib photos (2008_002506.jpg, box left 224 top 95 size 91), at the deployed ×3 scale.
+@pytest.fixture(scope="module")
+def face(detector, dlib_dir):
+    """A face from the dlib photos (2008_002506.jpg, box left 224 top 95 size 91) at the deployed ×3 scale:
+    the network input, its activation, the activation's size and the window of every cell."""
     img = load_image(dlib_dir / "2008_002506.jpg")[80:208, 200:328]
     prep = prepare(img, 3.0)
     with torch.no_grad():
         a = detector.head(prep.tensor)
     hw = (a.shape[2], a.shape[3])
-    win = cell_window(np.array([0, 0, 384, 384]), hw, margin=0.0, context=0)
+    return prep, a, hw, cell_window(np.array([0, 0, 384, 384]), hw, margin=0.0, context=0)
+
+
+def test_inversion_lowers_objective(detector, face):
+    prep, a, hw, win = face
     hist: list[float] = []
     prev = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared machine
@@ -47,15 +54,10 @@ def test_channel_weights_follow_noise():
     assert w16[-1] / w16[0] > w[-1] / w[0]  # averaging makes noisy channels more useful
 
 
-def test_learned_init_starts_the_search_there(detector, dlib_dir):
+def test_learned_init_starts_the_search_there(detector, face):
     """The hybrid attack: a start from a reconstruction (here the truth itself, the ideal decoder) begins
     near the activation's optimum and stays on the image, where the grey start begins far away."""
-    img = load_image(dlib_dir / "2008_002506.jpg")[80:208, 200:328]
-    prep = prepare(img, 3.0)
-    with torch.no_grad():
-        a = detector.head(prep.tensor)
-    hw = (a.shape[2], a.shape[3])
-    win = cell_window(np.array([0, 0, 384, 384]), hw, margin=0.0, context=0)
+    prep, a, hw, win = face
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

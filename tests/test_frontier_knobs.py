@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from veil.cli.main import main
-from veil.privacy.frontier import finish_rows, load_rows
+from veil.privacy.frontier import _goal, finish_rows, load_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,14 @@ def test_knob_rows_make_no_claim_where_the_recipe_is_not_competent_on_clean(tmp_
     (tmp_path / "lone.json").write_text(
         json.dumps({**cell, "defense": "noise @ inception1 ×3", "knob": {"split": "inception1", "scale": 3.0}})
     )
-    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]), clean_map=0.9735)}
+    # over the mAP budget and never attacked: fails the goal on mAP alone, whatever the attackers' competence
+    costly = {k: v for k, v in cell.items() if k != "identity"}
+    costly.update(defense="noise @ inception2 ×3", alpha=0.9, map={"mean": 0.93, "draws": [0.93]})
+    (tmp_path / "costly.json").write_text(json.dumps(costly))
+    done = finish_rows(load_rows([tmp_path]), clean_map=0.9735)
+    rows = {r["defense"]: r for r in done if r["alpha"] != 0.9}
+    over = next(r for r in done if r["alpha"] == 0.9)
+    assert over["worst_rank1"] is None and over["meets_goal"] is False and _goal(over) == "no"
     assert rows["noise @ inception2 ×3"]["competent"] is False and rows["noise @ inception2 ×3"]["meets_goal"] is None
     assert rows["noise @ rdcl ×3"]["competent"] is True and rows["noise @ rdcl ×3"]["meets_goal"] is True
     assert rows["noise @ inception1 ×3"]["competent"] is None and rows["noise @ inception1 ×3"]["meets_goal"] is None

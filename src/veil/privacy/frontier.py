@@ -347,11 +347,12 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
         r["worst_x_chance"] = round(r["worst_rank1"] / r["chance_rank1"], 2) if worst and r["chance_rank1"] else None
         tars = [a["tar_at_far1"] for a in atk.values() if a.get("tar_at_far1") is not None]
         r["worst_tar_at_far1"] = max(tars) if tars else None
-        r["meets_goal"] = (
-            None
-            if r["drop_points"] is None or r["worst_x_chance"] is None
-            else r["drop_points"] <= GOAL_DROP_POINTS and r["worst_x_chance"] <= GOAL_X_CHANCE
-        )
+        if r["drop_points"] is not None and r["drop_points"] > GOAL_DROP_POINTS:
+            r["meets_goal"] = False  # over the mAP budget: fails whatever an attacker finds, or whether one ran
+        elif r["drop_points"] is None or r["worst_x_chance"] is None:
+            r["meets_goal"] = None
+        else:
+            r["meets_goal"] = r["worst_x_chance"] <= GOAL_X_CHANCE
         if r["meets_goal"] and (r.get("independence") or "").startswith(("clash", "unverified")):
             r["meets_goal"] = None  # a scorer that may share the defense's adversary proves nothing
     _competence(rows)

@@ -99,11 +99,26 @@ def write(name: str, result: dict[str, Any], out: str | None = None) -> Path:
     return path
 
 
-def defense_observation(model: Any, digest: str, noise: str | None = None, bottleneck: str | None = None):
+def defense_observation(
+    model: Any, digest: str, noise: str | None = None, bottleneck: str | None = None, label: str | None = None
+):
     """What a defense file (``--noise`` or ``--bottleneck``) sends for a split's clean activation:
     ``(observe, fitted, defense)`` — the observation (the noise module itself, or the bottleneck's wire code
     zero-padded to the split's channels; None: clean), the loaded bottleneck (else None) and the result's
-    ``defense`` record. Files are refused for another split or weights by their loaders."""
+    ``defense`` record (with ``label``, the frontier row's name before ``@ split ×scale``, when given). Files
+    are refused for another split or weights by their loaders."""
+    observe, fitted, record = _observation(model, digest, noise, bottleneck)
+    return observe, fitted, {**record, "label": label} if label else record
+
+
+#: ``--label`` of the attacker-cell scripts: a variant of a defense gets its own frontier row.
+LABEL_HELP = (
+    "the frontier row's defense name before ' @ SPLIT ×SCALE' (default: clean, noise or bottleneck): give a "
+    "variant its own row, e.g. 'bottleneck, identity adversary', the same as benchmarks/defenses.py --label"
+)
+
+
+def _observation(model: Any, digest: str, noise: str | None, bottleneck: str | None):
     if noise:
         from veil.obfuscate import load_obfuscator
 

@@ -44,7 +44,7 @@ def add_cells(result: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common beside this script, also when loaded by path
-    from _common import defense_observation, run_record
+    from _common import LABEL_HELP, defense_observation, run_record
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", help="the deep split attacked (e.g. inception3)")
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inverter", help="start from this saved inverter (--save) instead of a fresh one")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--label", help=LABEL_HELP)
     p.add_argument("--out", help="JSON result file")
     args = p.parse_args(argv)
     if args.add_cells:
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     deep, shallow = models[args.split], models[args.shallow]
     check_pair(deep, shallow)
 
-    wire, _fitted, result["defense"] = defense_observation(deep, digest, args.noise, args.bottleneck)
+    wire, _fitted, result["defense"] = defense_observation(deep, digest, args.noise, args.bottleneck, args.label)
 
     def observe(a: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -52,7 +52,7 @@ class _Observe(nn.Module):
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
-    from _common import defense_observation, run_record
+    from _common import LABEL_HELP, defense_observation, run_record
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", default="inception3", help="the split attacked (default: %(default)s)")
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", help="FDDB root (default: $VEIL_DATASET)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--label", help=LABEL_HELP)
     p.add_argument("--out", required=True, help="JSON result file (the face picture goes beside it, .png)")
     args = p.parse_args(argv)
     if args.inverter and not args.decoder:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     digest = verify(path)
     model = create("faceboxes", args.split, weights=path)
     model.network.eval()
-    observe, fitted, result["defense"] = defense_observation(model, digest, args.noise, args.bottleneck)
+    observe, fitted, result["defense"] = defense_observation(model, digest, args.noise, args.bottleneck, args.label)
     obfuscator: nn.Module | None = observe if isinstance(observe, nn.Module) or observe is None else _Observe(observe)
     wb_head: nn.Module | None = None
     if fitted is not None:  # the search inverts the head and the bottleneck's public, deterministic code

@@ -109,6 +109,13 @@ def test_frontier_places_hybrid_cells_on_clean_and_bottleneck_rows(tmp_path):
     assert bn["competent"] is False and _goal(bn) == "no"  # a leak above 2x chance fails even so
     bn["meets_goal"] = None
     assert _goal(bn).startswith("no claim")
+    # a labelled variant (--label) gets its own row beside the plain bottleneck's, judged by the same clean cell
+    variant = _cell("hybrid", "bottleneck", 0.6, 0.01, 0.01)
+    variant["defense"]["label"] = "bottleneck, identity adversary"
+    (tmp_path / "variant.json").write_text(json.dumps(variant))
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]))}
+    assert rows["bottleneck, identity adversary @ inception3 ×3"]["worst_rank1"] == 0.01
+    assert rows["bottleneck @ inception3 ×3"]["worst_rank1"] == 0.04
 
 
 def test_whitebox_benchmark_scores_one_face_and_refuses_a_foreign_decoder(deep, weights_path, fddb_dir, tmp_path):

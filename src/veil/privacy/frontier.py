@@ -279,7 +279,8 @@ def _family(doc: dict) -> str:
 def apply_attacker_cells(rows: list[dict[str, Any]], docs: list[tuple[str, dict]]) -> None:
     """Attacker cells (:data:`CELL_FAMILIES`) as attacker columns of the knob rows they attack: a clean
     cell on ``clean @ split ×scale`` (the competence reference), a noisy one on ``noise @ split ×scale``
-    at its ALPHA, a bottleneck one on ``bottleneck @ split ×scale`` (a row is made when absent). A cell
+    at its ALPHA, a bottleneck one on ``bottleneck @ split ×scale`` (a row is made when absent); a cell whose
+    ``defense`` has a ``label`` (a variant: ``--label``) on ``label @ split ×scale`` instead. A cell
     also scoring another family on the same faces (the hybrid's chain) fills that family's columns.
     Attackers ``<family> k=1``, ``<family> avg8``, ``<family> near-dup avg8`` and ``<family> k=1, faces ≥
     192 px``; repeated cells keep each one's highest rank-1."""
@@ -290,7 +291,7 @@ def apply_attacker_cells(rows: list[dict[str, Any]], docs: list[tuple[str, dict]
         if kind not in (None, "clean", "noise", "bottleneck"):
             raise ValueError(f"{name}: a {kind} cell has no knob row; score it with benchmarks/defenses.py")
         prefix = "bottleneck" if kind == "bottleneck" else "clean" if alpha is None else "noise"
-        defense = f"{prefix} @ {split} ×{scale:g}"
+        defense = f"{d['defense'].get('label') or prefix if kind else prefix} @ {split} ×{scale:g}"
         row = next((r for r in rows if r["defense"] == defense and _key(r["alpha"]) == _key(alpha)), None)
         if row is None:
             row = _new_row(defense, alpha)

@@ -107,3 +107,39 @@ def test_file_round_trip_and_refusals(fitted, model, tmp_path):
         from veil.defenses.robust_tail import load_robust_tail
 
         load_robust_tail(path, m, weights_sha256=digest)
+
+
+def test_identity_term_reaches_the_bottleneck_and_is_recorded(model, wider_dir, dlib_dir, tmp_path):
+    """``privacy_term="identity"``: an in-loop identity regressor reads the wire code of annotated dlib faces;
+    its gradient changes the bottleneck (against the same fit without it), and its seeds and final weights go
+    into the file, so the audit refuses a scoring attacker that shares them."""
+    from veil.defenses.adversarial import build_face_bank
+    from veil.privacy.audit import IndependenceError, check_independence
+
+    m, digest = model
+    torch.set_num_threads(1)
+    banks = build_bank(
+        m.head, m.tail, [wider_dir / "images"], crop=192, crops_per_image=1, max_images=8, progress=False
+    )
+    faces = build_face_bank(m, [dlib_dir], crop=256, scale_range=(1.0, 1.2), crops_per_image=1, progress=False)
+    spec, cfg = BottleneckSpec.from_alpha(0.6), DistillConfig(steps=6, batch_size=4, lr=3e-3, seed=3)
+    downs = {}
+    for w in (0.0, 1.0):
+        fb, log, data = fit_bottleneck(
+            m, spec, [], cfg, bank=banks, adversary_weight=w, privacy_term="identity", adversary_seed=77,
+            face_bank=faces, progress=False,
+        )  # fmt: skip
+        downs[w] = fb.bottleneck.down.weight.detach().clone()
+    assert not torch.allclose(downs[0.0], downs[1.0])  # the identity term moved the encoder
+    a = fb.adversary
+    assert a is not None and a["kind"] == "identity-regressor" and a["seed"] == 77 and a["data_order_seed"] == 3
+    assert a["steps"] == 6 and a["weight"] == 1.0 and a["targets"]["faces"] >= 5
+    path = save_bottleneck(
+        fb, tmp_path / "id.safetensors", weights_sha256=digest, cfg=cfg, log=log, data=data, adversary_weight=1.0
+    )
+    _, meta = load_bottleneck(path, m, weights_sha256=digest)
+    assert meta["adversary"]["weights_sha256"] == a["weights_sha256"]
+    with pytest.raises(IndependenceError, match="seed"):
+        check_independence({"scoring decoder": {"seed": 77, "data_order_seed": 9001}}, meta)
+    with pytest.raises(ValueError, match="identity\\+l1"):
+        fit_bottleneck(m, spec, [], cfg, bank=banks, adversary_weight=1.0, privacy_term="identity+l1", progress=False)

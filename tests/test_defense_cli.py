@@ -119,3 +119,13 @@ def test_distill_tail_and_fit_bottleneck_write_files_that_load(weights_path, few
     assert main(["fit-bottleneck", "--alpha", "0.8", "--out", str(tmp_path / "b.safetensors"), *common]) == 0
     fitted, meta = load_bottleneck(tmp_path / "b.safetensors", model, weights_sha256=digest, alpha=0.8)
     assert meta["spec"]["channels"] == fitted.spec.channels == 6
+
+
+def test_fit_bottleneck_offers_the_identity_term_and_refuses_two_adversaries(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit-bottleneck", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--privacy-term {l1,perceptual,identity}" in out and "dlib embedding" in out and "--adversary-seed" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["fit-bottleneck", "--alpha", "0.6", "--out", "x.safetensors", "--privacy-term", "identity+l1"])
+    assert exc.value.code == 2 and "invalid choice: 'identity+l1'" in capsys.readouterr().err

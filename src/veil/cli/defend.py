@@ -117,7 +117,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--adversary-weight",
         type=float,
         default=0.0,
-        help="weight of the in-loop reconstruction adversary's (negated) L1 (default: %(default)s: off)",
+        help="weight of the in-loop adversary's (negated) privacy term (default: %(default)s: off)",
+    )
+    b.add_argument(
+        "--privacy-term",
+        choices=("l1", "perceptual", "identity"),  # veil.defenses.bottleneck.BOTTLENECK_TERMS
+        default="l1",
+        help="what the in-loop adversary measures: l1 (a decoder's pixel error on whole crops), perceptual, "
+        "identity (a regressor's error predicting each annotated face's dlib embedding: needs face boxes beside "
+        "the photos) (default: %(default)s)",
+    )
+    b.add_argument(
+        "--adversary-seed",
+        type=int,
+        default=None,
+        help="initial-weights seed of the identity/perceptual adversary (default: drawn from the OS; recorded)",
     )
     b.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     _common(b, steps=3000, minutes=10.0)
@@ -201,6 +215,8 @@ def run_bottleneck(args: argparse.Namespace) -> int:
         dirs,
         cfg,
         adversary_weight=args.adversary_weight,
+        privacy_term=args.privacy_term,
+        adversary_seed=args.adversary_seed,
         crop=args.crop,
         crops_per_image=args.crops_per_image,
         progress=not args.quiet,

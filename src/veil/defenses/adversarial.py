@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,7 +234,10 @@ class InLoopAdversary:
       each face box and predicting its dlib embedding (``targets``, :func:`identity_targets`);
     * ``identity+l1``: both, the term the mean of the two.
 
-    ``seed`` sets the first adversary's initial weights (the regressor of ``identity+l1`` takes ``seed + 1``),
+    ``observe`` maps clean activations to what the adversaries read when that is not the activation plus noise
+    (a bottleneck's padded code, :mod:`veil.defenses.bottleneck`): the regressor's input normalisation is
+    computed on it. ``seed`` sets the first adversary's initial weights (the regressor of ``identity+l1`` takes
+    ``seed + 1``),
     ``data_order_seed`` the windows and faces they read (the minibatches are the fit's); each adversary's seeds
     are recorded with its final weights' SHA-256 (:meth:`records`).
     """
@@ -252,6 +255,7 @@ class InLoopAdversary:
         targets: IdentityTargets | None = None,
         regressor_lr: float = REGRESSOR_LR,
         max_faces: int = MAX_FACES_PER_STEP,
+        observe: Callable[[torch.Tensor], torch.Tensor] | None = None,
         progress: bool = False,
     ) -> None:
         if privacy_term not in PRIVACY_TERMS:
@@ -287,8 +291,10 @@ class InLoopAdversary:
             reg.stride = bank.stride
             rois = self.targets.rois
             one_each = torch.cat([torch.arange(len(rois), dtype=rois.dtype)[:, None], rois[:, 1:]], 1)
-            with torch.no_grad():  # its input normalisation: the clean activation at the faces
-                clean = roi_cells(bank.acts[rois[:, 0].long()], one_each, bank.stride, reg.cells, reg.context)
+            with torch.no_grad():  # its input normalisation: what it reads (the clean activation) at the faces
+                seen = bank.acts[rois[:, 0].long()]
+                seen = observe(seen) if observe is not None else seen
+                clean = roi_cells(seen, one_each, bank.stride, reg.cells, reg.context)
                 reg.set_normalisation(list(clean.split(1)))
                 # start at the mean-embedding guess (the term's 1), so the capped term has a gradient from the
                 # first steps instead of waiting for a random output to come down to the targets' spread

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from veil.defenses import files
+from veil.defenses.adversarial import FaceBank, InLoopAdversary, build_face_bank
 from veil.defenses.distill import Bank, DistillConfig, config_dict, distill, teacher_and_bank
 from veil.defenses.robust_tail import student_model, tail_state, with_tail
 from veil.models import as_split_model
@@ -34,6 +35,9 @@ from veil.models.faceboxes import FaceBoxes  # the network type the defenses dis
 from veil.obfuscate.noise import Obfuscator
 
 FORMAT = "veil-bottleneck/1"
+#: In-loop adversaries a bottleneck can be fitted against (one each; :mod:`veil.defenses.adversarial`'s terms
+#: but ``identity+l1``, whose two adversaries the file's single ``adversary`` record cannot hold).
+BOTTLENECK_TERMS = ("l1", "perceptual", "identity")
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,10 @@ def fit_bottleneck(
     *,
     adversary_weight: float = 0.0,
     adversary_lr: float = 2e-3,
+    privacy_term: str = "l1",
+    adversary_seed: int | None = None,
+    face_bank: FaceBank | None = None,
+    face_batch: int = 4,
     crop: int = 640,
     crops_per_image: int = 2,
     scale_range: tuple[float, float] = (2.0, 6.0),
@@ -190,11 +198,21 @@ def fit_bottleneck(
 ) -> tuple[FittedBottleneck, list[dict], dict]:
     """Train bottleneck + lift + a copy of the tail so the detector's outputs survive (label-free).
 
-    With ``adversary_weight > 0`` an in-loop decoder learns to reconstruct the crop from the wire code
-    and the bottleneck is pushed to raise its L1 error (min-max). That adversary is part of the
-    *defense*: the scoring attacker (:mod:`veil.defenses.measure`) is a separate decoder with its own
-    seed and data order, trained longer.
+    With ``adversary_weight > 0`` an in-loop adversary learns to read the wire code and the bottleneck is
+    pushed to defeat it (min-max). ``privacy_term`` picks it: ``l1`` (default) a decoder reconstructing the
+    whole crop, pixel L1; the terms of :mod:`veil.defenses.adversarial` (``identity``: a regressor predicting
+    each face's dlib embedding, the identity-aware term; ``perceptual``) read the code of
+    annotated face crops (``face_bank``, built from ``dirs`` unless given; ``face_batch`` of them per step,
+    CPU only), seeded by ``adversary_seed`` (OS-drawn unless given). That adversary is part of the
+    *defense*: the scoring attackers (:mod:`veil.defenses.measure`, the audit) have their own seeds and
+    data order and are trained longer.
     """
+    if privacy_term not in BOTTLENECK_TERMS:
+        raise ValueError(
+            f"unknown privacy term {privacy_term!r} for a bottleneck; choose one of {', '.join(BOTTLENECK_TERMS)}"
+        )
+    if privacy_term != "l1" and adversary_weight > 0 and torch.device(device).type != "cpu":
+        raise ValueError(f"the {privacy_term} term's in-loop adversary trains on the CPU; use device='cpu'")
     teacher, bank = teacher_and_bank(
         model,
         dirs,
@@ -203,7 +221,7 @@ def fit_bottleneck(
         crop=crop,
         crops_per_image=crops_per_image,
         scale_range=scale_range,
-        keep_images=adversary_weight > 0,
+        keep_images=adversary_weight > 0 and privacy_term == "l1",
         progress=progress,
         device=device,
     )
@@ -226,7 +244,25 @@ def fit_bottleneck(
     path = BottleneckPath(bott, lift)
     params = [*bott.down.parameters(), *lift.parameters(), *student.tail.parameters()]
     extra = None
-    if adversary_weight > 0:
+    in_loop: InLoopAdversary | None = None
+    if adversary_weight > 0 and privacy_term != "l1":
+        extra, in_loop = _face_term(
+            model,
+            bott,
+            dirs,
+            privacy_term,
+            adversary_weight,
+            face_bank,
+            seed=adversary_seed,
+            data_order_seed=cfg.seed,
+            lr=adversary_lr,
+            batch=face_batch,
+            crop=crop,
+            crops_per_image=crops_per_image,
+            scale_range=scale_range,
+            progress=progress,
+        )
+    elif adversary_weight > 0:
         if train.images is None:
             raise ValueError("an in-loop adversary needs the crops: build the bank with keep_images=True")
         from veil.privacy.decoders import PIXEL_SCALE, Decoder
@@ -263,8 +299,70 @@ def fit_bottleneck(
     path.cpu().eval()
     bott.noise = Obfuscator(spec.channels, init_sigma=max(spec.noise_std * spec.step, 1e-12)).requires_grad_(False)
     # Its minibatches are drawn by distill's generator, seeded with cfg.seed too.
-    adversary = files.adversary_record(cfg.seed, cfg.seed, adv) if adversary_weight > 0 else None
+    adversary = None
+    if in_loop is not None:
+        adversary = {**in_loop.record(), "weight": adversary_weight}
+    elif adversary_weight > 0:
+        adversary = files.adversary_record(cfg.seed, cfg.seed, adv)
     return FittedBottleneck(spec, path, student.cpu().eval(), adversary), log, train.describe
+
+
+def _face_term(
+    model: FaceBoxes,
+    bott: Bottleneck,
+    dirs: Sequence[str | Path],
+    privacy_term: str,
+    weight: float,
+    bank: FaceBank | None,
+    *,
+    seed: int | None,
+    data_order_seed: int,
+    lr: float,
+    batch: int,
+    crop: int,
+    crops_per_image: int,
+    scale_range: tuple[float, float],
+    progress: bool,
+) -> tuple[Any, InLoopAdversary]:
+    """The distillation's extra loss for an in-loop adversary of :mod:`veil.defenses.adversarial` reading the
+    wire code (padded to the split's channels) of annotated face crops: each step it trains on ``batch`` crops
+    with faces, then the bottleneck gets ``weight`` × its (negated, capped) privacy term."""
+    if bank is None:
+        bank = build_face_bank(
+            model,
+            dirs,
+            crop=crop,
+            scale_range=scale_range,
+            crops_per_image=crops_per_image,
+            seed=data_order_seed,
+            progress=progress,
+        )
+
+    def read(a: torch.Tensor) -> torch.Tensor:
+        return as_decoder_input(bott(a), bott.in_channels)
+
+    adv = InLoopAdversary(
+        bank,
+        privacy_term,
+        model=model,
+        seed=seed,
+        data_order_seed=data_order_seed,
+        lr=lr,
+        observe=read,
+        progress=progress,
+    )
+    rows = (
+        torch.unique(adv.targets.rois[:, 0]).long()
+        if privacy_term.startswith("identity")
+        else torch.arange(len(bank.acts))
+    )
+    g = torch.Generator().manual_seed(data_order_seed + 1)
+
+    def extra(step: int, transformed: torch.Tensor, part: Bank) -> torch.Tensor:
+        idx = rows[torch.randint(0, len(rows), (min(batch, len(rows)),), generator=g)]
+        return weight * adv.term(step, idx, read(bank.acts[idx]))
+
+    return extra, adv
 
 
 def save_bottleneck(

@@ -145,3 +145,27 @@ def test_whitebox_benchmark_scores_one_face_and_refuses_a_foreign_decoder(deep, 
     assert cv2.imread(str(out.with_suffix(".png"))).shape[1] >= 3 * GRID_CELL  # original, white-box, decoder
     with pytest.raises(DecoderMismatchError, match="rdcl"):
         wb.main([*common, "--decoder", str(other), "--out", str(tmp_path / "x.json")])
+
+
+def test_frontier_fails_a_row_whose_smaller_face_bin_leaks(tmp_path):
+    """Every face-size bin must pass (issue 9): one hit among the 10 faces of 96–192 px is 10× chance and fails
+    a row whose overall and large-face rank-1 are at chance; the table names that bin."""
+    from veil.privacy.frontier import finish_rows, load_rows, markdown
+
+    label = "bottleneck, identity adversary"
+    mapped = {"defense": f"{label} @ inception3 ×3", "alpha": 0.6, "map": {"mean": 0.9600, "draws": [0.96]}}
+    mapped["knob"] = {"split": "inception3", "scale": 3.0}
+    (tmp_path / "map.json").write_text(json.dumps(mapped))
+    (tmp_path / "clean.json").write_text(json.dumps(_cell("hybrid", "clean", None, 0.3, 0.35)))
+    for hits, verdict in ((0.1, False), (0.0, True)):
+        cell = _cell("hybrid", "bottleneck", 0.6, 0.01, 0.01)
+        cell["defense"]["label"] = label
+        mid = {"n": 10, "rank1": hits, "rank1_ci95": [0.0, 0.4], "tar_at_far1": 0.0, "tar_ci95": [0.0, 0.3]}
+        cell["attackers"]["hybrid"]["bins"]["96-192"] = mid
+        (tmp_path / "cell.json").write_text(json.dumps(cell))
+        rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path]), clean_map=0.9735)}
+        row = rows[f"{label} @ inception3 ×3"]
+        assert row["worst_x_chance"] == 1.0 and row["competent"] is True and row["meets_goal"] is verdict
+        assert row["worst_bin"] == "hybrid k=1, faces 96–192 px" and row["worst_bin_x_chance"] == 100 * hits
+    hit = markdown(finish_rows(load_rows([tmp_path]), clean_map=0.9735))
+    assert "0.000 (0×), n = 10: hybrid k=1, faces 96–192 px" in hit

@@ -58,6 +58,8 @@ def _new_row(defense: str, alpha: float | None) -> dict[str, Any]:
         "chance_rank1": None,
         "attackers": {},
         "reference_grey_rank1": None,
+        #: the other face-size bins an attacker cell scored (48–96, 96–192 px): label → rank-1 with n
+        "bins": {},
         "independence": None,
         "sources": [],
     }
@@ -314,6 +316,13 @@ def apply_attacker_cells(rows: list[dict[str, Any]], docs: list[tuple[str, dict]
             keep = label not in row["attackers"] or (m and m["rank1"] > row["attackers"][label]["rank1"])
             if m and m.get("rank1") is not None and keep:
                 row["attackers"][label] = _attacker(m)
+        for f in (fam, *(f for f in CELL_FAMILIES if f != fam and f in atk)):
+            for b, m in ((atk.get(f) or {}).get("bins") or {}).items():
+                label = f"{f} k=1, faces {b.replace('-', '–')} px"
+                if b == ">=192" or not m.get("n") or m.get("rank1") is None:
+                    continue
+                if label not in row["bins"] or m["rank1"] > row["bins"][label]["rank1"]:
+                    row["bins"][label] = {**_attacker(m), "n": m["n"]}
 
 
 def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map: float | None = None) -> list[dict]:
@@ -348,12 +357,16 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
         r["worst_x_chance"] = round(r["worst_rank1"] / r["chance_rank1"], 2) if worst and r["chance_rank1"] else None
         tars = [a["tar_at_far1"] for a in atk.values() if a.get("tar_at_far1") is not None]
         r["worst_tar_at_far1"] = max(tars) if tars else None
+        bins = r.get("bins") or {}
+        r["worst_bin"] = max(bins, key=lambda k: bins[k]["rank1"]) if bins else None
+        wb = bins[r["worst_bin"]]["rank1"] if bins else None
+        r["worst_bin_x_chance"] = round(wb / r["chance_rank1"], 2) if wb is not None and r["chance_rank1"] else None
         if r["drop_points"] is not None and r["drop_points"] > GOAL_DROP_POINTS:
             r["meets_goal"] = False  # over the mAP budget: fails whatever an attacker finds, or whether one ran
         elif r["drop_points"] is None or r["worst_x_chance"] is None:
             r["meets_goal"] = None
-        else:
-            r["meets_goal"] = r["worst_x_chance"] <= GOAL_X_CHANCE
+        else:  # every face-size bin must pass too (issue 9): a small bin's single hit can fail a row
+            r["meets_goal"] = r["worst_x_chance"] <= GOAL_X_CHANCE and (r["worst_bin_x_chance"] or 0) <= GOAL_X_CHANCE
         if r["meets_goal"] and (r.get("independence") or "").startswith(("clash", "unverified")):
             r["meets_goal"] = None  # a scorer that may share the defense's adversary proves nothing
     _competence(rows)
@@ -398,6 +411,14 @@ def _num(v: Any, fmt: str = "{:.4f}") -> str:
     return "–" if v is None else fmt.format(v)
 
 
+def _bin(r: dict) -> str:
+    """The worst other face-size bin (48–96, 96–192 px) an attacker cell scored: "–" when none was."""
+    if not r.get("worst_bin"):
+        return "–"
+    m = r["bins"][r["worst_bin"]]
+    return f"{m['rank1']:.3f} ({_num(r['worst_bin_x_chance'], '{:g}')}×), n = {m['n']}: {r['worst_bin']}"
+
+
 def _rank(a: dict | None) -> str:
     if a is None:
         return "–"
@@ -412,7 +433,8 @@ def markdown(rows: list[dict]) -> str:
         names += [n for n in r["attackers"] if n not in names]
     head = ["defense", "ALPHA", "mAP", "drop (pt)", "NSR dB"]
     head += [f"rank-1 {n} [95 % CI]" for n in names]
-    head += ["worst rank-1 (× chance)", "TAR@1%FAR (worst)", "client ms", "bytes/request", "goal met"]
+    head += ["worst rank-1 (× chance)", "worst other face-size bin: rank-1 (× chance), faces"]
+    head += ["TAR@1%FAR (worst)", "client ms", "bytes/request", "goal met"]
     if any(r.get("independence") for r in rows):
         head.append("scorer independent of the defense's adversary")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -423,6 +445,7 @@ def markdown(rows: list[dict]) -> str:
         cells.append(
             "–" if r["worst_rank1"] is None else f"{r['worst_rank1']:.3f} ({_num(r['worst_x_chance'], '{:g}')}×)"
         )
+        cells.append(_bin(r))
         cells += [_num(r["worst_tar_at_far1"], "{:.3f}"), _num(r["client_ms"], "{:.2f}")]
         cells += [_num(r["bytes_per_request"], "{:d}"), _goal(r)]
         if "independent" in head[-1]:

@@ -150,7 +150,7 @@ def test_whitebox_benchmark_scores_one_face_and_refuses_a_foreign_decoder(deep, 
 def test_frontier_fails_a_row_whose_smaller_face_bin_leaks(tmp_path):
     """Every face-size bin must pass (issue 9): one hit among the 10 faces of 96–192 px is 10× chance and fails
     a row whose overall and large-face rank-1 are at chance; the table names that bin."""
-    from veil.privacy.frontier import finish_rows, load_rows, markdown
+    from veil.privacy.frontier import finish_rows, load_rows, markdown, plot
 
     label = "bottleneck, identity adversary"
     mapped = {"defense": f"{label} @ inception3 ×3", "alpha": 0.6, "map": {"mean": 0.9600, "draws": [0.96]}}
@@ -169,3 +169,7 @@ def test_frontier_fails_a_row_whose_smaller_face_bin_leaks(tmp_path):
         assert row["worst_bin"] == "hybrid k=1, faces 96–192 px" and row["worst_bin_x_chance"] == 100 * hits
     hit = markdown(finish_rows(load_rows([tmp_path]), clean_map=0.9735))
     assert "0.000 (0×), n = 10: hybrid k=1, faces 96–192 px" in hit
+    cell["attackers"]["hybrid"]["bins"]["96-192"]["rank1"] = 0.1  # the plot marks the row with the leaking bin
+    (tmp_path / "cell.json").write_text(json.dumps(cell))
+    fig = plot(finish_rows(load_rows([tmp_path]), clean_map=0.9735), tmp_path / "f.png", clean_map=0.9735)
+    assert fig.stat().st_size > 10_000

@@ -494,17 +494,28 @@ def _draw(ax, rows: list[dict], clean_map: float | None, knob_labels: bool) -> N
     pts = [r for r in rows if r["map"] is not None and r["worst_rank1"] is not None]
     knobs = [r for r in pts if r.get("knob")]  # one point per split × scale: one series, each point labelled
     if knobs:
-        ok = [r for r in knobs if r.get("competent") is not False]
-        weak = [r for r in knobs if r.get("competent") is False]
+        # hollow: a low leak where the attacker recipe cannot read the clean activation either (no claim);
+        # a row that fails anyway (a leak above 2x, a leaking face-size bin, the mAP budget) is judged
+        weak = [r for r in knobs if r.get("competent") is False and r["meets_goal"] is not False]
+        ok = [r for r in knobs if r not in weak]
         if ok:
             ax.plot([r["worst_rank1"] for r in ok], [r["map"] for r in ok], "s", label="knobs: split × scale")
-        if weak:  # hollow: the attacker recipe cannot read the clean activation there either
+        if weak:
             ax.plot(
                 [r["worst_rank1"] for r in weak],
                 [r["map"] for r in weak],
                 "s",
                 mfc="none",
                 label="knobs, no claim (attacker not competent on clean)",
+            )
+        binned = [r for r in knobs if (r.get("worst_bin_x_chance") or 0) > GOAL_X_CHANCE]
+        if binned:  # marked: the overall rank-1 hides a smaller face-size bin above the line
+            ax.plot(
+                [r["worst_rank1"] for r in binned],
+                [r["map"] for r in binned],
+                "x",
+                color="crimson",
+                label=f"a 48–96 or 96–192 px bin above {GOAL_X_CHANCE:g}× chance",
             )
         for r in knobs if knob_labels else []:
             k = r["knob"]

@@ -125,6 +125,7 @@ def client_cost(
     """Median ms of the client side per 1080p frame for every split × scale (head + noise) and every
     given defense (at ×3), interleaved round-robin; payload bytes of what is sent; defenses' NSR."""
     from veil.defenses import bottleneck as bn
+    from veil.defenses import files
     from veil.defenses.files import file_sha256
     from veil.models import as_split_model
     from veil.obfuscate import load_obfuscator
@@ -146,13 +147,19 @@ def client_cost(
             defenses.append(
                 {"defense": name, "alpha": alpha, "noise_sha256": file_sha256(path), "nsr_db": nsr, "send": obf}
             )
-    for alpha, path in bottlenecks:
-        fitted, _ = bn.load_bottleneck(path, rdcl, weights_sha256=digest, alpha=alpha)
+    heads = {"rdcl": rdcl}
+    for alpha, path in bottlenecks:  # each at the split its file was fitted at (a deeper one: its own row)
+        split = (files.recorded_split(path) or "faceboxes.rdcl").split(".")[-1]
+        if split not in heads:
+            heads[split] = load_split(split, weights)[0]
+        fitted, _ = bn.load_bottleneck(path, heads[split], weights_sha256=digest, alpha=alpha)
         b = fitted.bottleneck
-        nsr = defense_nsr(rdcl.head, nsr_images, (bn.deterministic_copy(fitted), b.noise)) if nsr_images else None
+        code = (bn.deterministic_copy(fitted), b.noise)
+        nsr = defense_nsr(heads[split].head, nsr_images, code) if nsr_images else None
         defenses.append(
             {
-                "defense": "bottleneck",
+                "defense": "bottleneck" if split == "rdcl" else f"bottleneck @ {split} ×{FDDB_SCALE:g}",
+                "head": heads[split].head,
                 "alpha": alpha,
                 "bottleneck_sha256": file_sha256(path),
                 "nsr_db": nsr,
@@ -161,7 +168,8 @@ def client_cost(
             }
         )
     for d in defenses:
-        d.update(head=rdcl.head, scale=FDDB_SCALE, times=[])
+        d.setdefault("head", rdcl.head)
+        d.update(scale=FDDB_SCALE, times=[])
     with torch.inference_mode():
         for c in cells:  # warm-up and shapes
             a = c["head"](preps[c["scale"]])

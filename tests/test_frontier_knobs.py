@@ -54,8 +54,16 @@ def test_frontier_fills_nsr_ms_bytes_and_knob_rows_from_real_results(weights_pat
     noise = noise_path(0.8, assets.NOISE_DIR)
     args = ["--client-cost", "--splits", "inception2", "--scales", "1", "--rounds", "2", "--frame-hw", "96", "160"]
     args += ["--frame", str(sorted(photos.iterdir())[0]), "--noise", f"0.8={noise}", "--nsr-images", "2"]
+    # a bottleneck fitted after inception2 (2 steps): timed with its own split's head, named after it
+    bn2 = tmp_path / "bn2.safetensors"
+    fit = ["fit-bottleneck", "--alpha", "0.8", "--split", "inception2", "--steps", "2", "--batch-size", "2"]
+    fit += ["--crop", "128", "--images", str(photos), "--weights", str(weights_path), "--quiet", "--out", str(bn2)]
+    assert main(fit) == 0
+    args += ["--bottleneck", f"0.8={bn2}"]
     assert knobs.main([*args, "--out", str(cost), *common]) == 0
     cc = json.loads(cost.read_text())["client_cost"]
+    deep = next(x for x in cc["defenses"] if x["defense"] == "bottleneck @ inception2 ×3")
+    assert deep["shape"] == [1, 6, 9, 15] and deep["client_ms"] > 0  # ALPHA 0.8: 6 channels on the stride-32 grid
     (c,) = cc["cells"]
     assert c["activation_shape"] == [1, 128, 3, 5] and c["bytes_fp32"] == 4 * 128 * 15  # 96x160 at x1, stride 32
     # A defenses.py-shaped mAP file for that noise: its row gets ms, bytes and NSR from the cost file.
@@ -202,3 +210,53 @@ def test_knob_rows_make_no_claim_where_the_recipe_is_not_competent_on_clean(tmp_
     assert main(["frontier", "--defenses", str(tmp_path), "--clean-map", "0.9735", "--out", str(tmp_path / "o")]) == 0
     md = (tmp_path / "o" / "frontier_all.md").read_text()
     assert "no claim: attacker not competent on clean" in md and "– (competence not measured)" in md
+
+
+def test_tar_above_twice_its_reference_fails_a_row_at_chance(tmp_path):
+    """Rank-1 at chance is not enough: TAR@1 %FAR must stay within 2× max(grey's TAR, the FAR) too."""
+    from veil.privacy.verdict import privacy_columns, tar_reference
+
+    assert tar_reference(0.0) == 0.01 and tar_reference(None) == 0.01 and tar_reference(0.03) == 0.03
+    fresh = {"seed": 9001, "data_order_seed": 77, "init_sha256": None}
+    for name, tar in (("low", 0.02), ("high", 0.07)):
+        doc = _id_doc(fresh, None)
+        doc["identity"]["k1"] = {**doc["identity"]["k1"], "tar_at_far1": tar}
+        doc["identity"]["grey_reference"] = {"rank1": 0.01, "tar_at_far1": 0.0}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bn.json").write_text(json.dumps(doc))
+    low = finish_rows(load_rows([tmp_path / "low"]), clean_map=0.97)[0]
+    high = finish_rows(load_rows([tmp_path / "high"]), clean_map=0.97)[0]
+    assert low["worst_x_chance"] == high["worst_x_chance"] == 1.0 and low["tar_reference"] == 0.01
+    assert low["worst_tar_x_reference"] == 2.0 and low["meets_goal"] is True
+    assert high["worst_tar_x_reference"] == 7.0 and high["meets_goal"] is False and _goal(high) == "no"
+    assert main(["frontier", "--defenses", str(tmp_path / "high"), "--out", str(tmp_path / "o")]) == 0
+    assert "| 0.070 (7×) |" in (tmp_path / "o" / "frontier_all.md").read_text()
+    # the audit's own verdict applies the same rule, with the grey reference it measured
+    m = lambda r, t: {"rank1": r, "tar_at_far1": t}  # noqa: E731
+    rep = {
+        "chance_rank1": 0.01,
+        "attackers": {"naive": m(0.01, 0.05)},
+        "clean_baseline": {"naive": m(0.5, 0.5)},
+        "references": {"constant": m(0.0, 0.0)},
+    }
+    cols = privacy_columns(rep)
+    assert cols["passes_tar"] is False and cols["worst_tar_x_reference"] == 5.0
+    rep["references"]["constant"] = m(0.0, 0.03)
+    assert privacy_columns(rep)["passes_tar"] is True
+
+
+def test_a_variant_takes_the_client_cost_of_its_own_split_only():
+    """A refit at inception3 costs what the inception3 bottleneck costs, never the RDCL one of the same name."""
+    from veil.privacy.frontier import _new_row, apply_costs
+
+    names = ["bottleneck (second fit) @ inception3 ×3", "bottleneck, identity adversary @ inception3 ×3"]
+    names += ["bottleneck (second fit)", "bottleneck @ inception2 ×3", "noise (fresh), audit_cost (40 faces)"]
+    rows = [_new_row(n, 0.6) for n in names]
+    cost = {"bytes_per_request": 1, "source": "c"}
+    costs = [
+        {**cost, "defense": "bottleneck", "alpha": 0.6, "client_ms": 7000.0},
+        {**cost, "defense": "bottleneck @ inception3 ×3", "alpha": 0.6, "client_ms": 7500.0},
+        {**cost, "defense": "noise", "alpha": None, "client_ms": 6500.0},
+    ]
+    apply_costs(rows, costs)
+    assert [r["client_ms"] for r in rows] == [7500.0, 7500.0, 7000.0, None, 6500.0]

@@ -334,7 +334,8 @@ def _print_summary(rep: dict, dest: Path) -> None:
         )
     print(
         f"  worst {rep['worst_attacker']} ({rep['worst_rank1_x_chance']}× chance); every bin ≤ 2× chance: "
-        f"{rep.get('passes_every_bin')}; competent: {rep['competent']} ({rep['competence_attacker']} "
+        f"{rep.get('passes_every_bin')}; TAR ≤ 2× reference: {rep.get('passes_tar')}; "
+        f"competent: {rep['competent']} ({rep['competence_attacker']} "
         f"{rep['competence_rank1_large']:.3f} in the large-face bin)"
     )
     print(f"  → {dest / 'report.md'}")

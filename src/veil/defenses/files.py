@@ -119,6 +119,20 @@ def save(
     return path
 
 
+def recorded_split(path: str | Path) -> str | None:
+    """The split point a defense file says it was made for (``"faceboxes.inception3"``), before any check:
+    lets a tool pick the model to load it with; :func:`load` still checks everything."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("veil")
+        split = json.loads(raw).get("split_point") if raw else None
+    except (SafetensorError, OSError, ValueError, AttributeError) as exc:
+        raise DefenseFileError(f"{path} is not a readable defense file (corrupt or truncated?): {exc}") from exc
+    return split if isinstance(split, str) else None
+
+
 def load(
     path: str | Path,
     fmt: str,

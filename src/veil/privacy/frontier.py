@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from veil import jsonio
-from veil.privacy.verdict import WORST_OF
+from veil.privacy.verdict import TAR_GOAL_FACTOR, WORST_OF, tar_reference
 from veil.viz import save_figure
 
 #: The goal of issue 9: worst attacker at most this many times chance ...
@@ -58,6 +58,7 @@ def _new_row(defense: str, alpha: float | None) -> dict[str, Any]:
         "chance_rank1": None,
         "attackers": {},
         "reference_grey_rank1": None,
+        "reference_grey_tar": None,
         #: the other face-size bins an attacker cell scored (48–96, 96–192 px): label → rank-1 with n
         "bins": {},
         "independence": None,
@@ -134,6 +135,7 @@ def defense_rows(docs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
                     row["attackers"][label] = _attacker(ident[k])
             if "grey_reference" in ident:
                 row["reference_grey_rank1"] = ident["grey_reference"]["rank1"]
+                row["reference_grey_tar"] = ident["grey_reference"].get("tar_at_far1")
             if d.get("noise_sha256"):
                 by_noise[d["noise_sha256"]] = row
     for _, d in docs:
@@ -172,6 +174,7 @@ def audit_report_rows(name: str, rep: dict) -> list[dict[str, Any]]:
     row["attackers"] = {k: _attacker(v) for k, v in rep["attackers"].items() if k in WORST_OF}
     if "constant" in rep.get("references", {}):
         row["reference_grey_rank1"] = rep["references"]["constant"]["rank1"]
+        row["reference_grey_tar"] = rep["references"]["constant"].get("tar_at_far1")
     row["sources"].append(name)
     return [row]
 
@@ -199,15 +202,19 @@ def cost_entries(name: str, doc: dict) -> list[dict[str, Any]]:
 
 
 def apply_costs(rows: list[dict[str, Any]], costs: list[dict[str, Any]]) -> None:
-    """Fill client ms and bytes of the rows each entry names: the same defense name (or a row named
-    ``"<name> (…"``, e.g. the audit-cost noise rows: the same client computation) and ALPHA (an
+    """Fill client ms and bytes of the rows each entry names: the same defense name (or a variant of it at
+    the same ``@ split ×scale``, named ``"<name> (…"`` or ``"<name>, …"``: e.g. the audit-cost noise rows, a
+    refit, a bottleneck fitted against an adversary; the same client computation) and ALPHA (an
     entry with ALPHA None fits every ALPHA). NSR, which depends on the noise itself, only where the
     name is the same and the noise files agree (when both record one). Values a row's own document
     carried stay."""
     for c in costs:
+        base, _, knob = c["defense"].partition(" @ ")
         for r in rows:
             exact = r["defense"] == c["defense"]
-            if not (exact or r["defense"].startswith(c["defense"] + " (")):
+            r_base, _, r_knob = r["defense"].partition(" @ ")
+            variant = r_base.startswith((base + " (", base + ", "))  # a refit or variant: the same client work
+            if not (exact or (variant and r_knob == knob)):  # never another split or scale
                 continue
             if c["alpha"] is not None and _key(c["alpha"]) != _key(r["alpha"]):
                 continue
@@ -357,6 +364,9 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
         r["worst_x_chance"] = round(r["worst_rank1"] / r["chance_rank1"], 2) if worst and r["chance_rank1"] else None
         tars = [a["tar_at_far1"] for a in atk.values() if a.get("tar_at_far1") is not None]
         r["worst_tar_at_far1"] = max(tars) if tars else None
+        r["tar_reference"] = tar_reference(r.get("reference_grey_tar"))
+        wt = r["worst_tar_at_far1"]
+        r["worst_tar_x_reference"] = None if wt is None else round(wt / r["tar_reference"], 2)
         bins = r.get("bins") or {}
         r["worst_bin"] = max(bins, key=lambda k: bins[k]["rank1"]) if bins else None
         wb = bins[r["worst_bin"]]["rank1"] if bins else None
@@ -366,7 +376,11 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
         elif r["drop_points"] is None or r["worst_x_chance"] is None:
             r["meets_goal"] = None
         else:  # every face-size bin must pass too (issue 9): a small bin's single hit can fail a row
-            r["meets_goal"] = r["worst_x_chance"] <= GOAL_X_CHANCE and (r["worst_bin_x_chance"] or 0) <= GOAL_X_CHANCE
+            r["meets_goal"] = (
+                r["worst_x_chance"] <= GOAL_X_CHANCE
+                and (r["worst_bin_x_chance"] or 0) <= GOAL_X_CHANCE
+                and (r["worst_tar_x_reference"] or 0) <= TAR_GOAL_FACTOR  # TAR too, where an attacker measured it
+            )
         if r["meets_goal"] and (r.get("independence") or "").startswith(("clash", "unverified")):
             r["meets_goal"] = None  # a scorer that may share the defense's adversary proves nothing
     _competence(rows)
@@ -434,7 +448,7 @@ def markdown(rows: list[dict]) -> str:
     head = ["defense", "ALPHA", "mAP", "drop (pt)", "NSR dB"]
     head += [f"rank-1 {n} [95 % CI]" for n in names]
     head += ["worst rank-1 (× chance)", "worst other face-size bin: rank-1 (× chance), faces"]
-    head += ["TAR@1%FAR (worst)", "client ms", "bytes/request", "goal met"]
+    head += ["TAR@1%FAR (worst, × reference)", "client ms", "bytes/request", "goal met"]
     if any(r.get("independence") for r in rows):
         head.append("scorer independent of the defense's adversary")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -446,7 +460,9 @@ def markdown(rows: list[dict]) -> str:
             "–" if r["worst_rank1"] is None else f"{r['worst_rank1']:.3f} ({_num(r['worst_x_chance'], '{:g}')}×)"
         )
         cells.append(_bin(r))
-        cells += [_num(r["worst_tar_at_far1"], "{:.3f}"), _num(r["client_ms"], "{:.2f}")]
+        tar = r["worst_tar_at_far1"]
+        cells.append("–" if tar is None else f"{tar:.3f} ({_num(r['worst_tar_x_reference'], '{:g}')}×)")
+        cells.append(_num(r["client_ms"], "{:.2f}"))
         cells += [_num(r["bytes_per_request"], "{:d}"), _goal(r)]
         if "independent" in head[-1]:
             ind = r.get("independence")

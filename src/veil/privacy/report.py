@@ -163,6 +163,12 @@ def write_markdown(report: dict) -> str:
         )
     if "passes_every_bin" in report:
         lines.append(f"- at most 2× chance in every bin: **{'yes' if report['passes_every_bin'] else 'no'}**")
+    if "passes_tar" in report:
+        lines.append(
+            f"- worst TAR@1%FAR {report['worst_tar_at_far1']:.3f} = {report['worst_tar_x_reference']}× the reference "
+            f"{report['tar_reference']:.3f} (the grey picture's TAR, at least the FAR); at most 2×: "
+            f"**{'yes' if report['passes_tar'] else 'no'}**"
+        )
     lines.append(
         f"- competence (best clean attacker in the ≥ 192 px bin ≥ 10× chance): "
         f"{report.get('competence_attacker')} {report.get('competence_rank1_large', 0):.3f} → "

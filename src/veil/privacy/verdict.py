@@ -37,6 +37,20 @@ COMPETENCE_FACTOR = 10.0
 #: Face-size bins: face box side at the network input, px, ``[lo, hi)``.
 BINS: dict[str, tuple[float, float]] = {"48-96": (48.0, 96.0), "96-192": (96.0, 192.0), ">=192": (192.0, math.inf)}
 LARGE_BIN = ">=192"
+#: The issue's TAR goal: the worst attacker's TAR at 1 % FAR at most this multiple of :func:`tar_reference`.
+TAR_GOAL_FACTOR = 2.0
+#: The false-accept rate the TAR is measured at (the threshold is set on pairs of different originals).
+FAR = 0.01
+
+
+def tar_reference(grey_tar: float | None, far: float = FAR) -> float:
+    """The TAR a private observation may reach half of: the constant-grey picture's, never below the FAR.
+
+    A grey picture is no face, so its TAR is 0 and "2× grey" would fail an attacker for one lucky match.
+    A probe that looks like a face but carries nobody's identity passes the threshold at the FAR, by the
+    threshold's construction: that is the floor which still means "no identity".
+    """
+    return max(float(grey_tar or 0.0), far)
 
 
 def competence(report: dict[str, Any]) -> dict[str, Any]:
@@ -89,4 +103,9 @@ def privacy_columns(report: dict[str, Any]) -> dict[str, Any]:
     if per_bin:
         cols["worst_per_bin"] = per_bin
         cols["passes_every_bin"] = bool(all(v["x_chance"] <= 2.0 for v in per_bin.values()))
+    grey = report.get("references", {}).get("constant", {}).get("tar_at_far1")
+    ref = tar_reference(grey)
+    cols["tar_reference"] = ref
+    cols["worst_tar_x_reference"] = round(cols["worst_tar_at_far1"] / ref, 2)
+    cols["passes_tar"] = bool(cols["worst_tar_at_far1"] <= TAR_GOAL_FACTOR * ref)
     return cols

@@ -109,6 +109,11 @@ def test_audit_end_to_end(tmp_path, monkeypatch, weights_path, fddb_dir, dlib_di
         md = rep["decoders"][name]
         assert md["seed"] is not None and md["data_order_seed"] is not None and len(md["curve_l1_px"]) == md["steps"]
     assert rep["noise_mode"] == "fresh" and "competent" in rep and "passes_every_bin" in rep
+    # the TAR goal is relative to the grey reference the audit measured, floored at the FAR
+    grey_tar = rep["references"]["constant"]["tar_at_far1"]
+    assert rep["tar_reference"] == max(grey_tar, 0.01) and isinstance(rep["passes_tar"], bool)
+    assert rep["passes_tar"] == (rep["worst_tar_at_far1"] <= 2 * rep["tar_reference"])
+    assert "the reference" in (out / "alpha-0.5" / "report.md").read_text()
     assert rep["attackers"]["whitebox"]["n_probes"] == 1 and rep["whitebox_start"] == "decoder"  # the hybrid
     assert rep["references"]["original"]["rank1"] == 1.0 and rep["references"]["original"]["ssim"] == 1.0
     assert rep["references"]["constant"]["ssim"] < 0.9

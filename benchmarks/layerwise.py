@@ -63,7 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         "--finetune-minutes",
         type=float,
         default=0.0,
-        help="then train the whole chain end to end on pixel L1 for this long (default: %(default)s)",
+        help="then train the whole chain end to end for this long (default: %(default)s)",
+    )
+    p.add_argument(
+        "--finetune-loss",
+        choices=("l1", "perceptual"),
+        default="l1",
+        help="the end-to-end loss: pixel L1, or L1 plus the head's features of the reconstruction against the "
+        "original's (the audit's perceptual decoders' loss: rewards what the head sees, not the blurry average) "
+        "(default: %(default)s)",
     )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--width", type=int, default=192)
@@ -75,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faces", type=int, default=100)
     p.add_argument("--save", help="write the trained inverter (safetensors) here")
     p.add_argument("--inverter", help="start from this saved inverter (--save) instead of a fresh one")
+    p.add_argument(
+        "--save-chain",
+        help="with --finetune-minutes: write the whole chain trained end to end here (benchmarks/whitebox.py "
+        "--inverter reads it as the hybrid's start)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--label", help=LABEL_HELP)
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.split and args.decoder and args.out):
         p.error("--split, --decoder and --out are required")
+    if args.save_chain and args.finetune_minutes <= 0:
+        p.error("--save-chain needs --finetune-minutes (without it, --save writes the inverter)")
     torch.set_num_threads(args.threads)
 
     from veil.defenses.measure import identity_leak
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     chain = ChainedDecoder(inv, dec)
     if args.finetune_minutes > 0:
         from veil.defenses.measure import ObservedHead
-        from veil.privacy.train import train_decoder
+        from veil.privacy.train import ModelFeatures, train_decoder
 
         t1 = time.monotonic()
         chain = train_decoder(  # duck-typed warm start: the chain is deep-copied and trained whole
@@ -167,9 +182,15 @@ def main(argv: list[str] | None = None) -> int:
             init=chain,  # type: ignore[arg-type]
             lr=5e-4,
             progress=progress,
+            loss=args.finetune_loss,
+            features=ModelFeatures(deep) if args.finetune_loss == "perceptual" else None,
         )
         result["finetune"] = {k: v for k, v in chain.meta.items() if k not in ("inverter", "decoder")}
         result["stage_seconds"]["finetune"] = round(time.monotonic() - t1, 1)
+        if args.save_chain:
+            info = {k: v for k, v in result["finetune"].items() if "curve" not in k}
+            kept = {k: v for k, v in inv.meta.items() if "curve" not in k}
+            save_inverter(chain, args.save_chain, {**model_meta(deep), **kept, **inv.arch(), "finetune": info})
     faces = select_fddb_faces(Path(args.dataset) if args.dataset else s.dataset, max_faces=args.faces)
     t1 = time.monotonic()
     result["identity"] = identity_leak(

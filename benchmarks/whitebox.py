@@ -9,7 +9,8 @@ right, the optimisation then corrects it against the activation itself). One *ce
 clean or one defense):
 
 * ``--inverter`` (a ``benchmarks/layerwise.py --save`` file, refused for another split or weights)
-  with ``--decoder`` (the shallow split's decoder) is the start: the ``hybrid`` attacker, scored
+  with ``--decoder`` (the shallow split's decoder; a ``--save-chain`` file trained end to end carries its
+  own copy of it) is the start: the ``hybrid`` attacker, scored
   beside the chain itself (``layerwise``); without it the search starts grey (``whitebox``);
 * ``--noise FILE``: the noisy pass; the search weights each channel by its noise (the Gaussian
   likelihood); ``--bottleneck FILE``: the wire code; the search inverts the public head *and* the
@@ -60,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     obf = p.add_mutually_exclusive_group()
     obf.add_argument("--noise", help="a noise file of the split (the noisy pass)")
     obf.add_argument("--bottleneck", help="a bottleneck file of the split (the wire code)")
-    p.add_argument("--inverter", help="a layer-wise inverter (benchmarks/layerwise.py --save): the hybrid's start")
+    p.add_argument(
+        "--inverter",
+        help="a layer-wise inverter (benchmarks/layerwise.py --save), or a chain trained end to end (--save-chain): "
+        "the hybrid's start",
+    )
     p.add_argument("--decoder", help="with --inverter: the shallow split's decoder; alone: a decoder of this split")
     p.add_argument("--faces", type=int, default=100, help="FDDB faces, all inverted (default: %(default)s)")
     p.add_argument("--steps", type=int, default=100, help="Adam steps per face (default: %(default)s)")
@@ -106,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
     start: nn.Module | None = None
     if args.inverter:
-        from veil.privacy.layerwise import ChainedDecoder, read_inverter
+        from veil.privacy.layerwise import read_chain
 
-        inv = read_inverter(args.inverter, model)  # refused for another split or weights
-        if bool(inv.meta.get("adaptive")) != (obfuscator is not None):
-            p.error(f"{args.inverter} was trained for another observation (adaptive={inv.meta.get('adaptive')})")
-        start = ChainedDecoder(inv, read_decoder(args.decoder))
-        result["inverter"] = {"file": args.inverter, **{k: v for k, v in inv.meta.items() if "curve" not in k}}
+        start = read_chain(args.inverter, model, read_decoder(args.decoder))  # refused for another split or weights
+        inv_meta = start.meta["inverter"]
+        if bool(inv_meta.get("adaptive")) != (obfuscator is not None):
+            p.error(f"{args.inverter} was trained for another observation (adaptive={inv_meta.get('adaptive')})")
+        result["inverter"] = {"file": args.inverter, **{k: v for k, v in inv_meta.items() if "curve" not in k}}
         result["decoder"] = {"file": args.decoder}
         naive: nn.Module = start
     elif args.decoder:

@@ -173,3 +173,40 @@ def test_frontier_fails_a_row_whose_smaller_face_bin_leaks(tmp_path):
     (tmp_path / "cell.json").write_text(json.dumps(cell))
     fig = plot(finish_rows(load_rows([tmp_path]), clean_map=0.9735), tmp_path / "f.png", clean_map=0.9735)
     assert fig.stat().st_size > 10_000
+
+
+def test_a_chain_trained_end_to_end_with_the_perceptual_loss_starts_the_hybrid(
+    weights_path, fddb_dir, dlib_dir, tmp_path
+):
+    """benchmarks/layerwise.py --finetune-loss perceptual --save-chain writes the whole chain (its decoder's
+    weights included); benchmarks/whitebox.py --inverter reads it back as the hybrid's start."""
+    from safetensors.torch import load_file
+
+    from veil.models.pretrained import create
+    from veil.privacy.decoders import Decoder, model_meta, save_decoder
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    torch.manual_seed(0)
+    rdcl = create("faceboxes", "rdcl", weights=weights_path)
+    dec = save_decoder(Decoder.for_model(rdcl), tmp_path / "rdcl.safetensors", model_meta(rdcl))
+    common = ["--split", "inception1", "--scale", "1", "--faces", "2", "--quiet", "--decoder", str(dec)]
+    common += ["--weights", str(weights_path), "--dataset", str(fddb_dir)]
+    chain = tmp_path / "chain.safetensors"
+    lw = [*common, "--images", str(dlib_dir), "--max-steps", "2", "--finetune-minutes", "0.01"]
+    lw += ["--finetune-loss", "perceptual", "--save-chain", str(chain), "--out", str(tmp_path / "lw.json")]
+    assert load("layerwise").main(lw) == 0
+    doc = json.loads((tmp_path / "lw.json").read_text())
+    assert doc["finetune"]["loss"] == "perceptual" and doc["finetune"]["steps"] >= 1
+    assert any(k.startswith("decoder.") for k in load_file(str(chain)))  # the tuned decoder travels with it
+    out = tmp_path / "wb.json"
+    assert load("whitebox").main([*common, "--steps", "2", "--inverter", str(chain), "--out", str(out)]) == 0
+    cell = json.loads(out.read_text())
+    assert cell["attacker_family"] == "hybrid" and cell["inverter"]["finetune"]["loss"] == "perceptual"
+    assert cell["attackers"]["hybrid"]["n_probes"] == 2
+    with pytest.raises(SystemExit):  # a chain file needs the end-to-end training it names
+        load("layerwise").main([*common, "--save-chain", str(chain), "--out", str(tmp_path / "x.json")])

@@ -270,6 +270,27 @@ def read_inverter(path: str | Path, model: SplitModel, chain: ChainedDecoder | N
     return inv.eval()
 
 
+def read_chain(path: str | Path, model: SplitModel, decoder: nn.Module) -> ChainedDecoder:
+    """The layer-wise attacker a file holds, ending in ``decoder`` (the shallow split's): a saved inverter
+    chained with it, or a chain trained end to end (``benchmarks/layerwise.py --save-chain``, whose weights
+    replace ``decoder``'s). ``meta["inverter"]`` is the file's metadata either way (e.g. ``adaptive``).
+    Refused, with the reason, for another model, split or weights (:func:`read_inverter`)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+    if "finetune" not in meta:
+        inv = cast(FeatureInverter, read_inverter(path, model))
+        return ChainedDecoder(inv, decoder)
+    arch = {k: int(meta[k]) for k in ("in_channels", "out_channels", "width", "depth")}
+    template = ChainedDecoder(FeatureInverter(**arch), decoder)
+    chain = cast(ChainedDecoder, read_inverter(path, model, chain=template))
+    chain.meta["inverter"] = meta
+    return chain
+
+
 def ensure_chain(
     model: SplitModel,
     minutes: float,

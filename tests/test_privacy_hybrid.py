@@ -210,3 +210,27 @@ def test_a_chain_trained_end_to_end_with_the_perceptual_loss_starts_the_hybrid(
     assert cell["attackers"]["hybrid"]["n_probes"] == 2
     with pytest.raises(SystemExit):  # a chain file needs the end-to-end training it names
         load("layerwise").main([*common, "--save-chain", str(chain), "--out", str(tmp_path / "x.json")])
+
+
+def test_cells_on_another_face_set_get_their_own_rows_and_clean_reference(tmp_path):
+    """Rank-1 at 1/100 and at 1/150 chance never share a row: the 150-face cells land on ``…, 150 faces @``
+    rows (the mAP copied from the plain row), judged for competence by the clean cell on those 150 faces."""
+    from veil.privacy.frontier import finish_rows, load_rows
+
+    def cell(kind: str, alpha, main: float, large: float, n: int) -> dict:
+        return {**_cell("hybrid", kind, alpha, main, large), "chance_rank1": round(1 / n, 5), "n_faces": n}
+
+    (tmp_path / "150").mkdir()
+    (tmp_path / "150" / "clean.json").write_text(json.dumps(cell("clean", None, 0.08, 0.087, 150)))
+    (tmp_path / "150" / "bn.json").write_text(json.dumps(cell("bottleneck", 0.6, 0.02, 0.027, 150)))
+    (tmp_path / "clean.json").write_text(json.dumps(cell("clean", None, 0.05, 0.09, 100)))
+    (tmp_path / "bn.json").write_text(json.dumps(cell("bottleneck", 0.6, 0.04, 0.03, 100)))
+    (tmp_path / "bn-map.json").write_text(
+        json.dumps({"defense": "bottleneck @ inception3 ×3", "alpha": 0.6, "map": {"mean": 0.96, "draws": [0.96]}})
+    )
+    rows = {r["defense"]: r for r in finish_rows(load_rows([tmp_path / "150", tmp_path]), clean_map=0.9735)}
+    few, many = rows["bottleneck @ inception3 ×3"], rows["bottleneck, 150 faces @ inception3 ×3"]
+    assert few["chance_rank1"] == 0.01 and many["chance_rank1"] == 0.00667 and many["map"] == few["map"] == 0.96
+    assert few["worst_rank1"] == 0.04 and few["competent"] is False  # the 100-face clean hybrid: 9x
+    assert many["worst_rank1"] == 0.027 and many["competent"] is True  # the 150-face one: 13x
+    assert many["meets_goal"] is False and rows["clean, 150 faces @ inception3 ×3"]["worst_rank1"] == 0.087

@@ -285,27 +285,51 @@ def _family(doc: dict) -> str:
     return fam
 
 
+def _cell_row(rows: list[dict], label: str, split: str, scale: float, alpha: Any, chance: float) -> dict:
+    """The row a cell of ``label`` at ``split ×scale`` lands on: ``label @ split ×scale``, or, when that row
+    was scored on another face set (another chance), ``label, N faces @ split ×scale`` (its mAP and NSR
+    copied): rank-1 rates at different chances never share a row. Made when absent."""
+    base = f"{label} @ {split} ×{scale:g}"
+    same = [r for r in rows if r["defense"] == base and _key(r["alpha"]) == _key(alpha)]
+    row = next((r for r in same if r["chance_rank1"] in (None, chance)), None)
+    if row is not None:
+        row["knob"] = row.get("knob") or {"split": split, "scale": scale}
+        return row
+    named = f"{label}, {round(1 / chance)} faces @ {split} ×{scale:g}" if same else base
+    row = next((r for r in rows if r["defense"] == named and _key(r["alpha"]) == _key(alpha)), None)
+    if row is None:
+        row = _new_row(named, alpha)
+        row["knob"] = {"split": split, "scale": scale}
+        if same:
+            row.update({k: same[0][k] for k in ("map", "map_draws", "nsr_db", "noise_sha256") if k in same[0]})
+            row["sources"].append(f"mAP/NSR of {base}")
+        rows.append(row)
+    return row
+
+
+def _is_clean(r: dict) -> bool:
+    """A split × scale row of the clean activation (the competence reference), on any face set."""
+    return r["defense"].startswith(("clean @", "clean, "))
+
+
 def apply_attacker_cells(rows: list[dict[str, Any]], docs: list[tuple[str, dict]]) -> None:
     """Attacker cells (:data:`CELL_FAMILIES`) as attacker columns of the knob rows they attack: a clean
     cell on ``clean @ split ×scale`` (the competence reference), a noisy one on ``noise @ split ×scale``
     at its ALPHA, a bottleneck one on ``bottleneck @ split ×scale`` (a row is made when absent); a cell whose
-    ``defense`` has a ``label`` (a variant: ``--label``) on ``label @ split ×scale`` instead. A cell
+    ``defense`` has a ``label`` (a variant: ``--label``) on ``label @ split ×scale`` instead, and one scored
+    on another face set than that row on ``…, N faces @ split ×scale`` (:func:`_cell_row`). A cell
     also scoring another family on the same faces (the hybrid's chain) fills that family's columns.
     Attackers ``<family> k=1``, ``<family> avg8``, ``<family> near-dup avg8`` and ``<family> k=1, faces ≥
     192 px``; repeated cells keep each one's highest rank-1."""
-    for name, d in docs:
+    for name, d in sorted(docs, key=lambda nd: -nd[1]["chance_rank1"]):  # the smallest face set takes the plain row
         fam = _family(d)
         split, scale, alpha = d["split"], float(d["scale"]), d.get("alpha")
         kind = (d.get("defense") or {}).get("kind") if isinstance(d.get("defense"), dict) else None
         if kind not in (None, "clean", "noise", "bottleneck"):
             raise ValueError(f"{name}: a {kind} cell has no knob row; score it with benchmarks/defenses.py")
         prefix = "bottleneck" if kind == "bottleneck" else "clean" if alpha is None else "noise"
-        defense = f"{d['defense'].get('label') or prefix if kind else prefix} @ {split} ×{scale:g}"
-        row = next((r for r in rows if r["defense"] == defense and _key(r["alpha"]) == _key(alpha)), None)
-        if row is None:
-            row = _new_row(defense, alpha)
-            row["knob"] = {"split": split, "scale": scale}
-            rows.append(row)
+        label = d["defense"].get("label") or prefix if kind else prefix
+        row = _cell_row(rows, label, split, scale, alpha, d["chance_rank1"])
         row["sources"].append(name)
         row["chance_rank1"] = row["chance_rank1"] or d["chance_rank1"]
         atk = d["attackers"]
@@ -389,18 +413,20 @@ def finish_rows(rows: list[dict[str, Any]], sweep: dict | None = None, clean_map
 
 def _competence(rows: list[dict]) -> None:
     """Knob rows (``knob``: split, scale) are judged against the same recipe on that split's clean
-    activation (the ``clean @ split ×scale`` row of ``benchmarks/knobs.py --competence``): where it
+    activation on the same faces (the ``clean @ split ×scale`` row of ``benchmarks/knobs.py --competence`` or
+    of an attacker cell): where it
     identifies less than :data:`COMPETENT_X_CHANCE` × chance (in the large-face bin when measured),
     ``competent`` is False and the row makes no claim; without such a row, ``competent`` is None."""
-    refs = {
-        (r["knob"]["split"], float(r["knob"]["scale"])): r
-        for r in rows
-        if r.get("knob") and r["defense"].startswith("clean @")
-    }
+
+    def key(r: dict) -> tuple:
+        return r["knob"]["split"], float(r["knob"]["scale"]), _key(r["chance_rank1"])
+
+    refs = {key(r): r for r in rows if r.get("knob") and _is_clean(r)}
     for r in rows:
-        if not r.get("knob") or r["defense"].startswith("clean @"):
+        if not r.get("knob") or _is_clean(r):
             continue
-        ref = refs.get((r["knob"]["split"], float(r["knob"]["scale"])))
+        # the clean reference on the same faces; a row no attacker scored takes the split's (any faces)
+        ref = refs.get(key(r)) or next((v for k, v in refs.items() if k[:2] == key(r)[:2]), None)
         if ref is None or not ref["attackers"] or not ref["chance_rank1"]:
             r["competent"] = None
         else:
@@ -412,7 +438,7 @@ def _competence(rows: list[dict]) -> None:
 
 
 def _goal(r: dict) -> str:
-    if r["defense"].startswith("clean @"):
+    if _is_clean(r):
         return "– (competence reference)"
     if r.get("knob") and r.get("competent") is False and r["meets_goal"] is not False:
         return "no claim: attacker not competent on clean"  # a low leak proves nothing; a high one still fails

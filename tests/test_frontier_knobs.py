@@ -260,3 +260,16 @@ def test_a_variant_takes_the_client_cost_of_its_own_split_only():
     ]
     apply_costs(rows, costs)
     assert [r["client_ms"] for r in rows] == [7500.0, 7500.0, 7000.0, None, 6500.0]
+
+
+def test_recorded_split_reads_the_file_and_refuses_a_corrupt_one(tmp_path):
+    """The split a defense file names, read before any check; a file that is no defense file is refused."""
+    from veil.defenses import files
+
+    t = {"w": torch.zeros(2)}
+    meta = {"weights_sha256": "ab" * 32, "model": "faceboxes", "split_point": "faceboxes.inception3"}
+    path = files.save(tmp_path / "d.safetensors", "f", t, meta)
+    assert files.recorded_split(path) == "faceboxes.inception3"
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(files.DefenseFileError, match="not a readable defense file"):
+        files.recorded_split(tmp_path / "bad.safetensors")

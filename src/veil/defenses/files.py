@@ -119,17 +119,31 @@ def save(
     return path
 
 
-def recorded_split(path: str | Path) -> str | None:
-    """The split point a defense file says it was made for (``"faceboxes.inception3"``), before any check:
-    lets a tool pick the model to load it with; :func:`load` still checks everything."""
+def _metadata(path: str | Path) -> dict[str, Any]:
+    """A defense file's ``veil`` metadata, parsed; :class:`DefenseFileError` (with the reason) when the
+    file is unreadable, has none or holds invalid JSON."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("veil")
-        split = json.loads(raw).get("split_point") if raw else None
-    except (SafetensorError, OSError, ValueError, AttributeError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise DefenseFileError(f"{path} is not a readable defense file (corrupt or truncated?): {exc}") from exc
+    if raw is None:
+        raise DefenseFileError(f"{path} is a safetensors file without veil metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DefenseFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DefenseFileError(f"{path}: metadata is not a JSON object")
+    return meta
+
+
+def recorded_split(path: str | Path) -> str | None:
+    """The split point a defense file says it was made for (``"faceboxes.inception3"``), before any check:
+    lets a tool pick the model to load it with; :func:`load` still checks everything."""
+    split = _metadata(path).get("split_point")
     return split if isinstance(split, str) else None
 
 
@@ -155,20 +169,11 @@ def load(
     path = Path(path)
     if not path.is_file():
         raise DefenseFileError(f"defense file not found: {path}")
+    meta = _metadata(path)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("veil")
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DefenseFileError(f"{path} is not a readable defense file (corrupt or truncated?): {exc}") from exc
-    if raw is None:
-        raise DefenseFileError(f"{path} is a safetensors file without veil metadata")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise DefenseFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
     if meta.get("format") != fmt:
         raise DefenseFileError(f"{path} holds {meta.get('format')!r}, not {fmt!r}")
     file_split = meta.get("split_point")
